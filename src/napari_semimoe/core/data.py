@@ -1,0 +1,346 @@
+"""Training data: dataset folders, labeled/unlabeled split, working scale, augmentation, sampling.
+
+Everything here works on in-memory uint8 RGB arrays at the model's *working scale*; the
+napari plugin hands the trainer tiles cut from slides, the CLI hands it whole images.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from skimage.transform import resize
+
+from .errors import InputError
+from .targets import make_targets
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
+MASK_SUFFIXES = (".png", ".tif", ".tiff")
+
+#: GlaS statistics used upstream; the trainer computes the statistics of the user's own data.
+GLAS_MEAN = (0.7878, 0.5120, 0.7849)
+GLAS_STD = (0.4282, 0.5078, 0.4264)
+
+
+@dataclass(frozen=True)
+class DataItem:
+    """One image of a dataset folder; ``mask_path`` is None when it has no mask."""
+
+    name: str
+    image_path: Path
+    mask_path: Path | None
+
+
+def scan_folder(root: str | Path) -> list[DataItem]:
+    """List ``root/images/<name>.<ext>`` with their masks ``root/masks/<name>.<png|tif>``."""
+    root = Path(root)
+    img_dir = root / "images"
+    if not img_dir.is_dir():
+        raise InputError(
+            f"{root}: no 'images' folder (expected {root}/images/<name>.png and "
+            f"{root}/masks/<name>.png)"
+        )
+    items = []
+    for p in sorted(img_dir.iterdir(), key=lambda q: _natural_key(q.name)):
+        if p.suffix.lower() not in IMAGE_SUFFIXES or p.name.startswith("."):
+            continue
+        mask = None
+        for suf in MASK_SUFFIXES:
+            cand = root / "masks" / (p.stem + suf)
+            if cand.exists():
+                mask = cand
+                break
+        items.append(DataItem(p.stem, p, mask))
+    if not items:
+        raise InputError(f"{img_dir}: no images with suffix {', '.join(IMAGE_SUFFIXES)}")
+    return items
+
+
+def _natural_key(name: str) -> list:
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def choose_labeled(
+    items: Sequence[DataItem],
+    n: int | None = None,
+    fraction: float | None = None,
+    seed: int = 0,
+) -> tuple[list[DataItem], list[DataItem]]:
+    """Pick the labeled images at random (seeded); all others are used unlabeled.
+
+    Only images with a mask can be labeled. Returns (labeled, unlabeled), each sorted by name.
+    """
+    with_mask = [it for it in items if it.mask_path is not None]
+    if n is None:
+        if fraction is None:
+            n = len(with_mask)
+        else:
+            if not 0 < fraction <= 1:
+                raise InputError(f"--labeled-fraction must be in (0, 1], got {fraction}")
+            n = max(1, round(fraction * len(items)))
+    if n < 1:
+        raise InputError("at least one labeled image is needed")
+    if n > len(with_mask):
+        raise InputError(f"{n} labeled images asked for, but only {len(with_mask)} have masks")
+    rng = np.random.default_rng(seed)
+    picked = set(rng.choice(len(with_mask), size=n, replace=False).tolist())
+    labeled_names = {with_mask[i].name for i in picked}
+    labeled = [it for it in items if it.name in labeled_names]
+    unlabeled = [it for it in items if it.name not in labeled_names]
+    return labeled, unlabeled
+
+
+# ----------------------------------------------------------------------------- working scale
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How native pixels map to the model's input.
+
+    ``input_size`` set: each whole image is resized to input_size x input_size (the upstream
+    GlaS/CRAG protocol). Otherwise images are downsampled by ``scale`` (1 = native) and the
+    model works on ``tile`` x ``tile`` crops / tiles.
+    """
+
+    scale: float = 1.0
+    input_size: int | None = None
+    tile: int = 256
+
+    def to_dict(self) -> dict:
+        return {"scale": self.scale, "input_size": self.input_size, "tile": self.tile}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Geometry:
+        return cls(float(d.get("scale", 1.0)), d.get("input_size"), int(d.get("tile", 256)))
+
+    def working_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        if self.input_size:
+            return (self.input_size, self.input_size)
+        return (max(1, round(shape[0] / self.scale)), max(1, round(shape[1] / self.scale)))
+
+    def image_to_working(self, image: np.ndarray) -> np.ndarray:
+        shape = self.working_shape(image.shape[:2])
+        if shape == image.shape[:2]:
+            return image
+        out = resize(image, shape, order=1, anti_aliasing=True, preserve_range=True)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+    def mask_to_working(self, mask: np.ndarray) -> np.ndarray:
+        shape = self.working_shape(mask.shape[:2])
+        if shape == mask.shape[:2]:
+            return mask
+        out = resize(mask, shape, order=0, anti_aliasing=False, preserve_range=True)
+        return out.astype(mask.dtype)
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+
+def channel_stats(images: Sequence[np.ndarray]) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (in [0, 1] units) over all pixels of the given images."""
+    s = np.zeros(3)
+    ss = np.zeros(3)
+    n = 0
+    for im in images:
+        x = im.reshape(-1, 3).astype(np.float64) / 255.0
+        s += x.sum(0)
+        ss += (x * x).sum(0)
+        n += x.shape[0]
+    if n == 0:
+        return list(GLAS_MEAN), list(GLAS_STD)
+    mean = s / n
+    std = np.sqrt(np.maximum(ss / n - mean**2, 1e-8))
+    return mean.tolist(), std.tolist()
+
+
+def normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 HxWx3 -> float32 3xHxW, (x/255 - mean) / std."""
+    x = image.astype(np.float32) / 255.0
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def _pad_to(arr: np.ndarray, size: int) -> np.ndarray:
+    ph, pw = max(0, size - arr.shape[0]), max(0, size - arr.shape[1])
+    if not (ph or pw):
+        return arr
+    pad = [(ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)] + [(0, 0)] * (arr.ndim - 2)
+    return np.pad(arr, pad, mode="symmetric")
+
+
+def augment(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    tile: int,
+    crop_p: float = 0.5,
+    crop_frac: float = 224 / 256,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Upstream augmentations on one sample: a random tile crop (when the image is larger),
+    random crop of 224/256 resized back (p 0.5), flips, transpose and rot90."""
+    image = _pad_to(image, tile)
+    if mask is not None:
+        mask = _pad_to(mask, tile)
+    h, w = image.shape[:2]
+    y, x = rng.integers(0, h - tile + 1), rng.integers(0, w - tile + 1)
+    image = image[y : y + tile, x : x + tile]
+    mask = None if mask is None else mask[y : y + tile, x : x + tile]
+    if rng.random() < crop_p:
+        c = round(tile * crop_frac)
+        y, x = rng.integers(0, tile - c + 1), rng.integers(0, tile - c + 1)
+        image = resize(image[y : y + c, x : x + c], (tile, tile), order=1, preserve_range=True)
+        image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        if mask is not None:
+            sub = mask[y : y + c, x : x + c]
+            mask = resize(sub, (tile, tile), order=0, preserve_range=True, anti_aliasing=False)
+            mask = mask.astype(sub.dtype)
+    ops = rng.integers(0, 2, size=3)
+    k = int(rng.integers(0, 4))
+
+    def geo(a: np.ndarray) -> np.ndarray:
+        if ops[0]:
+            a = a[:, ::-1]
+        if ops[1]:
+            a = a[::-1]
+        if ops[2]:
+            a = a.swapaxes(0, 1)
+        return np.ascontiguousarray(np.rot90(a, k))
+
+    return geo(image), None if mask is None else geo(mask)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@dataclass
+class TrainingSet:
+    """Images (uint8 HxWx3) and masks at working scale. Labeled images come with masks."""
+
+    labeled_images: list[np.ndarray]
+    labeled_masks: list[np.ndarray]
+    unlabeled_images: list[np.ndarray] = field(default_factory=list)
+    labeled_names: list[str] = field(default_factory=list)
+    unlabeled_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.labeled_images:
+            raise InputError("no labeled image or tile: annotate at least one training tile")
+        if len(self.labeled_images) != len(self.labeled_masks):
+            raise InputError("every labeled image needs exactly one mask")
+        for i, (im, m) in enumerate(zip(self.labeled_images, self.labeled_masks)):
+            name = self.labeled_names[i] if i < len(self.labeled_names) else f"#{i}"
+            if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+                raise InputError(
+                    f"labeled image {name}: expected HxWx3 uint8, got {im.shape} {im.dtype}"
+                )
+            if m.shape != im.shape[:2]:
+                raise InputError(
+                    f"mask of {name} is {m.shape[0]}x{m.shape[1]} but its image is "
+                    f"{im.shape[0]}x{im.shape[1]}"
+                )
+
+
+class CyclicSampler:
+    """Draws indices epoch by epoch in a fresh random order, as a shuffled DataLoader does.
+
+    Its state is JSON-serialisable so that a resumed run draws the same batches.
+    """
+
+    def __init__(self, n: int, rng: np.random.Generator) -> None:
+        self.n = n
+        self.rng = rng
+        self.order: list[int] = []
+        self.pos = 0
+
+    def draw(self, k: int) -> list[int]:
+        out = []
+        for _ in range(k):
+            if self.pos >= len(self.order):
+                self.order = self.rng.permutation(self.n).tolist()
+                self.pos = 0
+            out.append(self.order[self.pos])
+            self.pos += 1
+        return out
+
+    def resize_pool(self, n: int) -> None:
+        """The pool changed (tiles added or rejected): start a new epoch order."""
+        self.n, self.order, self.pos = n, [], 0
+
+    def state(self) -> dict:
+        return {"n": self.n, "order": self.order, "pos": self.pos}
+
+    def load_state(self, s: dict) -> None:
+        if s.get("n") == self.n:
+            self.order, self.pos = list(s["order"]), int(s["pos"])
+
+
+def make_batch(
+    rng: np.random.Generator,
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray] | None,
+    idx: Sequence[int],
+    tile: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    per_instance_boundary: bool = False,
+    augment_data: bool = True,
+) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+    """Augment and normalise the chosen samples; targets are computed after augmentation."""
+    xs, tgts = [], {"seg": [], "sdf": [], "bnd": []}
+    for i in idx:
+        m = None if masks is None else masks[i]
+        if augment_data:
+            im, m = augment(rng, images[i], m, tile)
+        else:
+            im = _pad_to(images[i], tile)[:tile, :tile]
+            m = None if m is None else _pad_to(m, tile)[:tile, :tile]
+        xs.append(normalise(im, mean, std))
+        if m is not None:
+            for k, v in make_targets(m, per_instance_boundary).items():
+                tgts[k].append(v)
+    x = np.stack(xs)
+    if masks is None:
+        return x, None
+    return x, {k: np.stack(v) for k, v in tgts.items()}
+
+
+def save_split(path: Path, labeled: Sequence[str], unlabeled: Sequence[str]) -> None:
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(
+        path, json.dumps({"labeled": list(labeled), "unlabeled": list(unlabeled)}, indent=1)
+    )
+
+
+def load_training_set(
+    labeled: Sequence[DataItem],
+    unlabeled: Sequence[DataItem],
+    geometry: Geometry,
+    progress=None,
+) -> TrainingSet:
+    """Read a folder split into memory at working scale (masks of unlabeled items are
+    never read). ``progress`` is an optional callable(done, total)."""
+    from .slide import read_image, read_mask
+
+    total = len(labeled) + len(unlabeled)
+    li, lm, ui = [], [], []
+    for k, it in enumerate(list(labeled) + list(unlabeled)):
+        im = read_image(it.image_path)
+        if k < len(labeled):
+            assert it.mask_path is not None
+            m = read_mask(it.mask_path, shape=im.shape[:2])
+            li.append(geometry.image_to_working(im))
+            lm.append(geometry.mask_to_working(m))
+        else:
+            ui.append(geometry.image_to_working(im))
+        if progress is not None:
+            progress(k + 1, total)
+    return TrainingSet(li, lm, ui, [it.name for it in labeled], [it.name for it in unlabeled])

@@ -1,0 +1,66 @@
+"""Device, precision and thread choices shared by training, prediction and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .errors import InputError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> CUDA when present, else CPU; explicit names are checked, not trusted."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(
+                f"device {name!r} asked for, but no CUDA GPU is available; use --device cpu or auto"
+            )
+        return torch.device(name)
+    if name == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise InputError("device 'mps' asked for, but Apple MPS is not available")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise InputError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs whose bf16 matrix units (AMX) or AVX512-BF16 make bf16 autocast pay."""
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        fn = getattr(cpu, probe, None)
+        if fn is not None:
+            with contextlib.suppress(Exception):
+                if fn():
+                    return True
+    return False
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for a precision setting ('auto', 'bf16', 'fp32'), None for fp32."""
+    precision = (precision or "auto").lower()
+    if precision == "fp32":
+        return None
+    if precision not in ("auto", "bf16"):
+        raise InputError(f"unknown precision {precision!r}: use auto, bf16 or fp32")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu" and (precision == "bf16" or cpu_has_fast_bf16()):
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(int(threads))

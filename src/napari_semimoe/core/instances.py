@@ -1,0 +1,80 @@
+"""Gland instances from the predicted mask, split where the SDF says two glands touch."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.morphology import h_maxima
+from skimage.segmentation import watershed
+
+
+def label_instances(
+    mask: np.ndarray,
+    sdf: np.ndarray | None = None,
+    boundary: np.ndarray | None = None,
+    *,
+    min_size: int = 16,
+    h: float = 0.1,
+) -> np.ndarray:
+    """Label glands (int32, 0 = background).
+
+    Each connected component of ``mask`` is one gland unless its SDF has several peaks at
+    least ``h`` high (two glands joined by a neck): then it is split by a watershed on the
+    SDF seeded at those peaks, away from predicted boundary pixels. Components (and split
+    pieces) smaller than ``min_size`` pixels are dropped or merged, since GlaS-style object
+    metrics punish specks as false positives. Works one component at a time, so memory stays
+    bounded by the largest gland.
+    """
+    fg = np.asarray(mask) > 0
+    comp, _ = ndi.label(fg)
+    out = np.zeros(fg.shape, np.int32)
+    next_id = 1
+    for i, sl in enumerate(ndi.find_objects(comp), start=1):
+        if sl is None:
+            continue
+        region = comp[sl] == i
+        area = int(region.sum())
+        if area < min_size:
+            continue
+        pieces = None
+        if sdf is not None and area >= 2 * min_size:
+            pieces = _split(
+                region,
+                np.asarray(sdf[sl], np.float32),
+                None if boundary is None else np.asarray(boundary[sl]) < 0.5,
+                min_size,
+                h,
+            )
+        view = out[sl]
+        if pieces is None:
+            view[region] = next_id
+            next_id += 1
+        else:
+            n = int(pieces.max())
+            view[region] = pieces[region] + (next_id - 1)
+            next_id += n
+    return out
+
+
+def _split(
+    region: np.ndarray, sdf: np.ndarray, interior: np.ndarray | None, min_size: int, h: float
+) -> np.ndarray | None:
+    s = np.where(region, sdf, sdf[region].min() - 1.0)
+    peaks = h_maxima(s, h).astype(bool) & region
+    if interior is not None:
+        peaks &= interior
+    markers, n = ndi.label(peaks)
+    if n <= 1:
+        return None
+    ws = watershed(-s, markers, mask=region)
+    sizes = np.bincount(ws.ravel(), minlength=n + 1)[1:]
+    if (sizes < min_size).any():
+        keep = np.flatnonzero(sizes >= min_size) + 1
+        if len(keep) <= 1:
+            return None
+        markers = np.where(np.isin(markers, keep), markers, 0)
+        ws = watershed(-s, markers, mask=region)
+    labels = np.unique(ws[region])  # relabel the surviving pieces 1..k
+    out = np.zeros(ws.shape, np.int32)
+    out[region] = np.searchsorted(labels, ws[region]) + 1
+    return out

@@ -1,0 +1,525 @@
+"""The Semi-MoE trainer: labeled + unlabeled sampling, adaptive multi-objective loss, λ ramp,
+warm-up + step decay, atomic checkpoints, pause / stop / resume, and progress events.
+
+It is a plain object driven by ``run()``; the CLI calls it directly and the napari plugin
+runs it in a child process and forwards its events through a queue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    atomic_write_json,
+    load_model_state,
+    load_optimizer_state,
+    read_checkpoint,
+    save_checkpoint,
+)
+from .data import CyclicSampler, Geometry, TrainingSet, channel_stats, make_batch
+from .device import autocast, autocast_dtype, resolve_device, set_threads
+from .errors import CheckpointError, InputError
+from .losses import adaptive_loss, pseudo_labels, task_loss
+from .model import TASKS, SemiMoE
+
+
+class TrainingError(RuntimeError):
+    """Training could not go on (e.g. the loss diverged); the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run. Schedules are in iterations (interactive runs have no epochs)."""
+
+    width: int = 16
+    iterations: int = 1000
+    labeled_batch: int = 2
+    unlabeled_batch: int = 2
+    lr: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    s_lr: float = 0.05
+    warmup: int | None = None  # default: 10% of iterations (upstream: 20 of 200 epochs)
+    decay_every: int | None = None  # default: 25% of iterations (upstream: every 50 epochs)
+    decay_factor: float = 0.5
+    gamma: float = 0.4
+    lambda_max: float = 0.5
+    supervised_only: bool = False
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | fp32
+    fast: bool = True  # one batched channels-last pass; False = upstream-style reference path
+    compile: str = "auto"  # auto | on | off (torch.compile pays off only for long runs)
+    geometry: dict = field(default_factory=lambda: Geometry().to_dict())
+    per_instance_boundary: bool = False
+    checkpoint_every: int = 100
+    snapshot_every: int = 0  # keep weights every N iterations (learning curves), 0 = never
+
+    @property
+    def warmup_iters(self) -> int:
+        return self.warmup if self.warmup is not None else round(0.1 * self.iterations)
+
+    @property
+    def decay_iters(self) -> int:
+        return self.decay_every if self.decay_every else max(1, round(0.25 * self.iterations))
+
+    def lr_factor(self, it: int) -> float:
+        """Linear warm-up from 0, then x decay_factor every decay_iters (``it`` is 0-based)."""
+        w = self.warmup_iters
+        if w and it < w:
+            return (it + 1) / w
+        return self.decay_factor ** ((it - w) // self.decay_iters) if it >= w else 1.0
+
+    def lambda_at(self, it: int) -> float:
+        """Unsupervised weight: linear ramp from ~0 to lambda_max over the run."""
+        if self.supervised_only:
+            return 0.0
+        return self.lambda_max * (it + 1) / max(1, self.iterations)
+
+    def validate(self) -> None:
+        if self.iterations < 1:
+            raise InputError("iterations must be >= 1")
+        if self.width < 2 or self.width % 2:
+            raise InputError(f"model width must be an even integer >= 2, got {self.width}")
+        if self.lr <= 0 or self.s_lr <= 0:
+            raise InputError("learning rates must be > 0")
+        if self.labeled_batch < 1 or self.unlabeled_batch < 0:
+            raise InputError("labeled batch must be >= 1 and unlabeled batch >= 0")
+        if self.gamma < 0 or self.lambda_max < 0:
+            raise InputError("gamma and lambda_max must be >= 0")
+        if self.compile not in ("auto", "on", "off"):
+            raise InputError(f"compile must be auto, on or off, got {self.compile!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class ProgressEvent:
+    """What the trainer reports; plain data, so it crosses process boundaries as a dict."""
+
+    kind: str  # start | iteration | checkpoint | paused | resumed | stopped | done | warning
+    iteration: int
+    total: int
+    losses: dict[str, float] = field(default_factory=dict)
+    s: list[float] = field(default_factory=list)
+    lam: float = 0.0
+    lr: float = 0.0
+    elapsed: float = 0.0
+    eta: float | None = None
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Flag(Protocol):
+    """threading.Event and multiprocessing.Event both fit."""
+
+    def is_set(self) -> bool: ...
+
+
+EventCallback = Callable[[ProgressEvent], None]
+#: Called before each iteration; may call ``trainer.replace_data`` (tiles added / rejected).
+IterationHook = Callable[["Trainer", int], None]
+
+
+class Trainer:
+    """One training run in ``run_dir``; create it fresh or with ``resume=True`` to continue."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: TrainingSet,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        init_from: str | Path | None = None,
+        stats: tuple[list[float], list[float]] | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.ckpt_path = self.run_dir / CHECKPOINT_NAME
+        doc: dict | None = None
+        tensors: dict[str, torch.Tensor] | None = None
+        if resume:
+            tensors, doc = read_checkpoint(self.ckpt_path)
+            saved = TrainConfig.from_dict(doc["meta"]["config"])
+            # A resumed run keeps its schedule; only the run-time settings may change.
+            for k in ("device", "threads", "checkpoint_every", "snapshot_every", "compile"):
+                setattr(saved, k, getattr(config, k))
+            if config.iterations > saved.iterations:
+                saved.iterations = config.iterations
+            config = saved
+        config.validate()
+        self.config = config
+        self.geometry = Geometry.from_dict(config.geometry)
+        set_threads(config.threads)
+        self.device = resolve_device(config.device)
+        self.amp = autocast_dtype(self.device, config.precision)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.model = SemiMoE(config.width).to(self.device)
+            # The run's own torch RNG (gate dropout), kept apart from the global one so that
+            # runs in one process do not disturb each other and a resume is exact.
+            self.torch_rng = torch.get_rng_state()
+        # Channels-last pays with bf16 (oneDNN); in fp32 its batch norm is slower on CPU.
+        self.channels_last = config.fast and self.amp is not None
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if not config.fast:
+            self.model.mgp.literal = True
+        self.opt = torch.optim.SGD(
+            self.model.network_parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+        self.opt_s = torch.optim.Adam([self.model.loss_s], lr=config.s_lr)
+        self.rng = np.random.default_rng(config.seed)
+        self.data = data
+        self.lab_sampler = CyclicSampler(len(data.labeled_images), self.rng)
+        self.unl_sampler = CyclicSampler(len(data.unlabeled_images), self.rng)
+        self.iteration = 0
+        self.elapsed = 0.0
+        self.history: list[dict[str, Any]] = []
+        if doc is not None and tensors is not None:
+            self._restore(tensors, doc)
+        else:
+            if init_from is not None:
+                t, d = read_checkpoint(init_from)
+                cfg = d["meta"]["config"]
+                if int(cfg["width"]) != config.width:
+                    raise CheckpointError(
+                        f"{init_from} has model width {cfg['width']}, this run asks for "
+                        f"{config.width}"
+                    )
+                load_model_state(self.model, t)
+            self.mean, self.std = stats or channel_stats(
+                list(data.labeled_images) + list(data.unlabeled_images)
+            )
+        self._experts = self.model.run_experts
+        if self._want_compile():
+            self._experts = torch.compile(self.model.run_experts, dynamic=False)
+        self._step_times: deque[float] = deque(maxlen=20)
+
+    # ------------------------------------------------------------------ state
+
+    def _want_compile(self) -> bool:
+        c = self.config.compile
+        if c == "on":
+            return True
+        if c == "off" or not self.config.fast:
+            return False
+        # On CPU, inductor compiled for minutes here and then ran no faster (measured in
+        # docs/benchmarks.md); on a GPU it pays off over a few hundred iterations.
+        return self.device.type == "cuda" and self.config.iterations - self.iteration >= 300
+
+    def _restore(self, tensors: dict[str, torch.Tensor], doc: dict) -> None:
+        meta = doc["meta"]
+        load_model_state(self.model, tensors)
+        load_optimizer_state(self.opt, "sgd", tensors, doc)
+        load_optimizer_state(self.opt_s, "adam", tensors, doc)
+        st = meta["state"]
+        self.iteration = int(st["iteration"])
+        self.elapsed = float(st.get("elapsed", 0.0))
+        self.mean, self.std = meta["mean"], meta["std"]
+        self.rng.bit_generator.state = st["numpy_rng"]
+        self.lab_sampler.load_state(st["labeled_sampler"])
+        self.unl_sampler.load_state(st["unlabeled_sampler"])
+        if "rng.torch" in tensors:
+            self.torch_rng = tensors["rng.torch"]
+        hist = self.run_dir / "history.json"
+        if hist.exists():
+            self.history = [
+                h for h in json.loads(hist.read_text()) if h["iteration"] <= self.iteration
+            ]
+
+    def meta(self) -> dict[str, Any]:
+        """Everything prediction needs, plus the training state needed to resume."""
+        return {
+            "config": dataclasses.asdict(self.config),
+            "mean": list(map(float, self.mean)),
+            "std": list(map(float, self.std)),
+            "geometry": self.geometry.to_dict(),
+            "width": self.config.width,
+            "labeled_names": list(self.data.labeled_names),
+            "state": {
+                "iteration": self.iteration,
+                "elapsed": self.elapsed,
+                "numpy_rng": self.rng.bit_generator.state,
+                "labeled_sampler": self.lab_sampler.state(),
+                "unlabeled_sampler": self.unl_sampler.state(),
+                "last_losses": self.history[-1]["losses"] if self.history else {},
+            },
+        }
+
+    def save(self) -> None:
+        """Atomically write the checkpoint (and the loss history next to it)."""
+        # The torch RNG state (gate dropout) travels too, for an exact resume.
+        save_checkpoint(
+            self.ckpt_path,
+            self.model,
+            self.meta(),
+            {"sgd": self.opt, "adam": self.opt_s},
+            extra={"rng.torch": self.torch_rng},
+        )
+        atomic_write_json(self.run_dir / "history.json", self.history)
+
+    def replace_data(self, data: TrainingSet) -> None:
+        """Swap the training set between iterations (the plugin's tiles changed)."""
+        if len(data.labeled_images) != len(self.data.labeled_images):
+            self.lab_sampler.resize_pool(len(data.labeled_images))
+        if len(data.unlabeled_images) != len(self.data.unlabeled_images):
+            self.unl_sampler.resize_pool(len(data.unlabeled_images))
+        self.data = data
+
+    # ------------------------------------------------------------------ one iteration
+
+    def _batches(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
+        cfg, d, g = self.config, self.data, self.geometry
+        tile = g.input_size or g.tile
+        li = self.lab_sampler.draw(cfg.labeled_batch)
+        xl, yl = make_batch(
+            self.rng,
+            d.labeled_images,
+            d.labeled_masks,
+            li,
+            tile,
+            self.mean,
+            self.std,
+            cfg.per_instance_boundary,
+        )
+        xu = None
+        if self._semi_supervised():
+            ui = self.unl_sampler.draw(cfg.unlabeled_batch)
+            xu, _ = make_batch(self.rng, d.unlabeled_images, None, ui, tile, self.mean, self.std)
+        dev = self.device
+        targets = {k: torch.from_numpy(v).to(dev) for k, v in yl.items()}
+        targets["seg"] = targets["seg"].long()
+        targets["bnd"] = targets["bnd"].long()
+        targets["sdf"] = targets["sdf"].unsqueeze(1)
+        xl_t = torch.from_numpy(xl).to(dev)
+        xu_t = None if xu is None else torch.from_numpy(xu).to(dev)
+        return xl_t, targets, xu_t
+
+    def _semi_supervised(self) -> bool:
+        c = self.config
+        return (
+            not c.supervised_only and c.unlabeled_batch > 0 and len(self.data.unlabeled_images) > 0
+        )
+
+    def _supervised_losses(self, expert, gated, y) -> dict[str, torch.Tensor]:
+        return {t: task_loss(t, expert[t], y[t]) + task_loss(t, gated[t], y[t]) for t in TASKS}
+
+    def step(self) -> dict[str, float]:
+        """One optimiser step; returns the per-task losses, total, λ and lr."""
+        cfg = self.config
+        it = self.iteration
+        lam = cfg.lambda_at(it)
+        f = cfg.lr_factor(it)
+        for group in self.opt.param_groups:
+            group["lr"] = cfg.lr * f
+        for group in self.opt_s.param_groups:
+            group["lr"] = cfg.s_lr * f
+        self.model.train()
+        xl, y, xu = self._batches()
+        self.opt.zero_grad(set_to_none=True)
+        self.opt_s.zero_grad(set_to_none=True)
+        s = self.model.loss_s
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.torch_rng)
+            if cfg.fast:
+                total, sup, uns = self._fast_pass(xl, y, xu, lam)
+            else:
+                total, sup, uns = self._reference_pass(xl, y, xu, lam)
+            self.torch_rng = torch.get_rng_state()
+        if not torch.isfinite(total):
+            self.opt.zero_grad(set_to_none=True)
+            self.opt_s.zero_grad(set_to_none=True)
+            raise TrainingError(
+                f"the loss became {float(total)} at iteration {it + 1}; training stopped and "
+                "the last good checkpoint was kept (try a lower learning rate)"
+            )
+        self.opt.step()
+        self.opt_s.step()
+        self.iteration += 1
+        out = {f"sup_{t}": float(v.detach()) for t, v in sup.items()}
+        out.update({f"unsup_{t}": float(v.detach()) for t, v in uns.items()})
+        out["total"] = float(total)
+        out["lambda"] = lam
+        out["lr"] = cfg.lr * f
+        out.update({f"s_{t}": float(s[i].detach()) for i, t in enumerate(TASKS)})
+        return out
+
+    def _fast_pass(self, xl, y, xu, lam):
+        """Labeled and unlabeled tiles go through each expert once, channels-last, autocast."""
+        cfg, m = self.config, self.model
+        nl = xl.shape[0]
+        x = xl if xu is None else torch.cat([xl, xu])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp):
+            feats, expert = self._experts(x)
+            gated_l, _ = m.mgp([f[:nl] for f in feats])
+            if xu is not None:
+                with torch.no_grad():  # pseudo-labels: detached, the gates get no gradient
+                    gated_u, _ = m.mgp([f[nl:].detach() for f in feats])
+        sup = self._supervised_losses({t: v[:nl] for t, v in expert.items()}, gated_l, y)
+        total = adaptive_loss(sup, m.loss_s, cfg.gamma)
+        uns: dict[str, torch.Tensor] = {}
+        if xu is not None:
+            pl = pseudo_labels(gated_u)
+            uns = {t: task_loss(t, expert[t][nl:], pl[t]) for t in TASKS}
+            total = total + lam * adaptive_loss(uns, m.loss_s, cfg.gamma)
+        total.backward()
+        return total.detach(), sup, uns
+
+    def _reference_pass(self, xl, y, xu, lam):
+        """Upstream order: unsupervised forward/backward, then supervised; fp32 unless asked."""
+        cfg, m = self.config, self.model
+        total = torch.zeros((), device=self.device)
+        uns: dict[str, torch.Tensor] = {}
+        if xu is not None:
+            with autocast(self.device, self.amp):
+                out = m(xu)
+            pl = pseudo_labels(out.gated)
+            uns = {t: task_loss(t, out.expert[t], pl[t]) for t in TASKS}
+            lu = lam * adaptive_loss(uns, m.loss_s, cfg.gamma)
+            lu.backward()
+            total = total + lu.detach()
+        with autocast(self.device, self.amp):
+            out = m(xl)
+        sup = self._supervised_losses(out.expert, out.gated, y)
+        ls = adaptive_loss(sup, m.loss_s, cfg.gamma)
+        ls.backward()
+        return total + ls.detach(), sup, uns
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(
+        self,
+        on_event: EventCallback | None = None,
+        stop: Flag | None = None,
+        pause: Flag | None = None,
+        hook: IterationHook | None = None,
+    ) -> str:
+        """Train until ``config.iterations``; returns 'done' or 'stopped'.
+
+        ``stop`` and ``pause`` are polled between iterations. A stop or a pause saves a
+        checkpoint first, so that what was learnt so far is never lost.
+        """
+        cfg = self.config
+        emit = on_event or (lambda e: None)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.run_dir / "config.json", dataclasses.asdict(cfg))
+        emit(self._event("start", message=self._describe()))
+        log = (self.run_dir / "log.jsonl").open("a")
+        try:
+            while self.iteration < cfg.iterations:
+                if stop is not None and stop.is_set():
+                    self.save()
+                    emit(self._event("stopped", message="stopped; checkpoint saved"))
+                    return "stopped"
+                if pause is not None and pause.is_set():
+                    self.save()
+                    emit(self._event("paused", message="paused; checkpoint saved"))
+                    while pause.is_set() and not (stop is not None and stop.is_set()):
+                        time.sleep(0.1)
+                    self._step_times.clear()
+                    emit(self._event("resumed"))
+                    continue
+                if hook is not None:
+                    hook(self, self.iteration)
+                t0 = time.perf_counter()
+                losses = self.step()
+                dt = time.perf_counter() - t0
+                self.elapsed += dt
+                self._step_times.append(dt)
+                rec = {"iteration": self.iteration, "losses": losses, "time": self.elapsed}
+                self.history.append(rec)
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                emit(self._event("iteration", losses))
+                if self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.iterations:
+                    self.save()
+                    emit(self._event("checkpoint", losses))
+                if cfg.snapshot_every and self.iteration % cfg.snapshot_every == 0:
+                    self._snapshot()
+            emit(self._event("done", message=f"finished {cfg.iterations} iterations"))
+            return "done"
+        finally:
+            log.close()
+
+    def _snapshot(self) -> None:
+        snap = self.run_dir / "snapshots" / f"iter_{self.iteration:06d}.safetensors"
+        save_checkpoint(snap, self.model, self.meta())
+
+    def _describe(self) -> str:
+        amp = "bf16 autocast" if self.amp == torch.bfloat16 else "fp32"
+        mode = "supervised-only" if not self._semi_supervised() else "semi-supervised"
+        return (
+            f"{mode} Semi-MoE b={self.config.width} on {self.device} ({amp}, "
+            f"{'fast' if self.config.fast else 'reference'} path); "
+            f"{len(self.data.labeled_images)} labeled, "
+            f"{len(self.data.unlabeled_images)} unlabeled"
+        )
+
+    def _event(
+        self, kind: str, losses: dict[str, float] | None = None, message: str = ""
+    ) -> ProgressEvent:
+        cfg = self.config
+        eta = None
+        if self._step_times:
+            per = float(np.median(self._step_times))
+            eta = per * (cfg.iterations - self.iteration)
+        losses = losses or {}
+        return ProgressEvent(
+            kind=kind,
+            iteration=self.iteration,
+            total=cfg.iterations,
+            losses={k: v for k, v in losses.items() if not k.startswith(("s_", "lambda", "lr"))},
+            s=[float(v) for v in self.model.loss_s.detach().cpu()],
+            lam=cfg.lambda_at(max(0, self.iteration - 1)),
+            lr=cfg.lr * cfg.lr_factor(max(0, self.iteration - 1)),
+            elapsed=self.elapsed,
+            eta=eta,
+            message=message,
+        )
+
+
+def clear_run(run_dir: str | Path) -> None:
+    """Remove a previous run's files (used when the user starts over in the same folder)."""
+    p = Path(run_dir)
+    for name in (CHECKPOINT_NAME, "history.json", "log.jsonl", "config.json"):
+        (p / name).unlink(missing_ok=True)
+    shutil.rmtree(p / "snapshots", ignore_errors=True)
+
+
+def lr_schedule(config: TrainConfig) -> list[float]:
+    """The lr at every iteration (for docs and tests)."""
+    return [config.lr * config.lr_factor(i) for i in range(config.iterations)]
+
+
+__all__ = [
+    "ProgressEvent",
+    "TrainConfig",
+    "Trainer",
+    "TrainingError",
+    "clear_run",
+    "lr_schedule",
+]

@@ -1,0 +1,63 @@
+"""Shared fixtures. Viewer tests need an X server: pytest-xvfb starts Xvfb when it is
+installed; without any display, Qt would abort the whole run, so fall back to offscreen and
+skip the tests that need a real viewer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+GLAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "glas"
+
+
+def pytest_configure(config):
+    if not os.environ.get("DISPLAY"):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("DISPLAY"):
+        return
+    skip = pytest.mark.skip(reason="needs an X server (install xvfb and pytest-xvfb)")
+    for item in items:
+        if "viewer" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    """A data folder in the CLI's layout: 6 images 96x80 with instance masks, 2 unlabeled-only."""
+    from PIL import Image
+
+    from napari_semimoe.core.bench import synthetic_tiles
+
+    images, masks = synthetic_tiles(6, size=96, seed=3)
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "masks").mkdir()
+    for i, (im, m) in enumerate(zip(images, masks)):
+        im = im[:, :80]
+        Image.fromarray(im).save(tmp_path / "data" / "images" / f"img_{i}.png")
+        if i < 4:
+            Image.fromarray(m[:, :80]).save(tmp_path / "data" / "masks" / f"img_{i}.png")
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def small_set():
+    from napari_semimoe.core.bench import synthetic_tiles
+    from napari_semimoe.core.data import TrainingSet
+
+    images, masks = synthetic_tiles(6, size=48, seed=1)
+    return TrainingSet(images[:3], masks[:3], images[3:])
+
+
+def glas_or_skip() -> Path:
+    if not (GLAS / "train" / "images").is_dir():
+        pytest.skip("GlaS data not present (../shared/data/glas)")
+    return GLAS
+
+
+__all__ = ["glas_or_skip", "np"]
