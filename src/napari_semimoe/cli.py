@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--device", default="auto")
         q.add_argument("--threads", type=int)
         q.add_argument("--tile", type=int, help="tile side at working scale")
-        q.add_argument("--overlap", type=int, default=64)
+        q.add_argument("--overlap", type=int, help="tile overlap (default: tile / 4)")
         q.add_argument("--batch", type=int, default=2)
         q.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
 

@@ -67,7 +67,7 @@ def load_model(run: str | Path, device: str = "auto") -> LoadedModel:
 @dataclass
 class PredictOptions:
     tile: int | None = None  # working-scale tile side; default: the training tile (256)
-    overlap: int = 64
+    overlap: int | None = None  # default: a quarter of the tile
     batch: int = 2
     precision: str = "auto"
     threads: int | None = None
@@ -147,9 +147,10 @@ class Predictor:
         self.tile = int(self.opt.tile or g.input_size or g.tile)
         if self.tile % 16:
             raise InputError(f"tile size must be a multiple of 16, got {self.tile}")
-        if not 0 <= self.opt.overlap < self.tile // 2 + 1:
+        self.overlap = self.tile // 4 if self.opt.overlap is None else int(self.opt.overlap)
+        if not 0 <= self.overlap <= self.tile // 2:
             raise InputError(f"overlap must be between 0 and {self.tile // 2}")
-        self.window = blend_window(self.tile, self.opt.overlap)
+        self.window = blend_window(self.tile, self.overlap)
         self.channels_last = self.opt.fast and loaded.device.type == "cpu"
         if self.channels_last:
             self.m.model.to(memory_format=torch.channels_last)
@@ -194,7 +195,7 @@ class Predictor:
         """
         h, w = shape
         t = self.tile
-        grid = TileGrid((h, w), t, self.opt.overlap)
+        grid = TileGrid((h, w), t, self.overlap)
         names = list(BASE_MAPS) + (list(EXPERT_MAPS) if self.opt.experts else [])
         alloc = _allocator(out_dir)
         acc = {k: alloc(k, (h, w)) for k in names}

@@ -1,0 +1,164 @@
+"""The command line end to end on generated data, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_semimoe.cli import main
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_summary_counts(capsys):
+    code, out, _ = run(capsys, "summary", "--width", "64")
+    assert code == 0 and json.loads(out)["total"] == 103_665_974
+    code, out, _ = run(capsys, "summary")
+    assert json.loads(out)["total"] == 6_492_062
+
+
+def test_train_predict_evaluate_resume(tiny_dataset: Path, tmp_path: Path, capsys):
+    rundir = tmp_path / "run"
+    common = ["--width", "4", "--input-size", "32", "--threads", "1", "--precision", "fp32"]
+    code, out, err = run(
+        capsys,
+        "train",
+        "--data",
+        str(tiny_dataset),
+        "--labeled",
+        "2",
+        "--iterations",
+        "3",
+        "--out",
+        str(rundir),
+        *common,
+    )
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["iterations"] == 3
+    split = json.loads((rundir / "split.json").read_text())
+    assert len(split["labeled"]) == 2 and len(split["unlabeled"]) == 4
+    assert not set(split["labeled"]) & set(split["unlabeled"])
+
+    # Resume continues the same run to more iterations.
+    code, out, err = run(capsys, "train", "--resume", str(rundir), "--iterations", "5")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["iterations"] == 5
+    hist = json.loads((rundir / "history.json").read_text())
+    assert [h["iteration"] for h in hist] == [1, 2, 3, 4, 5]
+
+    img = tiny_dataset / "images" / "img_0.png"
+    code, out, err = run(capsys, "predict", str(rundir), str(img), "--out", str(tmp_path / "p"))
+    assert code == 0, err
+    mask = tifffile.imread(tmp_path / "p" / "img_0_mask.tif")
+    assert mask.shape == (96, 80) and mask.dtype == np.uint8 and mask.max() <= 1
+    for key in ("prob", "sdf", "boundary"):
+        a = tifffile.imread(tmp_path / "p" / f"img_0_{key}.tif")
+        assert a.shape == (96, 80) and a.dtype == np.float32, key
+    assert tifffile.imread(tmp_path / "p" / "img_0_instances.tif").shape == (96, 80)
+
+    code, out, err = run(
+        capsys,
+        "evaluate",
+        str(rundir),
+        "--data",
+        str(tiny_dataset),
+        "--json",
+        str(tmp_path / "m.json"),
+    )
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["n_images"] == 4 and 0 <= metrics["dice_pooled"] <= 1
+    assert "Object F1" in out
+
+
+def test_refuses_to_overwrite_a_run(tiny_dataset, tmp_path, capsys):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "checkpoint.safetensors").write_bytes(b"x")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--data",
+        str(tiny_dataset),
+        "--iterations",
+        "1",
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert code == 2 and "already holds a run" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--data", "/nonexistent", "--iterations", "1"], "no 'images' folder"),
+        (["train", "--data", "{data}", "--iterations", "1", "--labeled", "9"], "only 4 have masks"),
+        (["predict", "/nonexistent-run", "x.png", "--out", "o"], "no checkpoint"),
+        (["train", "--data", "{data}"], "--iterations"),
+    ],
+)
+def test_user_errors_are_one_line(tiny_dataset, capsys, args, message):
+    args = [a.replace("{data}", str(tiny_dataset)) for a in args]
+    code, _, err = run(capsys, *args)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_mask_size_mismatch_is_reported(tiny_dataset, tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tiny_dataset / "masks" / "img_1.png")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--data",
+        str(tiny_dataset),
+        "--labeled",
+        "4",
+        "--iterations",
+        "1",
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert code == 2 and "img_1.png" in err and "10x10" in err
+
+
+def test_corrupt_image_in_predict(tiny_dataset, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    rundir = tmp_path / "run"
+    run(
+        capsys,
+        "train",
+        "--data",
+        str(tiny_dataset),
+        "--labeled",
+        "1",
+        "--iterations",
+        "1",
+        "--out",
+        str(rundir),
+        "--width",
+        "4",
+        "--input-size",
+        "32",
+    )
+    code, _, err = run(capsys, "predict", str(rundir), str(bad), "--out", str(tmp_path / "p"))
+    assert code == 2 and "bad.png" in err and "Traceback" not in err
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).parent / "napari-semimoe"
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True)
+    for cmd in ("summary", "train", "predict", "evaluate", "bench"):
+        assert cmd in out.stdout
