@@ -13,6 +13,7 @@ import pytest
 GLAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "glas"
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-xvfb has set DISPLAY
 def pytest_configure(config):
     if not os.environ.get("DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")

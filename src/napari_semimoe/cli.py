@@ -285,6 +285,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def cmd_gui(args: argparse.Namespace) -> int:
+    from .plugin.launch import launch
+
+    launch(args.project, sample=not args.no_sample)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="napari-semimoe", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -362,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True)
     ev.add_argument("--json", help="also write the metrics to this JSON file")
     ev.set_defaults(func=cmd_evaluate)
+
+    gu = sub.add_parser("gui", help="open napari with the plugin docked and the sample slide")
+    gu.add_argument("--project", help="project folder (default ~/napari-semimoe-projects/sample)")
+    gu.add_argument("--no-sample", action="store_true", help="do not load the sample slide")
+    gu.set_defaults(func=cmd_gui)
 
     b = sub.add_parser("bench", help="training and prediction speed: fast vs fp32 reference")
     b.add_argument("--width", type=int, default=16)

@@ -1,0 +1,100 @@
+"""A small live line chart (QPainter): no plotting dependency, cheap to repaint."""
+
+from __future__ import annotations
+
+import math
+
+from qtpy.QtCore import QPointF, Qt
+from qtpy.QtGui import QColor, QPainter, QPen
+from qtpy.QtWidgets import QSizePolicy, QWidget
+
+COLORS = {
+    "total": "#f0f0f0",
+    "seg": "#e8a33d",
+    "sdf": "#4cb5f5",
+    "bnd": "#b05cd6",
+    "unsup": "#7bd389",
+    "lambda": "#ff6b6b",
+}
+
+
+class LossChart(QWidget):
+    """Loss curves per task (supervised), total, unsupervised total and λ (right axis 0-1)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setMinimumHeight(150)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.series: dict[str, list[tuple[float, float]]] = {k: [] for k in COLORS}
+        self.total_iterations = 1
+
+    def clear(self) -> None:
+        for v in self.series.values():
+            v.clear()
+        self.update()
+
+    def add(self, event: dict) -> None:
+        it = float(event["iteration"])
+        lo = event.get("losses", {})
+        self.total_iterations = max(1, int(event.get("total", 1)))
+        vals = {
+            "total": lo.get("total"),
+            "seg": lo.get("sup_seg"),
+            "sdf": lo.get("sup_sdf"),
+            "bnd": lo.get("sup_bnd"),
+            "unsup": sum(lo[k] for k in ("unsup_seg", "unsup_sdf", "unsup_bnd") if k in lo)
+            if "unsup_seg" in lo
+            else None,
+            "lambda": event.get("lam"),
+        }
+        for k, v in vals.items():
+            if v is not None and math.isfinite(v):
+                self.series[k].append((it, float(v)))
+        self.update()
+
+    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt API)
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        w, h = self.width(), self.height()
+        left, right, top, bottom = 34, 30, 8, 30
+        pw, ph = max(1, w - left - right), max(1, h - top - bottom)
+        p.fillRect(0, 0, w, h, QColor("#262930"))
+        p.setPen(QPen(QColor("#5a5f6a"), 1))
+        p.drawRect(left, top, pw, ph)
+        losses = [v for k, s in self.series.items() if k != "lambda" for _, v in s]
+        ymax = max(losses) * 1.05 if losses else 1.0
+        xmax = float(self.total_iterations)
+        p.setPen(QColor("#b0b4bc"))
+        p.drawText(2, top + 10, f"{ymax:.2g}")
+        p.drawText(2, top + ph, "0")
+        p.drawText(left + pw + 4, top + 10, "λ 1")
+        p.drawText(left, h - 16, "0")
+        p.drawText(left + pw - 40, h - 16, f"{int(xmax)} it")
+        for k, pts in self.series.items():
+            if len(pts) < 2:
+                continue
+            scale = 1.0 if k == "lambda" else ymax
+            pen = QPen(QColor(COLORS[k]), 1.6)
+            if k == "lambda":
+                pen.setStyle(Qt.PenStyle.DashLine)
+            p.setPen(pen)
+            step = max(1, len(pts) // pw)  # at most one point per pixel column
+            pts = pts[::step] + ([pts[-1]] if (len(pts) - 1) % step else [])
+            poly = [
+                QPointF(left + pw * x / xmax, top + ph * (1 - min(1.0, y / scale))) for x, y in pts
+            ]
+            p.drawPolyline(poly)
+        x = left
+        for k, c in COLORS.items():
+            p.setPen(QColor(c))
+            label = {
+                "seg": "seg",
+                "sdf": "sdf",
+                "bnd": "bnd",
+                "unsup": "unsup",
+                "total": "total",
+                "lambda": "λ",
+            }[k]
+            p.drawText(x, h - 3, label)
+            x += 8 + 7 * len(label)
+        p.end()

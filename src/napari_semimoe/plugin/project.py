@@ -1,0 +1,236 @@
+"""A project folder: what the user made (annotations, tiles, settings) and the runs.
+
+Qt-free, so the training process and tests use it too. Every write is atomic and happens
+as the user works, so a crash of napari or of training loses nothing::
+
+    project/
+      project.json        image path, working scale, tiles, settings
+      annotations.tif     the painted gland labels (the Labels layer's pixel grid)
+      trainset.npz        labeled tiles + unlabeled pool, as the trainer sees them
+      runs/run-001/       checkpoint.safetensors, history.json, log.jsonl, config.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.checkpoint import CHECKPOINT_NAME, atomic_write_json
+from ..core.data import TrainingSet
+from ..core.errors import InputError
+from ..core.slide import Slide, tissue_mask, write_tiff
+
+PROJECT_FILE = "project.json"
+ANNOTATIONS_FILE = "annotations.tif"
+TRAINSET_FILE = "trainset.npz"
+
+
+@dataclass
+class Tile:
+    """A rectangle in level-0 pixels. kind: 'train' (annotated) or 'rejected' (kept out of
+    the unlabeled pool)."""
+
+    y: int
+    x: int
+    h: int
+    w: int
+    kind: str = "train"
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    def overlaps(self, y: int, x: int, h: int, w: int) -> bool:
+        return not (
+            y >= self.y + self.h or y + h <= self.y or x >= self.x + self.w or x + w <= self.x
+        )
+
+
+@dataclass
+class ProjectState:
+    image_path: str | None = None
+    scale: float = 1.0  # working scale: level-0 px per model px
+    tile: int = 256  # model tile side at working scale
+    labels_scale: float = 1.0  # level-0 px per annotation px
+    tiles: list[Tile] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    runs: list[str] = field(default_factory=list)
+
+
+class Project:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "runs").mkdir(exist_ok=True)
+        self.state = ProjectState()
+        if (self.root / PROJECT_FILE).exists():
+            self._load()
+
+    # ------------------------------------------------------------------ persistence
+
+    def _load(self) -> None:
+        try:
+            doc = json.loads((self.root / PROJECT_FILE).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(
+                f"{self.root / PROJECT_FILE}: unreadable project file ({exc})"
+            ) from None
+        tiles = [Tile(**t) for t in doc.pop("tiles", [])]
+        known = {k: v for k, v in doc.items() if k in ProjectState.__dataclass_fields__}
+        self.state = ProjectState(**known, tiles=tiles)
+
+    def save(self) -> None:
+        atomic_write_json(self.root / PROJECT_FILE, asdict(self.state))
+
+    def save_annotations(self, labels: np.ndarray) -> None:
+        write_tiff(self.root / ANNOTATIONS_FILE, np.asarray(labels))
+
+    def load_annotations(self) -> np.ndarray | None:
+        import tifffile
+
+        p = self.root / ANNOTATIONS_FILE
+        return tifffile.imread(p) if p.exists() else None
+
+    # ------------------------------------------------------------------ tiles
+
+    def add_tile(self, y: int, x: int, h: int, w: int, kind: str = "train") -> Tile:
+        t = Tile(int(y), int(x), int(h), int(w), kind)
+        self.state.tiles.append(t)
+        self.save()
+        return t
+
+    def remove_tile(self, tile_id: str) -> None:
+        self.state.tiles = [t for t in self.state.tiles if t.id != tile_id]
+        self.save()
+
+    def train_tiles(self) -> list[Tile]:
+        return [t for t in self.state.tiles if t.kind == "train"]
+
+    # ------------------------------------------------------------------ runs
+
+    def new_run_dir(self) -> Path:
+        n = len(self.state.runs) + 1
+        while (self.root / "runs" / f"run-{n:03d}").exists():
+            n += 1
+        name = f"run-{n:03d}"
+        self.state.runs.append(name)
+        self.save()
+        d = self.root / "runs" / name
+        d.mkdir(parents=True)
+        return d
+
+    def last_checkpoint(self) -> Path | None:
+        for name in reversed(self.state.runs):
+            p = self.root / "runs" / name / CHECKPOINT_NAME
+            if p.exists():
+                return p
+        return None
+
+    # ------------------------------------------------------------------ training data
+
+    def build_training_set(
+        self,
+        slide: Slide,
+        labels: np.ndarray,
+        *,
+        max_unlabeled: int = 64,
+        seed: int = 0,
+    ) -> TrainingSet:
+        """Cut the annotated tiles (unpainted = background) and an unlabeled pool of tissue
+        tiles outside them, at working scale, and save them for the training process."""
+        st = self.state
+        s = st.scale
+        tiles = self.train_tiles()
+        if not tiles:
+            raise InputError(
+                "no training tile yet: draw a rectangle in 'training tiles' and "
+                "paint the glands inside it"
+            )
+        li, lm, names = [], [], []
+        for t in tiles:
+            h, w = max(1, round(t.h / s)), max(1, round(t.w / s))
+            img = slide.read_scaled(round(t.y / s), round(t.x / s), h, w, s)
+            m = _crop_labels(labels, t, st.labels_scale, (h, w))
+            li.append(img)
+            lm.append(m)
+            names.append(f"tile-{t.id}")
+        if not any(m.any() for m in lm):
+            raise InputError(
+                "the training tiles contain no painted gland: paint at least one "
+                "gland (tiles without glands are fine as long as one has some)"
+            )
+        ui, unames = self._unlabeled_pool(slide, max_unlabeled, seed)
+        ts = TrainingSet(li, lm, ui, names, unames)
+        save_trainset(self.root / TRAINSET_FILE, ts)
+        return ts
+
+    def _unlabeled_pool(self, slide: Slide, k: int, seed: int):
+        st = self.state
+        s, T = st.scale, st.tile
+        tissue = tissue_mask(slide, s)
+        H, W = tissue.shape
+        cands = []
+        for y in range(0, max(1, H - T + 1), T):
+            for x in range(0, max(1, W - T + 1), T):
+                y0, x0, side = round(y * s), round(x * s), round(T * s)
+                if any(t.overlaps(y0, x0, side, side) for t in st.tiles):
+                    continue  # annotated or rejected
+                if tissue[y : y + T, x : x + T].mean() >= 0.5:
+                    cands.append((y, x))
+        rng = np.random.default_rng(seed)
+        if len(cands) > k:
+            cands = [cands[i] for i in sorted(rng.choice(len(cands), k, replace=False))]
+        images = [slide.read_scaled(y, x, T, T, s) for y, x in cands]
+        return images, [f"pool-{y}-{x}" for y, x in cands]
+
+
+def _crop_labels(
+    labels: np.ndarray, t: Tile, labels_scale: float, shape: tuple[int, int]
+) -> np.ndarray:
+    from ..core.predict import resample
+
+    ls = labels_scale
+    y0, x0 = round(t.y / ls), round(t.x / ls)
+    y1, x1 = round((t.y + t.h) / ls), round((t.x + t.w) / ls)
+    crop = np.zeros((y1 - y0, x1 - x0), labels.dtype)
+    sy0, sx0 = max(0, y0), max(0, x0)
+    sy1, sx1 = min(labels.shape[0], y1), min(labels.shape[1], x1)
+    if sy1 > sy0 and sx1 > sx0:
+        crop[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = labels[sy0:sy1, sx0:sx1]
+    return resample(crop, shape, nearest=True)
+
+
+def save_trainset(path: Path, ts: TrainingSet) -> None:
+    """npz without pickles (object arrays are refused on load), written atomically."""
+    arrays = {}
+    for i, (im, m) in enumerate(zip(ts.labeled_images, ts.labeled_masks)):
+        arrays[f"li_{i}"], arrays[f"lm_{i}"] = im, m
+    for i, im in enumerate(ts.unlabeled_images):
+        arrays[f"ui_{i}"] = im
+    arrays["names"] = np.array(json.dumps([ts.labeled_names, ts.unlabeled_names]))
+    fd, tmp = tempfile.mkstemp(prefix=".trainset.", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_trainset(path: str | Path) -> TrainingSet:
+    with np.load(path, allow_pickle=False) as z:
+        nl = sum(1 for k in z.files if k.startswith("li_"))
+        nu = sum(1 for k in z.files if k.startswith("ui_"))
+        ln, un = json.loads(str(z["names"]))
+        return TrainingSet(
+            [z[f"li_{i}"] for i in range(nl)],
+            [z[f"lm_{i}"] for i in range(nl)],
+            [z[f"ui_{i}"] for i in range(nu)],
+            ln,
+            un,
+        )

@@ -1,0 +1,147 @@
+"""Training in a child process: the GUI stays responsive (no shared GIL) and GPU memory is
+returned when the process ends. Qt-free; the widget polls :class:`TrainingJob`."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue as queue_mod
+import traceback
+from pathlib import Path
+from typing import Any
+
+
+def _entry(
+    config: dict, trainset: str, run_dir: str, resume: bool, init_from: str | None, q, stop, pause
+) -> None:
+    """Child process: train, stream events as dicts, report errors as one readable line."""
+    try:
+        from ..core.errors import InputError
+        from ..core.train import TrainConfig, Trainer, TrainingError
+        from .project import load_trainset
+
+        path = Path(trainset)
+        data = load_trainset(path)
+        seen = [path.stat().st_mtime_ns]
+        trainer = Trainer(
+            TrainConfig.from_dict(config), data, run_dir, resume=resume, init_from=init_from
+        )
+
+        def hook(tr, it: int) -> None:
+            # The user added, promoted or rejected tiles: pick them up without a restart.
+            m = path.stat().st_mtime_ns
+            if m != seen[0]:
+                seen[0] = m
+                tr.replace_data(load_trainset(path))
+                q.put(
+                    {
+                        "kind": "data",
+                        "message": "training tiles updated",
+                        "iteration": it,
+                        "total": tr.config.iterations,
+                    }
+                )
+
+        result = trainer.run(
+            on_event=lambda e: q.put(e.to_dict()), stop=stop, pause=pause, hook=hook
+        )
+        q.put({"kind": "exit", "result": result, "run_dir": run_dir})
+    except (InputError, TrainingError) as exc:
+        q.put({"kind": "error", "message": str(exc)})
+    except Exception as exc:  # noqa: BLE001 - everything must reach the user
+        q.put(
+            {
+                "kind": "error",
+                "message": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+            }
+        )
+
+
+class TrainingJob:
+    """Start / pause / resume / stop a training process and collect its events."""
+
+    def __init__(
+        self,
+        config: dict,
+        trainset: str | Path,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        init_from: str | Path | None = None,
+    ) -> None:
+        ctx = mp.get_context("spawn")  # fork would copy Qt and torch state into the child
+        self._q = ctx.Queue()
+        self._stop = ctx.Event()
+        self._pause = ctx.Event()
+        self.run_dir = Path(run_dir)
+        self._proc = ctx.Process(
+            target=_entry,
+            args=(
+                config,
+                str(trainset),
+                str(run_dir),
+                resume,
+                None if init_from is None else str(init_from),
+                self._q,
+                self._stop,
+                self._pause,
+            ),
+            daemon=True,
+            name="semimoe-training",
+        )
+        self.finished = False
+        self.last: dict[str, Any] | None = None
+
+    def start(self) -> None:
+        self._proc.start()
+
+    def pause(self) -> None:
+        self._pause.set()
+
+    def resume(self) -> None:
+        self._pause.clear()
+
+    @property
+    def paused(self) -> bool:
+        return self._pause.is_set()
+
+    def stop(self) -> None:
+        """Ask for a clean stop: the trainer saves a checkpoint, then the process exits."""
+        self._stop.set()
+        self._pause.clear()
+
+    def kill(self) -> None:
+        if self._proc.is_alive():
+            self._proc.terminate()
+
+    def is_alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def poll(self, max_events: int = 1000) -> list[dict[str, Any]]:
+        """Drain pending events (non-blocking). A process that died without saying so
+        yields an 'error' event; the last good checkpoint is still on disk."""
+        out: list[dict[str, Any]] = []
+        for _ in range(max_events):
+            try:
+                out.append(self._q.get_nowait())
+            except queue_mod.Empty:
+                break
+        for ev in out:
+            if ev["kind"] in ("exit", "error"):
+                self.finished = True
+            self.last = ev
+        if not out and not self.finished and self._proc.exitcode is not None:
+            self.finished = True
+            out.append(
+                {
+                    "kind": "error",
+                    "message": (
+                        "the training process ended unexpectedly (exit code "
+                        f"{self._proc.exitcode}); the last good checkpoint was kept"
+                    ),
+                }
+            )
+        return out
+
+    def join(self, timeout: float | None = None) -> None:
+        self._proc.join(timeout)

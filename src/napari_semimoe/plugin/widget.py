@@ -1,0 +1,794 @@
+"""The Semi-MoE dock widget: project, training tiles, background training, review.
+
+Threading model: training runs in a child process (:class:`TrainingJob`), polled by a
+QTimer on the main thread; prediction runs in a napari ``thread_worker`` and hands its
+arrays back to the main thread, which alone touches layers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QToolBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.errors import InputError
+from ..core.slide import Slide
+from .chart import LossChart
+from .project import TRAINSET_FILE, Project
+from .training_process import TrainingJob
+
+if TYPE_CHECKING:
+    import napari
+
+TILES_LAYER = "training tiles"
+LABELS_LAYER = "annotations"
+OUT = {
+    "seg": "Semi-MoE segmentation",
+    "prob": "Semi-MoE gland probability",
+    "sdf": "Semi-MoE SDF",
+    "boundary": "Semi-MoE boundary",
+    "uncertainty": "Semi-MoE uncertainty",
+    "gates": "Semi-MoE gates",
+    "expert_prob": "Expert: segmentation",
+    "expert_sdf": "Expert: SDF",
+    "expert_boundary": "Expert: boundary",
+}
+
+
+def _notify(msg: str, level: str = "info") -> None:
+    from napari.utils import notifications
+
+    getattr(notifications, f"show_{level}")(msg)
+
+
+def sdf_colormap():
+    """Diverging map centred on 0 (the gland edge): blue outside, white edge, red inside."""
+    from napari.utils import Colormap
+
+    return Colormap(
+        [[0.13, 0.40, 0.67, 1], [0.97, 0.97, 0.97, 1], [0.70, 0.09, 0.17, 1]], name="semimoe-sdf"
+    )
+
+
+class SemiMoEWidget(QWidget):
+    def __init__(self, viewer: napari.viewer.Viewer, project_dir: str | Path | None = None):
+        super().__init__()
+        self.viewer = viewer
+        self.project: Project | None = None
+        self.job: TrainingJob | None = None
+        self.worker = None
+        self._undo: list[tuple[tuple[slice, slice], np.ndarray]] = []
+        self._last_pred: dict[str, Any] | None = None
+        self._t_start = 0.0
+
+        lay = QVBoxLayout(self)
+        box = QToolBox()
+        lay.addWidget(box)
+        box.addItem(self._build_project(), "1 · Project and tiles")
+        box.addItem(self._build_train(), "2 · Train")
+        box.addItem(self._build_review(), "3 · Review and correct")
+        box.setCurrentIndex(1)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+
+        self._autosave = QTimer(self)
+        self._autosave.setSingleShot(True)
+        self._autosave.setInterval(800)
+        self._autosave.timeout.connect(self.save_annotations)
+        self._poll = QTimer(self)
+        self._poll.setInterval(100)
+        self._poll.timeout.connect(self._poll_training)
+
+        viewer.layers.events.inserted.connect(self._refresh_layers)
+        viewer.layers.events.removed.connect(self._refresh_layers)
+        self._refresh_layers()
+        if project_dir is not None:
+            self.set_project(project_dir)
+
+    # ================================================================== building
+
+    def _build_project(self) -> QWidget:
+        w = QWidget()
+        f = QFormLayout(w)
+        row = QHBoxLayout()
+        self.project_edit = QLineEdit()
+        self.project_edit.setPlaceholderText("folder for annotations, tiles and runs")
+        browse = QPushButton("Open…")
+        browse.clicked.connect(self._browse_project)
+        row.addWidget(self.project_edit)
+        row.addWidget(browse)
+        f.addRow("Project", row)
+        self.image_combo = QComboBox()
+        f.addRow("Slide", self.image_combo)
+        self.scale_spin = QDoubleSpinBox()
+        self.scale_spin.setRange(1.0, 64.0)
+        self.scale_spin.setSingleStep(0.5)
+        self.scale_spin.setValue(2.0)
+        self.scale_spin.setToolTip("working scale: the model sees the slide downsampled by this")
+        f.addRow("Working scale", self.scale_spin)
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(64, 1024)
+        self.tile_spin.setSingleStep(64)
+        self.tile_spin.setValue(256)
+        f.addRow("Tile (model px)", self.tile_spin)
+        add = QPushButton("Add training tile at view centre")
+        add.clicked.connect(self.add_tile_at_center)
+        f.addRow(add)
+        hint = QLabel(
+            "Paint glands in 'annotations' inside the yellow tiles; unpainted tile "
+            "pixels are background. Annotations are saved as you paint."
+        )
+        hint.setWordWrap(True)
+        f.addRow(hint)
+        return w
+
+    def _build_train(self) -> QWidget:
+        w = QWidget()
+        v = QVBoxLayout(w)
+        f = QFormLayout()
+        self.width_spin = QSpinBox()
+        self.width_spin.setRange(4, 64)
+        self.width_spin.setSingleStep(4)
+        self.width_spin.setValue(16)
+        f.addRow("Model width b", self.width_spin)
+        self.iter_spin = QSpinBox()
+        self.iter_spin.setRange(1, 1_000_000)
+        self.iter_spin.setValue(500)
+        f.addRow("Iterations", self.iter_spin)
+        self.lr_spin = _dspin(0.001, 5.0, 0.5, 3)
+        f.addRow("Learning rate", self.lr_spin)
+        self.gamma_spin = _dspin(0.0, 5.0, 0.4, 2)
+        f.addRow("γ (task weights)", self.gamma_spin)
+        self.lambda_spin = _dspin(0.0, 10.0, 0.5, 2)
+        f.addRow("λ max (unlabeled)", self.lambda_spin)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda"])
+        f.addRow("Device", self.device_combo)
+        v.addLayout(f)
+        adv = QGroupBox("Advanced")
+        adv.setCheckable(True)
+        adv.setChecked(False)
+        af = QFormLayout(adv)
+        self.threads_spin = QSpinBox()
+        self.threads_spin.setRange(0, 256)
+        self.threads_spin.setSpecialValueText("all")
+        af.addRow("CPU threads", self.threads_spin)
+        self.precision_combo = QComboBox()
+        self.precision_combo.addItems(["auto", "bf16", "fp32"])
+        af.addRow("Precision", self.precision_combo)
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        af.addRow("Seed", self.seed_spin)
+        self.semi_check = QCheckBox("use unlabeled tissue (semi-supervised)")
+        self.semi_check.setChecked(True)
+        af.addRow(self.semi_check)
+        adv.toggled.connect(lambda on: [c.setVisible(on) for c in adv.findChildren(QWidget)])
+        for c in adv.findChildren(QWidget):
+            c.setVisible(False)
+        v.addWidget(adv)
+        row = QHBoxLayout()
+        self.start_btn = QPushButton("Start")
+        self.start_btn.clicked.connect(lambda: self.start_training(continue_from=False))
+        self.pause_btn = QPushButton("Pause")
+        self.pause_btn.clicked.connect(self.toggle_pause)
+        self.stop_btn = QPushButton("Stop")
+        self.stop_btn.clicked.connect(self.stop_training)
+        self.continue_btn = QPushButton("Continue")
+        self.continue_btn.setToolTip("fine-tune from the last checkpoint with the current tiles")
+        self.continue_btn.clicked.connect(lambda: self.start_training(continue_from=True))
+        for b in (self.start_btn, self.pause_btn, self.stop_btn, self.continue_btn):
+            row.addWidget(b)
+        v.addLayout(row)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m iterations")
+        v.addWidget(self.progress)
+        self.eta_label = QLabel("idle")
+        v.addWidget(self.eta_label)
+        self.chart = LossChart()
+        v.addWidget(self.chart)
+        self._set_training_ui(False)
+        return w
+
+    def _build_review(self) -> QWidget:
+        w = QWidget()
+        v = QVBoxLayout(w)
+        row = QHBoxLayout()
+        self.pred_view_btn = QPushButton("Predict view")
+        self.pred_view_btn.clicked.connect(lambda: self.predict("view"))
+        self.pred_tiles_btn = QPushButton("Predict tiles")
+        self.pred_tiles_btn.clicked.connect(lambda: self.predict("tiles"))
+        self.pred_all_btn = QPushButton("Predict image")
+        self.pred_all_btn.clicked.connect(lambda: self.predict("image"))
+        for b in (self.pred_view_btn, self.pred_tiles_btn, self.pred_all_btn):
+            row.addWidget(b)
+        v.addLayout(row)
+        self.experts_check = QCheckBox("also show each expert's outputs")
+        v.addWidget(self.experts_check)
+        prow = QHBoxLayout()
+        self.pred_progress = QProgressBar()
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.cancel_prediction)
+        prow.addWidget(self.pred_progress)
+        prow.addWidget(self.cancel_btn)
+        v.addLayout(prow)
+        arow = QHBoxLayout()
+        self.accept_btn = QPushButton("Accept prediction in tiles")
+        self.accept_btn.setToolTip(
+            "copy the predicted glands into the annotations inside the training tiles (undoable)"
+        )
+        self.accept_btn.clicked.connect(self.accept_prediction)
+        self.undo_btn = QPushButton("Undo accept")
+        self.undo_btn.clicked.connect(self.undo_accept)
+        self.undo_btn.setEnabled(False)
+        arow.addWidget(self.accept_btn)
+        arow.addWidget(self.undo_btn)
+        v.addLayout(arow)
+        v.addStretch(1)
+        return w
+
+    # ================================================================== project
+
+    def _browse_project(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Project folder")
+        if d:
+            self.set_project(d)
+
+    def set_project(self, path: str | Path) -> None:
+        """Open (or create) a project folder and restore its annotations and tiles."""
+        self.project = Project(path)
+        self.project_edit.setText(str(path))
+        st = self.project.state
+        img = self.image_layer()
+        if img is not None and st.image_path is None:
+            st.image_path = img.metadata.get("semimoe_path")
+            st.scale = float(img.metadata.get("semimoe_scale", self.scale_spin.value()))
+            self.project.save()
+        self.scale_spin.setValue(st.scale)
+        self.tile_spin.setValue(st.tile)
+        for key, widget in (("width", self.width_spin), ("iterations", self.iter_spin)):
+            if key in st.settings:
+                widget.setValue(int(st.settings[key]))
+        saved = self.project.load_annotations()
+        labels = self.labels_layer(create=True)
+        if saved is not None and labels is not None and saved.shape == labels.data.shape:
+            labels.data = saved
+        elif labels is not None:
+            self.save_annotations()
+        tiles = self.tiles_layer(create=True)
+        if tiles is not None:
+            if st.tiles:
+                tiles.data = [_rect(t.y, t.x, t.h, t.w) for t in self.project.train_tiles()]
+            else:
+                self._sync_tiles()
+        self._say(f"project: {path}")
+
+    def image_layer(self):
+        name = self.image_combo.currentText()
+        return self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
+
+    def _refresh_layers(self, *_: Any) -> None:
+        from napari.layers import Image
+
+        current = self.image_combo.currentText()
+        names = [
+            ly.name
+            for ly in self.viewer.layers
+            if isinstance(ly, Image) and not ly.name.startswith(("Semi-MoE", "Expert"))
+        ]
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems(names)
+        if current in names:
+            self.image_combo.setCurrentText(current)
+        self.image_combo.blockSignals(False)
+        for ly in self.viewer.layers:
+            if ly.name == LABELS_LAYER and not getattr(ly, "_semimoe_hooked", False):
+                ly.events.data.connect(self._schedule_save)
+                if hasattr(ly.events, "paint"):
+                    ly.events.paint.connect(self._schedule_save)
+                ly._semimoe_hooked = True
+            if ly.name == TILES_LAYER and not getattr(ly, "_semimoe_hooked", False):
+                ly.events.data.connect(self._sync_tiles)
+                ly._semimoe_hooked = True
+
+    def _base_scale(self) -> np.ndarray:
+        img = self.image_layer()
+        return np.asarray(img.scale[-2:] if img is not None else (1.0, 1.0), float)
+
+    def labels_layer(self, create: bool = False):
+        if LABELS_LAYER in self.viewer.layers:
+            return self.viewer.layers[LABELS_LAYER]
+        img = self.image_layer()
+        if not create or img is None:
+            return None
+        shape = self._slide_shape()
+        ls = 1.0 if shape[0] * shape[1] <= 64e6 else self.scale_spin.value()
+        if self.project is not None:
+            self.project.state.labels_scale = ls
+            self.project.save()
+        data = np.zeros((round(shape[0] / ls), round(shape[1] / ls)), np.uint16)
+        layer = self.viewer.add_labels(
+            data, name=LABELS_LAYER, opacity=0.5, scale=tuple(self._base_scale() * ls)
+        )
+        return layer
+
+    def tiles_layer(self, create: bool = False):
+        if TILES_LAYER in self.viewer.layers:
+            return self.viewer.layers[TILES_LAYER]
+        if not create:
+            return None
+        return self.viewer.add_shapes(
+            name=TILES_LAYER,
+            shape_type="rectangle",
+            edge_color="yellow",
+            face_color="transparent",
+            edge_width=6,
+            scale=tuple(self._base_scale()),
+        )
+
+    def _slide(self) -> Slide:
+        """The selected image as a lazily read slide (pyramid levels or in-memory array)."""
+        img = self.image_layer()
+        if img is None:
+            raise InputError("no image layer: open a slide (File > Open) first")
+        if img.multiscale:
+            levels = list(img.data)
+            h0 = levels[0].shape[0]
+            downs = [h0 / lv.shape[0] for lv in levels]
+            return Slide(Path(img.name), levels, downs, None)
+        return Slide(Path(img.name), [img.data], [1.0], None)
+
+    def _slide_shape(self) -> tuple[int, int]:
+        img = self.image_layer()
+        data = img.data[0] if img.multiscale else img.data
+        return tuple(int(n) for n in data.shape[:2])
+
+    def _schedule_save(self, *_: Any) -> None:
+        self._autosave.start()
+
+    def save_annotations(self) -> None:
+        labels = self.labels_layer()
+        if self.project is not None and labels is not None:
+            self.project.save_annotations(labels.data)
+
+    def _sync_tiles(self, *_: Any) -> None:
+        """Shapes layer -> project tiles (level-0 px). Rejected tiles are kept."""
+        layer = self.tiles_layer()
+        if self.project is None or layer is None:
+            return
+        from .project import Tile
+
+        keep = [t for t in self.project.state.tiles if t.kind != "train"]
+        tiles = []
+        for rect in layer.data:
+            (y0, x0), (y1, x1) = np.floor(rect.min(0)), np.ceil(rect.max(0))
+            tiles.append(Tile(int(y0), int(x0), int(y1 - y0), int(x1 - x0)))
+        self.project.state.tiles = tiles + keep
+        self.project.save()
+
+    def add_tile_at_center(self) -> None:
+        """A training tile (one model tile at working scale) centred in the current view."""
+        if self.image_layer() is None:
+            _notify("open a slide first", "warning")
+            return
+        layer = self.tiles_layer(create=True)
+        side = self.tile_spin.value() * self.scale_spin.value()
+        cy, cx = np.asarray(self.viewer.camera.center[-2:]) / self._base_scale()
+        H, W = self._slide_shape()
+        y0 = float(np.clip(cy - side / 2, 0, max(0, H - side)))
+        x0 = float(np.clip(cx - side / 2, 0, max(0, W - side)))
+        layer.add_rectangles(
+            [_rect(y0, x0, side, side)], edge_color="yellow", face_color="transparent", edge_width=6
+        )
+        self.labels_layer(create=True)
+        self.viewer.layers.selection.active = self.labels_layer()
+
+    # ================================================================== training
+
+    def _config(self) -> dict:
+        from dataclasses import asdict
+
+        from ..core.data import Geometry
+        from ..core.train import TrainConfig
+
+        cfg = TrainConfig(
+            width=self.width_spin.value(),
+            iterations=self.iter_spin.value(),
+            lr=self.lr_spin.value(),
+            gamma=self.gamma_spin.value(),
+            lambda_max=self.lambda_spin.value(),
+            device=self.device_combo.currentText(),
+            threads=self.threads_spin.value() or None,
+            precision=self.precision_combo.currentText(),
+            seed=self.seed_spin.value(),
+            supervised_only=not self.semi_check.isChecked(),
+            geometry=Geometry(scale=self.scale_spin.value(), tile=self.tile_spin.value()).to_dict(),
+            checkpoint_every=25,
+        )
+        cfg.validate()
+        return asdict(cfg)
+
+    def start_training(self, continue_from: bool = False) -> None:
+        """Cut the tiles, then train in a child process (resume = continue the last run)."""
+        try:
+            if self.project is None:
+                raise InputError("choose a project folder first (1 · Project and tiles)")
+            if self.job is not None and not self.job.finished:
+                raise InputError("training is already running")
+            st = self.project.state
+            st.scale, st.tile = self.scale_spin.value(), self.tile_spin.value()
+            st.settings.update(width=self.width_spin.value(), iterations=self.iter_spin.value())
+            self._sync_tiles()
+            labels = self.labels_layer()
+            if labels is None:
+                raise InputError("no annotations layer: add a training tile and paint glands")
+            self.save_annotations()
+            self.project.build_training_set(self._slide(), labels.data)
+            init = self.project.last_checkpoint() if continue_from else None
+            if continue_from and init is None:
+                raise InputError("no checkpoint to continue from yet: press Start first")
+            config = self._config()
+            run_dir = self.project.new_run_dir()
+            self.job = TrainingJob(
+                config, self.project.root / TRAINSET_FILE, run_dir, init_from=init
+            )
+            self.job.start()
+        except InputError as exc:
+            _notify(str(exc), "warning")
+            self._say(str(exc))
+            return
+        self.chart.clear()
+        self.progress.setRange(0, config["iterations"])
+        self.progress.setValue(0)
+        self._t_start = time.monotonic()
+        self.eta_label.setText("starting the training process…")
+        self._set_training_ui(True)
+        self._poll.start()
+
+    def toggle_pause(self) -> None:
+        if self.job is None or self.job.finished:
+            return
+        if self.job.paused:
+            self.job.resume()
+            self.pause_btn.setText("Pause")
+        else:
+            self.job.pause()
+            self.pause_btn.setText("Resume")
+            self.eta_label.setText("pausing after this iteration…")
+
+    def stop_training(self) -> None:
+        if self.job is not None and not self.job.finished:
+            self.job.stop()
+            self.eta_label.setText("stopping: saving the checkpoint…")
+
+    def _poll_training(self) -> None:
+        if self.job is None:
+            return
+        events = self.job.poll()
+        its = [e for e in events if e["kind"] == "iteration"]
+        for e in its:
+            self.chart.add(e)
+        if its:
+            e = its[-1]
+            self.progress.setValue(e["iteration"])
+            eta = e.get("eta")
+            lo = e["losses"].get("total", float("nan"))
+            self.eta_label.setText(
+                f"iteration {e['iteration']}/{e['total']} · loss {lo:.3f} · λ {e['lam']:.2f}"
+                + (f" · ETA {_fmt_time(eta)}" if eta is not None else "")
+            )
+        for e in events:
+            kind = e["kind"]
+            if kind == "start":
+                self._say(e.get("message", ""))
+            elif kind == "paused":
+                self.eta_label.setText(f"paused at iteration {e['iteration']} (checkpoint saved)")
+            elif kind == "error":
+                _notify(f"Training failed: {e['message']}", "error")
+                self._say(f"training failed: {e['message']}")
+            elif kind == "exit":
+                msg = (
+                    "training finished"
+                    if e["result"] == "done"
+                    else "training stopped; checkpoint saved"
+                )
+                _notify(msg)
+                self.eta_label.setText(msg)
+        if self.job.finished:
+            self._poll.stop()
+            self.job.join(5)
+            self._set_training_ui(False)
+
+    def _set_training_ui(self, running: bool) -> None:
+        self.start_btn.setEnabled(not running)
+        self.continue_btn.setEnabled(not running)
+        self.pause_btn.setEnabled(running)
+        self.stop_btn.setEnabled(running)
+        self.pause_btn.setText("Pause")
+
+    # ================================================================== prediction
+
+    def _region(self, mode: str) -> list[tuple[int, int, int, int]]:
+        """Level-0 boxes to predict for 'view', 'tiles' or 'image'."""
+        H, W = self._slide_shape()
+        if mode == "image":
+            return [(0, 0, H, W)]
+        if mode == "tiles":
+            if self.project is None or not self.project.train_tiles():
+                raise InputError("no training tiles to predict")
+            return [(t.y, t.x, t.h, t.w) for t in self.project.train_tiles()]
+        corners = np.asarray(self.viewer.layers.extent.world)[:, -2:]
+        try:
+            from napari.components import Camera  # noqa: F401
+
+            size = np.asarray(self.viewer._canvas_size, float)
+            half = size / 2 / self.viewer.camera.zoom
+            c = np.asarray(self.viewer.camera.center[-2:])
+            corners = np.stack([c - half, c + half])
+        except Exception:  # noqa: BLE001 - fall back to the whole extent
+            pass
+        b = corners / self._base_scale()
+        y0, x0 = np.clip(np.floor(b[0]), 0, [H, W]).astype(int)
+        y1, x1 = np.clip(np.ceil(b[1]), 0, [H, W]).astype(int)
+        if y1 - y0 < 16 or x1 - x0 < 16:
+            raise InputError("the view does not show the slide; pan to the tissue")
+        return [(int(y0), int(x0), int(y1 - y0), int(x1 - x0))]
+
+    def predict(self, mode: str = "view") -> None:
+        from napari.qt.threading import thread_worker
+
+        from ..core.predict import PredictOptions, Predictor, load_model
+
+        try:
+            ckpt = None if self.project is None else self.project.last_checkpoint()
+            if ckpt is None:
+                raise InputError("no trained model yet: train first (2 · Train)")
+            boxes = self._region(mode)
+            slide = self._slide()
+        except InputError as exc:
+            _notify(str(exc), "warning")
+            return
+        experts = self.experts_check.isChecked()
+        cancel = {"flag": False}
+        self._cancel = cancel
+
+        @thread_worker
+        def work():
+            loaded = load_model(ckpt, "auto")
+            pred = Predictor(loaded, PredictOptions(experts=experts))
+            s = loaded.geometry.scale
+            results = []
+            for bi, (y, x, h, w) in enumerate(boxes):
+                ys, xs = round(y / s), round(x / s)
+                hs, ws = max(16, round(h / s)), max(16, round(w / s))
+                wp = pred.predict_region_reader(
+                    lambda yy, xx, hh, ww, ys=ys, xs=xs: slide.read_scaled(
+                        ys + yy, xs + xx, hh, ww, s
+                    ),
+                    (hs, ws),
+                    cancel=lambda: cancel["flag"],
+                )
+                if wp.cancelled:
+                    return None
+                maps = {k: np.asarray(v) for k, v in wp.maps.items()}
+                maps["mask"] = (maps["prob"] >= 0.5).astype(np.uint8)
+                maps["instances"] = pred.instances(maps)
+                results.append(((ys, xs, hs, ws), maps, wp))
+                yield (bi + 1, len(boxes))
+            return {"scale": s, "results": results}
+
+        worker = work()
+        self.worker = worker
+        self.pred_progress.setRange(0, len(boxes))
+        self.pred_progress.setValue(0)
+        self.cancel_btn.setEnabled(True)
+        worker.yielded.connect(lambda p: self.pred_progress.setValue(p[0]))
+        worker.returned.connect(self._show_prediction)
+        worker.errored.connect(lambda e: _notify(f"Prediction failed: {e}", "error"))
+        worker.finished.connect(lambda: self.cancel_btn.setEnabled(False))
+        worker.start()
+
+    def cancel_prediction(self) -> None:
+        if getattr(self, "_cancel", None):
+            self._cancel["flag"] = True
+
+    def _show_prediction(self, out: dict | None) -> None:
+        """Main thread: build or update the output layers (never pile up new ones)."""
+        if out is None:
+            self._say("prediction cancelled")
+            return
+        s = out["scale"]
+        base = self._base_scale()
+        H, W = self._slide_shape()
+        hs, ws = round(H / s), round(W / s)
+        # One canvas per output at working scale, so predicting again updates in place.
+        for (ys, xs, _h, _w), maps, _wp in out["results"]:
+            for key in (
+                "prob",
+                "sdf",
+                "boundary",
+                "instances",
+                "uncertainty",
+                *(k for k in maps if k.startswith("expert_")),
+            ):
+                if key == "uncertainty":
+                    p = maps["prob"]
+                    val = np.maximum(1 - np.abs(2 * p - 1), np.abs(p - maps.get("expert_prob", p)))
+                else:
+                    val = maps[key]
+                name = OUT["seg" if key == "instances" else key]
+                self._paste(name, key, val, (ys, xs), (hs, ws), s, base)
+        self._last_pred = out
+        self._show_gates(out, base)
+        self._say(f"prediction shown for {len(out['results'])} region(s)")
+
+    def _paste(self, name: str, key: str, val, origin, shape, s: float, base) -> None:
+        ys, xs = origin
+        h, w = val.shape
+        scale = tuple(base * s)
+        translate = tuple(base * (s - 1) / 2)
+        if name in self.viewer.layers and self.viewer.layers[name].data.shape == shape:
+            layer = self.viewer.layers[name]
+            if key == "instances":  # fresh ids per region so pasted regions don't collide
+                val = np.where(val > 0, val + int(layer.data.max()), 0)
+            layer.data[ys : ys + h, xs : xs + w] = val[: shape[0] - ys, : shape[1] - xs]
+            layer.refresh()
+            return
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        dtype = np.int32 if key == "instances" else np.float32
+        fill = -1.0 if "sdf" in key else 0
+        canvas = np.full(shape, fill, dtype)
+        canvas[ys : ys + h, xs : xs + w] = val[: shape[0] - ys, : shape[1] - xs]
+        kw = dict(name=name, scale=scale, translate=translate)
+        if key == "instances":
+            self.viewer.add_labels(canvas, opacity=0.6, **kw)
+        elif "sdf" in key:
+            self.viewer.add_image(
+                canvas,
+                colormap=sdf_colormap(),
+                contrast_limits=(-1, 1),
+                opacity=0.7,
+                blending="translucent",
+                visible=False,
+                **kw,
+            )
+        elif key == "uncertainty":
+            self.viewer.add_image(
+                canvas,
+                colormap="inferno",
+                contrast_limits=(0, 1),
+                blending="additive",
+                visible=False,
+                **kw,
+            )
+        else:
+            self.viewer.add_image(
+                canvas,
+                colormap="magma" if "boundary" in key else "viridis",
+                contrast_limits=(0, 1),
+                blending="additive",
+                visible=False,
+                **kw,
+            )
+
+    def _show_gates(self, out: dict, base) -> None:
+        """Per-tile gate weights as text at tile centres (task rows, expert columns)."""
+        pts, text = [], []
+        s = out["scale"]
+        for (ys, xs, _, _), _maps, wp in out["results"]:
+            for (y, x, h, w), g in zip(wp.tiles, wp.gates):
+                pts.append(((ys + y + h / 2) * s, (xs + x + w / 2) * s))
+                text.append("seg " + "/".join(f"{v:.2f}" for v in g[0]))
+        if not pts:
+            return
+        if OUT["gates"] in self.viewer.layers:
+            self.viewer.layers.remove(OUT["gates"])
+        self.viewer.add_points(
+            np.asarray(pts),
+            name=OUT["gates"],
+            size=8,
+            face_color="cyan",
+            scale=tuple(base),
+            features={"label": text},
+            text={"string": "{label}", "size": 9, "color": "cyan"},
+            visible=False,
+        )
+
+    # ================================================================== correct
+
+    def accept_prediction(self) -> None:
+        """Copy the predicted glands into the annotations inside the training tiles."""
+        labels = self.labels_layer()
+        seg = self.viewer.layers[OUT["seg"]] if OUT["seg"] in self.viewer.layers else None  # noqa: SIM401
+        if labels is None or seg is None or self.project is None:
+            _notify("predict first, then accept", "warning")
+            return
+        from ..core.predict import resample
+
+        ls = self.project.state.labels_scale
+        s = self.project.state.scale
+        n = 0
+        for t in self.project.train_tiles():
+            y0, x0 = round(t.y / ls), round(t.x / ls)
+            y1 = min(labels.data.shape[0], round((t.y + t.h) / ls))
+            x1 = min(labels.data.shape[1], round((t.x + t.w) / ls))
+            ws = seg.data[
+                round(t.y / s) : round((t.y + t.h) / s), round(t.x / s) : round((t.x + t.w) / s)
+            ]
+            if ws.size == 0 or y1 <= y0 or x1 <= x0:
+                continue
+            new = resample(ws, (y1 - y0, x1 - x0), nearest=True).astype(labels.data.dtype)
+            sl = (slice(y0, y1), slice(x0, x1))
+            self._undo.append((sl, labels.data[sl].copy()))
+            labels.data[sl] = new
+            n += 1
+        labels.refresh()
+        self.undo_btn.setEnabled(bool(self._undo))
+        self.save_annotations()
+        self._say(f"accepted the prediction in {n} tile(s); correct it with the brush")
+
+    def undo_accept(self) -> None:
+        labels = self.labels_layer()
+        if not self._undo or labels is None:
+            return
+        sl, old = self._undo.pop()
+        labels.data[sl] = old
+        labels.refresh()
+        self.undo_btn.setEnabled(bool(self._undo))
+        self.save_annotations()
+
+    # ================================================================== misc
+
+    def _say(self, msg: str) -> None:
+        self.status.setText(msg)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        if self.job is not None and not self.job.finished:
+            self.job.stop()
+            self.job.join(10)
+            self.job.kill()
+        self.save_annotations()
+        super().closeEvent(event)
+
+
+def _rect(y: float, x: float, h: float, w: float) -> np.ndarray:
+    return np.array([[y, x], [y, x + w], [y + h, x + w], [y + h, x]], float)
+
+
+def _dspin(lo: float, hi: float, value: float, decimals: int) -> QDoubleSpinBox:
+    sp = QDoubleSpinBox()
+    sp.setRange(lo, hi)
+    sp.setDecimals(decimals)
+    sp.setSingleStep(10 ** -(decimals - 1))
+    sp.setValue(value)
+    return sp
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

@@ -1,0 +1,166 @@
+"""The dock widget driven as a user would, in a real napari viewer under Xvfb."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.viewer, pytest.mark.slow]
+
+
+@pytest.fixture
+def ui(make_napari_viewer, qtbot, tmp_path):
+    from napari_semimoe.plugin.widget import SemiMoEWidget
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-semimoe", "he-sample")
+    widget = SemiMoEWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.set_project(tmp_path / "proj")
+    # Small and fast: width 4, 64 px tiles at working scale 4.
+    widget.width_spin.setValue(4)
+    widget.scale_spin.setValue(4.0)
+    widget.tile_spin.setValue(64)
+    widget.threads_spin.setValue(1)
+    widget.precision_combo.setCurrentText("fp32")
+    yield viewer, widget, tmp_path / "proj"
+    if widget.job is not None and not widget.job.finished:
+        widget.job.kill()
+
+
+def wait_training(qtbot, widget, timeout=240_000):
+    qtbot.waitUntil(lambda: widget.job is not None and widget.job.finished, timeout=timeout)
+    qtbot.waitUntil(lambda: not widget._poll.isActive(), timeout=5000)
+
+
+def test_full_loop(ui, qtbot, tmp_path):
+    viewer, widget, proj = ui
+    doc = json.loads((proj / "project.json").read_text())
+    assert len(doc["tiles"]) == 2  # the sample's two annotated tiles
+    assert (proj / "annotations.tif").exists()
+
+    # Add a tile and paint a gland in it: both are saved as the user works.
+    widget.add_tile_at_center()
+    qtbot.waitUntil(lambda: len(json.loads((proj / "project.json").read_text())["tiles"]) == 3)
+    labels = viewer.layers["annotations"]
+    labels.data[700:740, 700:740] = 99
+    labels.events.data()
+    import tifffile
+
+    qtbot.waitUntil(
+        lambda: (tifffile.imread(proj / "annotations.tif") == 99).sum() == 1600, timeout=5000
+    )
+
+    # Train a few iterations in the child process.
+    widget.iter_spin.setValue(4)
+    widget.start_training()
+    assert widget.job is not None and not widget.start_btn.isEnabled()
+    wait_training(qtbot, widget)
+    assert widget.job.last["kind"] == "exit", widget.job.last
+    assert widget.progress.value() == 4
+    assert len(widget.chart.series["total"]) == 4
+    assert (proj / "runs" / "run-001" / "checkpoint.safetensors").exists()
+    assert widget.start_btn.isEnabled()
+
+    # Predict the training tiles; layers appear aligned with the slide.
+    widget.predict("tiles")
+    qtbot.waitUntil(lambda: "Semi-MoE segmentation" in viewer.layers, timeout=120_000)
+    seg = viewer.layers["Semi-MoE segmentation"]
+    sdf = viewer.layers["Semi-MoE SDF"]
+    prob = viewer.layers["Semi-MoE gland probability"]
+    assert seg.data.shape == (384, 384)
+    np.testing.assert_allclose(seg.scale, (4.0, 4.0))
+    assert sdf.contrast_limits == [-1.0, 1.0]
+    assert sdf.data.min() >= -1 and sdf.data.max() <= 1
+    assert prob.data.min() >= 0 and prob.data.max() <= 1
+    assert "Semi-MoE uncertainty" in viewer.layers and "Semi-MoE gates" in viewer.layers
+    n_layers = len(viewer.layers)
+    widget.predict("tiles")  # again: layers are updated in place, not piled up
+    qtbot.waitUntil(
+        lambda: widget.worker is not None and not widget.cancel_btn.isEnabled(), timeout=120_000
+    )
+    qtbot.wait(200)
+    assert len(viewer.layers) == n_layers
+
+    # Accept into the annotations, then undo.
+    before = labels.data.copy()
+    widget.accept_prediction()
+    t = widget.project.train_tiles()[0]
+    sl = (slice(t.y, t.y + t.h), slice(t.x, t.x + t.w))
+    expected = np.kron(
+        seg.data[t.y // 4 : (t.y + t.h) // 4, t.x // 4 : (t.x + t.w) // 4],
+        np.ones((4, 4), seg.data.dtype),
+    )
+    assert ((labels.data[sl] > 0) == (expected > 0)).mean() > 0.99
+    widget.undo_accept()
+    widget.undo_accept()
+    widget.undo_accept()
+    assert np.array_equal(labels.data, before)
+
+    # Continue training from the checkpoint into a new run.
+    widget.start_training(continue_from=True)
+    wait_training(qtbot, widget)
+    assert (proj / "runs" / "run-002" / "checkpoint.safetensors").exists()
+
+
+def test_pause_resume_stop(ui, qtbot):
+    viewer, widget, proj = ui
+    widget.iter_spin.setValue(10_000)
+    widget.start_training()
+    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=180_000)
+    widget.toggle_pause()
+    qtbot.waitUntil(lambda: "paused at" in widget.eta_label.text(), timeout=60_000)
+    paused_at = widget.progress.value()
+    qtbot.wait(1500)
+    assert widget.progress.value() == paused_at  # nothing runs while paused
+    widget.toggle_pause()
+    qtbot.waitUntil(lambda: widget.progress.value() > paused_at, timeout=60_000)
+    widget.stop_training()
+    wait_training(qtbot, widget)
+    assert widget.job.last["result"] == "stopped"
+    from napari_semimoe.core.checkpoint import read_checkpoint
+
+    _, doc = read_checkpoint(proj / "runs" / "run-001")
+    assert doc["meta"]["state"]["iteration"] >= paused_at
+
+
+def test_reopen_restores_annotations_and_tiles(make_napari_viewer, qtbot, ui):
+    viewer, widget, proj = ui
+    widget.add_tile_at_center()
+    viewer.layers["annotations"].data[10:20, 10:20] = 5
+    widget.save_annotations()
+    from napari_semimoe.plugin.widget import SemiMoEWidget
+
+    v2 = make_napari_viewer()
+    v2.open_sample("napari-semimoe", "he-sample")
+    v2.layers.remove("training tiles")
+    w2 = SemiMoEWidget(v2)
+    w2.set_project(proj)
+    assert len(v2.layers["training tiles"].data) == 3
+    assert (v2.layers["annotations"].data[10:20, 10:20] == 5).all()
+
+
+def test_user_errors_are_messages_not_tracebacks(ui, qtbot):
+    viewer, widget, proj = ui
+    viewer.layers["training tiles"].data = []
+    widget.start_training()
+    assert "no training tile" in widget.status.text()
+    widget.add_tile_at_center()
+    viewer.layers["annotations"].data[:] = 0
+    widget.start_training()
+    assert "no painted gland" in widget.status.text()
+    widget.predict("view")  # nothing trained: a warning, no worker
+    assert widget.worker is None
+
+
+def test_training_process_crash_is_reported(ui, qtbot):
+    viewer, widget, proj = ui
+    widget.iter_spin.setValue(10_000)
+    widget.start_training()
+    qtbot.waitUntil(lambda: widget.job.is_alive(), timeout=30_000)
+    widget.job.kill()
+    wait_training(qtbot, widget)
+    assert "ended unexpectedly" in widget.status.text()
+    assert widget.start_btn.isEnabled()
