@@ -164,3 +164,18 @@ def test_training_process_crash_is_reported(ui, qtbot):
     wait_training(qtbot, widget)
     assert "ended unexpectedly" in widget.status.text()
     assert widget.start_btn.isEnabled()
+
+
+def test_gui_command_opens_sample_with_widget_docked(qtbot, tmp_path):
+    """What the README's run command does (`napari-semimoe gui`), without blocking."""
+    from napari_semimoe.plugin.launch import launch
+
+    viewer, widget = launch(tmp_path / "p", run=False)
+    try:
+        names = [ly.name for ly in viewer.layers]
+        assert names[:3] == ["sample H&E slide", "annotations", "training tiles"]
+        assert "Semi-MoE" in viewer.window._dock_widgets
+        assert widget.project is not None and widget.project.state.scale == 2.0
+        assert widget.image_combo.currentText() == "sample H&E slide"
+    finally:
+        viewer.close()

@@ -14,7 +14,7 @@ def label_instances(
     boundary: np.ndarray | None = None,
     *,
     min_size: int = 16,
-    h: float = 0.1,
+    h: float = 0.25,
 ) -> np.ndarray:
     """Label glands (int32, 0 = background).
 

@@ -174,8 +174,9 @@ class Project:
         tissue = tissue_mask(slide, s)
         H, W = tissue.shape
         cands = []
-        for y in range(0, max(1, H - T + 1), T):
-            for x in range(0, max(1, W - T + 1), T):
+        step = max(1, T // 2)  # half-overlapping candidates: small slides still give a pool
+        for y in range(0, max(1, H - T + 1), step):
+            for x in range(0, max(1, W - T + 1), step):
                 y0, x0, side = round(y * s), round(x * s), round(T * s)
                 if any(t.overlaps(y0, x0, side, side) for t in st.tiles):
                     continue  # annotated or rejected

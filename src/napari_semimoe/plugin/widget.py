@@ -82,8 +82,8 @@ class SemiMoEWidget(QWidget):
         self._t_start = 0.0
 
         lay = QVBoxLayout(self)
-        box = QToolBox()
-        lay.addWidget(box)
+        box = self.toolbox = QToolBox()
+        lay.addWidget(box, 1)
         box.addItem(self._build_project(), "1 · Project and tiles")
         box.addItem(self._build_train(), "2 · Train")
         box.addItem(self._build_review(), "3 · Review and correct")
@@ -206,7 +206,7 @@ class SemiMoEWidget(QWidget):
         self.eta_label = QLabel("idle")
         v.addWidget(self.eta_label)
         self.chart = LossChart()
-        v.addWidget(self.chart)
+        v.addWidget(self.chart, 1)
         self._set_training_ui(False)
         return w
 
@@ -573,21 +573,29 @@ class SemiMoEWidget(QWidget):
         experts = self.experts_check.isChecked()
         cancel = {"flag": False}
         self._cancel = cancel
+        # Tiles done / total across regions, written by the worker, read by a main-thread timer.
+        state = {"done": 0, "total": 1}
 
         @thread_worker
         def work():
             loaded = load_model(ckpt, "auto")
             pred = Predictor(loaded, PredictOptions(experts=experts))
             s = loaded.geometry.scale
+            t = pred.tile
+            sizes = [(max(16, round(h / s)), max(16, round(w / s))) for _, _, h, w in boxes]
+            from ..core.predict import TileGrid
+
+            state["total"] = sum(len(TileGrid(sz, t, pred.overlap)) for sz in sizes)
             results = []
-            for bi, (y, x, h, w) in enumerate(boxes):
+            for (y, x, _h, _w), (hs, ws) in zip(boxes, sizes):
                 ys, xs = round(y / s), round(x / s)
-                hs, ws = max(16, round(h / s)), max(16, round(w / s))
+                base = state["done"]
                 wp = pred.predict_region_reader(
                     lambda yy, xx, hh, ww, ys=ys, xs=xs: slide.read_scaled(
                         ys + yy, xs + xx, hh, ww, s
                     ),
                     (hs, ws),
+                    progress=lambda d, _t, base=base: state.update(done=base + d),
                     cancel=lambda: cancel["flag"],
                 )
                 if wp.cancelled:
@@ -596,19 +604,37 @@ class SemiMoEWidget(QWidget):
                 maps["mask"] = (maps["prob"] >= 0.5).astype(np.uint8)
                 maps["instances"] = pred.instances(maps)
                 results.append(((ys, xs, hs, ws), maps, wp))
-                yield (bi + 1, len(boxes))
             return {"scale": s, "results": results}
 
         worker = work()
         self.worker = worker
-        self.pred_progress.setRange(0, len(boxes))
-        self.pred_progress.setValue(0)
+        self.pred_progress.setRange(0, 0)  # busy until the tile count is known
         self.cancel_btn.setEnabled(True)
-        worker.yielded.connect(lambda p: self.pred_progress.setValue(p[0]))
+        self._set_predict_ui(False)
+        timer = QTimer(self)
+        timer.setInterval(100)
+
+        def show_progress() -> None:
+            self.pred_progress.setRange(0, state["total"])
+            self.pred_progress.setValue(state["done"])
+
+        timer.timeout.connect(show_progress)
+        timer.start()
+
+        def finished() -> None:
+            timer.stop()
+            show_progress()
+            self.cancel_btn.setEnabled(False)
+            self._set_predict_ui(True)
+
         worker.returned.connect(self._show_prediction)
         worker.errored.connect(lambda e: _notify(f"Prediction failed: {e}", "error"))
-        worker.finished.connect(lambda: self.cancel_btn.setEnabled(False))
+        worker.finished.connect(finished)
         worker.start()
+
+    def _set_predict_ui(self, enabled: bool) -> None:
+        for b in (self.pred_view_btn, self.pred_tiles_btn, self.pred_all_btn, self.accept_btn):
+            b.setEnabled(enabled)
 
     def cancel_prediction(self) -> None:
         if getattr(self, "_cancel", None):
@@ -761,6 +787,9 @@ class SemiMoEWidget(QWidget):
         self.save_annotations()
 
     # ================================================================== misc
+
+    def _toolbox_review(self) -> None:
+        self.toolbox.setCurrentIndex(2)
 
     def _say(self, msg: str) -> None:
         self.status.setText(msg)

@@ -1,0 +1,72 @@
+"""Screenshots for docs/ from a real run under Xvfb: slide + widget mid-training, overlays.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/screenshots.py
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
+
+
+def main() -> int:
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_semimoe.plugin.widget import SemiMoEWidget
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1500, 950)
+    viewer.open_sample("napari-semimoe", "he-sample")
+    widget = SemiMoEWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Semi-MoE")
+    widget.set_project(Path(tempfile.mkdtemp(prefix="semimoe-shots-")))
+    app = QApplication.instance()
+
+    def pump(seconds: float) -> None:
+        t = time.perf_counter() + seconds
+        while time.perf_counter() < t:
+            app.processEvents()
+            time.sleep(0.01)
+
+    pump(1)
+    viewer.screenshot(str(OUT / "01-sample-slide.png"), canvas_only=False)
+    widget.iter_spin.setValue(int(sys.argv[1]) if len(sys.argv) > 1 else 120)
+    widget.start_training()
+    while widget.progress.value() < widget.iter_spin.value() // 2:
+        pump(0.5)
+    viewer.screenshot(str(OUT / "02-training-mid-run.png"), canvas_only=False)
+    while not widget.job.finished or widget._poll.isActive():
+        pump(0.5)
+    viewer.screenshot(str(OUT / "03-training-done.png"), canvas_only=False)
+    widget._toolbox_review()
+    widget.predict("image")
+    while "Semi-MoE segmentation" not in viewer.layers or widget.cancel_btn.isEnabled():
+        pump(0.5)
+    pump(1)
+    viewer.layers["annotations"].visible = False
+    viewer.layers["training tiles"].visible = True
+    viewer.screenshot(str(OUT / "04-gated-segmentation.png"), canvas_only=False)
+    viewer.layers["Semi-MoE segmentation"].visible = False
+    viewer.layers["Semi-MoE SDF"].visible = True
+    viewer.screenshot(str(OUT / "05-sdf.png"), canvas_only=False)
+    viewer.layers["Semi-MoE SDF"].visible = False
+    viewer.layers["Semi-MoE boundary"].visible = True
+    viewer.screenshot(str(OUT / "06-boundary.png"), canvas_only=False)
+    viewer.layers["Semi-MoE boundary"].visible = False
+    viewer.layers["Semi-MoE uncertainty"].visible = True
+    viewer.layers["Semi-MoE gates"].visible = True
+    viewer.camera.zoom = viewer.camera.zoom * 2.5
+    viewer.screenshot(str(OUT / "07-uncertainty-gates.png"), canvas_only=False)
+    viewer.close()
+    print("screenshots in", OUT)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

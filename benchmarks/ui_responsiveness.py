@@ -1,0 +1,107 @@
+"""UI responsiveness while Semi-MoE trains (and while it predicts), under Xvfb.
+
+A 10 ms repeating QTimer measures how late the event loop runs it; meanwhile the camera
+pans and zooms and the brush paints into the annotations every 50 ms, as a user would.
+Reports the longest stall and the 99th percentile of tick gaps per phase.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/ui_responsiveness.py \
+        --json docs/benchmarks/ui.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--iterations", type=int, default=40)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    import napari
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_semimoe.plugin.widget import SemiMoEWidget
+
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1500, 950)
+    viewer.open_sample("napari-semimoe", "he-sample")
+    widget = SemiMoEWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Semi-MoE")
+    widget.set_project(Path(tempfile.mkdtemp(prefix="semimoe-ui-")))
+    widget.iter_spin.setValue(args.iterations)
+    app = QApplication.instance()
+
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(tick)
+    rng = np.random.default_rng(0)
+    labels = viewer.layers["annotations"]
+
+    def interact() -> None:  # pan, zoom and paint like a user
+        viewer.camera.center = tuple(np.asarray(viewer.camera.center) + rng.normal(0, 20, 2))
+        viewer.camera.zoom = float(np.clip(viewer.camera.zoom * rng.uniform(0.95, 1.05), 0.2, 4))
+        y, x = rng.integers(0, labels.data.shape[0] - 20, 2)
+        labels.paint((y, x), 3, refresh=True)
+
+    user = QTimer()
+    user.setInterval(50)
+    user.timeout.connect(interact)
+
+    def measure(phase: str, done) -> dict:
+        gaps.clear()
+        last[0] = time.perf_counter()
+        timer.start()
+        user.start()
+        t0 = time.perf_counter()
+        while not done():
+            app.processEvents()
+            time.sleep(0.001)
+        timer.stop()
+        user.stop()
+        g = np.asarray(gaps) * 1000
+        out = {"phase": phase, "seconds": round(time.perf_counter() - t0, 1), "ticks": len(g),
+               "max_stall_ms": round(float(g.max()), 1),
+               "p99_ms": round(float(np.percentile(g, 99)), 1),
+               "median_ms": round(float(np.median(g)), 1),
+               "stalls_over_100ms": int((g > 100).sum())}
+        print(json.dumps(out), flush=True)
+        return out
+
+    # Baseline: interaction with nothing running.
+    t_end = time.perf_counter() + 10
+    results = [measure("idle (pan/zoom/paint only)", lambda: time.perf_counter() > t_end)]
+    widget.start_training()
+    results.append(measure(f"training {args.iterations} iterations in the child process",
+                           lambda: widget.job.finished and not widget._poll.isActive()))
+    widget.predict("image")
+    results.append(measure("predicting the whole sample slide (thread worker)",
+                           lambda: not widget.cancel_btn.isEnabled()
+                           and "Semi-MoE segmentation" in viewer.layers))
+    report = {"results": results, "interval_ms": 10, "interaction_every_ms": 50}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1))
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

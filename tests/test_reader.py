@@ -1,0 +1,80 @@
+"""npe2 reader, writer and sample data: pyramids open lazily with their physical scale."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_semimoe.core.slide import write_pyramid
+from napari_semimoe.plugin.reader import get_reader
+from napari_semimoe.plugin.sample import SAMPLE_TILES, TILE_NATIVE, make_sample_data
+from napari_semimoe.plugin.writer import write_tiff_layer
+
+
+def rgb(h, w):
+    yy, xx = np.mgrid[:h, :w]
+    return np.stack([yy % 256, xx % 256, (yy + xx) % 256], -1).astype(np.uint8)
+
+
+def test_reader_claims_only_images(tmp_path):
+    assert get_reader(str(tmp_path / "notes.txt")) is None
+    assert get_reader(str(tmp_path / "a.png")) is not None
+    assert get_reader(str(tmp_path / "slide.svs")) is not None
+
+
+@pytest.mark.parametrize("subifds", [False, True])
+def test_pyramid_opens_lazily_as_multiscale_with_scale(tmp_path, subifds):
+    path = tmp_path / "slide.tif"
+    write_pyramid(path, rgb(1024, 768), levels=4, tile=128, mpp=0.25, subifds=subifds)
+    (data, meta, kind), = get_reader(str(path))(str(path))
+    assert kind == "image" and meta["multiscale"] and meta["rgb"]
+    assert [d.shape[:2] for d in data] == [(1024, 768), (512, 384), (256, 192), (128, 96)]
+    assert not isinstance(data[0], np.ndarray)  # a lazy array, not loaded pixels
+    assert meta["scale"] == (0.25, 0.25)
+    np.testing.assert_array_equal(np.asarray(data[0][100:110, 200:210]),
+                                  rgb(1024, 768)[100:110, 200:210])
+
+
+def test_plain_png_is_one_level(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(rgb(50, 60)).save(tmp_path / "t.png")
+    (data, meta, _), = get_reader(str(tmp_path / "t.png"))(str(tmp_path / "t.png"))
+    assert not meta["multiscale"] and data.shape == (50, 60, 3)
+
+
+def test_corrupt_file_gives_a_readable_error(tmp_path):
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00garbage-garbage")
+    with pytest.raises(ValueError, match="broken.tif") as info:
+        get_reader(str(bad))(str(bad))
+    assert "\n" not in str(info.value)
+
+
+def test_writer_round_trip(tmp_path):
+    labels = np.zeros((40, 30), np.uint16)
+    labels[5:10, 5:10] = 7
+    (out,) = write_tiff_layer(str(tmp_path / "ann"), labels, {})
+    assert out.endswith(".tif")
+    np.testing.assert_array_equal(tifffile.imread(out), labels)
+
+
+def test_sample_has_annotations_only_inside_tiles():
+    (image, im_meta, k1), (ann, _, k2), (rects, _, k3) = make_sample_data()
+    assert (k1, k2, k3) == ("image", "labels", "shapes")
+    assert image.ndim == 3 and image.dtype == np.uint8 and len(rects) == len(SAMPLE_TILES)
+    inside = np.zeros(ann.shape, bool)
+    for y, x in SAMPLE_TILES:
+        inside[y : y + TILE_NATIVE, x : x + TILE_NATIVE] = True
+    assert ann[inside].max() > 0 and ann[~inside].max() == 0
+
+
+@pytest.mark.viewer
+def test_napari_opens_pyramid_with_the_plugin(make_napari_viewer, tmp_path):
+    path = tmp_path / "slide.tif"
+    write_pyramid(path, rgb(1024, 1024), levels=3, tile=128, mpp=0.5)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari-semimoe")
+    assert layer.multiscale and len(layer.data) == 3
+    np.testing.assert_allclose(layer.scale, (0.5, 0.5))
