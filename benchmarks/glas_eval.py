@@ -26,7 +26,7 @@ from napari_semimoe.core.predict import PredictOptions, Predictor, load_model
 
 
 def evaluate(path: Path, test: Path, precision: str, hausdorff: bool = True) -> dict:
-    pred = Predictor(load_model(path, "cpu"), PredictOptions(precision=precision))
+    pred = Predictor(load_model(path, "cpu"), PredictOptions(precision=precision, threads=1))
     return evaluate_folder(pred, test, hausdorff=hausdorff)
 
 
@@ -36,6 +36,7 @@ def main() -> int:
     ap.add_argument("--run", action="append", required=True, help="NAME=RUN_DIR")
     ap.add_argument("--precision", default="auto", help="inference precision")
     ap.add_argument("--no-curve", action="store_true")
+    ap.add_argument("--curve-every", type=int, default=1, help="use every Nth iteration's snapshot")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if not (args.test / "images").is_dir():
@@ -54,6 +55,8 @@ def main() -> int:
         if not args.no_curve:
             for snap in sorted((run / "snapshots").glob("iter_*.safetensors")):
                 it = int(snap.stem.split("_")[1])
+                if it % args.curve_every:
+                    continue
                 m = evaluate(snap, args.test, args.precision, hausdorff=False)
                 curve.append({"iteration": it, "dice_pooled": m["dice_pooled"],
                               "object_f1": m["object_f1"], "object_dice": m["object_dice"]})
@@ -69,8 +72,9 @@ def main() -> int:
             "eval_time_s": round(time.perf_counter() - t0, 1),
         }
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
+        from napari_semimoe.core.checkpoint import atomic_write_json
+
+        atomic_write_json(args.json, report)
     return 0
 
 

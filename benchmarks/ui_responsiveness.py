@@ -97,8 +97,9 @@ def main() -> int:
                            and "Semi-MoE segmentation" in viewer.layers))
     report = {"results": results, "interval_ms": 10, "interaction_every_ms": 50}
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
+        from napari_semimoe.core.checkpoint import atomic_write_json
+
+        atomic_write_json(args.json, report)
     viewer.close()
     return 0
 

@@ -447,6 +447,7 @@ def _write_tiled(path: Path, src: np.ndarray, shape: tuple[int, int], nearest: b
         dtype=dtype,
         tile=(T, T),
         compression="zlib",
+        compressionargs={"level": 1},  # fast: float maps compress little at any level
         bigtiff=H * W * np.dtype(dtype).itemsize > 2**31,
     )
     os.replace(tmp, path)
