@@ -27,20 +27,21 @@ def test_reader_claims_only_images(tmp_path):
 def test_pyramid_opens_lazily_as_multiscale_with_scale(tmp_path, subifds):
     path = tmp_path / "slide.tif"
     write_pyramid(path, rgb(1024, 768), levels=4, tile=128, mpp=0.25, subifds=subifds)
-    (data, meta, kind), = get_reader(str(path))(str(path))
+    ((data, meta, kind),) = get_reader(str(path))(str(path))
     assert kind == "image" and meta["multiscale"] and meta["rgb"]
     assert [d.shape[:2] for d in data] == [(1024, 768), (512, 384), (256, 192), (128, 96)]
     assert not isinstance(data[0], np.ndarray)  # a lazy array, not loaded pixels
     assert meta["scale"] == (0.25, 0.25)
-    np.testing.assert_array_equal(np.asarray(data[0][100:110, 200:210]),
-                                  rgb(1024, 768)[100:110, 200:210])
+    np.testing.assert_array_equal(
+        np.asarray(data[0][100:110, 200:210]), rgb(1024, 768)[100:110, 200:210]
+    )
 
 
 def test_plain_png_is_one_level(tmp_path):
     from PIL import Image
 
     Image.fromarray(rgb(50, 60)).save(tmp_path / "t.png")
-    (data, meta, _), = get_reader(str(tmp_path / "t.png"))(str(tmp_path / "t.png"))
+    ((data, meta, _),) = get_reader(str(tmp_path / "t.png"))(str(tmp_path / "t.png"))
     assert not meta["multiscale"] and data.shape == (50, 60, 3)
 
 

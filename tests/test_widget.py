@@ -38,20 +38,23 @@ def wait_training(qtbot, widget, timeout=240_000):
 def test_full_loop(ui, qtbot, tmp_path):
     viewer, widget, proj = ui
     doc = json.loads((proj / "project.json").read_text())
-    assert len(doc["tiles"]) == 2  # the sample's two annotated tiles
-    assert (proj / "annotations.tif").exists()
+    (entry,) = doc["images"]
+    assert entry["name"] == "sample H&E slide"
+    assert len(entry["tiles"]) == 2  # the sample's two annotated tiles
+    ann_file = proj / "annotations" / f"{entry['id']}.tif"
+    assert ann_file.exists()
 
     # Add a tile and paint a gland in it: both are saved as the user works.
     widget.add_tile_at_center()
-    qtbot.waitUntil(lambda: len(json.loads((proj / "project.json").read_text())["tiles"]) == 3)
+    qtbot.waitUntil(
+        lambda: len(json.loads((proj / "project.json").read_text())["images"][0]["tiles"]) == 3
+    )
     labels = viewer.layers["annotations"]
     labels.data[700:740, 700:740] = 99
     labels.events.data()
     import tifffile
 
-    qtbot.waitUntil(
-        lambda: (tifffile.imread(proj / "annotations.tif") == 99).sum() == 1600, timeout=5000
-    )
+    qtbot.waitUntil(lambda: (tifffile.imread(ann_file) == 99).sum() == 1600, timeout=5000)
 
     # Train a few iterations in the child process.
     widget.iter_spin.setValue(4)
@@ -87,7 +90,7 @@ def test_full_loop(ui, qtbot, tmp_path):
     # Accept into the annotations, then undo.
     before = labels.data.copy()
     widget.accept_prediction()
-    t = widget.project.train_tiles()[0]
+    t = widget.entry.train_tiles()[0]
     sl = (slice(t.y, t.y + t.h), slice(t.x, t.x + t.w))
     expected = np.kron(
         seg.data[t.y // 4 : (t.y + t.h) // 4, t.x // 4 : (t.x + t.w) // 4],
@@ -179,3 +182,31 @@ def test_gui_command_opens_sample_with_widget_docked(qtbot, tmp_path):
         assert widget.image_combo.currentText() == "sample H&E slide"
     finally:
         viewer.close()
+
+
+def test_annotations_from_several_images_train_one_model(ui, qtbot):
+    from napari_semimoe.plugin.project import load_trainset
+
+    viewer, widget, proj = ui
+    first = viewer.layers["sample H&E slide"]
+    viewer.add_image(np.ascontiguousarray(first.data[:768, :768]), name="second", rgb=True)
+    widget.image_combo.setCurrentText("second")
+    assert widget.entry.name == "second"
+    assert len(viewer.layers["training tiles"].data) == 0  # its own, empty, tiles
+    assert viewer.layers["annotations"].data.shape == (768, 768)
+    assert viewer.layers["annotations"].data.max() == 0
+    viewer.camera.center = (384, 384)
+    widget.add_tile_at_center()
+    viewer.layers["annotations"].data[300:340, 300:340] = 1
+    widget.save_annotations()
+    widget.image_combo.setCurrentText("sample H&E slide")  # back: the first image's work
+    assert len(viewer.layers["training tiles"].data) == 2
+    assert viewer.layers["annotations"].data.shape == (1536, 1536)
+    assert viewer.layers["annotations"].data.max() > 1
+    widget.project.build_training_set(
+        widget._slide_of, lambda e: viewer.layers["annotations"].data if e is widget.entry else None
+    )
+    ts = load_trainset(proj / "trainset.npz")
+    owners = {n.split("/")[0] for n in ts.labeled_names}
+    assert owners == {"sample H&E slide", "second"}
+    assert len(ts.labeled_images) == 3

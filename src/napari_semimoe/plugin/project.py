@@ -4,8 +4,8 @@ Qt-free, so the training process and tests use it too. Every write is atomic and
 as the user works, so a crash of napari or of training loses nothing::
 
     project/
-      project.json        image path, working scale, tiles, settings
-      annotations.tif     the painted gland labels (the Labels layer's pixel grid)
+      project.json        images (name, path, tiles), working scale, settings, runs
+      annotations/ID.tif  the painted gland labels of each image (its Labels layer's grid)
       trainset.npz        labeled tiles + unlabeled pool, as the trainer sees them
       runs/run-001/       checkpoint.safetensors, history.json, log.jsonl, config.json
 """
@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from ..core.errors import InputError
 from ..core.slide import Slide, tissue_mask, write_tiff
 
 PROJECT_FILE = "project.json"
-ANNOTATIONS_FILE = "annotations.tif"
+ANNOTATIONS_DIR = "annotations"
 TRAINSET_FILE = "trainset.npz"
 
 
@@ -51,12 +52,25 @@ class Tile:
 
 
 @dataclass
+class ImageEntry:
+    """One image of the project: its napari layer name, file (if any), tiles and the
+    resolution of its annotations (level-0 px per annotation px)."""
+
+    name: str
+    path: str | None = None
+    labels_scale: float = 1.0
+    tiles: list[Tile] = field(default_factory=list)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    def train_tiles(self) -> list[Tile]:
+        return [t for t in self.tiles if t.kind == "train"]
+
+
+@dataclass
 class ProjectState:
-    image_path: str | None = None
     scale: float = 1.0  # working scale: level-0 px per model px
     tile: int = 256  # model tile side at working scale
-    labels_scale: float = 1.0  # level-0 px per annotation px
-    tiles: list[Tile] = field(default_factory=list)
+    images: list[ImageEntry] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     runs: list[str] = field(default_factory=list)
 
@@ -66,6 +80,7 @@ class Project:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "runs").mkdir(exist_ok=True)
+        (self.root / ANNOTATIONS_DIR).mkdir(exist_ok=True)
         self.state = ProjectState()
         if (self.root / PROJECT_FILE).exists():
             self._load()
@@ -75,40 +90,48 @@ class Project:
     def _load(self) -> None:
         try:
             doc = json.loads((self.root / PROJECT_FILE).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            images = [
+                ImageEntry(**{**e, "tiles": [Tile(**t) for t in e.get("tiles", [])]})
+                for e in doc.pop("images", [])
+            ]
+            known = {k: v for k, v in doc.items() if k in ProjectState.__dataclass_fields__}
+            self.state = ProjectState(**known, images=images)
+        except (OSError, json.JSONDecodeError, TypeError) as exc:
             raise InputError(
                 f"{self.root / PROJECT_FILE}: unreadable project file ({exc})"
             ) from None
-        tiles = [Tile(**t) for t in doc.pop("tiles", [])]
-        known = {k: v for k, v in doc.items() if k in ProjectState.__dataclass_fields__}
-        self.state = ProjectState(**known, tiles=tiles)
 
     def save(self) -> None:
         atomic_write_json(self.root / PROJECT_FILE, asdict(self.state))
 
-    def save_annotations(self, labels: np.ndarray) -> None:
-        write_tiff(self.root / ANNOTATIONS_FILE, np.asarray(labels))
+    def entry(self, name: str, path: str | None = None) -> ImageEntry:
+        """The entry of an image layer (created on first use)."""
+        for e in self.state.images:
+            if e.name == name:
+                if path and not e.path:
+                    e.path = path
+                return e
+        e = ImageEntry(name, path)
+        self.state.images.append(e)
+        self.save()
+        return e
 
-    def load_annotations(self) -> np.ndarray | None:
+    def annotations_path(self, entry: ImageEntry) -> Path:
+        return self.root / ANNOTATIONS_DIR / f"{entry.id}.tif"
+
+    def save_annotations(self, entry: ImageEntry, labels: np.ndarray) -> None:
+        write_tiff(self.annotations_path(entry), np.asarray(labels))
+
+    def load_annotations(self, entry: ImageEntry) -> np.ndarray | None:
         import tifffile
 
-        p = self.root / ANNOTATIONS_FILE
+        p = self.annotations_path(entry)
         return tifffile.imread(p) if p.exists() else None
 
     # ------------------------------------------------------------------ tiles
 
-    def add_tile(self, y: int, x: int, h: int, w: int, kind: str = "train") -> Tile:
-        t = Tile(int(y), int(x), int(h), int(w), kind)
-        self.state.tiles.append(t)
-        self.save()
-        return t
-
-    def remove_tile(self, tile_id: str) -> None:
-        self.state.tiles = [t for t in self.state.tiles if t.id != tile_id]
-        self.save()
-
-    def train_tiles(self) -> list[Tile]:
-        return [t for t in self.state.tiles if t.kind == "train"]
+    def train_tiles(self) -> list[tuple[ImageEntry, Tile]]:
+        return [(e, t) for e in self.state.images for t in e.train_tiles()]
 
     # ------------------------------------------------------------------ runs
 
@@ -134,43 +157,59 @@ class Project:
 
     def build_training_set(
         self,
-        slide: Slide,
-        labels: np.ndarray,
+        slide_of: Callable[[ImageEntry], Slide | None],
+        labels_of: Callable[[ImageEntry], np.ndarray | None] | None = None,
         *,
         max_unlabeled: int = 64,
         seed: int = 0,
     ) -> TrainingSet:
-        """Cut the annotated tiles (unpainted = background) and an unlabeled pool of tissue
-        tiles outside them, at working scale, and save them for the training process."""
-        st = self.state
-        s = st.scale
-        tiles = self.train_tiles()
-        if not tiles:
+        """Cut the annotated tiles of every image (unpainted = background) and an unlabeled
+        pool of tissue tiles outside them, at working scale; save them for the trainer.
+
+        ``slide_of`` opens an image (None if it is no longer available); ``labels_of`` gives
+        live annotations (e.g. the Labels layer being painted), else the saved ones are used.
+        """
+        s = self.state.scale
+        li, lm, names, ui, unames = [], [], [], [], []
+        pool_share = max(1, max_unlabeled // max(1, len(self.state.images)))
+        for e in self.state.images:
+            tiles = e.train_tiles()
+            slide = slide_of(e)
+            if slide is None:
+                continue
+            labels = labels_of(e) if labels_of is not None else None
+            if labels is None:
+                labels = self.load_annotations(e)
+            for t in tiles:
+                h, w = max(1, round(t.h / s)), max(1, round(t.w / s))
+                img = slide.read_scaled(round(t.y / s), round(t.x / s), h, w, s)
+                m = (
+                    np.zeros((h, w), np.uint16)
+                    if labels is None
+                    else _crop_labels(labels, t, e.labels_scale, (h, w))
+                )
+                li.append(img)
+                lm.append(m)
+                names.append(f"{e.name}/tile-{t.id}")
+            imgs, nm = self._unlabeled_pool(e, slide, pool_share, seed)
+            ui += imgs
+            unames += [f"{e.name}/{n}" for n in nm]
+        if not li:
             raise InputError(
                 "no training tile yet: draw a rectangle in 'training tiles' and "
                 "paint the glands inside it"
             )
-        li, lm, names = [], [], []
-        for t in tiles:
-            h, w = max(1, round(t.h / s)), max(1, round(t.w / s))
-            img = slide.read_scaled(round(t.y / s), round(t.x / s), h, w, s)
-            m = _crop_labels(labels, t, st.labels_scale, (h, w))
-            li.append(img)
-            lm.append(m)
-            names.append(f"tile-{t.id}")
         if not any(m.any() for m in lm):
             raise InputError(
                 "the training tiles contain no painted gland: paint at least one "
                 "gland (tiles without glands are fine as long as one has some)"
             )
-        ui, unames = self._unlabeled_pool(slide, max_unlabeled, seed)
         ts = TrainingSet(li, lm, ui, names, unames)
         save_trainset(self.root / TRAINSET_FILE, ts)
         return ts
 
-    def _unlabeled_pool(self, slide: Slide, k: int, seed: int):
-        st = self.state
-        s, T = st.scale, st.tile
+    def _unlabeled_pool(self, e: ImageEntry, slide: Slide, k: int, seed: int):
+        s, T = self.state.scale, self.state.tile
         tissue = tissue_mask(slide, s)
         H, W = tissue.shape
         cands = []
@@ -178,7 +217,7 @@ class Project:
         for y in range(0, max(1, H - T + 1), step):
             for x in range(0, max(1, W - T + 1), step):
                 y0, x0, side = round(y * s), round(x * s), round(T * s)
-                if any(t.overlaps(y0, x0, side, side) for t in st.tiles):
+                if any(t.overlaps(y0, x0, side, side) for t in e.tiles):
                     continue  # annotated or rejected
                 if tissue[y : y + T, x : x + T].mean() >= 0.5:
                     cands.append((y, x))

@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
 from ..core.errors import InputError
 from ..core.slide import Slide
 from .chart import LossChart
-from .project import TRAINSET_FILE, Project
+from .project import TRAINSET_FILE, ImageEntry, Project, Tile
 from .training_process import TrainingJob
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ class SemiMoEWidget(QWidget):
         super().__init__()
         self.viewer = viewer
         self.project: Project | None = None
+        self.entry: ImageEntry | None = None
         self.job: TrainingJob | None = None
         self.worker = None
         self._undo: list[tuple[tuple[slice, slice], np.ndarray]] = []
@@ -120,6 +121,7 @@ class SemiMoEWidget(QWidget):
         row.addWidget(browse)
         f.addRow("Project", row)
         self.image_combo = QComboBox()
+        self.image_combo.currentTextChanged.connect(self._switch_image)
         f.addRow("Slide", self.image_combo)
         self.scale_spin = QDoubleSpinBox()
         self.scale_spin.setRange(1.0, 64.0)
@@ -261,28 +263,63 @@ class SemiMoEWidget(QWidget):
         self.project_edit.setText(str(path))
         st = self.project.state
         img = self.image_layer()
-        if img is not None and st.image_path is None:
-            st.image_path = img.metadata.get("semimoe_path")
+        if img is not None and not st.images:
             st.scale = float(img.metadata.get("semimoe_scale", self.scale_spin.value()))
-            self.project.save()
         self.scale_spin.setValue(st.scale)
         self.tile_spin.setValue(st.tile)
         for key, widget in (("width", self.width_spin), ("iterations", self.iter_spin)):
             if key in st.settings:
                 widget.setValue(int(st.settings[key]))
-        saved = self.project.load_annotations()
-        labels = self.labels_layer(create=True)
-        if saved is not None and labels is not None and saved.shape == labels.data.shape:
-            labels.data = saved
-        elif labels is not None:
-            self.save_annotations()
-        tiles = self.tiles_layer(create=True)
-        if tiles is not None:
-            if st.tiles:
-                tiles.data = [_rect(t.y, t.x, t.h, t.w) for t in self.project.train_tiles()]
-            else:
-                self._sync_tiles()
+        self.entry = None
+        self._switch_image()
         self._say(f"project: {path}")
+
+    def _switch_image(self, *_: Any) -> None:
+        """Show the selected image's annotations and tiles (saving the previous image's)."""
+        if self.project is None:
+            return
+        img = self.image_layer()
+        if self.entry is not None:
+            self.save_annotations()
+            self._sync_tiles()
+        for name in OUT.values():  # predictions belong to the previous image
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+        if img is None:
+            self.entry = None
+            return
+        fresh = all(e.name != img.name for e in self.project.state.images)
+        self.entry = self.project.entry(img.name, img.metadata.get("semimoe_path"))
+        # The first image of a new project adopts layers it came with (the sample's tiles
+        # and annotations); any other image starts from its own saved (or empty) work.
+        adopt = fresh and len(self.project.state.images) == 1
+        if fresh:  # big slides are annotated at the working scale, so painting stays fast
+            H, W = self._slide_shape()
+            self.entry.labels_scale = 1.0 if H * W <= 64e6 else self.scale_spin.value()
+            self.project.save()
+        labels = self.labels_layer(create=True)
+        saved = self.project.load_annotations(self.entry)
+        if saved is not None:
+            self._replace_labels(saved)
+        elif not adopt or labels.data.shape != self._labels_shape():
+            self._replace_labels(np.zeros(self._labels_shape(), np.uint16))
+        tiles = self.tiles_layer(create=True)
+        if adopt and not self.entry.tiles:
+            self._sync_tiles()
+        else:
+            tiles.data = [_rect(t.y, t.x, t.h, t.w) for t in self.entry.train_tiles()]
+        self.save_annotations()
+
+    def _labels_shape(self) -> tuple[int, int]:
+        H, W = self._slide_shape()
+        ls = self.entry.labels_scale if self.entry is not None else 1.0
+        return round(H / ls), round(W / ls)
+
+    def _replace_labels(self, data: np.ndarray) -> None:
+        layer = self.labels_layer()
+        ls = self.entry.labels_scale if self.entry is not None else 1.0
+        layer.data = data
+        layer.scale = tuple(self._base_scale() * ls)
 
     def image_layer(self):
         name = self.image_combo.currentText()
@@ -303,6 +340,8 @@ class SemiMoEWidget(QWidget):
         if current in names:
             self.image_combo.setCurrentText(current)
         self.image_combo.blockSignals(False)
+        if self.image_combo.currentText() != current:
+            self._switch_image()
         for ly in self.viewer.layers:
             if ly.name == LABELS_LAYER and not getattr(ly, "_semimoe_hooked", False):
                 ly.events.data.connect(self._schedule_save)
@@ -323,16 +362,11 @@ class SemiMoEWidget(QWidget):
         img = self.image_layer()
         if not create or img is None:
             return None
-        shape = self._slide_shape()
-        ls = 1.0 if shape[0] * shape[1] <= 64e6 else self.scale_spin.value()
-        if self.project is not None:
-            self.project.state.labels_scale = ls
-            self.project.save()
-        data = np.zeros((round(shape[0] / ls), round(shape[1] / ls)), np.uint16)
-        layer = self.viewer.add_labels(
+        ls = self.entry.labels_scale if self.entry is not None else 1.0
+        data = np.zeros(self._labels_shape(), np.uint16)
+        return self.viewer.add_labels(
             data, name=LABELS_LAYER, opacity=0.5, scale=tuple(self._base_scale() * ls)
         )
-        return layer
 
     def tiles_layer(self, create: bool = False):
         if TILES_LAYER in self.viewer.layers:
@@ -348,9 +382,20 @@ class SemiMoEWidget(QWidget):
             scale=tuple(self._base_scale()),
         )
 
-    def _slide(self) -> Slide:
-        """The selected image as a lazily read slide (pyramid levels or in-memory array)."""
-        img = self.image_layer()
+    def _slide_of(self, entry: ImageEntry) -> Slide | None:
+        """An image of the project: its layer if open, else its file, else None."""
+        if entry.name in self.viewer.layers:
+            return self._slide(self.viewer.layers[entry.name])
+        if entry.path and Path(entry.path).exists():
+            from ..core.slide import open_slide
+
+            return open_slide(entry.path)
+        self._say(f"{entry.name}: not open and no file; its tiles are skipped")
+        return None
+
+    def _slide(self, img=None) -> Slide:
+        """An image layer as a lazily read slide (pyramid levels or in-memory array)."""
+        img = img if img is not None else self.image_layer()
         if img is None:
             raise InputError("no image layer: open a slide (File > Open) first")
         if img.multiscale:
@@ -370,22 +415,20 @@ class SemiMoEWidget(QWidget):
 
     def save_annotations(self) -> None:
         labels = self.labels_layer()
-        if self.project is not None and labels is not None:
-            self.project.save_annotations(labels.data)
+        if self.project is not None and self.entry is not None and labels is not None:
+            self.project.save_annotations(self.entry, labels.data)
 
     def _sync_tiles(self, *_: Any) -> None:
         """Shapes layer -> project tiles (level-0 px). Rejected tiles are kept."""
         layer = self.tiles_layer()
-        if self.project is None or layer is None:
+        if self.project is None or self.entry is None or layer is None:
             return
-        from .project import Tile
-
-        keep = [t for t in self.project.state.tiles if t.kind != "train"]
+        keep = [t for t in self.entry.tiles if t.kind != "train"]
         tiles = []
         for rect in layer.data:
             (y0, x0), (y1, x1) = np.floor(rect.min(0)), np.ceil(rect.max(0))
             tiles.append(Tile(int(y0), int(x0), int(y1 - y0), int(x1 - x0)))
-        self.project.state.tiles = tiles + keep
+        self.entry.tiles = tiles + keep
         self.project.save()
 
     def add_tile_at_center(self) -> None:
@@ -445,7 +488,10 @@ class SemiMoEWidget(QWidget):
             if labels is None:
                 raise InputError("no annotations layer: add a training tile and paint glands")
             self.save_annotations()
-            self.project.build_training_set(self._slide(), labels.data)
+            self.project.build_training_set(
+                self._slide_of,
+                lambda e: labels.data if e is self.entry else None,
+            )
             init = self.project.last_checkpoint() if continue_from else None
             if continue_from and init is None:
                 raise InputError("no checkpoint to continue from yet: press Start first")
@@ -536,9 +582,9 @@ class SemiMoEWidget(QWidget):
         if mode == "image":
             return [(0, 0, H, W)]
         if mode == "tiles":
-            if self.project is None or not self.project.train_tiles():
-                raise InputError("no training tiles to predict")
-            return [(t.y, t.x, t.h, t.w) for t in self.project.train_tiles()]
+            if self.entry is None or not self.entry.train_tiles():
+                raise InputError("no training tiles on this image to predict")
+            return [(t.y, t.x, t.h, t.w) for t in self.entry.train_tiles()]
         corners = np.asarray(self.viewer.layers.extent.world)[:, -2:]
         try:
             from napari.components import Camera  # noqa: F401
@@ -749,15 +795,15 @@ class SemiMoEWidget(QWidget):
         """Copy the predicted glands into the annotations inside the training tiles."""
         labels = self.labels_layer()
         seg = self.viewer.layers[OUT["seg"]] if OUT["seg"] in self.viewer.layers else None  # noqa: SIM401
-        if labels is None or seg is None or self.project is None:
+        if labels is None or seg is None or self.project is None or self.entry is None:
             _notify("predict first, then accept", "warning")
             return
         from ..core.predict import resample
 
-        ls = self.project.state.labels_scale
+        ls = self.entry.labels_scale
         s = self.project.state.scale
         n = 0
-        for t in self.project.train_tiles():
+        for t in self.entry.train_tiles():
             y0, x0 = round(t.y / ls), round(t.x / ls)
             y1 = min(labels.data.shape[0], round((t.y + t.h) / ls))
             x1 = min(labels.data.shape[1], round((t.x + t.w) / ls))
