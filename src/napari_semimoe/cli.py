@@ -378,7 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="training and prediction speed: fast vs fp32 reference")
     b.add_argument("--width", type=int, default=16)
     b.add_argument("--repeats", type=int, default=7)
-    b.add_argument("--compile", default="on", choices=["on", "off"])
+    b.add_argument(
+        "--compile",
+        default="off",
+        choices=["on", "off"],
+        help="also time a torch.compile'd fast path (compiles for minutes on CPU)",
+    )
     b.add_argument("--threads", type=int)
     b.add_argument("--json")
     b.set_defaults(func=cmd_bench)

@@ -46,17 +46,22 @@ def run_bench(
     compile: str = "on",
     threads: int | None = None,
     log: Callable[[str], None] = print,
+    predict_size: int = 1024,
+    tile: int = 256,
 ) -> dict:
     if threads:
         torch.set_num_threads(threads)
-    images, masks = synthetic_tiles(8)
+    images, masks = synthetic_tiles(8, size=tile)
     data = TrainingSet(images[:4], masks[:4], images[4:])
-    geo = Geometry(input_size=256).to_dict()
+    geo = Geometry(input_size=tile).to_dict()
     common = dict(width=width, iterations=10_000, checkpoint_every=10**9, geometry=geo)
+    # "fast" is what `train` runs by default; "compiled" adds torch.compile (opt-in on CPU).
     paths = {
-        "fast": TrainConfig(**common, fast=True, precision="auto", compile=compile),
+        "fast": TrainConfig(**common, fast=True, precision="auto", compile="off"),
         "reference": TrainConfig(**common, fast=False, precision="fp32", compile="off"),
     }
+    if compile == "on":
+        paths["compiled"] = TrainConfig(**common, fast=True, precision="auto", compile="on")
     trainers = {
         k: Trainer(c, data, tempfile.mkdtemp(prefix="semimoe-bench-")) for k, c in paths.items()
     }
@@ -77,17 +82,26 @@ def run_bench(
         )
     train_fast = float(np.median(times["fast"]))
     train_ref = float(np.median(times["reference"]))
+    extra = {}
+    if "compiled" in times:
+        tc = float(np.median(times["compiled"]))
+        extra = {
+            "train_iteration_compiled_s": round(tc, 4),
+            "train_speedup_compiled": round(train_ref / tc, 2),
+            "train_iteration_compiled_s_all": [round(t, 4) for t in times["compiled"]],
+        }
 
-    # Prediction: a 1024 x 1024 working-scale image, 256 tiles, 64 overlap.
+    # Prediction: a predict_size^2 working-scale image, tiles of `tile`, overlap tile / 4.
     rng = np.random.default_rng(1)
-    big = np.tile(images[0], (4, 4, 1))
+    reps = max(1, predict_size // tile)
+    big = np.tile(images[0], (reps, reps, 1))
     big = np.clip(big.astype(np.int16) + rng.integers(-5, 6, big.shape), 0, 255).astype(np.uint8)
     model = trainers["fast"].model
     ref_model = SemiMoE(width)
     ref_model.load_state_dict(model.state_dict())
     ref_model.mgp.literal = True
     dev = torch.device("cpu")
-    g = Geometry(scale=1.0, tile=256)
+    g = Geometry(scale=1.0, tile=tile)
     mean, std = trainers["fast"].mean, trainers["fast"].std
     preds = {
         "fast": Predictor(
@@ -99,7 +113,7 @@ def run_bench(
         ),
     }
     for p in preds.values():
-        p.predict_image(big[:256, :256], instances=False)
+        p.predict_image(big[:tile, :tile], instances=False)
     ptimes: dict[str, list[float]] = {k: [] for k in preds}
     for r in range(max(3, repeats // 2)):
         for k, p in preds.items():
@@ -124,10 +138,11 @@ def run_bench(
         "train_speedup": round(train_ref / train_fast, 2),
         "train_iteration_s_all": [round(t, 4) for t in times["fast"]],
         "train_iteration_reference_s_all": [round(t, 4) for t in times["reference"]],
+        **extra,
         "predict_mpx_per_s": round(pf, 4),
         "predict_reference_mpx_per_s": round(pr, 4),
         "predict_speedup": round(pf / pr, 2),
         "predict_image": list(big.shape[:2]),
-        "predict_tile": 256,
-        "predict_overlap": 64,
+        "predict_tile": tile,
+        "predict_overlap": tile // 4,
     }
