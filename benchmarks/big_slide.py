@@ -54,25 +54,51 @@ def main() -> int:
     if not slide_path.exists():
         write_pyramid_tiles(slide_path, (S, S), tile_fn, levels=7, tile=512, mpp=0.25)
     t_write = time.perf_counter() - t0
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
     with open_slide(slide_path) as sl:
         levels = [lv.shape for lv in sl.levels]
-    t_open = time.perf_counter() - t0
+        t_open = time.perf_counter() - t0
+        region = sl.read_region(S // 2, S // 2, 1024, 1024)  # lazy: reads only these tiles
+        t_region = time.perf_counter() - t0 - t_open
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stage1 = {
+        "slide_px": [S, S],
+        "slide_file_mb": round(slide_path.stat().st_size / 2**20, 1),
+        "write_slide_s": round(t_write, 1),
+        "open_slide_s": round(t_open, 4),
+        "read_1024px_region_s": round(t_region, 3),
+        "region_mean": float(region.mean()),
+        "peak_rss_before_open_mb": round(rss0, 1),
+        "peak_rss_after_open_mb": round(rss1, 1),
+    }
+    print(json.dumps(stage1), flush=True)
 
     run = work / "run"
     if not (run / "checkpoint.safetensors").exists():
         s = args.scale
-        img = patch[::int(s), ::int(s)]
-        m = mask[::int(s), ::int(s)]
-        cfg = TrainConfig(iterations=1, geometry=Geometry(scale=s, tile=128).to_dict(),
-                          compile="off")
+        img = patch[:: int(s), :: int(s)]
+        m = mask[:: int(s), :: int(s)]
+        cfg = TrainConfig(
+            iterations=1, geometry=Geometry(scale=s, tile=128).to_dict(), compile="off"
+        )
         Trainer(cfg, TrainingSet([img], [m], [img]), run).run()
 
     out = work / "pred"
     t0 = time.perf_counter()
-    proc = subprocess.run([str(Path(sys.executable).parent / "napari-semimoe"), "predict",
-                           str(run), str(slide_path), "--out", str(out), "--tissue-only"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "napari-semimoe"),
+            "predict",
+            str(run),
+            str(slide_path),
+            "--out",
+            str(out),
+            "--tissue-only",
+        ],
+        capture_output=True,
+        text=True,
+    )
     t_pred = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     if proc.returncode != 0:
@@ -80,11 +106,11 @@ def main() -> int:
         return 1
     outputs = {p.name: p.stat().st_size for p in sorted(out.glob("*.tif"))}
     report = {
-        "slide_px": [S, S], "gigapixels": round(S * S / 1e9, 2),
-        "slide_file_mb": round(slide_path.stat().st_size / 2**20, 1),
+        **stage1,
+        "gigapixels": round(S * S / 1e9, 2),
         "levels": [list(lv[:2]) for lv in levels],
-        "write_slide_s": round(t_write, 1), "open_slide_s": round(t_open, 4),
-        "working_scale": args.scale, "predict_wall_s": round(t_pred, 1),
+        "working_scale": args.scale,
+        "predict_wall_s": round(t_pred, 1),
         "predict_peak_rss_mb": round(peak_mb, 1),
         "outputs_mb": {k: round(v / 2**20, 1) for k, v in outputs.items()},
     }

@@ -58,8 +58,14 @@ def main() -> int:
                 if it % args.curve_every:
                     continue
                 m = evaluate(snap, args.test, args.precision, hausdorff=False)
-                curve.append({"iteration": it, "dice_pooled": m["dice_pooled"],
-                              "object_f1": m["object_f1"], "object_dice": m["object_dice"]})
+                curve.append(
+                    {
+                        "iteration": it,
+                        "dice_pooled": m["dice_pooled"],
+                        "object_f1": m["object_f1"],
+                        "object_dice": m["object_dice"],
+                    }
+                )
                 print(f"  {name} iter {it}: Dice {100 * m['dice_pooled']:.2f}", flush=True)
         report[name] = {
             "run": str(run),

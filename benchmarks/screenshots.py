@@ -1,6 +1,6 @@
 """Screenshots for docs/ from a real run under Xvfb: slide + widget mid-training, overlays.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/screenshots.py
+xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/screenshots.py
 """
 
 from __future__ import annotations

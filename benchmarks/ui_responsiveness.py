@@ -77,11 +77,15 @@ def main() -> int:
         timer.stop()
         user.stop()
         g = np.asarray(gaps) * 1000
-        out = {"phase": phase, "seconds": round(time.perf_counter() - t0, 1), "ticks": len(g),
-               "max_stall_ms": round(float(g.max()), 1),
-               "p99_ms": round(float(np.percentile(g, 99)), 1),
-               "median_ms": round(float(np.median(g)), 1),
-               "stalls_over_100ms": int((g > 100).sum())}
+        out = {
+            "phase": phase,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "ticks": len(g),
+            "max_stall_ms": round(float(g.max()), 1),
+            "p99_ms": round(float(np.percentile(g, 99)), 1),
+            "median_ms": round(float(np.median(g)), 1),
+            "stalls_over_100ms": int((g > 100).sum()),
+        }
         print(json.dumps(out), flush=True)
         return out
 
@@ -89,12 +93,19 @@ def main() -> int:
     t_end = time.perf_counter() + 10
     results = [measure("idle (pan/zoom/paint only)", lambda: time.perf_counter() > t_end)]
     widget.start_training()
-    results.append(measure(f"training {args.iterations} iterations in the child process",
-                           lambda: widget.job.finished and not widget._poll.isActive()))
+    results.append(
+        measure(
+            f"training {args.iterations} iterations in the child process",
+            lambda: widget.job.finished and not widget._poll.isActive(),
+        )
+    )
     widget.predict("image")
-    results.append(measure("predicting the whole sample slide (thread worker)",
-                           lambda: not widget.cancel_btn.isEnabled()
-                           and "Semi-MoE segmentation" in viewer.layers))
+    results.append(
+        measure(
+            "predicting the whole sample slide (thread worker)",
+            lambda: not widget.cancel_btn.isEnabled() and "Semi-MoE segmentation" in viewer.layers,
+        )
+    )
     report = {"results": results, "interval_ms": 10, "interaction_every_ms": 50}
     if args.json:
         from napari_semimoe.core.checkpoint import atomic_write_json
