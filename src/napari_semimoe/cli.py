@@ -83,10 +83,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         if split is None:
             raise InputError(f"{out}: not a run folder (no split.json); cannot resume")
         cfg_doc = json.loads((out / "config.json").read_text())
-        data_dir = Path(cfg_doc.get("_data", args.data or ""))
+        data_dir = Path(args.data or cfg_doc.get("_data", ""))
         items = {it.name: it for it in scan_folder(data_dir)}
         extra = _unlabeled_items(cfg_doc.get("_unlabeled_dirs", []))
         items.update({it.name: it for it in extra})
+        missing = [n for n in split["labeled"] if n not in items]
+        if missing:
+            raise InputError(
+                f"labeled images of this run are missing from {data_dir}: {', '.join(missing[:5])}"
+            )
         labeled = [items[n] for n in split["labeled"]]
         unlabeled = [items[n] for n in split["unlabeled"] if n in items]
         from .core.data import Geometry
@@ -131,7 +136,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"{len(labeled)} labeled, {len(unlabeled)} unlabeled images -> {out}", file=sys.stderr)
     data = load_training_set(labeled, unlabeled, geometry, _tqdm_progress("reading", "img"))
     trainer = Trainer(config, data, out, resume=bool(args.resume))
-    # Remember where the data came from, so that --resume needs nothing else.
     cfg_path = out / "config.json"
     stop = threading.Event()
 
@@ -157,7 +161,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         elif ev.kind == "start":
             bar.write(ev.message)
-            _annotate_config(cfg_path, args, data_dir_from=args)
+            if not args.resume:
+                _remember_data(cfg_path, args)
         elif ev.kind in ("stopped", "done"):
             bar.write(ev.message)
 
@@ -196,15 +201,13 @@ def _unlabeled_items(dirs):
     return items
 
 
-def _annotate_config(cfg_path: Path, args, data_dir_from) -> None:
+def _remember_data(cfg_path: Path, args) -> None:
+    """Record the data folders in the run's config.json, so `--resume RUN` needs nothing else."""
     from .core.checkpoint import atomic_write_json
 
     doc = json.loads(cfg_path.read_text())
-    if getattr(args, "data", None):
-        doc["_data"] = str(Path(args.data).resolve())
-        doc["_unlabeled_dirs"] = [str(Path(d).resolve()) for d in (args.unlabeled or [])]
-    elif args.resume:
-        return
+    doc["_data"] = str(Path(args.data).resolve())
+    doc["_unlabeled_dirs"] = [str(Path(d).resolve()) for d in (args.unlabeled or [])]
     atomic_write_json(cfg_path, doc)
 
 
