@@ -288,6 +288,51 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from .core.active import suggest_tiles
+    from .core.slide import open_slide
+
+    tile, args.tile = args.tile, None  # --tile is the suggestion size, not the predict tiling
+    predictor = _predictor(args)
+    exclude = []
+    for box in args.exclude or []:
+        try:
+            y, x, h, w = (int(v) for v in box.split(","))
+        except ValueError:
+            raise InputError(f"--exclude expects y,x,h,w in level-0 pixels, got {box!r}") from None
+        exclude.append((y, x, h, w))
+    with open_slide(args.image) as slide:
+        picks = suggest_tiles(
+            predictor,
+            slide,
+            tile=tile,
+            top=args.top,
+            exclude=exclude,
+            progress=_tqdm_progress("predicting", "tile"),
+        )
+    doc = {
+        "image": str(args.image),
+        "tiles": [
+            {
+                "rank": i + 1,
+                "y": p.y0,
+                "x": p.x0,
+                "size": p.size0,
+                "score": round(p.score, 5),
+                "components": {k: round(v, 5) for k, v in p.components.items()},
+                "working": {"y": p.y, "x": p.x, "size": p.size},
+            }
+            for i, p in enumerate(picks)
+        ],
+    }
+    print(json.dumps(doc, indent=1))
+    if args.json:
+        from .core.checkpoint import atomic_write_json
+
+        atomic_write_json(args.json, doc)
+    return 0
+
+
 def cmd_gui(args: argparse.Namespace) -> int:
     from .plugin.launch import launch
 
@@ -372,6 +417,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True)
     ev.add_argument("--json", help="also write the metrics to this JSON file")
     ev.set_defaults(func=cmd_evaluate)
+
+    sg = sub.add_parser("suggest", help="rank unlabeled tiles by uncertainty (active labeling)")
+    sg.add_argument("run")
+    sg.add_argument("image")
+    sg.add_argument("--tile", type=int, help="tile side at working scale (default: training tile)")
+    sg.add_argument("--top", type=int, default=10)
+    sg.add_argument("--exclude", action="append", help="y,x,h,w level-0 box to skip (repeat)")
+    sg.add_argument("--json")
+    sg.add_argument("--device", default="auto")
+    sg.add_argument("--threads", type=int)
+    sg.add_argument("--overlap", type=int)
+    sg.add_argument("--batch", type=int, default=2)
+    sg.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    sg.set_defaults(func=cmd_suggest)
 
     gu = sub.add_parser("gui", help="open napari with the plugin docked and the sample slide")
     gu.add_argument("--project", help="project folder (default ~/napari-semimoe-projects/sample)")

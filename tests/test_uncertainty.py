@@ -1,0 +1,145 @@
+"""Uncertainty scores and active-labeling suggestions on constructed cases."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_semimoe.cli import main
+from napari_semimoe.core.uncertainty import (
+    binary_entropy,
+    gate_entropy,
+    pixel_signals,
+    score_tiles,
+    suggest,
+    uncertainty_map,
+)
+
+
+def confident_left_ambiguous_right(n: int = 128) -> dict[str, np.ndarray]:
+    """Left half: crisp glands (p ~ 0/1, SDF sign and experts agree, boundary on the edges).
+    Right half: p ~ 0.5, experts disagree, SDF says inside."""
+    p = np.full((n, n), 0.01, np.float32)
+    p[20:50, 10:50] = 0.99
+    sdf = np.where(p > 0.5, 0.5, -0.5).astype(np.float32)
+    from scipy import ndimage as ndi
+
+    mask = p > 0.5
+    bnd = (ndi.binary_dilation(mask, iterations=2) & ~mask).astype(np.float32)
+    expert = p.copy()
+    p[:, n // 2 :] = 0.5
+    sdf[:, n // 2 :] = 0.6
+    expert[:, n // 2 :] = 0.9
+    bnd[:, n // 2 :] = 0.5
+    return {"prob": p, "sdf": sdf, "boundary": bnd, "expert_prob": expert}
+
+
+def test_entropy_values():
+    np.testing.assert_allclose(binary_entropy(np.array([0.5, 0.0, 1.0])), [1, 0, 0], atol=1e-4)
+
+
+def test_confident_region_scores_below_ambiguous_region():
+    maps = confident_left_ambiguous_right()
+    sig = pixel_signals(maps)
+    for k, v in sig.items():
+        assert v[:, 64:].mean() > v[:, :64].mean(), k
+        assert v.min() >= 0 and v.max() <= 1, k
+    u = uncertainty_map(maps)
+    assert u[:, 64:].mean() > 3 * u[:, :64].mean()
+    tiles = score_tiles(maps, 64, stride=64)
+    left = [t for t in tiles if t.x == 0]
+    right = [t for t in tiles if t.x == 64]
+    assert min(t.score for t in right) > max(t.score for t in left)
+    assert set(tiles[0].components) == set(sig)
+
+
+def test_gate_entropy_and_tissue_filter():
+    uniform = np.full((1, 3, 3), 1 / 3)
+    onehot = np.zeros((1, 3, 3))
+    onehot[:, :, 0] = 1
+    assert gate_entropy(uniform)[0] == pytest.approx(1.0)
+    assert gate_entropy(onehot)[0] == pytest.approx(0.0, abs=1e-6)
+    maps = confident_left_ambiguous_right()
+    tissue = np.zeros((128, 128), bool)
+    tissue[:, :64] = True
+    tiles = score_tiles(maps, 64, stride=64, tissue=tissue)
+    assert {t.x for t in tiles} == {0}  # glass tiles are never candidates
+    gates = np.stack([uniform[0], onehot[0]])
+    gt = np.array([[0, 0, 64, 64], [64, 0, 64, 64]])
+    tiles = score_tiles(maps, 64, stride=64, gates=gates, gate_tiles=gt)
+    top = {(t.y, t.x): t.components["gate_entropy"] for t in tiles}
+    assert top[(0, 0)] == pytest.approx(1.0) and top[(64, 0)] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_suggestions_avoid_labeled_tiles_and_spread_out():
+    rng = np.random.default_rng(0)
+    maps = {
+        "prob": rng.uniform(0.3, 0.7, (256, 256)).astype(np.float32),
+        "sdf": rng.uniform(-1, 1, (256, 256)).astype(np.float32),
+        "boundary": rng.uniform(0, 1, (256, 256)).astype(np.float32),
+    }
+    maps["prob"][96:160, 96:160] = 0.5  # the most ambiguous spot is already labeled
+    cands = score_tiles(maps, 32, stride=16)
+    labeled = [(96, 96, 64, 64)]
+    picks = suggest(cands, 6, exclude=labeled)
+    assert len(picks) == 6
+    for p in picks:
+        assert p.y >= 160 or p.y + 32 <= 96 or p.x >= 160 or p.x + 32 <= 96
+    for i, a in enumerate(picks):
+        for b in picks[i + 1 :]:
+            assert np.hypot(a.y - b.y, a.x - b.x) >= 1.5 * 32
+    assert [p.score for p in picks] == sorted((p.score for p in picks), reverse=True)
+
+
+def test_suggest_cli(tiny_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tiny_dataset),
+                "--labeled",
+                "2",
+                "--iterations",
+                "1",
+                "--width",
+                "4",
+                "--tile",
+                "32",
+                "--threads",
+                "1",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    img = tiny_dataset / "images" / "img_5.png"
+    assert (
+        main(
+            [
+                "suggest",
+                str(run),
+                str(img),
+                "--tile",
+                "32",
+                "--top",
+                "3",
+                "--exclude",
+                "0,0,32,32",
+                "--json",
+                str(tmp_path / "s.json"),
+            ]
+        )
+        == 0
+    )
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert 1 <= len(doc["tiles"]) <= 3
+    t = doc["tiles"][0]
+    assert {"y", "x", "size", "score", "components"} <= set(t)
+    assert {"entropy", "disagreement", "sdf_consistency", "gate_entropy"} <= set(t["components"])
+    assert not (t["y"] < 32 and t["x"] < 32)
