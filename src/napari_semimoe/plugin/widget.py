@@ -606,6 +606,7 @@ class SemiMoEWidget(QWidget):
         from napari.qt.threading import thread_worker
 
         from ..core.predict import PredictOptions, Predictor, load_model
+        from ..core.uncertainty import uncertainty_map
 
         try:
             ckpt = None if self.project is None else self.project.last_checkpoint()
@@ -625,7 +626,8 @@ class SemiMoEWidget(QWidget):
         @thread_worker
         def work():
             loaded = load_model(ckpt, "auto")
-            pred = Predictor(loaded, PredictOptions(experts=experts))
+            # Expert maps are always computed: the uncertainty map needs the seg expert.
+            pred = Predictor(loaded, PredictOptions(experts=True))
             s = loaded.geometry.scale
             t = pred.tile
             sizes = [(max(16, round(h / s)), max(16, round(w / s))) for _, _, h, w in boxes]
@@ -649,6 +651,10 @@ class SemiMoEWidget(QWidget):
                 maps = {k: np.asarray(v) for k, v in wp.maps.items()}
                 maps["mask"] = (maps["prob"] >= 0.5).astype(np.uint8)
                 maps["instances"] = pred.instances(maps)
+                maps["uncertainty"] = uncertainty_map(maps)
+                if not experts:
+                    for k in [k for k in maps if k.startswith("expert_")]:
+                        del maps[k]
                 results.append(((ys, xs, hs, ws), maps, wp))
             return {"scale": s, "results": results}
 
@@ -705,11 +711,7 @@ class SemiMoEWidget(QWidget):
                 "uncertainty",
                 *(k for k in maps if k.startswith("expert_")),
             ):
-                if key == "uncertainty":
-                    p = maps["prob"]
-                    val = np.maximum(1 - np.abs(2 * p - 1), np.abs(p - maps.get("expert_prob", p)))
-                else:
-                    val = maps[key]
+                val = maps[key]
                 name = OUT["seg" if key == "instances" else key]
                 self._paste(name, key, val, (ys, xs), (hs, ws), s, base)
         self._last_pred = out
