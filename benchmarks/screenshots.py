@@ -17,7 +17,7 @@ def main() -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_semimoe.plugin.widget import SemiMoEWidget
+    from napari_semimoe.plugin.widget import SemiMoEWidget, camera
 
     OUT.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(show=True)
@@ -61,7 +61,7 @@ def main() -> int:
     viewer.layers["Semi-MoE boundary"].visible = False
     viewer.layers["Semi-MoE uncertainty"].visible = True
     viewer.layers["Semi-MoE gates"].visible = True
-    viewer.camera.zoom = viewer.camera.zoom * 2.5
+    camera(viewer).zoom = camera(viewer).zoom * 2.5
     viewer.screenshot(str(OUT / "07-uncertainty-gates.png"), canvas_only=False)
     viewer.close()
     print("screenshots in", OUT)

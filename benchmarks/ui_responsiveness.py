@@ -30,7 +30,7 @@ def main() -> int:
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_semimoe.plugin.widget import SemiMoEWidget
+    from napari_semimoe.plugin.widget import SemiMoEWidget, camera
 
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1500, 950)
@@ -56,8 +56,8 @@ def main() -> int:
     labels = viewer.layers["annotations"]
 
     def interact() -> None:  # pan, zoom and paint like a user
-        viewer.camera.center = tuple(np.asarray(viewer.camera.center) + rng.normal(0, 20, 2))
-        viewer.camera.zoom = float(np.clip(viewer.camera.zoom * rng.uniform(0.95, 1.05), 0.2, 4))
+        camera(viewer).center = tuple(np.asarray(camera(viewer).center) + rng.normal(0, 20, 2))
+        camera(viewer).zoom = float(np.clip(camera(viewer).zoom * rng.uniform(0.95, 1.05), 0.2, 4))
         y, x = rng.integers(0, labels.data.shape[0] - 20, 2)
         labels.paint((y, x), 3, refresh=True)
 

@@ -177,7 +177,7 @@ def test_gui_command_opens_sample_with_widget_docked(qtbot, tmp_path):
     try:
         names = [ly.name for ly in viewer.layers]
         assert names[:3] == ["sample H&E slide", "annotations", "training tiles"]
-        assert "Semi-MoE" in viewer.window._dock_widgets
+        assert "Semi-MoE" in viewer.window.dock_widgets
         assert widget.project is not None and widget.project.state.scale == 2.0
         assert widget.image_combo.currentText() == "sample H&E slide"
     finally:
@@ -195,7 +195,9 @@ def test_annotations_from_several_images_train_one_model(ui, qtbot):
     assert len(viewer.layers["training tiles"].data) == 0  # its own, empty, tiles
     assert viewer.layers["annotations"].data.shape == (768, 768)
     assert viewer.layers["annotations"].data.max() == 0
-    viewer.camera.center = (384, 384)
+    from napari_semimoe.plugin.widget import camera
+
+    camera(viewer).center = (384, 384)
     widget.add_tile_at_center()
     viewer.layers["annotations"].data[300:340, 300:340] = 1
     widget.save_annotations()

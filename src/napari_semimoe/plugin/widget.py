@@ -438,7 +438,7 @@ class SemiMoEWidget(QWidget):
             return
         layer = self.tiles_layer(create=True)
         side = self.tile_spin.value() * self.scale_spin.value()
-        cy, cx = np.asarray(self.viewer.camera.center[-2:]) / self._base_scale()
+        cy, cx = np.asarray(camera(self.viewer).center[-2:]) / self._base_scale()
         H, W = self._slide_shape()
         y0 = float(np.clip(cy - side / 2, 0, max(0, H - side)))
         x0 = float(np.clip(cx - side / 2, 0, max(0, W - side)))
@@ -590,8 +590,8 @@ class SemiMoEWidget(QWidget):
             from napari.components import Camera  # noqa: F401
 
             size = np.asarray(self.viewer._canvas_size, float)
-            half = size / 2 / self.viewer.camera.zoom
-            c = np.asarray(self.viewer.camera.center[-2:])
+            half = size / 2 / camera(self.viewer).zoom
+            c = np.asarray(camera(self.viewer).center[-2:])
             corners = np.stack([c - half, c + half])
         except Exception:  # noqa: BLE001 - fall back to the whole extent
             pass
@@ -849,6 +849,12 @@ class SemiMoEWidget(QWidget):
             self.job.kill()
         self.save_annotations()
         super().closeEvent(event)
+
+
+def camera(viewer):
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
 
 
 def _rect(y: float, x: float, h: float, w: float) -> np.ndarray:
