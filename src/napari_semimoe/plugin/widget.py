@@ -787,7 +787,13 @@ class SemiMoEWidget(QWidget):
             face_color="cyan",
             scale=tuple(base),
             features={"label": text},
-            text={"string": "{label}", "size": 9, "color": "cyan"},
+            text={
+                "string": "{label}",
+                "size": 9,
+                "color": "cyan",
+                "anchor": "upper_left",
+                "translation": [-24.0, 8.0],
+            },
             visible=False,
         )
 
