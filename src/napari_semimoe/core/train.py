@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from collections import deque
 from collections.abc import Callable
@@ -502,14 +501,6 @@ class Trainer:
         )
 
 
-def clear_run(run_dir: str | Path) -> None:
-    """Remove a previous run's files (used when the user starts over in the same folder)."""
-    p = Path(run_dir)
-    for name in (CHECKPOINT_NAME, "history.json", "log.jsonl", "config.json"):
-        (p / name).unlink(missing_ok=True)
-    shutil.rmtree(p / "snapshots", ignore_errors=True)
-
-
 def lr_schedule(config: TrainConfig) -> list[float]:
     """The lr at every iteration (for docs and tests)."""
     return [config.lr * config.lr_factor(i) for i in range(config.iterations)]
@@ -520,6 +511,5 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "TrainingError",
-    "clear_run",
     "lr_schedule",
 ]
