@@ -46,7 +46,11 @@ def main() -> int:
     viewer.screenshot(str(OUT / "03-training-done.png"), canvas_only=False)
     widget._toolbox_review()
     widget.predict("image")
-    while "Semi-MoE segmentation" not in viewer.layers or widget.cancel_btn.isEnabled():
+    while (
+        widget.cancel_btn.isEnabled()
+        or widget.showing_prediction
+        or ("Semi-MoE segmentation" not in viewer.layers)
+    ):
         pump(0.5)
     pump(1)
     viewer.layers["annotations"].visible = False

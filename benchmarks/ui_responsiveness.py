@@ -112,7 +112,11 @@ def main() -> int:
     results.append(
         measure(
             "predicting the whole sample slide (thread worker)",
-            lambda: not widget.cancel_btn.isEnabled() and "Semi-MoE segmentation" in viewer.layers,
+            lambda: (
+                not widget.cancel_btn.isEnabled()
+                and not widget.showing_prediction
+                and "prediction shown" in widget.status.text()
+            ),
         )
     )
     report = {

@@ -69,7 +69,7 @@ def test_full_loop(ui, qtbot, tmp_path):
 
     # Predict the training tiles; layers appear aligned with the slide.
     widget.predict("tiles")
-    qtbot.waitUntil(lambda: "Semi-MoE segmentation" in viewer.layers, timeout=120_000)
+    qtbot.waitUntil(lambda: "prediction shown" in widget.status.text(), timeout=120_000)
     seg = viewer.layers["Semi-MoE segmentation"]
     sdf = viewer.layers["Semi-MoE SDF"]
     prob = viewer.layers["Semi-MoE gland probability"]
@@ -84,7 +84,7 @@ def test_full_loop(ui, qtbot, tmp_path):
     qtbot.waitUntil(
         lambda: widget.worker is not None and not widget.cancel_btn.isEnabled(), timeout=120_000
     )
-    qtbot.wait(200)
+    qtbot.waitUntil(lambda: not widget.showing_prediction, timeout=30_000)
     assert len(viewer.layers) == n_layers
 
     # Accept into the annotations, then undo.

@@ -8,6 +8,7 @@ arrays back to the main thread, which alone touches layers.
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,7 @@ class SemiMoEWidget(QWidget):
         self.worker = None
         self._undo: list[tuple[tuple[slice, slice], np.ndarray]] = []
         self._last_pred: dict[str, Any] | None = None
+        self._pending_ops: list = []
         self._t_start = 0.0
 
         lay = QVBoxLayout(self)
@@ -702,21 +704,35 @@ class SemiMoEWidget(QWidget):
         H, W = self._slide_shape()
         hs, ws = round(H / s), round(W / s)
         # One canvas per output at working scale, so predicting again updates in place.
+        # Creating a napari layer blocks the event loop ~0.25 s, so layers are built one
+        # per event-loop turn: the UI keeps painting in between.
+        ops = []
         for (ys, xs, _h, _w), maps, _wp in out["results"]:
             for key in (
+                "instances",
                 "prob",
                 "sdf",
                 "boundary",
-                "instances",
                 "uncertainty",
                 *(k for k in maps if k.startswith("expert_")),
             ):
-                val = maps[key]
                 name = OUT["seg" if key == "instances" else key]
-                self._paste(name, key, val, (ys, xs), (hs, ws), s, base)
+                ops.append(partial(self._paste, name, key, maps[key], (ys, xs), (hs, ws), s, base))
+        ops.append(partial(self._show_gates, out, base))
+        ops.append(partial(self._say, f"prediction shown for {len(out['results'])} region(s)"))
         self._last_pred = out
-        self._show_gates(out, base)
-        self._say(f"prediction shown for {len(out['results'])} region(s)")
+        self._pending_ops = ops
+        self._drain_ops()
+
+    @property
+    def showing_prediction(self) -> bool:
+        """True while output layers are still being built or updated."""
+        return bool(self._pending_ops)
+
+    def _drain_ops(self) -> None:
+        if self._pending_ops:
+            self._pending_ops.pop(0)()
+            QTimer.singleShot(30, self._drain_ops)  # let paint and input events run between
 
     def _paste(self, name: str, key: str, val, origin, shape, s: float, base) -> None:
         ys, xs = origin
@@ -778,8 +794,11 @@ class SemiMoEWidget(QWidget):
                 text.append("seg " + "/".join(f"{v:.2f}" for v in g[0]))
         if not pts:
             return
-        if OUT["gates"] in self.viewer.layers:
-            self.viewer.layers.remove(OUT["gates"])
+        if OUT["gates"] in self.viewer.layers:  # update in place: re-adding costs ~0.5 s
+            layer = self.viewer.layers[OUT["gates"]]
+            layer.data = np.asarray(pts)
+            layer.features = {"label": text}
+            return
         self.viewer.add_points(
             np.asarray(pts),
             name=OUT["gates"],
