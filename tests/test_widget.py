@@ -129,6 +129,19 @@ def test_pause_resume_stop(ui, qtbot):
     assert doc["meta"]["state"]["iteration"] >= paused_at
 
 
+def test_predict_view_covers_only_what_is_shown(ui):
+    from napari_semimoe.plugin.widget import camera
+
+    viewer, widget, _ = ui
+    cam = camera(viewer)
+    cam.center = (400, 500)
+    cam.zoom = 4.0
+    ((y, x, h, w),) = widget._region("view")
+    assert 0 < h < 1536 and 0 < w < 1536
+    assert y <= 400 <= y + h and x <= 500 <= x + w
+    assert widget._region("image") == [(0, 0, 1536, 1536)]
+
+
 def test_reopen_restores_annotations_and_tiles(make_napari_viewer, qtbot, ui):
     viewer, widget, proj = ui
     widget.add_tile_at_center()

@@ -588,15 +588,13 @@ class SemiMoEWidget(QWidget):
                 raise InputError("no training tiles on this image to predict")
             return [(t.y, t.x, t.h, t.w) for t in self.entry.train_tiles()]
         corners = np.asarray(self.viewer.layers.extent.world)[:, -2:]
-        try:
-            from napari.components import Camera  # noqa: F401
-
-            size = np.asarray(self.viewer._canvas_size, float)
+        try:  # the canvas size in screen px, (h, w); napari has no public accessor for it
+            size = np.asarray(self.viewer.window._qt_viewer.canvas.size, float)
             half = size / 2 / camera(self.viewer).zoom
             c = np.asarray(camera(self.viewer).center[-2:])
             corners = np.stack([c - half, c + half])
-        except Exception:  # noqa: BLE001 - fall back to the whole extent
-            pass
+        except AttributeError:
+            self._say("could not read the view's size; predicting the whole image")
         b = corners / self._base_scale()
         y0, x0 = np.clip(np.floor(b[0]), 0, [H, W]).astype(int)
         y1, x1 = np.clip(np.ceil(b[1]), 0, [H, W]).astype(int)
