@@ -14,18 +14,16 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
 
 
 def main() -> int:
-    import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_semimoe.plugin.widget import SemiMoEWidget, camera
+    from napari_semimoe.plugin.launch import launch
+    from napari_semimoe.plugin.widget import camera
 
     OUT.mkdir(parents=True, exist_ok=True)
-    viewer = napari.Viewer(show=True)
+    viewer, widget = launch(Path(tempfile.mkdtemp(prefix="semimoe-shots-")), run=False)
     viewer.window._qt_window.resize(1500, 950)
-    viewer.open_sample("napari-semimoe", "he-sample")
-    widget = SemiMoEWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Semi-MoE")
-    widget.set_project(Path(tempfile.mkdtemp(prefix="semimoe-shots-")))
+    QApplication.instance().processEvents()  # apply the new size, then fit the slide to it
+    viewer.reset_view()
     app = QApplication.instance()
 
     def pump(seconds: float) -> None:

@@ -31,18 +31,16 @@ def main() -> int:
     )
     args = ap.parse_args()
 
-    import napari
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_semimoe.plugin.widget import SemiMoEWidget, camera
+    from napari_semimoe.plugin.launch import launch
+    from napari_semimoe.plugin.widget import camera
 
-    viewer = napari.Viewer(show=True)
+    viewer, widget = launch(Path(tempfile.mkdtemp(prefix="semimoe-ui-")), run=False)
     viewer.window._qt_window.resize(1500, 950)
-    viewer.open_sample("napari-semimoe", "he-sample")
-    widget = SemiMoEWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Semi-MoE")
-    widget.set_project(Path(tempfile.mkdtemp(prefix="semimoe-ui-")))
+    QApplication.instance().processEvents()  # apply the new size, then fit the slide to it
+    viewer.reset_view()
     widget.iter_spin.setValue(args.iterations)
     app = QApplication.instance()
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .predict import Predictor, resample
-from .slide import Slide, tissue_mask
+from .predict import Predictor, working_reader, working_tissue
+from .slide import Slide
 from .uncertainty import TileScore, score_tiles, suggest
 
 
@@ -37,14 +37,9 @@ def suggest_tiles(
         )
     else:
         wp = predictor.predict_region_reader(
-            lambda y, x, h, w: slide.read_scaled(y, x, h, w, (fy + fx) / 2),
-            (hw, ww),
-            out_dir=scratch,
-            progress=progress,
+            working_reader(slide, (hw, ww)), (hw, ww), out_dir=scratch, progress=progress
         )
-    tissue = tissue_mask(slide, (fy + fx) / 2)
-    if tissue.shape != (hw, ww):
-        tissue = resample(tissue.astype(np.uint8), (hw, ww), nearest=True).astype(bool)
+    tissue = working_tissue(slide, (hw, ww))
     t = int(tile or min(g.tile, hw, ww))
     cands = score_tiles(
         {k: np.asarray(v) for k, v in wp.maps.items()},

@@ -348,6 +348,24 @@ def resample(src: np.ndarray, out_shape: tuple[int, int], nearest: bool = False)
 # ----------------------------------------------------------------------------- slides
 
 
+def working_reader(slide, shape: tuple[int, int]) -> Callable[[int, int, int, int], np.ndarray]:
+    """``read(y, x, h, w)`` in working-scale pixels of a slide whose working shape is ``shape``."""
+    H, W = slide.shape
+    scale = (H / shape[0] + W / shape[1]) / 2
+    return lambda y, x, h, w: slide.read_scaled(y, x, h, w, scale)
+
+
+def working_tissue(slide, shape: tuple[int, int]) -> np.ndarray:
+    """The slide's tissue mask on the working-scale grid ``shape``."""
+    from .slide import tissue_mask
+
+    H, W = slide.shape
+    tissue = tissue_mask(slide, (H / shape[0] + W / shape[1]) / 2)
+    if tissue.shape != tuple(shape):
+        tissue = resample(tissue.astype(np.uint8), shape, nearest=True).astype(bool)
+    return tissue
+
+
 def predict_slide(
     predictor: Predictor,
     slide,
@@ -363,8 +381,6 @@ def predict_slide(
     Working-scale maps live in disk-backed arrays; native-size outputs are streamed to
     tiled TIFFs band by band.
     """
-    from .slide import tissue_mask
-
     g = predictor.m.geometry
     if g.input_size:
         H, W = slide.shape
@@ -377,16 +393,13 @@ def predict_slide(
         return _write_small(predictor, slide.read_region(0, 0, H, W), out_dir, name)
     H, W = slide.shape
     hw, ww = g.working_shape((H, W))
-    scale_y, scale_x = H / hw, W / ww
-    tissue = tissue_mask(slide, g.scale) if predictor.opt.tissue_only else None
-    if tissue is not None and tissue.shape != (hw, ww):
-        tissue = resample(tissue.astype(np.uint8), (hw, ww), nearest=True).astype(bool)
+    tissue = working_tissue(slide, (hw, ww)) if predictor.opt.tissue_only else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out_dir))
     try:
         wp = predictor.predict_region_reader(
-            lambda y, x, h, w: slide.read_scaled(y, x, h, w, (scale_y + scale_x) / 2),
+            working_reader(slide, (hw, ww)),
             (hw, ww),
             tissue=tissue,
             out_dir=scratch,
