@@ -49,10 +49,8 @@ def slide_layer(path: str | Path) -> LayerData:
             "downsamples": slide.downsamples,
         },
     }
-    if slide.mpp:
-        meta["units"] = ("µm", "µm") if _units_supported() else None
-        if meta["units"] is None:
-            del meta["units"]
+    if slide.mpp and _units_supported():
+        meta["units"] = ("µm", "µm")
     data = levels if len(levels) > 1 else levels[0]
     return data, meta, "image"
 
