@@ -55,6 +55,31 @@ def small_set():
     return TrainingSet(images[:3], masks[:3], images[3:])
 
 
+@pytest.fixture
+def ui(make_napari_viewer, qtbot, tmp_path):
+    from napari_semimoe.plugin.widget import SemiMoEWidget
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-semimoe", "he-sample")
+    widget = SemiMoEWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.set_project(tmp_path / "proj")
+    # Small and fast: width 4, 64 px tiles at working scale 4.
+    widget.width_spin.setValue(4)
+    widget.scale_spin.setValue(4.0)
+    widget.tile_spin.setValue(64)
+    widget.threads_spin.setValue(1)
+    widget.precision_combo.setCurrentText("fp32")
+    yield viewer, widget, tmp_path / "proj"
+    if widget.job is not None and not widget.job.finished:
+        widget.job.kill()
+
+
+def wait_training(qtbot, widget, timeout=240_000):
+    qtbot.waitUntil(lambda: widget.job is not None and widget.job.finished, timeout=timeout)
+    qtbot.waitUntil(lambda: not widget._poll.isActive(), timeout=5000)
+
+
 def glas_or_skip() -> Path:
     if not (GLAS / "train" / "images").is_dir():
         pytest.skip("GlaS data not present (../shared/data/glas)")

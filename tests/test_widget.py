@@ -7,32 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from conftest import wait_training
+
 pytestmark = [pytest.mark.viewer, pytest.mark.slow]
-
-
-@pytest.fixture
-def ui(make_napari_viewer, qtbot, tmp_path):
-    from napari_semimoe.plugin.widget import SemiMoEWidget
-
-    viewer = make_napari_viewer()
-    viewer.open_sample("napari-semimoe", "he-sample")
-    widget = SemiMoEWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.set_project(tmp_path / "proj")
-    # Small and fast: width 4, 64 px tiles at working scale 4.
-    widget.width_spin.setValue(4)
-    widget.scale_spin.setValue(4.0)
-    widget.tile_spin.setValue(64)
-    widget.threads_spin.setValue(1)
-    widget.precision_combo.setCurrentText("fp32")
-    yield viewer, widget, tmp_path / "proj"
-    if widget.job is not None and not widget.job.finished:
-        widget.job.kill()
-
-
-def wait_training(qtbot, widget, timeout=240_000):
-    qtbot.waitUntil(lambda: widget.job is not None and widget.job.finished, timeout=timeout)
-    qtbot.waitUntil(lambda: not widget._poll.isActive(), timeout=5000)
 
 
 def test_full_loop(ui, qtbot, tmp_path):

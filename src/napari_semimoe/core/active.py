@@ -1,16 +1,23 @@
-"""Active labeling on a whole image or slide: predict once (with the experts), score tissue
-tiles, return spread-out suggestions in level-0 pixels."""
+"""Active labeling and pseudo-label QA.
+
+- :func:`suggest_tiles`: predict a whole image or slide once (with the experts), score its
+  tissue tiles, return spread-out suggestions in level-0 pixels.
+- :func:`pseudo_label_tiles`: the pseudo-labels the trainer derives from unlabeled tiles
+  (argmax of the gated segmentation and boundary, tanh of the gated SDF) with a per-tile
+  confidence, so the user can veto bad ones.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .predict import Predictor, working_reader, working_tissue
 from .slide import Slide
-from .uncertainty import TileScore, score_tiles, suggest
+from .uncertainty import TileScore, binary_entropy, score_tiles, suggest
 
 
 def suggest_tiles(
@@ -22,9 +29,14 @@ def suggest_tiles(
     exclude: list[tuple[int, int, int, int]] = (),
     scratch: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> list[TileScore]:
+    cancel: Callable[[], bool] | None = None,
+    return_maps: bool = False,
+) -> list[TileScore] | tuple[list[TileScore], dict[str, np.ndarray] | None]:
     """Rank unlabeled tissue tiles by uncertainty. ``exclude``: level-0 (y, x, h, w) boxes
-    (e.g. the training tiles). Returned tiles carry working-scale and level-0 positions."""
+    (e.g. the training tiles). Returned tiles carry working-scale and level-0 positions.
+
+    With ``return_maps`` returns ``(tiles, maps)``, the working-scale prediction maps (so a
+    suggestion can start from the model's prediction); ``([], None)`` when cancelled."""
     g = predictor.m.geometry
     H, W = slide.shape
     hw, ww = g.working_shape((H, W))
@@ -33,12 +45,21 @@ def suggest_tiles(
     if g.input_size:
         work = g.image_to_working(slide.read_region(0, 0, H, W))
         wp = predictor.predict_region_reader(
-            lambda y, x, h, w: work[y : y + h, x : x + w], (hw, ww), progress=progress
+            lambda y, x, h, w: work[y : y + h, x : x + w],
+            (hw, ww),
+            progress=progress,
+            cancel=cancel,
         )
     else:
         wp = predictor.predict_region_reader(
-            working_reader(slide, (hw, ww)), (hw, ww), out_dir=scratch, progress=progress
+            working_reader(slide, (hw, ww)),
+            (hw, ww),
+            out_dir=scratch,
+            progress=progress,
+            cancel=cancel,
         )
+    if wp.cancelled:
+        return ([], None) if return_maps else []
     tissue = working_tissue(slide, (hw, ww))
     t = int(tile or min(g.tile, hw, ww))
     cands = score_tiles(
@@ -52,4 +73,63 @@ def suggest_tiles(
     picks = suggest(cands, top, exclude=ex)
     for p in picks:
         p.y0, p.x0, p.size0 = round(p.y * fy), round(p.x * fx), round(p.size * (fy + fx) / 2)
-    return picks
+    return (picks, wp.maps) if return_maps else picks
+
+
+@dataclass
+class PseudoLabel:
+    """What the trainer learns from one unlabeled tile (working-scale arrays)."""
+
+    name: str
+    seg: np.ndarray  # uint8 0/1: argmax of the gated segmentation
+    boundary: np.ndarray  # uint8 0/1: argmax of the gated boundary head
+    sdf: np.ndarray  # float32 tanh of the gated SDF, in [-1, 1]
+    confidence: float  # 1 - mean binary entropy of the gated gland probability
+    components: dict[str, float] = field(default_factory=dict)
+
+
+def pseudo_label_tiles(
+    predictor: Predictor,
+    tiles: Sequence[np.ndarray],
+    names: Sequence[str],
+    *,
+    batch: int = 4,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> list[PseudoLabel] | None:
+    """Pseudo-labels of unlabeled tiles as the trainer sees them: each tile whole, in one
+    pass (the trainer's crops are tile-sized), in eval mode. None when cancelled."""
+    out: list[PseudoLabel] = []
+    for i in range(0, len(tiles), batch):
+        if cancel is not None and cancel():
+            return None
+        chunk = np.stack([_pad16(t) for t in tiles[i : i + batch]])
+        maps, _ = predictor.predict_batch(chunk)
+        for j, name in enumerate(names[i : i + batch]):
+            h, w = tiles[i + j].shape[:2]
+            p, b = maps["prob"][j, :h, :w], maps["boundary"][j, :h, :w]
+            seg_conf = 1.0 - float(binary_entropy(p).mean())
+            bnd_conf = 1.0 - float(binary_entropy(b).mean())
+            out.append(
+                PseudoLabel(
+                    name,
+                    (p >= 0.5).astype(np.uint8),
+                    (b >= 0.5).astype(np.uint8),
+                    maps["sdf"][j, :h, :w].astype(np.float32),
+                    seg_conf,
+                    {
+                        "segmentation": seg_conf,
+                        "boundary": bnd_conf,
+                        "gland_fraction": float((p >= 0.5).mean()),
+                    },
+                )
+            )
+        if progress is not None:
+            progress(min(i + batch, len(tiles)), len(tiles))
+    return out
+
+
+def _pad16(t: np.ndarray) -> np.ndarray:
+    h, w = t.shape[:2]
+    ph, pw = -h % 16, -w % 16
+    return np.pad(t, ((0, ph), (0, pw), (0, 0)), mode="reflect") if ph or pw else t

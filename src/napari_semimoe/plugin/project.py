@@ -209,23 +209,70 @@ class Project:
         return ts
 
     def _unlabeled_pool(self, e: ImageEntry, slide: Slide, k: int, seed: int):
+        """Up to ``k`` tissue tiles outside the image's training and rejected tiles.
+
+        The draw is stable: candidates are visited in one seeded order and excluded ones
+        skipped, so rejecting a tile swaps in one new tile instead of reshuffling the pool
+        (the pseudo-label view the user is reviewing stays valid)."""
+        cands = pool_candidates(e, slide, self.state.scale, self.state.tile)
+        order = np.random.default_rng(seed).permutation(len(cands))
         s, T = self.state.scale, self.state.tile
-        tissue = tissue_mask(slide, s)
-        H, W = tissue.shape
-        cands = []
-        step = max(1, T // 2)  # half-overlapping candidates: small slides still give a pool
-        for y in range(0, max(1, H - T + 1), step):
-            for x in range(0, max(1, W - T + 1), step):
-                y0, x0, side = round(y * s), round(x * s), round(T * s)
-                if any(t.overlaps(y0, x0, side, side) for t in e.tiles):
-                    continue  # annotated or rejected
-                if tissue[y : y + T, x : x + T].mean() >= 0.5:
-                    cands.append((y, x))
-        rng = np.random.default_rng(seed)
-        if len(cands) > k:
-            cands = [cands[i] for i in sorted(rng.choice(len(cands), k, replace=False))]
-        images = [slide.read_scaled(y, x, T, T, s) for y, x in cands]
-        return images, [f"pool-{y}-{x}" for y, x in cands]
+        side = round(T * s)
+        picked = []
+        for i in order:
+            y, x = cands[i]
+            if any(t.overlaps(round(y * s), round(x * s), side, side) for t in e.tiles):
+                continue  # annotated or rejected
+            picked.append((y, x))
+            if len(picked) == k:
+                break
+        picked.sort()
+        images = [slide.read_scaled(y, x, T, T, s) for y, x in picked]
+        return images, [pool_name(y, x) for y, x in picked]
+
+    # ------------------------------------------------------------------ tile review
+
+    def add_tile(self, entry: ImageEntry, y: int, x: int, side: int, kind: str) -> Tile:
+        """A training ('train') or rejected ('rejected') tile in level-0 px, saved at once."""
+        if kind not in ("train", "rejected"):
+            raise ValueError(kind)
+        t = Tile(int(y), int(x), int(side), int(side), kind)
+        entry.tiles.append(t)
+        self.save()
+        return t
+
+    def rejected_tiles(self, entry: ImageEntry) -> list[Tile]:
+        return [t for t in entry.tiles if t.kind == "rejected"]
+
+
+def pool_name(y: int, x: int) -> str:
+    """Name of an unlabeled pool tile by its working-scale origin."""
+    return f"pool-{y}-{x}"
+
+
+def parse_pool_name(name: str) -> tuple[str, int, int] | None:
+    """'<image>/pool-<y>-<x>' -> (image, y, x) in working-scale px; None for other names."""
+    image, _, tail = name.rpartition("/")
+    parts = tail.split("-")
+    if len(parts) != 3 or parts[0] != "pool":
+        return None
+    try:
+        return image, int(parts[1]), int(parts[2])
+    except ValueError:
+        return None
+
+
+def pool_candidates(e: ImageEntry, slide: Slide, s: float, T: int) -> list[tuple[int, int]]:
+    """All tissue tiles (working-scale origins, half-overlapping) of an image."""
+    tissue = tissue_mask(slide, s)
+    H, W = tissue.shape
+    step = max(1, T // 2)  # half-overlapping candidates: small slides still give a pool
+    return [
+        (y, x)
+        for y in range(0, max(1, H - T + 1), step)
+        for x in range(0, max(1, W - T + 1), step)
+        if tissue[y : y + T, x : x + T].mean() >= 0.5
+    ]
 
 
 def _crop_labels(

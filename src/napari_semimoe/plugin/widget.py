@@ -90,6 +90,11 @@ class SemiMoEWidget(QWidget):
         box.addItem(self._build_project(), "1 · Project and tiles")
         box.addItem(self._build_train(), "2 · Train")
         box.addItem(self._build_review(), "3 · Review and correct")
+        from .active_panel import ActivePanel
+
+        self.active = ActivePanel(self)
+        box.addItem(self.active.suggest_page, "4 · Label next (suggestions)")
+        box.addItem(self.active.qa_page, "5 · Pseudo-labels (QA)")
         box.setCurrentIndex(1)
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -284,7 +289,10 @@ class SemiMoEWidget(QWidget):
         if self.entry is not None:
             self.save_annotations()
             self._sync_tiles()
-        for name in OUT.values():  # predictions belong to the previous image
+        from .active_panel import LAYERS
+
+        # Predictions, suggestions and pseudo-labels belong to the previous image.
+        for name in (*OUT.values(), *LAYERS):
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
         if img is None:
@@ -515,6 +523,30 @@ class SemiMoEWidget(QWidget):
         self._set_training_ui(True)
         self._poll.start()
 
+    @property
+    def training(self) -> bool:
+        return self.job is not None and not self.job.finished
+
+    def rebuild_trainset(self, quiet: bool = True) -> int:
+        """Re-cut the training tiles and the unlabeled pool into ``trainset.npz`` (a running
+        training process reloads it before its next iteration). Returns the pool size."""
+        if self.project is None:
+            raise InputError("choose a project folder first (1 · Project and tiles)")
+        self._sync_tiles()
+        self.save_annotations()
+        labels = self.labels_layer()
+        try:
+            ts = self.project.build_training_set(
+                self._slide_of,
+                lambda e: labels.data if labels is not None and e is self.entry else None,
+            )
+        except InputError as exc:
+            if not quiet:
+                raise
+            _notify(str(exc), "warning")
+            return 0
+        return len(ts.unlabeled_images)
+
     def toggle_pause(self) -> None:
         if self.job is None or self.job.finished:
             return
@@ -551,6 +583,8 @@ class SemiMoEWidget(QWidget):
             kind = e["kind"]
             if kind == "start":
                 self._say(e.get("message", ""))
+            elif kind == "data":
+                self._say(f"training picked up the changed tiles at iteration {e['iteration']}")
             elif kind == "paused":
                 self.eta_label.setText(f"paused at iteration {e['iteration']} (checkpoint saved)")
             elif kind == "error":

@@ -1,0 +1,557 @@
+"""Active labeling and pseudo-label QA pages of the Semi-MoE dock widget.
+
+- *Label next*: rank the image's unlabeled tissue tiles by the model's uncertainty
+  (:func:`core.active.suggest_tiles`), list them, centre the view on one, and turn it into a
+  training tile that starts from the model's prediction.
+- *Pseudo-labels*: show what the model currently teaches itself on the unlabeled pool
+  (:func:`core.active.pseudo_label_tiles`) with a confidence per tile; reject a tile (out of
+  the pool from the trainer's next iteration) or promote it to a training tile.
+
+Both rebuild ``trainset.npz``; a running training process reloads it between iterations.
+Heavy work runs in ``thread_worker``s; layers are only touched on the main thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.errors import InputError
+
+if TYPE_CHECKING:
+    from .widget import SemiMoEWidget
+
+SUGGEST_LAYER = "suggested tiles"
+PSEUDO_LAYER = "Semi-MoE pseudo-labels"
+PSEUDO_SDF_LAYER = "Semi-MoE pseudo SDF"
+PSEUDO_TILES_LAYER = "pseudo-label tiles"
+LAYERS = (SUGGEST_LAYER, PSEUDO_LAYER, PSEUDO_SDF_LAYER, PSEUDO_TILES_LAYER)
+
+
+@dataclass
+class Candidate:
+    """A tile shown in one of the lists (level-0 px) with the model's starting annotation."""
+
+    y0: int
+    x0: int
+    side: int
+    score: float
+    components: dict[str, float]
+    mask: np.ndarray  # working-scale instance labels of the model's prediction
+    name: str = ""
+    status: str = "open"  # open | promoted | rejected
+
+
+def _notify(msg: str, level: str = "info") -> None:
+    from napari.utils import notifications
+
+    getattr(notifications, f"show_{level}")(msg)
+
+
+class _Job:
+    """Progress/cancel plumbing shared by the two pages: the worker writes ``state``, a
+    main-thread timer shows it."""
+
+    def __init__(self, bar: QProgressBar, cancel_btn: QPushButton, parent: QWidget) -> None:
+        self.bar, self.cancel_btn = bar, cancel_btn
+        self.state = {"done": 0, "total": 0}
+        self.cancelled = False
+        self.timer = QTimer(parent)
+        self.timer.setInterval(100)
+        self.timer.timeout.connect(self.show)
+
+    def show(self) -> None:
+        if self.state["total"]:
+            self.bar.setRange(0, self.state["total"])
+            self.bar.setValue(self.state["done"])
+
+    def progress(self, done: int, total: int) -> None:
+        self.state.update(done=done, total=total)
+
+    def start(self) -> None:
+        self.bar.setRange(0, 0)  # busy until the first progress report
+        self.cancel_btn.setEnabled(True)
+        self.timer.start()
+
+    def finish(self) -> None:
+        self.timer.stop()
+        self.show()
+        self.cancel_btn.setEnabled(False)
+
+
+class ActivePanel:
+    """Builds the two toolbox pages and their behaviour for a :class:`SemiMoEWidget`."""
+
+    def __init__(self, main: SemiMoEWidget) -> None:
+        self.w = main
+        self.suggestions: list[Candidate] = []
+        self.pseudo: list[Candidate] = []
+        self.worker = None
+        self._job: _Job | None = None
+        self.suggest_page = self._build_suggest()
+        self.qa_page = self._build_qa()
+
+    # ================================================================== pages
+
+    def _build_suggest(self) -> QWidget:
+        page = QWidget()
+        v = QVBoxLayout(page)
+        row = QHBoxLayout()
+        self.suggest_btn = QPushButton("Suggest tiles to label")
+        self.suggest_btn.setToolTip(
+            "predict the whole image and rank its unlabeled tissue tiles by how unsure the "
+            "model is (entropy, expert disagreement, SDF/boundary consistency, gate entropy)"
+        )
+        self.suggest_btn.clicked.connect(self.suggest)
+        self.top_spin = QSpinBox()
+        self.top_spin.setRange(1, 50)
+        self.top_spin.setValue(8)
+        self.top_spin.setPrefix("top ")
+        row.addWidget(self.suggest_btn, 1)
+        row.addWidget(self.top_spin)
+        v.addLayout(row)
+        prow = QHBoxLayout()
+        self.suggest_progress = QProgressBar()
+        self.suggest_cancel = QPushButton("Cancel")
+        self.suggest_cancel.setEnabled(False)
+        self.suggest_cancel.clicked.connect(self.cancel)
+        prow.addWidget(self.suggest_progress)
+        prow.addWidget(self.suggest_cancel)
+        v.addLayout(prow)
+        self.suggest_list = QListWidget()
+        self.suggest_list.setToolTip("click a tile to go to it")
+        self.suggest_list.currentRowChanged.connect(
+            lambda r: self._go_to_row(self.suggestions, self.suggest_list, r)
+        )
+        v.addWidget(self.suggest_list, 1)
+        self.label_btn = QPushButton("Label this tile (start from the prediction)")
+        self.label_btn.setToolTip(
+            "make it a training tile, paste the model's prediction into 'annotations' "
+            "(undo with 'Undo accept'), then correct it with the brush"
+        )
+        self.label_btn.clicked.connect(self.label_suggestion)
+        v.addWidget(self.label_btn)
+        return page
+
+    def _build_qa(self) -> QWidget:
+        page = QWidget()
+        v = QVBoxLayout(page)
+        self.qa_btn = QPushButton("Show pseudo-labels of the unlabeled pool")
+        self.qa_btn.setToolTip(
+            "what the model teaches itself on the unlabeled tiles it trains on: argmax of the "
+            "gated segmentation and boundary, tanh of the gated SDF"
+        )
+        self.qa_btn.clicked.connect(self.show_pseudo_labels)
+        v.addWidget(self.qa_btn)
+        prow = QHBoxLayout()
+        self.qa_progress = QProgressBar()
+        self.qa_cancel = QPushButton("Cancel")
+        self.qa_cancel.setEnabled(False)
+        self.qa_cancel.clicked.connect(self.cancel)
+        prow.addWidget(self.qa_progress)
+        prow.addWidget(self.qa_cancel)
+        v.addLayout(prow)
+        hint = QLabel("Least confident first. Reject a tile whose pseudo-label is wrong.")
+        hint.setWordWrap(True)
+        v.addWidget(hint)
+        self.qa_list = QListWidget()
+        self.qa_list.currentRowChanged.connect(
+            lambda r: self._go_to_row(self.pseudo, self.qa_list, r)
+        )
+        v.addWidget(self.qa_list, 1)
+        row = QHBoxLayout()
+        self.reject_btn = QPushButton("Reject tile")
+        self.reject_btn.setToolTip("exclude it from the unlabeled pool from the next iteration on")
+        self.reject_btn.clicked.connect(self.reject_selected)
+        self.promote_btn = QPushButton("Promote to training tile")
+        self.promote_btn.clicked.connect(self.promote_selected)
+        row.addWidget(self.reject_btn)
+        row.addWidget(self.promote_btn)
+        v.addLayout(row)
+        return page
+
+    # ================================================================== shared
+
+    def _model(self):
+        w = self.w
+        ckpt = None if w.project is None else w.project.last_checkpoint()
+        if ckpt is None:
+            raise InputError("no trained model yet: train first (2 · Train)")
+        if w.entry is None:
+            raise InputError("no image: open a slide first")
+        return ckpt
+
+    def _run(self, fn, on_done, bar: QProgressBar, cancel_btn: QPushButton) -> None:
+        from napari.qt.threading import thread_worker
+
+        job = self._job = _Job(bar, cancel_btn, self.w)
+        worker = self.worker = thread_worker(fn)(job)
+        job.start()
+        for b in (self.suggest_btn, self.qa_btn):
+            b.setEnabled(False)
+
+        def finished() -> None:
+            job.finish()
+            for b in (self.suggest_btn, self.qa_btn):
+                b.setEnabled(True)
+
+        worker.returned.connect(on_done)
+        worker.errored.connect(lambda e: _notify(f"failed: {e}", "error"))
+        worker.finished.connect(finished)
+        worker.start()
+
+    @property
+    def busy(self) -> bool:
+        return self._job is not None and self._job.cancel_btn.isEnabled()
+
+    def cancel(self) -> None:
+        if self._job is not None:
+            self._job.cancelled = True
+
+    def _go_to_row(self, items: list[Candidate], lst: QListWidget, row: int) -> None:
+        if 0 <= row < lst.count():
+            idx = lst.item(row).data(Qt.UserRole)
+            c = items[idx]
+            self.go_to(c.y0, c.x0, c.side)
+
+    def go_to(self, y0: float, x0: float, side: float) -> None:
+        """Centre the view on a tile (level-0 px) and zoom so it fills about half the view."""
+        from .widget import camera
+
+        base = self.w._base_scale()
+        cam = camera(self.w.viewer)
+        cam.center = ((y0 + side / 2) * base[0], (x0 + side / 2) * base[1])
+        try:
+            view = float(min(self.w.viewer.window._qt_viewer.canvas.size))
+        except AttributeError:  # no public accessor for the canvas size
+            view = 600.0
+        cam.zoom = 0.5 * view / (side * float(base[0]))
+
+    def _selected(self, items: list[Candidate], lst: QListWidget) -> Candidate | None:
+        it = lst.currentItem()
+        if it is None:
+            _notify("select a tile in the list first", "warning")
+            return None
+        return items[it.data(Qt.UserRole)]
+
+    def promote(self, c: Candidate) -> None:
+        """Make ``c`` a training tile whose annotation starts from the model's prediction."""
+        from ..core.predict import resample
+        from .widget import _rect
+
+        w = self.w
+        labels = w.labels_layer(create=True)
+        ls = w.entry.labels_scale
+        H, W = labels.data.shape
+        y0, x0 = round(c.y0 / ls), round(c.x0 / ls)
+        y1, x1 = min(H, round((c.y0 + c.side) / ls)), min(W, round((c.x0 + c.side) / ls))
+        if y1 > y0 and x1 > x0:
+            full = resample(c.mask, (round(c.side / ls), round(c.side / ls)), nearest=True)
+            new = full[: y1 - y0, : x1 - x0].astype(labels.data.dtype)
+            sl = (slice(y0, y1), slice(x0, x1))
+            old = labels.data[sl].copy()
+            offset = int(labels.data.max())
+            w._undo.append((sl, old))
+            labels.data[sl] = np.where(new > 0, new + offset, 0).astype(labels.data.dtype)
+            labels.refresh()
+            w.undo_btn.setEnabled(True)
+            w.save_annotations()
+        tiles = w.tiles_layer(create=True)
+        tiles.add_rectangles(
+            [_rect(c.y0, c.x0, c.side, c.side)],
+            edge_color="yellow",
+            face_color="transparent",
+            edge_width=6,
+        )
+        w._sync_tiles()
+        c.status = "promoted"
+        w.viewer.layers.selection.active = labels
+        self.go_to(c.y0, c.x0, c.side)
+        w.rebuild_trainset()
+
+    # ================================================================== suggestions
+
+    def suggest(self) -> None:
+        from ..core.active import suggest_tiles
+        from ..core.instances import label_instances
+        from ..core.predict import PredictOptions, Predictor, load_model
+
+        w = self.w
+        try:
+            ckpt = self._model()
+            slide = w._slide()
+        except InputError as exc:
+            _notify(str(exc), "warning")
+            return
+        w._sync_tiles()
+        exclude = [(t.y, t.x, t.h, t.w) for t in w.entry.train_tiles()]
+        tile, top = w.tile_spin.value(), self.top_spin.value()
+        scratch = w.project.root / "cache"
+
+        def work(job: _Job):
+            pred = Predictor(load_model(ckpt, "auto"), PredictOptions(experts=True))
+            scratch.mkdir(exist_ok=True)
+            picks, maps = suggest_tiles(
+                pred,
+                slide,
+                tile=tile,
+                top=top,
+                exclude=exclude,
+                scratch=scratch,
+                progress=job.progress,
+                cancel=lambda: job.cancelled,
+                return_maps=True,
+            )
+            if maps is None:
+                return None
+            out = []
+            for p in picks:
+                sl = (slice(p.y, p.y + p.size), slice(p.x, p.x + p.size))
+                m = {k: np.asarray(maps[k][sl]) for k in ("prob", "sdf", "boundary")}
+                inst = label_instances((m["prob"] >= 0.5), m["sdf"], m["boundary"])
+                out.append(Candidate(p.y0, p.x0, p.size0, p.score, p.components, inst))
+            return out
+
+        self._run(work, self._show_suggestions, self.suggest_progress, self.suggest_cancel)
+
+    def _show_suggestions(self, picks: list[Candidate] | None) -> None:
+        if picks is None:
+            self.w._say("suggestion cancelled")
+            return
+        self.suggestions = picks
+        self._fill_list(self.suggest_list, picks, "score")
+        self._draw_suggestions()
+        self.w._say(
+            f"{len(picks)} tiles suggested (most uncertain first); click one to go to it"
+            if picks
+            else "no unlabeled tissue tile left to suggest"
+        )
+
+    def _fill_list(self, lst: QListWidget, items: list[Candidate], what: str) -> None:
+        lst.blockSignals(True)
+        lst.clear()
+        rank = 0
+        for i, c in enumerate(items):
+            if c.status != "open":
+                continue
+            rank += 1
+            it = QListWidgetItem(
+                f"{rank:2d}.  {what} {c.score:.3f}   at y {c.y0}, x {c.x0} ({c.side} px)"
+            )
+            it.setData(Qt.UserRole, i)
+            it.setToolTip("\n".join(f"{k}: {v:.3f}" for k, v in c.components.items()))
+            lst.addItem(it)
+        lst.blockSignals(False)
+
+    def _draw_suggestions(self) -> None:
+        from .widget import _rect
+
+        v = self.w.viewer
+        open_ = [c for c in self.suggestions if c.status == "open"]
+        rects = [_rect(c.y0, c.x0, c.side, c.side) for c in open_]
+        labels = [f"#{i + 1}  {c.score:.2f}" for i, c in enumerate(open_)]
+        if SUGGEST_LAYER in v.layers:
+            v.layers.remove(SUGGEST_LAYER)
+        if not rects:
+            return
+        v.add_shapes(
+            rects,
+            shape_type="rectangle",
+            name=SUGGEST_LAYER,
+            edge_color="cyan",
+            face_color="transparent",
+            edge_width=5,
+            scale=tuple(self.w._base_scale()),
+            features={"label": labels},
+            text={"string": "{label}", "size": 11, "color": "cyan", "anchor": "upper_left"},
+        )
+        v.layers.selection.active = self.w.labels_layer() or v.layers[SUGGEST_LAYER]
+
+    def label_suggestion(self) -> None:
+        c = self._selected(self.suggestions, self.suggest_list)
+        if c is None:
+            return
+        self.promote(c)
+        self._fill_list(self.suggest_list, self.suggestions, "score")
+        self._draw_suggestions()
+        self.w._say("new training tile from the suggestion: correct the glands with the brush")
+
+    # ================================================================== pseudo-label QA
+
+    def show_pseudo_labels(self) -> None:
+        from ..core.active import pseudo_label_tiles
+        from ..core.predict import Predictor, load_model
+        from .project import TRAINSET_FILE, load_trainset, parse_pool_name
+
+        w = self.w
+        try:
+            ckpt = self._model()
+            path = w.project.root / TRAINSET_FILE
+            if not path.exists():
+                w.rebuild_trainset(quiet=False)
+        except InputError as exc:
+            _notify(str(exc), "warning")
+            return
+        name, s = w.entry.name, w.project.state.scale
+
+        def work(job: _Job):
+            ts = load_trainset(path)
+            sel = []
+            for i, n in enumerate(ts.unlabeled_names):
+                parsed = parse_pool_name(n)
+                if parsed is not None and parsed[0] == name:
+                    sel.append((i, parsed[1], parsed[2]))
+            pred = Predictor(load_model(ckpt, "auto"))
+            pls = pseudo_label_tiles(
+                pred,
+                [ts.unlabeled_images[i] for i, _, _ in sel],
+                [ts.unlabeled_names[i] for i, _, _ in sel],
+                progress=job.progress,
+                cancel=lambda: job.cancelled,
+            )
+            if pls is None:
+                return None
+            return [(y, x, pl) for (_, y, x), pl in zip(sel, pls)]
+
+        def done(res) -> None:
+            self._show_pseudo(res, s)
+
+        self._run(work, done, self.qa_progress, self.qa_cancel)
+
+    def _show_pseudo(self, res: list[tuple[int, int, Any]] | None, s: float) -> None:
+        from ..core.instances import label_instances
+
+        if res is None:
+            self.w._say("pseudo-label view cancelled")
+            return
+        w, v = self.w, self.w.viewer
+        H, W = w._slide_shape()
+        hs, ws = round(H / s), round(W / s)
+        seg = np.zeros((hs, ws), np.uint8)
+        sdf = np.full((hs, ws), -1.0, np.float32)
+        items = []
+        for y, x, pl in res:
+            h, ww = pl.seg.shape
+            h, ww = min(h, hs - y), min(ww, ws - x)
+            view = seg[y : y + h, x : x + ww]
+            # 1 = gland, 2 = boundary (the boundary head's pseudo-label drawn over it)
+            view[:] = np.maximum(view, np.where(pl.boundary[:h, :ww] > 0, 2, pl.seg[:h, :ww]))
+            sdf[y : y + h, x : x + ww] = pl.sdf[:h, :ww]
+            inst = label_instances(pl.seg.astype(bool), pl.sdf, pl.boundary.astype(np.float32))
+            items.append(
+                Candidate(
+                    round(y * s),
+                    round(x * s),
+                    round(pl.seg.shape[0] * s),
+                    pl.confidence,
+                    pl.components,
+                    inst,
+                    pl.name,
+                )
+            )
+        items.sort(key=lambda c: c.score)  # least confident first
+        self.pseudo = items
+        base = w._base_scale()
+        kw = dict(scale=tuple(base * s), translate=tuple(base * (s - 1) / 2))
+        for layer in (PSEUDO_LAYER, PSEUDO_SDF_LAYER):
+            if layer in v.layers:
+                v.layers.remove(layer)
+        from .widget import sdf_colormap
+
+        v.add_image(
+            sdf,
+            name=PSEUDO_SDF_LAYER,
+            colormap=sdf_colormap(),
+            contrast_limits=(-1, 1),
+            opacity=0.6,
+            visible=False,
+            **kw,
+        )
+        lab = v.add_labels(seg, name=PSEUDO_LAYER, opacity=0.55, **kw)
+        try:  # gland = green, boundary = magenta: unlike the annotation colours
+            from napari.utils.colormaps import DirectLabelColormap
+
+            lab.colormap = DirectLabelColormap(
+                color_dict={None: "transparent", 0: "transparent", 1: "lime", 2: "magenta"}
+            )
+        except (ImportError, TypeError, ValueError):
+            pass
+        self._fill_list(self.qa_list, self.pseudo, "confidence")
+        self._draw_pseudo_tiles()
+        w._say(
+            f"pseudo-labels of {len(items)} unlabeled tiles (green gland, magenta boundary); "
+            "least confident first"
+            if items
+            else "no unlabeled tile of this image is in the pool"
+        )
+
+    def _draw_pseudo_tiles(self) -> None:
+        from .widget import _rect
+
+        v = self.w.viewer
+        rects, colors, text = [], [], []
+        for c in self.pseudo:
+            if c.status == "promoted":
+                continue
+            rects.append(_rect(c.y0, c.x0, c.side, c.side))
+            if c.status == "rejected":
+                colors.append([0.6, 0.6, 0.6, 1.0])
+                text.append("rejected")
+            else:  # red (unsure) .. green (confident)
+                t = float(np.clip((c.score - 0.5) / 0.5, 0, 1))
+                colors.append([1.0 - t, 0.25 + 0.75 * t, 0.2, 1.0])
+                text.append(f"{c.score:.2f}")
+        if PSEUDO_TILES_LAYER in v.layers:
+            v.layers.remove(PSEUDO_TILES_LAYER)
+        if not rects:
+            return
+        v.add_shapes(
+            rects,
+            shape_type="rectangle",
+            name=PSEUDO_TILES_LAYER,
+            edge_color=np.asarray(colors),
+            face_color="transparent",
+            edge_width=4,
+            scale=tuple(self.w._base_scale()),
+            features={"label": text},
+            text={"string": "{label}", "size": 10, "color": "white", "anchor": "upper_left"},
+        )
+        v.layers.selection.active = self.w.labels_layer() or v.layers[PSEUDO_TILES_LAYER]
+
+    def reject_selected(self) -> None:
+        c = self._selected(self.pseudo, self.qa_list)
+        if c is None:
+            return
+        w = self.w
+        w.project.add_tile(w.entry, c.y0, c.x0, c.side, "rejected")
+        c.status = "rejected"
+        self._fill_list(self.qa_list, self.pseudo, "confidence")
+        self._draw_pseudo_tiles()
+        n = w.rebuild_trainset()
+        w._say(
+            f"tile at y {c.y0}, x {c.x0} rejected: out of the unlabeled pool ({n} tiles)"
+            + (" from the trainer's next iteration" if w.training else "")
+        )
+
+    def promote_selected(self) -> None:
+        c = self._selected(self.pseudo, self.qa_list)
+        if c is None:
+            return
+        self.promote(c)
+        self._fill_list(self.qa_list, self.pseudo, "confidence")
+        self._draw_pseudo_tiles()
+        self.w._say("promoted to a training tile: correct its pseudo-label with the brush")

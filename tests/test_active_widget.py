@@ -1,0 +1,131 @@
+"""Suggestions and pseudo-label QA pages driven as a user would, under Xvfb."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+
+from conftest import wait_training
+from napari_semimoe.plugin.active_panel import (
+    PSEUDO_LAYER,
+    PSEUDO_TILES_LAYER,
+    SUGGEST_LAYER,
+)
+from napari_semimoe.plugin.project import TRAINSET_FILE, load_trainset, parse_pool_name
+
+pytestmark = [pytest.mark.viewer, pytest.mark.slow]
+
+
+def overlaps(a, b) -> bool:
+    return not (
+        a[0] >= b[0] + b[2] or a[0] + a[2] <= b[0] or a[1] >= b[1] + b[3] or a[1] + a[3] <= b[1]
+    )
+
+
+def trained(ui, qtbot, iterations=4):
+    viewer, widget, proj = ui
+    widget.iter_spin.setValue(iterations)
+    widget.start_training()
+    wait_training(qtbot, widget)
+    assert widget.job.last["kind"] == "exit", widget.job.last
+    return viewer, widget, proj
+
+
+def wait_panel(qtbot, panel, timeout=120_000):
+    qtbot.waitUntil(lambda: not panel.busy, timeout=timeout)
+
+
+def test_suggestions_list_navigate_and_label(ui, qtbot):
+    from napari_semimoe.plugin.widget import camera
+
+    viewer, widget, proj = trained(ui, qtbot)
+    panel = widget.active
+    panel.top_spin.setValue(4)
+    panel.suggest()
+    wait_panel(qtbot, panel)
+    n = panel.suggest_list.count()
+    assert 1 <= n <= 4 and len(viewer.layers[SUGGEST_LAYER].data) == n
+    boxes = [(c.y0, c.x0, c.side, c.side) for c in panel.suggestions]
+    assert all(c.side == 256 for c in panel.suggestions)  # 64 model px at scale 4
+    train = [(t.y, t.x, t.h, t.w) for t in widget.entry.train_tiles()]
+    for i, b in enumerate(boxes):  # not on training tiles, not on each other
+        assert not any(overlaps(b, t) for t in train)
+        assert not any(overlaps(b, o) for o in boxes[i + 1 :])
+    scores = [c.score for c in panel.suggestions]
+    assert scores == sorted(scores, reverse=True)
+
+    # Clicking an entry centres the view on that tile.
+    panel.suggest_list.setCurrentRow(1 if n > 1 else 0)
+    c = panel.suggestions[panel.suggest_list.currentItem().data(Qt.UserRole)]
+    np.testing.assert_allclose(
+        np.asarray(camera(viewer).center[-2:]), (c.y0 + c.side / 2, c.x0 + c.side / 2), atol=1
+    )
+
+    # One click makes it a training tile whose annotation starts from the prediction.
+    labels = viewer.layers["annotations"]
+    before = labels.data.copy()
+    panel.label_suggestion()
+    tiles = widget.entry.train_tiles()
+    assert (c.y0, c.x0, c.side, c.side) in [(t.y, t.x, t.h, t.w) for t in tiles]
+    sl = (slice(c.y0, c.y0 + c.side), slice(c.x0, c.x0 + c.side))
+    expected = np.kron(c.mask > 0, np.ones((4, 4), bool))
+    assert np.array_equal(labels.data[sl] > 0, expected)
+    assert panel.suggest_list.count() == n - 1  # it left the list
+    ts = load_trainset(proj / TRAINSET_FILE)  # the trainer's data already has the new tile
+    assert len(ts.labeled_images) == len(tiles)
+    widget.undo_accept()
+    assert np.array_equal(labels.data, before)
+
+
+def test_pseudo_label_qa_reject_and_promote(ui, qtbot):
+    viewer, widget, proj = trained(ui, qtbot)
+    panel = widget.active
+    panel.show_pseudo_labels()
+    wait_panel(qtbot, panel)
+    pool = [n for n in load_trainset(proj / TRAINSET_FILE).unlabeled_names if parse_pool_name(n)]
+    n = panel.qa_list.count()
+    assert n == len(pool) > 2
+    seg = viewer.layers[PSEUDO_LAYER]
+    assert seg.data.shape == (384, 384) and set(np.unique(seg.data)) <= {0, 1, 2}
+    np.testing.assert_allclose(seg.scale, (4.0, 4.0))
+    assert len(viewer.layers[PSEUDO_TILES_LAYER].data) == n
+    conf = [c.score for c in panel.pseudo]
+    assert conf == sorted(conf)  # least confident first
+
+    panel.qa_list.setCurrentRow(0)
+    victim = panel.pseudo[panel.qa_list.currentItem().data(Qt.UserRole)]
+    panel.reject_selected()
+    assert panel.qa_list.count() == n - 1
+    doc = json.loads((proj / "project.json").read_text())
+    rejected = [t for t in doc["images"][0]["tiles"] if t["kind"] == "rejected"]
+    assert [(t["y"], t["x"]) for t in rejected] == [(victim.y0, victim.x0)]
+    names = load_trainset(proj / TRAINSET_FILE).unlabeled_names
+    assert victim.name not in names
+    assert "rejected" in widget.status.text()
+
+    panel.qa_list.setCurrentRow(0)
+    promoted = panel.pseudo[panel.qa_list.currentItem().data(Qt.UserRole)]
+    n_train = len(widget.entry.train_tiles())
+    panel.promote_selected()
+    assert len(widget.entry.train_tiles()) == n_train + 1
+    assert panel.qa_list.count() == n - 2
+    assert promoted.name not in load_trainset(proj / TRAINSET_FILE).unlabeled_names
+
+
+def test_running_training_picks_up_a_rejection(ui, qtbot):
+    viewer, widget, proj = trained(ui, qtbot)
+    panel = widget.active
+    panel.show_pseudo_labels()
+    wait_panel(qtbot, panel)
+    widget.iter_spin.setValue(10_000)
+    widget.start_training(continue_from=True)
+    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=180_000)
+    panel.qa_list.setCurrentRow(0)
+    panel.reject_selected()
+    qtbot.waitUntil(lambda: "picked up" in widget.status.text(), timeout=60_000)
+    widget.stop_training()
+    wait_training(qtbot, widget)
+    assert widget.job.last["result"] == "stopped"
