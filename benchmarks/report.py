@@ -58,6 +58,42 @@ def curve_table(runs: dict) -> str:
     return out
 
 
+def active_tables(seeds: dict) -> str:
+    """testA Dice per round (active vs random, each seed and the mean) and Spearman rho."""
+    strategies = ("active", "random")
+    n_rounds = max(len(v[s]) for v in seeds.values() for s in strategies)
+    head = (
+        "| round | labeled | "
+        + " | ".join(f"{s} seed {k}" for s in strategies for k in seeds)
+        + " | active mean | random mean |\n"
+    )
+    out = head + "|---" * (2 + 2 * len(seeds) + 2) + "|\n"
+    for r in range(n_rounds):
+        cells, means = [], {}
+        for s in strategies:
+            vals = [v[s][r]["dice_pooled"] for v in seeds.values() if len(v[s]) > r]
+            cells += [pct(v) for v in vals]
+            means[s] = sum(vals) / len(vals)
+        n_lab = len(next(iter(seeds.values()))["active"][r]["labeled"])
+        out += f"| {r} | {n_lab} | " + " | ".join(cells)
+        out += f" | {pct(means['active'])} | {pct(means['random'])} |\n"
+    keys = list(next(iter(seeds.values()))["active"][0]["spearman_score_vs_error"])
+    out += "\n| Spearman rho vs 1 - Dice (testA images, all models) | " + " | ".join(keys)
+    out += " |\n" + "|---" * (len(keys) + 1) + "|\n"
+    rows = [
+        r["spearman_score_vs_error"]
+        for v in seeds.values()
+        for s in strategies
+        for r in (v[s] if s == "active" else v[s][1:])
+    ]
+    out += (
+        f"| mean over {len(rows)} models | "
+        + " | ".join(f"{sum(x[k] for x in rows) / len(rows):+.2f}" for k in keys)
+        + " |\n"
+    )
+    return out
+
+
 def main() -> None:
     """Print the tables of docs/benchmarks.md (the prose around them is written by hand)."""
     glas = load("glas.json")
@@ -68,6 +104,9 @@ def main() -> None:
         prec = {k: v for k, v in glas.items() if "400" in k}
         if prec:
             print(glas_table(prec))
+    active = load("active.json")
+    if active:
+        print(active_tables(active["seeds"]))
     ui = load("ui.json")
     if ui:
         print(

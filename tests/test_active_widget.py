@@ -105,14 +105,22 @@ def test_pseudo_label_qa_reject_and_promote(ui, qtbot):
     names = load_trainset(proj / TRAINSET_FILE).unlabeled_names
     assert victim.name not in names
     assert "rejected" in widget.status.text()
+    listed = [panel.pseudo[panel.qa_list.item(i).data(Qt.UserRole)] for i in range(n - 1)]
+    assert all(c.name in names for c in listed)  # the list shows what the trainer samples
 
     panel.qa_list.setCurrentRow(0)
     promoted = panel.pseudo[panel.qa_list.currentItem().data(Qt.UserRole)]
     n_train = len(widget.entry.train_tiles())
     panel.promote_selected()
     assert len(widget.entry.train_tiles()) == n_train + 1
-    assert panel.qa_list.count() == n - 2
-    assert promoted.name not in load_trainset(proj / TRAINSET_FILE).unlabeled_names
+    names = load_trainset(proj / TRAINSET_FILE).unlabeled_names
+    assert promoted.name not in names
+    # tiles overlapping the new training tile left the pool, and the list
+    m = panel.qa_list.count()
+    assert m <= n - 2
+    assert all(
+        panel.pseudo[panel.qa_list.item(i).data(Qt.UserRole)].name in names for i in range(m)
+    )
 
 
 def test_running_training_picks_up_a_rejection(ui, qtbot):

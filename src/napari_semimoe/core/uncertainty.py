@@ -126,18 +126,22 @@ def suggest(
     top: int,
     *,
     exclude: list[tuple[int, int, int, int]] = (),
-    spread: float = 1.5,
+    spread: float = 1.0,
 ) -> list[TileScore]:
     """Greedy pick of the highest scores, skipping tiles that overlap ``exclude`` boxes
-    (y, x, h, w; working scale) and any tile within ``spread`` tile sides of a pick, so the
-    suggestions are spread out rather than clustered."""
+    (y, x, h, w; working scale) and any tile overlapping a pick or within ``spread`` tile
+    sides of it, so the suggestions are spread out rather than clustered."""
     picks: list[TileScore] = []
     for c in sorted(candidates, key=lambda t: -t.score):
         if len(picks) >= top:
             break
         if any(_overlap((c.y, c.x, c.size, c.size), b) for b in exclude):
             continue
-        if any(np.hypot(c.y - p.y, c.x - p.x) < spread * c.size for p in picks):
+        if any(
+            np.hypot(c.y - p.y, c.x - p.x) < spread * c.size
+            or _overlap((c.y, c.x, c.size, c.size), (p.y, p.x, p.size, p.size))
+            for p in picks
+        ):
             continue
         picks.append(c)
     return picks

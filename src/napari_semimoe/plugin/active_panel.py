@@ -505,7 +505,7 @@ class ActivePanel:
         v = self.w.viewer
         rects, colors, text = [], [], []
         for c in self.pseudo:
-            if c.status == "promoted":
+            if c.status in ("promoted", "out"):
                 continue
             rects.append(_rect(c.y0, c.x0, c.side, c.side))
             if c.status == "rejected":
@@ -539,19 +539,40 @@ class ActivePanel:
         w = self.w
         w.project.add_tile(w.entry, c.y0, c.x0, c.side, "rejected")
         c.status = "rejected"
+        n = w.rebuild_trainset()
+        added = self._sync_with_pool()
         self._fill_list(self.qa_list, self.pseudo, "confidence")
         self._draw_pseudo_tiles()
-        n = w.rebuild_trainset()
         w._say(
-            f"tile at y {c.y0}, x {c.x0} rejected: out of the unlabeled pool ({n} tiles)"
+            f"tile at y {c.y0}, x {c.x0} rejected: out of the unlabeled pool"
             + (" from the trainer's next iteration" if w.training else "")
+            + f"; the pool has {n} tiles"
+            + (f" ({added} new: press 'Show pseudo-labels' to see them)" if added else "")
         )
+
+    def _sync_with_pool(self) -> int:
+        """Drop listed tiles that left the pool; return how many pool tiles are not shown."""
+        from .project import TRAINSET_FILE, parse_pool_name, trainset_names
+
+        path = self.w.project.root / TRAINSET_FILE
+        if not path.exists():
+            return 0
+        pool = {
+            n
+            for n in trainset_names(path)[1]
+            if (p := parse_pool_name(n)) and p[0] == self.w.entry.name
+        }
+        for c in self.pseudo:
+            if c.status == "open" and c.name not in pool:
+                c.status = "out"
+        return len(pool - {c.name for c in self.pseudo})
 
     def promote_selected(self) -> None:
         c = self._selected(self.pseudo, self.qa_list)
         if c is None:
             return
         self.promote(c)
+        self._sync_with_pool()
         self._fill_list(self.qa_list, self.pseudo, "confidence")
         self._draw_pseudo_tiles()
         self.w._say("promoted to a training tile: correct its pseudo-label with the brush")

@@ -221,8 +221,9 @@ class Project:
         picked = []
         for i in order:
             y, x = cands[i]
-            if any(t.overlaps(round(y * s), round(x * s), side, side) for t in e.tiles):
-                continue  # annotated or rejected
+            y0, x0 = round(y * s), round(x * s)
+            if any(_excludes(t, y0, x0, side) for t in e.tiles):
+                continue
             picked.append((y, x))
             if len(picked) == k:
                 break
@@ -243,6 +244,17 @@ class Project:
 
     def rejected_tiles(self, entry: ImageEntry) -> list[Tile]:
         return [t for t in entry.tiles if t.kind == "rejected"]
+
+
+def _excludes(t: Tile, y: int, x: int, side: int) -> bool:
+    """Does tile ``t`` keep the candidate (y, x, side) out of the unlabeled pool? Training
+    tiles: any overlap (those pixels are labeled). Rejected tiles: more than half of the
+    candidate, so rejecting one tile does not also drop its half-overlapping neighbours."""
+    if t.kind == "train":
+        return t.overlaps(y, x, side, side)
+    oy = max(0, min(t.y + t.h, y + side) - max(t.y, y))
+    ox = max(0, min(t.x + t.w, x + side) - max(t.x, x))
+    return oy * ox > 0.5 * side * side
 
 
 def pool_name(y: int, x: int) -> str:
@@ -307,6 +319,13 @@ def save_trainset(path: Path, ts: TrainingSet) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def trainset_names(path: str | Path) -> tuple[list[str], list[str]]:
+    """(labeled, unlabeled) tile names of a saved training set, without reading its images."""
+    with np.load(path, allow_pickle=False) as z:
+        ln, un = json.loads(str(z["names"]))
+    return ln, un
 
 
 def load_trainset(path: str | Path) -> TrainingSet:

@@ -3,7 +3,9 @@ returned when the process ends. Qt-free; the widget polls :class:`TrainingJob`."
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
+import os
 import queue as queue_mod
 import traceback
 from pathlib import Path
@@ -14,6 +16,7 @@ def _entry(
     config: dict, trainset: str, run_dir: str, resume: bool, init_from: str | None, q, stop, pause
 ) -> None:
     """Child process: train, stream events as dicts, report errors as one readable line."""
+    _lower_priority()
     try:
         from ..core.errors import InputError
         from ..core.train import TrainConfig, Trainer, TrainingError
@@ -55,6 +58,14 @@ def _entry(
                 "traceback": traceback.format_exc(),
             }
         )
+
+
+def _lower_priority() -> None:
+    """Let the GUI win the CPU: on a desktop with few cores the training threads would
+    otherwise slow napari's drawing (measured in docs/benchmarks.md). Training loses little,
+    since the GUI is idle most of the time."""
+    with contextlib.suppress(AttributeError, OSError):  # no nice() on Windows
+        os.nice(10)
 
 
 class TrainingJob:
