@@ -32,7 +32,7 @@ from napari_semimoe.core.data import Geometry, TrainingSet, channel_stats, scan_
 from napari_semimoe.core.predict import PredictOptions, Predictor, load_model
 from napari_semimoe.core.slide import read_image, read_mask
 from napari_semimoe.core.train import TrainConfig, Trainer
-from napari_semimoe.core.uncertainty import score_tiles
+from napari_semimoe.core.uncertainty import TileScore, score_tiles, suggest
 
 
 def load(folder: Path, geometry: Geometry) -> dict:
@@ -67,19 +67,31 @@ def train(train_set: dict, labeled: list[int], args, seed: int, run: Path, stats
         geometry=Geometry(input_size=args.input_size, tile=args.input_size).to_dict(),
         checkpoint_every=args.iterations,
     )
+    if getattr(args, "_reuse", False) and (run / "checkpoint.safetensors").exists():
+        return run
     if run.exists():
         shutil.rmtree(run)
     Trainer(cfg, data, run, stats=stats).run()
     return run
 
 
-def image_score(pred: Predictor, work: np.ndarray) -> tuple[float, dict[str, float]]:
+def image_candidate(pred: Predictor, work: np.ndarray) -> TileScore:
     """The plugin's tile score with the whole working image as the one tile."""
     out = pred.predict_image(work, native=False, instances=False)
     maps = {k: out[k] for k in ("prob", "sdf", "boundary", "expert_prob")}
     (c,) = score_tiles(
-        maps, work.shape[0], gates=out["gates"], gate_tiles=out["tiles"], min_tissue=0.0
+        maps,
+        work.shape[0],
+        gates=out["gates"],
+        gate_tiles=out["tiles"],
+        embeddings=out.get("embeddings"),
+        min_tissue=0.0,
     )
+    return c
+
+
+def image_score(pred: Predictor, work: np.ndarray) -> tuple[float, dict[str, float]]:
+    c = image_candidate(pred, work)
     return c.score, c.components
 
 
@@ -124,6 +136,12 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--strategies", nargs="+", default=["active", "random"])
+    ap.add_argument(
+        "--reuse-round0",
+        action="store_true",
+        help="keep an existing round-0 model in --workdir (same seed and data)",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if not (args.train / "images").is_dir() or not (args.test / "images").is_dir():
@@ -140,7 +158,9 @@ def main() -> int:
     for seed in args.seeds:
         rng = np.random.default_rng(1000 + seed)
         start = sorted(rng.choice(n, args.start, replace=False).tolist())
+        args._reuse = args.reuse_round0
         run0 = train(tr, start, args, seed, work / f"s{seed}_r0", stats)
+        args._reuse = False
         pred0 = Predictor(load_model(run0, "cpu"), popts)
         ev0 = evaluate(pred0, te)
         print(
@@ -149,15 +169,20 @@ def main() -> int:
             flush=True,
         )
         res = {}
-        for strategy in ("active", "random"):
+        for strategy in args.strategies:
             labeled, pred = list(start), pred0
             rounds = [{"labeled": [tr["names"][i] for i in labeled], **ev0}]
             srng = np.random.default_rng(2000 + seed)
             for r in range(1, args.rounds + 1):
                 pool = [i for i in range(n) if i not in set(labeled)]
-                if strategy == "active":
-                    scored = [(image_score(pred, tr["work"][i])[0], i) for i in pool]
-                    picks = [i for _, i in sorted(scored, reverse=True)[: args.per_round]]
+                if strategy == "active":  # the plugin's suggest(): uncertain and diverse
+                    cands = []
+                    for k, i in enumerate(pool):  # one candidate per image, far apart
+                        c = image_candidate(pred, tr["work"][i])
+                        c.y, c.x = 0, 10 * args.input_size * k
+                        cands.append(c)
+                    chosen = suggest(cands, args.per_round)
+                    picks = [pool[c.x // (10 * args.input_size)] for c in chosen]
                 else:
                     picks = srng.choice(pool, args.per_round, replace=False).tolist()
                 labeled += picks

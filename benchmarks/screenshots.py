@@ -39,7 +39,7 @@ def main() -> int:
     while widget.progress.value() < widget.iter_spin.value() // 2:
         pump(0.5)
     viewer.screenshot(str(OUT / "02-training-mid-run.png"), canvas_only=False)
-    while not widget.job.finished or widget._poll.isActive():
+    while widget.job is None or not widget.job.finished or widget._poll.isActive():
         pump(0.5)
     viewer.screenshot(str(OUT / "03-training-done.png"), canvas_only=False)
     widget._toolbox_review()

@@ -38,7 +38,7 @@ def main() -> int:
 
     widget.iter_spin.setValue(int(sys.argv[1]) if len(sys.argv) > 1 else 150)
     widget.start_training()
-    wait(lambda: widget.job.finished and not widget._poll.isActive())
+    wait(lambda: widget.job is not None and widget.job.finished and not widget._poll.isActive())
     panel = widget.active
 
     widget.toolbox.setCurrentIndex(3)

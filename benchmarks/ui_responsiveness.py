@@ -103,7 +103,7 @@ def main() -> int:
     results.append(
         measure(
             f"training {args.iterations} iterations in the child process",
-            lambda: widget.job.finished and not widget._poll.isActive(),
+            lambda: widget.job is not None and widget.job.finished and not widget._poll.isActive(),
         )
     )
     widget.predict("image")

@@ -68,6 +68,7 @@ def test_suggestions_list_navigate_and_label(ui, qtbot):
     labels = viewer.layers["annotations"]
     before = labels.data.copy()
     panel.label_suggestion()
+    qtbot.waitUntil(lambda: not widget.cutting, timeout=30_000)
     tiles = widget.entry.train_tiles()
     assert (c.y0, c.x0, c.side, c.side) in [(t.y, t.x, t.h, t.w) for t in tiles]
     sl = (slice(c.y0, c.y0 + c.side), slice(c.x0, c.x0 + c.side))
@@ -99,6 +100,8 @@ def test_pseudo_label_qa_reject_and_promote(ui, qtbot):
     victim = panel.pseudo[panel.qa_list.currentItem().data(Qt.UserRole)]
     panel.reject_selected()
     assert panel.qa_list.count() == n - 1
+    qtbot.waitUntil(lambda: not widget.cutting, timeout=30_000)
+    assert panel.qa_list.count() == n - 1
     doc = json.loads((proj / "project.json").read_text())
     rejected = [t for t in doc["images"][0]["tiles"] if t["kind"] == "rejected"]
     assert [(t["y"], t["x"]) for t in rejected] == [(victim.y0, victim.x0)]
@@ -112,6 +115,7 @@ def test_pseudo_label_qa_reject_and_promote(ui, qtbot):
     promoted = panel.pseudo[panel.qa_list.currentItem().data(Qt.UserRole)]
     n_train = len(widget.entry.train_tiles())
     panel.promote_selected()
+    qtbot.waitUntil(lambda: not widget.cutting, timeout=30_000)
     assert len(widget.entry.train_tiles()) == n_train + 1
     names = load_trainset(proj / TRAINSET_FILE).unlabeled_names
     assert promoted.name not in names
@@ -130,7 +134,8 @@ def test_running_training_picks_up_a_rejection(ui, qtbot):
     wait_panel(qtbot, panel)
     widget.iter_spin.setValue(10_000)
     widget.start_training(continue_from=True)
-    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=180_000)
+    qtbot.waitUntil(lambda: widget.job is not None, timeout=30_000)  # tiles cut, job started
+    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=180_000)  # it trains
     panel.qa_list.setCurrentRow(0)
     panel.reject_selected()
     qtbot.waitUntil(lambda: "picked up" in widget.status.text(), timeout=60_000)

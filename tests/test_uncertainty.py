@@ -144,3 +144,34 @@ def test_suggest_cli(tiny_dataset, tmp_path, capsys):
     assert {"y", "x", "size", "score", "components"} <= set(t)
     assert {"entropy", "disagreement", "sdf_consistency", "gate_entropy"} <= set(t["components"])
     assert not (t["y"] < 32 and t["x"] < 32)
+
+
+def test_suggestions_cover_different_kinds_of_tissue():
+    """Uncertainty alone would take the 3 most uncertain tiles, all of one kind (a cluster of
+    near-identical embeddings); the diverse pick takes one per kind, still uncertain ones."""
+    from napari_semimoe.core.uncertainty import TileScore
+
+    rng = np.random.default_rng(0)
+    kinds = np.eye(3)  # three kinds of tissue, as the model's pooled features see them
+    cands = []
+    for i in range(30):
+        kind = 0 if i < 10 else (1 if i < 20 else 2)
+        score = 0.9 - 0.01 * i if kind == 0 else 0.5 - 0.01 * (i % 10)
+        emb = kinds[kind] + rng.normal(0, 0.01, 3)
+        cands.append(TileScore(0, 100 * i, 10, score, embedding=emb))
+    greedy = suggest([TileScore(c.y, c.x, c.size, c.score) for c in cands], 3)
+    assert {c.x // 1000 for c in greedy} == {0}  # all from the first kind
+    picks = suggest(cands, 3, prefilter=10)
+    assert sorted(c.x // 1000 for c in picks) == [0, 1, 2]  # one of each kind
+    assert [p.score for p in picks] == sorted((p.score for p in picks), reverse=True)
+    assert all(p.score >= 0.4 for p in picks)  # uncertain ones, not the least uncertain
+
+
+def test_consistency_signals_are_shown_but_not_scored():
+    """GlaS showed they mislead (docs/benchmarks.md): they must not move the score."""
+    maps = confident_left_ambiguous_right(64)
+    base = score_tiles(maps, 64, stride=64)[0]
+    maps["sdf"] = -maps["sdf"]  # SDF now contradicts the segmentation everywhere
+    flipped = score_tiles(maps, 64, stride=64)[0]
+    assert flipped.components["sdf_consistency"] > base.components["sdf_consistency"]
+    assert flipped.score == pytest.approx(base.score)

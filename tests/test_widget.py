@@ -36,7 +36,8 @@ def test_full_loop(ui, qtbot, tmp_path):
     # Train a few iterations in the child process.
     widget.iter_spin.setValue(4)
     widget.start_training()
-    assert widget.job is not None and not widget.start_btn.isEnabled()
+    assert not widget.start_btn.isEnabled()  # the tiles are cut in a thread, then it starts
+    qtbot.waitUntil(lambda: widget.job is not None, timeout=30_000)
     wait_training(qtbot, widget)
     assert widget.job.last["kind"] == "exit", widget.job.last
     assert widget.progress.value() == 4
@@ -139,11 +140,13 @@ def test_user_errors_are_messages_not_tracebacks(ui, qtbot):
     viewer, widget, proj = ui
     viewer.layers["training tiles"].data = []
     widget.start_training()
-    assert "no training tile" in widget.status.text()
+    qtbot.waitUntil(lambda: "no training tile" in widget.status.text(), timeout=30_000)
+    qtbot.waitUntil(lambda: widget.start_btn.isEnabled(), timeout=5000)  # UI recovers
     widget.add_tile_at_center()
     viewer.layers["annotations"].data[:] = 0
     widget.start_training()
-    assert "no painted gland" in widget.status.text()
+    qtbot.waitUntil(lambda: "no painted gland" in widget.status.text(), timeout=30_000)
+    assert widget.job is None and widget.start_btn.isEnabled()
     widget.predict("view")  # nothing trained: a warning, no worker
     assert widget.worker is None
 
@@ -152,7 +155,7 @@ def test_training_process_crash_is_reported(ui, qtbot):
     viewer, widget, proj = ui
     widget.iter_spin.setValue(10_000)
     widget.start_training()
-    qtbot.waitUntil(lambda: widget.job.is_alive(), timeout=30_000)
+    qtbot.waitUntil(lambda: widget.job is not None and widget.job.is_alive(), timeout=30_000)
     widget.job.kill()
     wait_training(qtbot, widget)
     assert "ended unexpectedly" in widget.status.text()

@@ -68,6 +68,7 @@ def suggest_tiles(
         tissue=tissue,
         gates=wp.gates,
         gate_tiles=np.asarray(wp.tiles).reshape(-1, 4),
+        embeddings=wp.embeddings,
     )
     ex = [(round(y / fy), round(x / fx), round(h / fy), round(w / fx)) for y, x, h, w in exclude]
     picks = suggest(cands, top, exclude=ex)

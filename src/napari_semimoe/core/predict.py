@@ -133,6 +133,8 @@ class WorkingPrediction:
     tiles: list[tuple[int, int, int, int]]
     gates: np.ndarray  # (n_tiles, 3, 3)
     cancelled: bool = False
+    #: per tile, the pooled expert features the gates see (n_tiles, 3b); with ``experts``
+    embeddings: np.ndarray | None = None
 
 
 class Predictor:
@@ -158,8 +160,10 @@ class Predictor:
     # ------------------------------------------------------------------ tiles -> maps
 
     @torch.inference_mode()
-    def predict_batch(self, tiles: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """uint8 (N, h, w, 3) tiles (h, w multiples of 16) -> maps (N, h, w) and gates (N, 3, 3)."""
+    def predict_batch(self, tiles: np.ndarray, embeddings: bool = False):
+        """uint8 (N, h, w, 3) tiles (h, w multiples of 16) -> maps (N, h, w) and gates (N, 3, 3);
+        with ``embeddings`` also the pooled expert features the gates see (N, 3b), which
+        describe what the model sees in each tile (used to keep suggestions diverse)."""
         x = np.stack([normalise(t, self.m.mean, self.m.std) for t in tiles])
         xt = torch.from_numpy(x).to(self.m.device)
         if self.channels_last:
@@ -176,7 +180,11 @@ class Predictor:
             maps["expert_sdf"] = torch.tanh(out.expert["sdf"].float())[:, 0]
             maps["expert_boundary"] = torch.softmax(out.expert["bnd"].float(), 1)[:, 1]
         gates = torch.stack([out.gates[t].float() for t in TASKS], dim=1)
-        return ({k: v.cpu().numpy() for k, v in maps.items()}, gates.cpu().numpy())
+        result = ({k: v.cpu().numpy() for k, v in maps.items()}, gates.cpu().numpy())
+        if embeddings:
+            emb = torch.cat([f.float().mean((2, 3)) for f in out.features], dim=1)
+            return (*result, emb.cpu().numpy())
+        return result
 
     def predict_region_reader(
         self,
@@ -206,6 +214,7 @@ class Predictor:
                 continue
             todo.append((y, x))
         gates = np.zeros((len(todo), 3, 3), np.float32)
+        embs: list[np.ndarray] = []
         boxes = []
         cancelled = False
         for b0 in range(0, len(todo), self.opt.batch):
@@ -214,7 +223,11 @@ class Predictor:
                 break
             chunk = todo[b0 : b0 + self.opt.batch]
             tiles = np.stack([_read_padded(read, y, x, t, t, h, w) for y, x in chunk])
-            maps, g = self.predict_batch(tiles)
+            if self.opt.experts:
+                maps, g, e = self.predict_batch(tiles, embeddings=True)
+                embs.append(e)
+            else:
+                maps, g = self.predict_batch(tiles)
             gates[b0 : b0 + len(chunk)] = g
             for j, (y, x) in enumerate(chunk):
                 hh, ww = min(t, h - y), min(t, w - x)
@@ -233,7 +246,8 @@ class Predictor:
                 band = acc[k][y0 : y0 + 1024]
                 np.divide(band, ws, out=band, where=covered)
                 band[~covered] = FILL[k]
-        return WorkingPrediction(acc, boxes, gates[: len(boxes)], cancelled)
+        emb = np.concatenate(embs)[: len(boxes)] if embs else None
+        return WorkingPrediction(acc, boxes, gates[: len(boxes)], cancelled, emb)
 
     # ------------------------------------------------------------------ whole images
 
@@ -269,6 +283,8 @@ class Predictor:
             )
         out["gates"] = wp.gates
         out["tiles"] = np.asarray(wp.tiles, np.int64).reshape(-1, 4)
+        if wp.embeddings is not None:
+            out["embeddings"] = wp.embeddings
         return out
 
     def instances(self, maps: dict[str, np.ndarray], scale: float = 1.0) -> np.ndarray:

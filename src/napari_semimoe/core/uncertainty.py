@@ -11,6 +11,17 @@ Signals (each in [0, 1], 1 = unsure):
   (boundary predicted where there is no mask edge, or a mask edge without boundary);
 - ``gate_entropy`` (per tile): entropy of the segmentation gate's weights over the experts:
   the gates cannot tell which expert to trust.
+
+Only entropy, disagreement and gate entropy enter the combined score. On GlaS
+(``benchmarks/glas_active.py``, docs/benchmarks.md) the two consistency signals did not
+predict a tile's error: SDF consistency was *negatively* correlated with 1 - Dice (it
+measures how much gland edge a tile has, where sigmoid(sdf) ~ 0.5 by construction), and
+boundary consistency changed sign between models. They are still computed and shown.
+
+Suggestions are uncertain *and* diverse: labeling the k most uncertain tiles picked k
+similar hard tiles and lost to random choice on GlaS; :func:`suggest` clusters the most
+uncertain candidates by what the model sees in them (the pooled expert features the gates
+use) and takes one representative per cluster (Zhdanov 2019, diverse mini-batch AL).
 """
 
 from __future__ import annotations
@@ -25,8 +36,8 @@ PIXEL_SIGNALS = ("entropy", "disagreement", "sdf_consistency", "boundary_consist
 WEIGHTS = {
     "entropy": 1.0,
     "disagreement": 1.0,
-    "sdf_consistency": 1.0,
-    "boundary_consistency": 0.5,
+    "sdf_consistency": 0.0,  # misleads (see above): shown, not scored
+    "boundary_consistency": 0.0,  # unstable sign across models: shown, not scored
     "gate_entropy": 0.5,
 }
 
@@ -55,10 +66,10 @@ def pixel_signals(maps: dict[str, np.ndarray], sdf_gain: float = 10.0) -> dict[s
 
 
 def uncertainty_map(maps: dict[str, np.ndarray]) -> np.ndarray:
-    """One combined per-pixel map in [0, 1] (weighted mean of the pixel signals)."""
+    """One combined per-pixel map in [0, 1] (weighted mean of the scored pixel signals)."""
     sig = pixel_signals(maps)
     w = sum(WEIGHTS[k] for k in PIXEL_SIGNALS)
-    return (sum(WEIGHTS[k] * sig[k] for k in PIXEL_SIGNALS) / w).astype(np.float32)
+    return (sum(WEIGHTS[k] * sig[k] for k in PIXEL_SIGNALS if WEIGHTS[k]) / w).astype(np.float32)
 
 
 def gate_entropy(gates: np.ndarray) -> np.ndarray:
@@ -79,9 +90,13 @@ class TileScore:
     y0: int = 0  # level-0
     x0: int = 0
     size0: int = 0
+    #: pooled expert features of the nearest prediction tile (diversity), not serialised
+    embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("embedding")
+        return d
 
 
 def score_tiles(
@@ -91,17 +106,22 @@ def score_tiles(
     tissue: np.ndarray | None = None,
     gates: np.ndarray | None = None,
     gate_tiles: np.ndarray | None = None,
+    embeddings: np.ndarray | None = None,
     stride: int | None = None,
     min_tissue: float = 0.5,
 ) -> list[TileScore]:
-    """Score every candidate tile (tissue only) by its mean pixel signals + gate entropy."""
+    """Score every candidate tile (tissue only) by its mean pixel signals + gate entropy.
+    ``gates``/``embeddings`` are per prediction tile (``gate_tiles``: y, x, h, w); each
+    candidate takes those of the nearest prediction tile."""
     sig = pixel_signals(maps)
     h, w = maps["prob"].shape
     stride = stride or max(1, tile // 2)
     ge = None
-    if gates is not None and gate_tiles is not None and len(gates):
-        ge = gate_entropy(gates)
+    centres = None
+    if gate_tiles is not None and len(gate_tiles):
         centres = gate_tiles[:, :2] + gate_tiles[:, 2:] / 2
+    if gates is not None and centres is not None and len(gates):
+        ge = gate_entropy(gates)
     wsum = sum(WEIGHTS.values()) if ge is not None else sum(WEIGHTS[k] for k in PIXEL_SIGNALS)
     out = []
     for y in range(0, max(1, h - tile + 1), stride):
@@ -113,11 +133,15 @@ def score_tiles(
             comp = {
                 k: float(v[sl][t].mean() if t is not None else v[sl].mean()) for k, v in sig.items()
             }
-            if ge is not None:
+            near = None
+            if centres is not None:
                 d = np.hypot(centres[:, 0] - (y + tile / 2), centres[:, 1] - (x + tile / 2))
-                comp["gate_entropy"] = float(ge[int(np.argmin(d))])
+                near = int(np.argmin(d))
+            if ge is not None and near is not None:
+                comp["gate_entropy"] = float(ge[near])
             score = sum(WEIGHTS[k] * comp[k] for k in comp) / wsum
-            out.append(TileScore(y, x, tile, float(score), comp))
+            emb = embeddings[near] if embeddings is not None and near is not None else None
+            out.append(TileScore(y, x, tile, float(score), comp, embedding=emb))
     return out
 
 
@@ -127,24 +151,91 @@ def suggest(
     *,
     exclude: list[tuple[int, int, int, int]] = (),
     spread: float = 1.0,
+    prefilter: int = 5,
+    seed: int = 0,
 ) -> list[TileScore]:
-    """Greedy pick of the highest scores, skipping tiles that overlap ``exclude`` boxes
-    (y, x, h, w; working scale) and any tile overlapping a pick or within ``spread`` tile
-    sides of it, so the suggestions are spread out rather than clustered."""
+    """Pick ``top`` tiles to label: uncertain, diverse, not overlapping ``exclude`` boxes
+    (y, x, h, w; working scale) or each other (nor within ``spread`` tile sides).
+
+    With embeddings on the candidates: the ``prefilter * top`` most uncertain allowed
+    candidates are clustered into ``top`` groups (k-means weighted by score, on normalised
+    embeddings) and each group gives its tile nearest the centre. Without: greedy by score.
+    The picks are returned most uncertain first.
+    """
+    allowed = [
+        c
+        for c in sorted(candidates, key=lambda t: -t.score)
+        if not any(_overlap((c.y, c.x, c.size, c.size), b) for b in exclude)
+    ]
+    pool = allowed[: max(top, prefilter * top)]
+    if top < 1 or not pool:
+        return []
+    if any(c.embedding is None for c in pool) or len(pool) <= top:
+        return _greedy(allowed, top, spread)
+    emb = np.stack([np.asarray(c.embedding, np.float64) for c in pool])
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12
+    w = np.array([max(c.score, 1e-6) for c in pool])
+    labels, centres = _weighted_kmeans(emb, w, top, seed)
     picks: list[TileScore] = []
-    for c in sorted(candidates, key=lambda t: -t.score):
-        if len(picks) >= top:
+    for k in range(top):
+        members = np.flatnonzero(labels == k)
+        order = members[np.argsort(np.linalg.norm(emb[members] - centres[k], axis=1))]
+        for i in order:  # nearest the centre that does not clash with earlier picks
+            c = pool[i]
+            if not _clashes(c, picks, spread):
+                picks.append(c)
+                break
+    if len(picks) < top:  # empty clusters or clashes: fill up greedily
+        picks += _greedy([c for c in allowed if c not in picks], top - len(picks), spread, picks)
+    return sorted(picks, key=lambda t: -t.score)
+
+
+def _greedy(
+    cands: list[TileScore], top: int, spread: float, taken: list[TileScore] | None = None
+) -> list[TileScore]:
+    taken = list(taken or [])
+    out: list[TileScore] = []
+    for c in sorted(cands, key=lambda t: -t.score):
+        if len(out) >= top:
             break
-        if any(_overlap((c.y, c.x, c.size, c.size), b) for b in exclude):
-            continue
-        if any(
-            np.hypot(c.y - p.y, c.x - p.x) < spread * c.size
-            or _overlap((c.y, c.x, c.size, c.size), (p.y, p.x, p.size, p.size))
-            for p in picks
-        ):
-            continue
-        picks.append(c)
-    return picks
+        if not _clashes(c, taken + out, spread):
+            out.append(c)
+    return out
+
+
+def _clashes(c: TileScore, picks: list[TileScore], spread: float) -> bool:
+    return any(
+        np.hypot(c.y - p.y, c.x - p.x) < spread * c.size
+        or _overlap((c.y, c.x, c.size, c.size), (p.y, p.x, p.size, p.size))
+        for p in picks
+    )
+
+
+def _weighted_kmeans(
+    x: np.ndarray, w: np.ndarray, k: int, seed: int, iters: int = 30
+) -> tuple[np.ndarray, np.ndarray]:
+    """k-means++ seeding and Lloyd steps with sample weights; deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    centres = [x[int(np.argmax(w))]]  # start from the most uncertain
+    for _ in range(1, k):
+        d2 = np.min([((x - c) ** 2).sum(1) for c in centres], axis=0) * w
+        centres.append(x[rng.choice(len(x), p=d2 / d2.sum())] if d2.sum() > 0 else x[0])
+    c = np.stack(centres)
+    labels = np.zeros(len(x), int)
+    for _ in range(iters):
+        labels = np.argmin(((x[:, None] - c[None]) ** 2).sum(-1), axis=1)
+        new = np.stack(
+            [
+                np.average(x[labels == j], axis=0, weights=w[labels == j])
+                if (labels == j).any()
+                else c[j]
+                for j in range(k)
+            ]
+        )
+        if np.allclose(new, c):
+            break
+        c = new
+    return labels, c
 
 
 def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:

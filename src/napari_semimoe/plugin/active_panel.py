@@ -199,7 +199,7 @@ class ActivePanel:
         from napari.qt.threading import thread_worker
 
         job = self._job = _Job(bar, cancel_btn, self.w)
-        worker = self.worker = thread_worker(fn)(job)
+        worker = self.worker = thread_worker(fn, ignore_errors=True)(job)
         job.start()
         for b in (self.suggest_btn, self.qa_btn):
             b.setEnabled(False)
@@ -248,8 +248,9 @@ class ActivePanel:
             return None
         return items[it.data(Qt.UserRole)]
 
-    def promote(self, c: Candidate) -> None:
-        """Make ``c`` a training tile whose annotation starts from the model's prediction."""
+    def promote(self, c: Candidate, then=None) -> None:
+        """Make ``c`` a training tile whose annotation starts from the model's prediction;
+        the training data is re-cut in the background, then ``then(pool_size)`` runs."""
         from ..core.predict import resample
         from .widget import _rect
 
@@ -281,7 +282,7 @@ class ActivePanel:
         c.status = "promoted"
         w.viewer.layers.selection.active = labels
         self.go_to(c.y0, c.x0, c.side)
-        w.rebuild_trainset()
+        w.rebuild_trainset(then=then)
 
     # ================================================================== suggestions
 
@@ -400,11 +401,12 @@ class ActivePanel:
         w = self.w
         try:
             ckpt = self._model()
-            path = w.project.root / TRAINSET_FILE
-            if not path.exists():
-                w.rebuild_trainset(quiet=False)
         except InputError as exc:
             _notify(str(exc), "warning")
+            return
+        path = w.project.root / TRAINSET_FILE
+        if not path.exists() or w.cutting:  # cut the pool first, then come back
+            w.rebuild_trainset(then=lambda _n: self.show_pseudo_labels())
             return
         name, s = w.entry.name, w.project.state.scale
 
@@ -539,16 +541,21 @@ class ActivePanel:
         w = self.w
         w.project.add_tile(w.entry, c.y0, c.x0, c.side, "rejected")
         c.status = "rejected"
-        n = w.rebuild_trainset()
-        added = self._sync_with_pool()
         self._fill_list(self.qa_list, self.pseudo, "confidence")
         self._draw_pseudo_tiles()
-        w._say(
-            f"tile at y {c.y0}, x {c.x0} rejected: out of the unlabeled pool"
-            + (" from the trainer's next iteration" if w.training else "")
-            + f"; the pool has {n} tiles"
-            + (f" ({added} new: press 'Show pseudo-labels' to see them)" if added else "")
-        )
+
+        def done(n: int) -> None:
+            added = self._sync_with_pool()
+            self._fill_list(self.qa_list, self.pseudo, "confidence")
+            self._draw_pseudo_tiles()
+            w._say(
+                f"tile at y {c.y0}, x {c.x0} rejected: out of the unlabeled pool"
+                + (" from the trainer's next iteration" if w.training else "")
+                + f"; the pool has {n} tiles"
+                + (f" ({added} new: press 'Show pseudo-labels' to see them)" if added else "")
+            )
+
+        w.rebuild_trainset(then=done)
 
     def _sync_with_pool(self) -> int:
         """Drop listed tiles that left the pool; return how many pool tiles are not shown."""
@@ -571,8 +578,13 @@ class ActivePanel:
         c = self._selected(self.pseudo, self.qa_list)
         if c is None:
             return
-        self.promote(c)
-        self._sync_with_pool()
-        self._fill_list(self.qa_list, self.pseudo, "confidence")
+
+        def done(_n: int) -> None:
+            self._sync_with_pool()
+            self._fill_list(self.qa_list, self.pseudo, "confidence")
+            self._draw_pseudo_tiles()
+
+        self.promote(c, then=done)
+        self._fill_list(self.qa_list, self.pseudo, "confidence")  # c is no longer open
         self._draw_pseudo_tiles()
         self.w._say("promoted to a training tile: correct its pseudo-label with the brush")

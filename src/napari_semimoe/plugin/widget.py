@@ -82,6 +82,8 @@ class SemiMoEWidget(QWidget):
         self._undo: list[tuple[tuple[slice, slice], np.ndarray]] = []
         self._last_pred: dict[str, Any] | None = None
         self._pending_ops: list = []
+        self._cutter = None  # the worker cutting trainset.npz, if any
+        self._recut: list = []
         self._t_start = 0.0
 
         lay = QVBoxLayout(self)
@@ -484,68 +486,112 @@ class SemiMoEWidget(QWidget):
         return asdict(cfg)
 
     def start_training(self, continue_from: bool = False) -> None:
-        """Cut the tiles, then train in a child process (resume = continue the last run)."""
+        """Cut the tiles (in a thread), then train in a child process; ``continue_from``
+        fine-tunes from the last checkpoint into a new run."""
         try:
             if self.project is None:
                 raise InputError("choose a project folder first (1 · Project and tiles)")
-            if self.job is not None and not self.job.finished:
+            if self.training or self.cutting:
                 raise InputError("training is already running")
-            st = self.project.state
-            st.scale, st.tile = self.scale_spin.value(), self.tile_spin.value()
-            st.settings.update(width=self.width_spin.value(), iterations=self.iter_spin.value())
-            self._sync_tiles()
-            labels = self.labels_layer()
-            if labels is None:
+            if self.labels_layer() is None:
                 raise InputError("no annotations layer: add a training tile and paint glands")
-            self.save_annotations()
-            self.project.build_training_set(
-                self._slide_of,
-                lambda e: labels.data if e is self.entry else None,
-            )
             init = self.project.last_checkpoint() if continue_from else None
             if continue_from and init is None:
                 raise InputError("no checkpoint to continue from yet: press Start first")
             config = self._config()
+        except InputError as exc:
+            _notify(str(exc), "warning")
+            self._say(str(exc))
+            return
+        self.job = None  # the previous run's job (finished) is let go
+        st = self.project.state
+        st.scale, st.tile = self.scale_spin.value(), self.tile_spin.value()
+        st.settings.update(width=self.width_spin.value(), iterations=self.iter_spin.value())
+        self._set_training_ui(True)
+        self.stop_btn.setEnabled(False)
+        self.pause_btn.setEnabled(False)
+        self.eta_label.setText("cutting the training tiles…")
+
+        def launch(_n: int) -> None:
             run_dir = self.project.new_run_dir()
             self.job = TrainingJob(
                 config, self.project.root / TRAINSET_FILE, run_dir, init_from=init
             )
             self.job.start()
-        except InputError as exc:
-            _notify(str(exc), "warning")
-            self._say(str(exc))
-            return
-        self.chart.clear()
-        self.progress.setRange(0, config["iterations"])
-        self.progress.setValue(0)
-        self._t_start = time.monotonic()
-        self.eta_label.setText("starting the training process…")
-        self._set_training_ui(True)
-        self._poll.start()
+            self.chart.clear()
+            self.progress.setRange(0, config["iterations"])
+            self.progress.setValue(0)
+            self._t_start = time.monotonic()
+            self.eta_label.setText("starting the training process…")
+            self._set_training_ui(True)
+            self._poll.start()
+
+        def failed(_msg: str) -> None:
+            self.eta_label.setText("idle")
+            self._set_training_ui(False)
+
+        self.rebuild_trainset(then=launch, failed=failed)
 
     @property
     def training(self) -> bool:
         return self.job is not None and not self.job.finished
 
-    def rebuild_trainset(self, quiet: bool = True) -> int:
-        """Re-cut the training tiles and the unlabeled pool into ``trainset.npz`` (a running
-        training process reloads it before its next iteration). Returns the pool size."""
+    @property
+    def cutting(self) -> bool:
+        """True while the training tiles are being cut in the background."""
+        return self._cutter is not None
+
+    def rebuild_trainset(self, then=None, failed=None) -> None:
+        """Re-cut the training tiles and the unlabeled pool into ``trainset.npz`` in a thread
+        (reading tiles and the tissue mask would stall the UI for a second); a running
+        training process reloads it before its next iteration. ``then(pool_size)`` and
+        ``failed(message)`` run on the main thread; user errors become a notification."""
+        from napari.qt.threading import create_worker
+
         if self.project is None:
-            raise InputError("choose a project folder first (1 · Project and tiles)")
+            _notify("choose a project folder first (1 · Project and tiles)", "warning")
+            return
+        if self._cutter is not None:  # cut again once the running cut is done
+            self._recut.append((then, failed))
+            return
         self._sync_tiles()
         self.save_annotations()
         labels = self.labels_layer()
-        try:
-            ts = self.project.build_training_set(
-                self._slide_of,
-                lambda e: labels.data if labels is not None and e is self.entry else None,
+        entry, project = self.entry, self.project
+        snapshot = None if labels is None else np.array(labels.data)  # painting goes on
+        slides = {e.id: self._slide_of(e) for e in project.state.images}
+
+        def work() -> int:
+            ts = project.build_training_set(
+                lambda e: slides.get(e.id),
+                lambda e: snapshot if e is entry else None,
             )
-        except InputError as exc:
-            if not quiet:
-                raise
-            _notify(str(exc), "warning")
-            return 0
-        return len(ts.unlabeled_images)
+            return len(ts.unlabeled_images)
+
+        # errors are ours to report (a notification), not a traceback in the event loop
+        worker = self._cutter = create_worker(work, _ignore_errors=True)
+
+        def done(n: int) -> None:
+            if then is not None:
+                then(n)
+
+        def error(exc: Exception) -> None:
+            msg = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+            _notify(msg, "warning")
+            self._say(msg)
+            if failed is not None:
+                failed(msg)
+
+        def finished() -> None:
+            self._cutter = None
+            if self._recut:
+                t, f = self._recut.pop(0)
+                self.rebuild_trainset(then=t, failed=f)
+
+        worker.returned.connect(done)
+        worker.errored.connect(error)
+        worker.finished.connect(finished)
+        worker.start()
 
     def toggle_pause(self) -> None:
         if self.job is None or self.job.finished:
@@ -657,7 +703,7 @@ class SemiMoEWidget(QWidget):
         # Tiles done / total across regions, written by the worker, read by a main-thread timer.
         state = {"done": 0, "total": 1}
 
-        @thread_worker
+        @thread_worker(ignore_errors=True)  # errors become a notification below
         def work():
             loaded = load_model(ckpt, "auto")
             # Expert maps are always computed: the uncertainty map needs the seg expert.
