@@ -45,11 +45,14 @@ def main() -> int:
     app = QApplication.instance()
 
     gaps: list[float] = []
+    when: list[tuple[float, str]] = []  # (seconds into the phase, what the widget showed)
     last = [time.perf_counter()]
+    t_phase = [time.perf_counter()]
 
     def tick() -> None:
         now = time.perf_counter()
         gaps.append(now - last[0])
+        when.append((now - t_phase[0], widget.eta_label.text()[:40]))
         last[0] = now
 
     timer = QTimer()
@@ -72,7 +75,8 @@ def main() -> int:
 
     def measure(phase: str, done) -> dict:
         gaps.clear()
-        last[0] = time.perf_counter()
+        when.clear()
+        last[0] = t_phase[0] = time.perf_counter()
         timer.start()
         if not args.no_interact:
             user.start()
@@ -91,6 +95,11 @@ def main() -> int:
             "p99_ms": round(float(np.percentile(g, 99)), 1),
             "median_ms": round(float(np.median(g)), 1),
             "stalls_over_100ms": int((g > 100).sum()),
+            # the longest stalls: when (s into the phase) and the training status then
+            "worst": [
+                {"ms": round(float(g[i]), 1), "at_s": round(when[i][0], 2), "status": when[i][1]}
+                for i in np.argsort(g)[::-1][:3]
+            ],
         }
         print(json.dumps(out), flush=True)
         return out

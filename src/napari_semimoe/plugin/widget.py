@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QToolBox,
     QVBoxLayout,
@@ -83,6 +84,8 @@ class SemiMoEWidget(QWidget):
         self._last_pred: dict[str, Any] | None = None
         self._pending_ops: list = []
         self._cutter = None  # the worker cutting trainset.npz, if any
+        self._pending_its: list[dict] = []  # iteration events not drawn yet
+        self._last_draw = 0.0
         self._recut: list = []
         self._t_start = 0.0
 
@@ -100,6 +103,8 @@ class SemiMoEWidget(QWidget):
         box.setCurrentIndex(1)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        # A fixed height: a new message must not re-layout the dock (and the canvas with it).
+        self.status.setFixedHeight(3 * self.status.fontMetrics().lineSpacing() + 4)
         lay.addWidget(self.status)
 
         self._autosave = QTimer(self)
@@ -215,6 +220,8 @@ class SemiMoEWidget(QWidget):
         self.progress.setFormat("%v / %m iterations")
         v.addWidget(self.progress)
         self.eta_label = QLabel("idle")
+        # its text changes every poll: keep it from resizing (re-laying out) the dock
+        self.eta_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         v.addWidget(self.eta_label)
         self.chart = LossChart()
         v.addWidget(self.chart, 1)
@@ -519,6 +526,7 @@ class SemiMoEWidget(QWidget):
             )
             self.job.start()
             self.chart.clear()
+            self._pending_its = []
             self.progress.setRange(0, config["iterations"])
             self.progress.setValue(0)
             self._t_start = time.monotonic()
@@ -610,13 +618,19 @@ class SemiMoEWidget(QWidget):
             self.eta_label.setText("stopping: saving the checkpoint…")
 
     def _poll_training(self) -> None:
+        """Drain the training events every 100 ms; redraw the progress and chart at most
+        twice a second (each redraw recomposes the window, which is what costs the UI)."""
         if self.job is None:
             return
         events = self.job.poll()
-        its = [e for e in events if e["kind"] == "iteration"]
-        for e in its:
-            self.chart.add(e)
-        if its:
+        self._pending_its += [e for e in events if e["kind"] == "iteration"]
+        now = time.monotonic()
+        force = self.job.finished or any(e["kind"] != "iteration" for e in events)
+        if self._pending_its and (force or now - self._last_draw >= 0.5):
+            self._last_draw = now
+            its, self._pending_its = self._pending_its, []
+            for e in its:
+                self.chart.add(e)
             e = its[-1]
             self.progress.setValue(e["iteration"])
             eta = e.get("eta")
@@ -642,8 +656,9 @@ class SemiMoEWidget(QWidget):
                     if e["result"] == "done"
                     else "training stopped; checkpoint saved"
                 )
-                _notify(msg)
+                # the status line, not a pop-up: a napari notification blocks the UI ~0.2 s
                 self.eta_label.setText(msg)
+                self._say(f"{msg}: predict in 3 · Review, or label more and Continue")
         if self.job.finished:
             self._poll.stop()
             self.job.join(5)
