@@ -59,38 +59,28 @@ def curve_table(runs: dict) -> str:
 
 
 def active_tables(seeds: dict) -> str:
-    """testA Dice per round (active vs random, each seed and the mean) and Spearman rho."""
-    strategies = ("active", "random")
+    """testA Dice per round for each strategy (each seed and the mean) and Spearman rho."""
+    strategies = [k for k in ("active", "active_uncertainty", "random") if k in seeds["0"]]
     n_rounds = max(len(v[s]) for v in seeds.values() for s in strategies)
-    head = (
-        "| round | labeled | "
-        + " | ".join(f"{s} seed {k}" for s in strategies for k in seeds)
-        + " | active mean | random mean |\n"
-    )
-    out = head + "|---" * (2 + 2 * len(seeds) + 2) + "|\n"
+    cols = [f"{s} seed {k}" for s in strategies for k in seeds] + [f"{s} mean" for s in strategies]
+    out = "| round | labeled | " + " | ".join(cols) + " |\n"
+    out += "|---" * (2 + len(cols)) + "|\n"
     for r in range(n_rounds):
-        cells, means = [], {}
+        cells, means = [], []
         for s in strategies:
             vals = [v[s][r]["dice_pooled"] for v in seeds.values() if len(v[s]) > r]
             cells += [pct(v) for v in vals]
-            means[s] = sum(vals) / len(vals)
-        n_lab = len(next(iter(seeds.values()))["active"][r]["labeled"])
-        out += f"| {r} | {n_lab} | " + " | ".join(cells)
-        out += f" | {pct(means['active'])} | {pct(means['random'])} |\n"
-    keys = list(next(iter(seeds.values()))["active"][0]["spearman_score_vs_error"])
-    out += "\n| Spearman rho vs 1 - Dice (testA images, all models) | " + " | ".join(keys)
-    out += " |\n" + "|---" * (len(keys) + 1) + "|\n"
-    rows = [
-        r["spearman_score_vs_error"]
-        for v in seeds.values()
-        for s in strategies
-        for r in (v[s] if s == "active" else v[s][1:])
-    ]
-    out += (
-        f"| mean over {len(rows)} models | "
-        + " | ".join(f"{sum(x[k] for x in rows) / len(rows):+.2f}" for k in keys)
-        + " |\n"
-    )
+            means.append(pct(sum(vals) / len(vals)))
+        n_lab = len(next(iter(seeds.values()))["random"][r]["labeled"])
+        out += f"| {r} | {n_lab} | " + " | ".join(cells + means) + " |\n"
+    for s in strategies:
+        rows = [r["spearman_score_vs_error"] for v in seeds.values() for r in v[s]]
+        keys = list(rows[0])
+        out += f"\nSpearman rho (score vs 1 - Dice, testA images), {s} runs ({len(rows)} models):\n"
+        out += "| " + " | ".join(keys) + " |\n" + "|---" * len(keys) + "|\n"
+        out += (
+            "| " + " | ".join(f"{sum(x[k] for x in rows) / len(rows):+.2f}" for k in keys) + " |\n"
+        )
     return out
 
 

@@ -60,12 +60,17 @@ def _entry(
         )
 
 
-def _lower_priority() -> None:
+def _lower_priority(pid: int = 0) -> None:
     """Let the GUI win the CPU: on a desktop with few cores the training threads would
     otherwise slow napari's drawing (measured in docs/benchmarks.md). Training loses little,
-    since the GUI is idle most of the time."""
-    with contextlib.suppress(AttributeError, OSError):  # no nice() on Windows
-        os.nice(10)
+    since the GUI is idle most of the time. Sets niceness 10 (absolute, so calling it from
+    the parent right after the start and again in the child does not stack)."""
+    with contextlib.suppress(AttributeError, OSError):  # no setpriority on Windows
+        if os.getpriority(os.PRIO_PROCESS, pid) < NICENESS:
+            os.setpriority(os.PRIO_PROCESS, pid, NICENESS)
+
+
+NICENESS = 10
 
 
 class TrainingJob:
@@ -105,6 +110,9 @@ class TrainingJob:
 
     def start(self) -> None:
         self._proc.start()
+        # At once, from here: the child's interpreter start-up and imports (torch) take a
+        # second of CPU before its own call could lower its priority.
+        _lower_priority(self._proc.pid)
 
     def pause(self) -> None:
         self._pause.set()
