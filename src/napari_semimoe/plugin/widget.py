@@ -661,7 +661,7 @@ class SemiMoEWidget(QWidget):
                 self._say(f"{msg}: predict in 3 · Review, or label more and Continue")
         if self.job.finished:
             self._poll.stop()
-            self.job.join(5)
+            self.job.join(0)  # reap if already gone; never block the UI on its teardown
             self._set_training_ui(False)
 
     def _set_training_ui(self, running: bool) -> None:
