@@ -66,6 +66,7 @@ def test_suggestions_list_navigate_and_label(ui, qtbot):
 
     # One click makes it a training tile whose annotation starts from the prediction.
     labels = viewer.layers["annotations"]
+    labels.data[c.y0 + 4 : c.y0 + 12, c.x0 + 4 : c.x0 + 12] = 77  # the user painted here
     before = labels.data.copy()
     panel.label_suggestion()
     qtbot.waitUntil(lambda: not widget.cutting, timeout=30_000)
@@ -73,7 +74,9 @@ def test_suggestions_list_navigate_and_label(ui, qtbot):
     assert (c.y0, c.x0, c.side, c.side) in [(t.y, t.x, t.h, t.w) for t in tiles]
     sl = (slice(c.y0, c.y0 + c.side), slice(c.x0, c.x0 + c.side))
     expected = np.kron(c.mask > 0, np.ones((4, 4), bool))
+    expected[4:12, 4:12] = True
     assert np.array_equal(labels.data[sl] > 0, expected)
+    assert (labels.data[c.y0 + 4 : c.y0 + 12, c.x0 + 4 : c.x0 + 12] == 77).all()  # kept
     assert panel.suggest_list.count() == n - 1  # it left the list
     ts = load_trainset(proj / TRAINSET_FILE)  # the trainer's data already has the new tile
     assert len(ts.labeled_images) == len(tiles)

@@ -267,7 +267,9 @@ class ActivePanel:
             old = labels.data[sl].copy()
             offset = int(labels.data.max())
             w._undo.append((sl, old))
-            labels.data[sl] = np.where(new > 0, new + offset, 0).astype(labels.data.dtype)
+            # what the user already painted there wins over the prediction
+            pasted = np.where(new > 0, new + offset, 0)
+            labels.data[sl] = np.where(old > 0, old, pasted).astype(labels.data.dtype)
             labels.refresh()
             w.undo_btn.setEnabled(True)
             w.save_annotations()
