@@ -61,20 +61,22 @@ def curve_table(runs: dict) -> str:
 def active_tables(seeds: dict) -> str:
     """testA Dice per round for each strategy (each seed and the mean) and Spearman rho."""
     strategies = [k for k in ("active", "active_uncertainty", "random") if k in seeds["0"]]
-    n_rounds = max(len(v[s]) for v in seeds.values() for s in strategies)
-    cols = [f"{s} seed {k}" for s in strategies for k in seeds] + [f"{s} mean" for s in strategies]
+    runs = {s: {k: v[s] for k, v in seeds.items() if s in v} for s in strategies}
+    n_rounds = max(len(r) for by_seed in runs.values() for r in by_seed.values())
+    cols = [f"{s} s{k}" for s in strategies for k in runs[s]]
+    cols += [f"{s} mean ({len(runs[s])} seeds)" for s in strategies]
     out = "| round | labeled | " + " | ".join(cols) + " |\n"
     out += "|---" * (2 + len(cols)) + "|\n"
     for r in range(n_rounds):
         cells, means = [], []
         for s in strategies:
-            vals = [v[s][r]["dice_pooled"] for v in seeds.values() if len(v[s]) > r]
+            vals = [v[r]["dice_pooled"] for v in runs[s].values() if len(v) > r]
             cells += [pct(v) for v in vals]
             means.append(pct(sum(vals) / len(vals)))
-        n_lab = len(next(iter(seeds.values()))["random"][r]["labeled"])
+        n_lab = len(next(iter(runs["random"].values()))[r]["labeled"])
         out += f"| {r} | {n_lab} | " + " | ".join(cells + means) + " |\n"
     for s in strategies:
-        rows = [r["spearman_score_vs_error"] for v in seeds.values() for r in v[s]]
+        rows = [r["spearman_score_vs_error"] for v in runs[s].values() for r in v]
         keys = list(rows[0])
         out += f"\nSpearman rho (score vs 1 - Dice, testA images), {s} runs ({len(rows)} models):\n"
         out += "| " + " | ".join(keys) + " |\n" + "|---" * len(keys) + "|\n"
