@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import InputError
+from .widget import _notify, _rect
 
 if TYPE_CHECKING:
     from .widget import SemiMoEWidget
@@ -54,12 +55,6 @@ class Candidate:
     mask: np.ndarray  # working-scale instance labels of the model's prediction
     name: str = ""
     status: str = "open"  # open | promoted | rejected
-
-
-def _notify(msg: str, level: str = "info") -> None:
-    from napari.utils import notifications
-
-    getattr(notifications, f"show_{level}")(msg)
 
 
 class _Job:
@@ -252,7 +247,6 @@ class ActivePanel:
         """Make ``c`` a training tile whose annotation starts from the model's prediction;
         the training data is re-cut in the background, then ``then(pool_size)`` runs."""
         from ..core.predict import resample
-        from .widget import _rect
 
         w = self.w
         labels = w.labels_layer(create=True)
@@ -361,8 +355,6 @@ class ActivePanel:
         lst.blockSignals(False)
 
     def _draw_suggestions(self) -> None:
-        from .widget import _rect
-
         v = self.w.viewer
         open_ = [c for c in self.suggestions if c.status == "open"]
         rects = [_rect(c.y0, c.x0, c.side, c.side) for c in open_]
@@ -371,18 +363,23 @@ class ActivePanel:
             v.layers.remove(SUGGEST_LAYER)
         if not rects:
             return
+        self._show_boxes(SUGGEST_LAYER, rects, labels, "cyan", 5, 11, "cyan")
+
+    def _show_boxes(self, name, rects, labels, edge_color, edge_width, size, text_color) -> None:
+        """A Shapes layer of labelled tile outlines (level-0 px); painting stays selected."""
+        v = self.w.viewer
         v.add_shapes(
             rects,
             shape_type="rectangle",
-            name=SUGGEST_LAYER,
-            edge_color="cyan",
+            name=name,
+            edge_color=edge_color,
             face_color="transparent",
-            edge_width=5,
+            edge_width=edge_width,
             scale=tuple(self.w._base_scale()),
             features={"label": labels},
-            text={"string": "{label}", "size": 11, "color": "cyan", "anchor": "upper_left"},
+            text={"string": "{label}", "size": size, "color": text_color, "anchor": "upper_left"},
         )
-        v.layers.selection.active = self.w.labels_layer() or v.layers[SUGGEST_LAYER]
+        v.layers.selection.active = self.w.labels_layer() or v.layers[name]
 
     def label_suggestion(self) -> None:
         c = self._selected(self.suggestions, self.suggest_list)
@@ -504,8 +501,6 @@ class ActivePanel:
         )
 
     def _draw_pseudo_tiles(self) -> None:
-        from .widget import _rect
-
         v = self.w.viewer
         rects, colors, text = [], [], []
         for c in self.pseudo:
@@ -523,18 +518,7 @@ class ActivePanel:
             v.layers.remove(PSEUDO_TILES_LAYER)
         if not rects:
             return
-        v.add_shapes(
-            rects,
-            shape_type="rectangle",
-            name=PSEUDO_TILES_LAYER,
-            edge_color=np.asarray(colors),
-            face_color="transparent",
-            edge_width=4,
-            scale=tuple(self.w._base_scale()),
-            features={"label": text},
-            text={"string": "{label}", "size": 10, "color": "white", "anchor": "upper_left"},
-        )
-        v.layers.selection.active = self.w.labels_layer() or v.layers[PSEUDO_TILES_LAYER]
+        self._show_boxes(PSEUDO_TILES_LAYER, rects, text, np.asarray(colors), 4, 10, "white")
 
     def reject_selected(self) -> None:
         c = self._selected(self.pseudo, self.qa_list)
