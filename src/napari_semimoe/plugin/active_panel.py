@@ -109,7 +109,7 @@ class ActivePanel:
         self.suggest_btn = QPushButton("Suggest tiles to label")
         self.suggest_btn.setToolTip(
             "predict the whole image and rank its unlabeled tissue tiles by how unsure the "
-            "model is (entropy, expert disagreement, SDF/boundary consistency, gate entropy)"
+            "model is (entropy, expert disagreement, gate entropy), one per kind of tissue"
         )
         self.suggest_btn.clicked.connect(self.suggest)
         self.top_spin = QSpinBox()
