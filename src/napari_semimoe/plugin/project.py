@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -75,9 +76,60 @@ class ProjectState:
     runs: list[str] = field(default_factory=list)
 
 
+class BackgroundWriter:
+    """Runs writes in one background thread, newest first per key.
+
+    A snapshot submitted while an older one of the same key still waits replaces it (only
+    the latest annotations matter), and writes of one key never run out of order. The
+    thread is not a daemon, so the interpreter finishes pending writes before it exits.
+    """
+
+    def __init__(self, on_error: Callable[[str], None] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, Callable[[], None]] = {}
+        self._thread: threading.Thread | None = None
+        self.on_error = on_error
+
+    def submit(self, key: str, write: Callable[[], None]) -> None:
+        with self._lock:
+            self._pending[key] = write
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="semimoe-writer")
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._thread = None
+                    return
+                key = next(iter(self._pending))
+                write = self._pending.pop(key)
+            try:
+                write()
+            except Exception as exc:  # reported, never lost silently
+                if self.on_error is not None:
+                    self.on_error(f"could not save {key}: {exc}")
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted write is on disk; False if ``timeout`` ran out."""
+        with self._lock:
+            t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
+            return not t.is_alive()
+        return True
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return self._thread is not None
+
+
 class Project:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self.writer = BackgroundWriter()
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "runs").mkdir(exist_ok=True)
         (self.root / ANNOTATIONS_DIR).mkdir(exist_ok=True)
@@ -119,12 +171,23 @@ class Project:
     def annotations_path(self, entry: ImageEntry) -> Path:
         return self.root / ANNOTATIONS_DIR / f"{entry.id}.tif"
 
-    def save_annotations(self, entry: ImageEntry, labels: np.ndarray) -> None:
-        write_tiff(self.annotations_path(entry), np.asarray(labels))
+    def save_annotations(
+        self, entry: ImageEntry, labels: np.ndarray, background: bool = False
+    ) -> None:
+        """Write an image's annotations (atomically). With ``background`` the caller hands
+        over a snapshot it will not modify and the file is written in a thread (a big
+        labels layer takes a quarter of a second to compress: the UI must not wait)."""
+        path = self.annotations_path(entry)
+        if background:
+            self.writer.submit(str(path), lambda: write_tiff(path, labels))
+        else:
+            self.writer.flush()  # an older snapshot must not land after this one
+            write_tiff(path, np.asarray(labels))
 
     def load_annotations(self, entry: ImageEntry) -> np.ndarray | None:
         import tifffile
 
+        self.writer.flush()
         p = self.annotations_path(entry)
         return tifffile.imread(p) if p.exists() else None
 

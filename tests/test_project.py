@@ -1,0 +1,67 @@
+"""The project folder's annotation saving: off the UI thread, latest wins, never lost."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import tifffile
+
+from napari_semimoe.plugin.project import BackgroundWriter, Project
+
+
+def test_background_save_returns_at_once_and_the_latest_snapshot_lands(tmp_path, monkeypatch):
+    import napari_semimoe.plugin.project as project_mod
+
+    real = project_mod.write_tiff
+    started = threading.Event()
+
+    def slow_write(path, array, **kw):  # a slow disk
+        started.set()
+        time.sleep(0.3)
+        real(path, array, **kw)
+
+    monkeypatch.setattr(project_mod, "write_tiff", slow_write)
+    p = Project(tmp_path)
+    e = p.entry("slide")
+    snaps = [np.full((64, 64), i, np.uint16) for i in range(1, 6)]
+    t0 = time.perf_counter()
+    for s in snaps:
+        p.save_annotations(e, s, background=True)
+    assert time.perf_counter() - t0 < 0.1  # the caller never waits for the disk
+    started.wait(2)
+    # Loading waits for the writes, and sees the last snapshot (older queued ones dropped).
+    assert (p.load_annotations(e) == 5).all()
+    assert not p.writer.busy
+
+
+def test_a_synchronous_save_is_never_overtaken_by_an_older_background_one(tmp_path, monkeypatch):
+    import napari_semimoe.plugin.project as project_mod
+
+    real = project_mod.write_tiff
+
+    def write(*a, **k):  # the background write is the slow one
+        if threading.current_thread().name == "semimoe-writer":
+            time.sleep(0.3)
+        real(*a, **k)
+
+    monkeypatch.setattr(project_mod, "write_tiff", write)
+    p = Project(tmp_path)
+    e = p.entry("slide")
+    p.save_annotations(e, np.full((32, 32), 1, np.uint16), background=True)
+    p.save_annotations(e, np.full((32, 32), 2, np.uint16))
+    time.sleep(0.5)
+    assert (tifffile.imread(p.annotations_path(e)) == 2).all()
+
+
+def test_a_failed_background_write_is_reported():
+    errors: list[str] = []
+    w = BackgroundWriter(on_error=errors.append)
+
+    def fail() -> None:
+        raise OSError("No space left on device")
+
+    w.submit("annotations/x.tif", fail)
+    assert w.flush(5)
+    assert errors and "No space left on device" in errors[0] and "x.tif" in errors[0]
