@@ -65,3 +65,21 @@ def test_a_failed_background_write_is_reported():
     w.submit("annotations/x.tif", fail)
     assert w.flush(5)
     assert errors and "No space left on device" in errors[0] and "x.tif" in errors[0]
+
+
+def test_load_pool_reads_only_the_chosen_pool_tiles(tmp_path):
+    from napari_semimoe.core.data import TrainingSet
+    from napari_semimoe.plugin.project import load_pool, save_trainset
+
+    img = lambda v: np.full((16, 16, 3), v, np.uint8)  # noqa: E731
+    ts = TrainingSet(
+        [img(1)],
+        [np.zeros((16, 16), np.uint8)],
+        [img(2), img(3), img(4)],
+        ["a/tile-0"],
+        ["a/pool-0-0", "b/pool-16-0", "a/pool-32-16"],
+    )
+    save_trainset(tmp_path / "trainset.npz", ts)
+    pool = load_pool(tmp_path / "trainset.npz", lambda n: n.startswith("a/"))
+    assert [n for n, _ in pool] == ["a/pool-0-0", "a/pool-32-16"]
+    assert [int(im[0, 0, 0]) for _, im in pool] == [2, 4]  # the right images, in order

@@ -19,7 +19,7 @@ def test_full_loop(ui, qtbot, tmp_path):
     assert entry["name"] == "sample H&E slide"
     assert len(entry["tiles"]) == 2  # the sample's two annotated tiles
     ann_file = proj / "annotations" / f"{entry['id']}.tif"
-    assert ann_file.exists()
+    qtbot.waitUntil(ann_file.exists, timeout=10_000)  # written in the background
 
     # Add a tile and paint a gland in it: both are saved as the user works.
     widget.add_tile_at_center()
@@ -140,12 +140,12 @@ def test_user_errors_are_messages_not_tracebacks(ui, qtbot):
     viewer, widget, proj = ui
     viewer.layers["training tiles"].data = []
     widget.start_training()
-    qtbot.waitUntil(lambda: "no training tile" in widget.status.text(), timeout=30_000)
+    qtbot.waitUntil(lambda: "no training tile" in widget.status.text(), timeout=90_000)
     qtbot.waitUntil(lambda: widget.start_btn.isEnabled(), timeout=5000)  # UI recovers
     widget.add_tile_at_center()
     viewer.layers["annotations"].data[:] = 0
     widget.start_training()
-    qtbot.waitUntil(lambda: "no painted gland" in widget.status.text(), timeout=30_000)
+    qtbot.waitUntil(lambda: "no painted gland" in widget.status.text(), timeout=90_000)
     assert widget.job is None and widget.start_btn.isEnabled()
     widget.predict("view")  # nothing trained: a warning, no worker
     assert widget.worker is None
@@ -205,3 +205,32 @@ def test_annotations_from_several_images_train_one_model(ui, qtbot):
     owners = {n.split("/")[0] for n in ts.labeled_names}
     assert owners == {"sample H&E slide", "second"}
     assert len(ts.labeled_images) == 3
+
+
+def test_painting_is_saved_in_the_background_and_a_failed_save_is_reported(ui, qtbot, monkeypatch):
+    import tifffile
+
+    import napari_semimoe.plugin.project as project_mod
+
+    viewer, widget, _ = ui
+    labels = viewer.layers["annotations"]
+    labels.brush_size = 12
+    labels.paint((700, 700), 9)  # the brush emits the paint event
+    qtbot.waitUntil(lambda: widget.project.writer.busy or _saved(widget, 9), timeout=5_000)
+    widget.project.writer.flush(10)
+    assert (tifffile.imread(widget.project.annotations_path(widget.entry)) == 9).any()
+
+    def full_disk(*_a, **_k):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(project_mod, "write_tiff", full_disk)
+    labels.paint((900, 900), 4)
+    qtbot.waitUntil(lambda: "annotations not saved" in widget.status.text(), timeout=5_000)
+    assert "No space left on device" in widget.status.text()
+
+
+def _saved(widget, value) -> bool:
+    import tifffile
+
+    p = widget.project.annotations_path(widget.entry)
+    return p.exists() and (tifffile.imread(p) == value).any()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import InputError
+from .jobs import ProgressJob
 from .widget import _notify, _rect
 
 if TYPE_CHECKING:
@@ -57,37 +58,6 @@ class Candidate:
     status: str = "open"  # open | promoted | rejected
 
 
-class _Job:
-    """Progress/cancel plumbing shared by the two pages: the worker writes ``state``, a
-    main-thread timer shows it."""
-
-    def __init__(self, bar: QProgressBar, cancel_btn: QPushButton, parent: QWidget) -> None:
-        self.bar, self.cancel_btn = bar, cancel_btn
-        self.state = {"done": 0, "total": 0}
-        self.cancelled = False
-        self.timer = QTimer(parent)
-        self.timer.setInterval(100)
-        self.timer.timeout.connect(self.show)
-
-    def show(self) -> None:
-        if self.state["total"]:
-            self.bar.setRange(0, self.state["total"])
-            self.bar.setValue(self.state["done"])
-
-    def progress(self, done: int, total: int) -> None:
-        self.state.update(done=done, total=total)
-
-    def start(self) -> None:
-        self.bar.setRange(0, 0)  # busy until the first progress report
-        self.cancel_btn.setEnabled(True)
-        self.timer.start()
-
-    def finish(self) -> None:
-        self.timer.stop()
-        self.show()
-        self.cancel_btn.setEnabled(False)
-
-
 class ActivePanel:
     """Builds the two toolbox pages and their behaviour for a :class:`SemiMoEWidget`."""
 
@@ -96,7 +66,7 @@ class ActivePanel:
         self.suggestions: list[Candidate] = []
         self.pseudo: list[Candidate] = []
         self.worker = None
-        self._job: _Job | None = None
+        self._job: ProgressJob | None = None
         self.suggest_page = self._build_suggest()
         self.qa_page = self._build_qa()
 
@@ -193,7 +163,7 @@ class ActivePanel:
     def _run(self, fn, on_done, bar: QProgressBar, cancel_btn: QPushButton) -> None:
         from napari.qt.threading import thread_worker
 
-        job = self._job = _Job(bar, cancel_btn, self.w)
+        job = self._job = ProgressJob(bar, cancel_btn, self.w)
         worker = self.worker = thread_worker(fn, ignore_errors=True)(job)
         job.start()
         for b in (self.suggest_btn, self.qa_btn):
@@ -299,7 +269,7 @@ class ActivePanel:
         tile, top = w.tile_spin.value(), self.top_spin.value()
         scratch = w.project.root / "cache"
 
-        def work(job: _Job):
+        def work(job: ProgressJob):
             pred = Predictor(load_model(ckpt, "auto"), PredictOptions(experts=True))
             scratch.mkdir(exist_ok=True)
             picks, maps = suggest_tiles(
@@ -395,7 +365,7 @@ class ActivePanel:
     def show_pseudo_labels(self) -> None:
         from ..core.active import pseudo_label_tiles
         from ..core.predict import Predictor, load_model
-        from .project import TRAINSET_FILE, load_trainset, parse_pool_name
+        from .project import TRAINSET_FILE, load_pool, parse_pool_name
 
         w = self.w
         try:
@@ -409,24 +379,23 @@ class ActivePanel:
             return
         name, s = w.entry.name, w.project.state.scale
 
-        def work(job: _Job):
-            ts = load_trainset(path)
-            sel = []
-            for i, n in enumerate(ts.unlabeled_names):
+        def work(job: ProgressJob):
+            def mine(n: str) -> bool:  # this image's pool tiles only
                 parsed = parse_pool_name(n)
-                if parsed is not None and parsed[0] == name:
-                    sel.append((i, parsed[1], parsed[2]))
+                return parsed is not None and parsed[0] == name
+
+            pool = load_pool(path, mine)
             pred = Predictor(load_model(ckpt, "auto"))
             pls = pseudo_label_tiles(
                 pred,
-                [ts.unlabeled_images[i] for i, _, _ in sel],
-                [ts.unlabeled_names[i] for i, _, _ in sel],
+                [img for _, img in pool],
+                [n for n, _ in pool],
                 progress=job.progress,
                 cancel=lambda: job.cancelled,
             )
             if pls is None:
                 return None
-            return [(y, x, pl) for (_, y, x), pl in zip(sel, pls)]
+            return [(*parse_pool_name(n)[1:], pl) for (n, _), pl in zip(pool, pls)]
 
         def done(res) -> None:
             self._show_pseudo(res, s)

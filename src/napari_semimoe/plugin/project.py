@@ -391,6 +391,14 @@ def trainset_names(path: str | Path) -> tuple[list[str], list[str]]:
     return ln, un
 
 
+def load_pool(path: str | Path, keep: Callable[[str], bool]) -> list[tuple[str, np.ndarray]]:
+    """The unlabeled pool tiles whose name passes ``keep``, read without loading the rest
+    of the file (npz members are read on access)."""
+    with np.load(path, allow_pickle=False) as z:
+        _, un = json.loads(str(z["names"]))
+        return [(n, z[f"ui_{i}"]) for i, n in enumerate(un) if keep(n)]
+
+
 def load_trainset(path: str | Path) -> TrainingSet:
     with np.load(path, allow_pickle=False) as z:
         nl = sum(1 for k in z.files if k.startswith("li_"))

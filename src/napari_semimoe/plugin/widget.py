@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
 from ..core.errors import InputError
 from ..core.slide import Slide
 from .chart import LossChart
+from .jobs import ProgressJob
 from .project import TRAINSET_FILE, ImageEntry, Project, Tile
 from .training_process import TrainingJob
 
@@ -72,6 +73,12 @@ def sdf_colormap():
     )
 
 
+class _Messages(QObject):
+    """Carries messages from worker threads to the main thread (queued signal)."""
+
+    error = Signal(str)
+
+
 class SemiMoEWidget(QWidget):
     def __init__(self, viewer: napari.viewer.Viewer, project_dir: str | Path | None = None):
         super().__init__()
@@ -84,10 +91,13 @@ class SemiMoEWidget(QWidget):
         self._last_pred: dict[str, Any] | None = None
         self._pending_ops: list = []
         self._cutter = None  # the worker cutting trainset.npz, if any
+        self._pred_job: ProgressJob | None = None
         self._pending_its: list[dict] = []  # iteration events not drawn yet
         self._last_draw = 0.0
         self._recut: list = []
         self._t_start = 0.0
+        self._messages = _Messages(self)
+        self._messages.error.connect(self._save_failed)
 
         lay = QVBoxLayout(self)
         box = self.toolbox = QToolBox()
@@ -276,6 +286,7 @@ class SemiMoEWidget(QWidget):
     def set_project(self, path: str | Path) -> None:
         """Open (or create) a project folder and restore its annotations and tiles."""
         self.project = Project(path)
+        self.project.writer.on_error = self._messages.error.emit
         self.project_edit.setText(str(path))
         st = self.project.state
         img = self.image_layer()
@@ -432,10 +443,19 @@ class SemiMoEWidget(QWidget):
     def _schedule_save(self, *_: Any) -> None:
         self._autosave.start()
 
-    def save_annotations(self) -> None:
+    def save_annotations(self, wait: bool = False) -> None:
+        """Save the annotations. The copy is taken here (a few ms) and written in a thread,
+        so painting never waits for the disk; ``wait`` writes before returning."""
         labels = self.labels_layer()
         if self.project is not None and self.entry is not None and labels is not None:
-            self.project.save_annotations(self.entry, labels.data)
+            if wait:
+                self.project.save_annotations(self.entry, labels.data)
+            else:
+                self.project.save_annotations(self.entry, np.array(labels.data), background=True)
+
+    def _save_failed(self, msg: str) -> None:
+        _notify(f"Annotations NOT saved: {msg}", "error")
+        self._say(f"annotations not saved: {msg}")
 
     def _sync_tiles(self, *_: Any) -> None:
         """Shapes layer -> project tiles (level-0 px). Rejected tiles are kept."""
@@ -713,10 +733,7 @@ class SemiMoEWidget(QWidget):
             _notify(str(exc), "warning")
             return
         experts = self.experts_check.isChecked()
-        cancel = {"flag": False}
-        self._cancel = cancel
-        # Tiles done / total across regions, written by the worker, read by a main-thread timer.
-        state = {"done": 0, "total": 1}
+        job = self._pred_job = ProgressJob(self.pred_progress, self.cancel_btn, self)
 
         @thread_worker(ignore_errors=True)  # errors become a notification below
         def work():
@@ -728,21 +745,22 @@ class SemiMoEWidget(QWidget):
             sizes = [(max(16, round(h / s)), max(16, round(w / s))) for _, _, h, w in boxes]
             from ..core.predict import TileGrid
 
-            state["total"] = sum(len(TileGrid(sz, t, pred.overlap)) for sz in sizes)
+            total = sum(len(TileGrid(sz, t, pred.overlap)) for sz in sizes)
+            done = 0
             results = []
             for (y, x, _h, _w), (hs, ws) in zip(boxes, sizes):
                 ys, xs = round(y / s), round(x / s)
-                base = state["done"]
                 wp = pred.predict_region_reader(
                     lambda yy, xx, hh, ww, ys=ys, xs=xs: slide.read_scaled(
                         ys + yy, xs + xx, hh, ww, s
                     ),
                     (hs, ws),
-                    progress=lambda d, _t, base=base: state.update(done=base + d),
-                    cancel=lambda: cancel["flag"],
+                    progress=lambda d, _t, base=done: job.progress(base + d, total),
+                    cancel=lambda: job.cancelled,
                 )
                 if wp.cancelled:
                     return None
+                done += len(TileGrid((hs, ws), t, pred.overlap))
                 maps = {k: np.asarray(v) for k, v in wp.maps.items()}
                 maps["mask"] = (maps["prob"] >= 0.5).astype(np.uint8)
                 maps["instances"] = pred.instances(maps)
@@ -755,23 +773,11 @@ class SemiMoEWidget(QWidget):
 
         worker = work()
         self.worker = worker
-        self.pred_progress.setRange(0, 0)  # busy until the tile count is known
-        self.cancel_btn.setEnabled(True)
+        job.start()
         self._set_predict_ui(False)
-        timer = QTimer(self)
-        timer.setInterval(100)
-
-        def show_progress() -> None:
-            self.pred_progress.setRange(0, state["total"])
-            self.pred_progress.setValue(state["done"])
-
-        timer.timeout.connect(show_progress)
-        timer.start()
 
         def finished() -> None:
-            timer.stop()
-            show_progress()
-            self.cancel_btn.setEnabled(False)
+            job.finish()
             self._set_predict_ui(True)
 
         worker.returned.connect(self._show_prediction)
@@ -784,8 +790,8 @@ class SemiMoEWidget(QWidget):
             b.setEnabled(enabled)
 
     def cancel_prediction(self) -> None:
-        if getattr(self, "_cancel", None):
-            self._cancel["flag"] = True
+        if self._pred_job is not None:
+            self._pred_job.cancel()
 
     def _show_prediction(self, out: dict | None) -> None:
         """Main thread: build or update the output layers (never pile up new ones)."""
@@ -965,7 +971,7 @@ class SemiMoEWidget(QWidget):
             self.job.stop()
             self.job.join(10)
             self.job.kill()
-        self.save_annotations()
+        self.save_annotations(wait=True)
         super().closeEvent(event)
 
 
