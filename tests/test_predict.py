@@ -156,7 +156,7 @@ def test_predict_slide_streams_native_outputs(loaded, tmp_path):
     assert mask.shape == (300, 260) and mask.dtype == np.uint8
     assert prob.shape == (300, 260) and prob.dtype == np.float32
     sdf = tifffile.imread(written["sdf"])
-    assert 0 <= prob.min() and prob.max() <= 1 and -1 <= sdf.min() and sdf.max() <= 1
+    assert prob.min() >= 0 and prob.max() <= 1 and sdf.min() >= -1 and sdf.max() <= 1
     assert prob[40:200, 30:180].std() > 0  # real values survive the float predictor
     assert tifffile.imread(written["instances"]).shape == (300, 260)
     assert not list((tmp_path / "out").glob(".*"))  # scratch and temp files are gone

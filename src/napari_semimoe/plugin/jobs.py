@@ -3,23 +3,35 @@ flag (no Qt calls off the main thread); a main-thread timer copies them to the b
 
 from __future__ import annotations
 
+import time
+
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QProgressBar, QPushButton, QWidget
 
 
 class ProgressJob:
-    def __init__(self, bar: QProgressBar, cancel_btn: QPushButton, parent: QWidget) -> None:
+    def __init__(
+        self, bar: QProgressBar, cancel_btn: QPushButton, parent: QWidget, unit: str = "tiles"
+    ) -> None:
         self.bar, self.cancel_btn = bar, cancel_btn
+        self.fmt = f"%v / %m {unit}"
         self.state = {"done": 0, "total": 0}
         self.cancelled = False
+        self._t0 = time.monotonic()
         self.timer = QTimer(parent)
         self.timer.setInterval(100)
         self.timer.timeout.connect(self.show)
 
     def show(self) -> None:
-        if self.state["total"]:
-            self.bar.setRange(0, self.state["total"])
-            self.bar.setValue(self.state["done"])
+        done, total = self.state["done"], self.state["total"]
+        if total:
+            self.bar.setRange(0, total)
+            self.bar.setValue(done)
+            if 0 < done < total:
+                left = (time.monotonic() - self._t0) * (total - done) / done
+                self.bar.setFormat(f"{self.fmt} · ETA {_fmt_time(left)}")
+            else:
+                self.bar.setFormat(self.fmt)
 
     def progress(self, done: int, total: int) -> None:
         """Worker thread: report ``done`` of ``total`` steps."""
@@ -29,6 +41,8 @@ class ProgressJob:
         self.cancelled = True
 
     def start(self) -> None:
+        self._t0 = time.monotonic()
+        self.bar.setFormat(self.fmt)
         self.bar.setRange(0, 0)  # busy until the first progress report
         self.cancel_btn.setEnabled(True)
         self.timer.start()
@@ -37,3 +51,10 @@ class ProgressJob:
         self.timer.stop()
         self.show()
         self.cancel_btn.setEnabled(False)
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

@@ -36,7 +36,7 @@ from qtpy.QtWidgets import (
 from ..core.errors import InputError
 from ..core.slide import Slide
 from .chart import LossChart
-from .jobs import ProgressJob
+from .jobs import ProgressJob, _fmt_time
 from .project import TRAINSET_FILE, ImageEntry, Project, Tile
 from .training_process import TrainingJob
 
@@ -992,10 +992,3 @@ def _dspin(lo: float, hi: float, value: float, decimals: int) -> QDoubleSpinBox:
     sp.setSingleStep(10 ** -(decimals - 1))
     sp.setValue(value)
     return sp
-
-
-def _fmt_time(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
