@@ -29,7 +29,7 @@ class ProgressJob:
             self.bar.setValue(done)
             if 0 < done < total:
                 left = (time.monotonic() - self._t0) * (total - done) / done
-                self.bar.setFormat(f"{self.fmt} · ETA {_fmt_time(left)}")
+                self.bar.setFormat(f"{self.fmt} · ETA {fmt_time(left)}")
             else:
                 self.bar.setFormat(self.fmt)
 
@@ -53,7 +53,8 @@ class ProgressJob:
         self.cancel_btn.setEnabled(False)
 
 
-def _fmt_time(seconds: float) -> str:
+def fmt_time(seconds: float) -> str:
+    """1m05s, 2h03m."""
     seconds = int(round(seconds))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)

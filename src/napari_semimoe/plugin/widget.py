@@ -36,7 +36,7 @@ from qtpy.QtWidgets import (
 from ..core.errors import InputError
 from ..core.slide import Slide
 from .chart import LossChart
-from .jobs import ProgressJob, _fmt_time
+from .jobs import ProgressJob, fmt_time
 from .project import TRAINSET_FILE, ImageEntry, Project, Tile
 from .training_process import TrainingJob
 
@@ -657,7 +657,7 @@ class SemiMoEWidget(QWidget):
             lo = e["losses"].get("total", float("nan"))
             self.eta_label.setText(
                 f"iteration {e['iteration']}/{e['total']} · loss {lo:.3f} · λ {e['lam']:.2f}"
-                + (f" · ETA {_fmt_time(eta)}" if eta is not None else "")
+                + (f" · ETA {fmt_time(eta)}" if eta is not None else "")
             )
         for e in events:
             kind = e["kind"]
