@@ -77,7 +77,7 @@ class ProjectState:
 
 
 class BackgroundWriter:
-    """Runs writes in one background thread, newest first per key.
+    """Runs writes in one background thread, keeping only the latest pending one per key.
 
     A snapshot submitted while an older one of the same key still waits replaces it (only
     the latest annotations matter), and writes of one key never run out of order. The
