@@ -6,31 +6,17 @@ xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/screenshots.
 from __future__ import annotations
 
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
 
 
 def main() -> int:
-    from qtpy.QtWidgets import QApplication
-
-    from napari_semimoe.plugin.launch import launch
+    from gui_session import open_session
     from napari_semimoe.plugin.widget import camera
 
     OUT.mkdir(parents=True, exist_ok=True)
-    viewer, widget = launch(Path(tempfile.mkdtemp(prefix="semimoe-shots-")), run=False)
-    viewer.window._qt_window.resize(1500, 950)
-    QApplication.instance().processEvents()  # apply the new size, then fit the slide to it
-    viewer.reset_view()
-    app = QApplication.instance()
-
-    def pump(seconds: float) -> None:
-        t = time.perf_counter() + seconds
-        while time.perf_counter() < t:
-            app.processEvents()
-            time.sleep(0.01)
+    viewer, widget, pump = open_session("semimoe-shots-")
 
     pump(1)
     viewer.screenshot(str(OUT / "01-sample-slide.png"), canvas_only=False)

@@ -16,7 +16,6 @@ import argparse
 import gc
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,13 +42,10 @@ def main() -> int:
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_semimoe.plugin.launch import launch
+    from gui_session import open_session
     from napari_semimoe.plugin.widget import camera
 
-    viewer, widget = launch(Path(tempfile.mkdtemp(prefix="semimoe-ui-")), run=False)
-    viewer.window._qt_window.resize(1500, 950)
-    QApplication.instance().processEvents()  # apply the new size, then fit the slide to it
-    viewer.reset_view()
+    viewer, widget, _pump = open_session("semimoe-ui-")
     widget.iter_spin.setValue(args.iterations)
     app = QApplication.instance()
 

@@ -1,0 +1,29 @@
+"""Shared set-up of the GUI scripts in benchmarks/: napari with the sample and the widget in
+a fresh project, a fixed window size, and a helper that lets the event loop run."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+
+def open_session(prefix: str = "semimoe-gui-"):
+    """(viewer, widget, pump): the sample slide fitted to a 1500 x 950 window."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_semimoe.plugin.launch import launch
+
+    viewer, widget = launch(Path(tempfile.mkdtemp(prefix=prefix)), run=False)
+    viewer.window._qt_window.resize(1500, 950)
+    app = QApplication.instance()
+    app.processEvents()  # apply the new size, then fit the slide to it
+    viewer.reset_view()
+
+    def pump(seconds: float) -> None:
+        t = time.perf_counter() + seconds
+        while time.perf_counter() < t:
+            app.processEvents()
+            time.sleep(0.01)
+
+    return viewer, widget, pump
