@@ -234,3 +234,36 @@ def _saved(widget, value) -> bool:
 
     p = widget.project.annotations_path(widget.entry)
     return p.exists() and (tifffile.imread(p) == value).any()
+
+
+def test_closing_napari_saves_the_last_strokes(make_napari_viewer, qtbot, tmp_path):
+    import tifffile
+
+    from napari_semimoe.plugin.widget import SemiMoEWidget
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-semimoe", "he-sample")
+    widget = SemiMoEWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.set_project(tmp_path / "proj")
+    labels = viewer.layers["annotations"]
+    labels.brush_size = 10
+    labels.paint((600, 600), 7)  # the autosave would fire ~1 s later
+    path = widget.project.annotations_path(widget.entry)
+    viewer.close()  # at once: napari never sends closeEvent to dock widgets
+    assert (tifffile.imread(path) == 7).any()
+
+
+def test_quitting_napari_stops_training_with_a_checkpoint(ui, qtbot):
+    from napari_semimoe.core.checkpoint import read_checkpoint
+
+    viewer, widget, proj = ui
+    widget.iter_spin.setValue(10_000)
+    widget.start_training()
+    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=180_000)
+    widget.shutdown()  # what QApplication.aboutToQuit runs
+    exits = [e for e in widget.job.poll() if e["kind"] == "exit"]
+    assert exits and exits[-1]["result"] == "stopped"  # asked to stop, not killed
+    assert widget.job.finished
+    _, doc = read_checkpoint(proj / "runs" / "run-001")
+    assert doc["meta"]["state"]["iteration"] >= 1  # stopped, not killed: progress was saved

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QEvent, QObject, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -79,6 +79,20 @@ class _Messages(QObject):
     error = Signal(str)
 
 
+class _CloseWatcher(QObject):
+    """Calls ``on_close`` when napari's main window closes: napari does not send
+    closeEvent to docked widgets (napari#8071), so the widget would never hear of it."""
+
+    def __init__(self, on_close, parent: QObject) -> None:
+        super().__init__(parent)
+        self.on_close = on_close
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt API)
+        if event.type() == QEvent.Type.Close:
+            self.on_close()
+        return False
+
+
 class SemiMoEWidget(QWidget):
     def __init__(self, viewer: napari.viewer.Viewer, project_dir: str | Path | None = None):
         super().__init__()
@@ -123,6 +137,19 @@ class SemiMoEWidget(QWidget):
         self._autosave.timeout.connect(self.save_annotations)
         self._poll = QTimer(self)
         self._poll.setInterval(100)
+        # napari never sends closeEvent to dock widgets (napari#8071): save the last strokes
+        # when the window closes or the annotations layer goes (viewer.close() removes the
+        # layers first), and stop training gracefully when the application quits.
+        qt_window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+        if qt_window is not None:
+            self._close_watcher = _CloseWatcher(self._save_now, self)
+            qt_window.installEventFilter(self._close_watcher)
+        viewer.layers.events.removing.connect(self._on_removing)
+        from qtpy.QtWidgets import QApplication
+
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.shutdown)
         self._poll.timeout.connect(self._poll_training)
 
         viewer.layers.events.inserted.connect(self._refresh_layers)
@@ -449,7 +476,10 @@ class SemiMoEWidget(QWidget):
         labels = self.labels_layer()
         if self.project is not None and self.entry is not None and labels is not None:
             if wait:
-                self.project.save_annotations(self.entry, labels.data)
+                try:
+                    self.project.save_annotations(self.entry, labels.data)
+                except OSError as exc:  # e.g. a full disk, while napari closes
+                    self._save_failed(f"{self.project.annotations_path(self.entry)}: {exc}")
             else:
                 self.project.save_annotations(self.entry, np.array(labels.data), background=True)
 
@@ -599,11 +629,19 @@ class SemiMoEWidget(QWidget):
         # errors are ours to report (a notification), not a traceback in the event loop
         worker = self._cutter = create_worker(work, _ignore_errors=True)
 
+        def release() -> None:
+            # The cut is over once its result or error is here: Start must work again at
+            # once (waiting for 'finished' made a quick retry say "already running").
+            if self._cutter is worker:
+                self._cutter = None
+
         def done(n: int) -> None:
+            release()
             if then is not None:
                 then(n)
 
         def error(exc: Exception) -> None:
+            release()
             msg = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
             _notify(msg, "warning")
             self._say(msg)
@@ -611,8 +649,8 @@ class SemiMoEWidget(QWidget):
                 failed(msg)
 
         def finished() -> None:
-            self._cutter = None
-            if self._recut:
+            release()
+            if self._recut and self._cutter is None:
                 t, f = self._recut.pop(0)
                 self.rebuild_trainset(then=t, failed=f)
 
@@ -966,12 +1004,26 @@ class SemiMoEWidget(QWidget):
     def _say(self, msg: str) -> None:
         self.status.setText(msg)
 
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
+    def _save_now(self) -> None:
+        self._autosave.stop()
+        self.save_annotations(wait=True)
+
+    def _on_removing(self, event) -> None:
+        if self.viewer.layers[event.index] is self.labels_layer():
+            self._save_now()
+
+    def shutdown(self) -> None:
+        """napari is closing: write the annotations now (the autosave may be pending) and
+        stop training so that it saves its checkpoint (it would otherwise be killed)."""
+        self._autosave.stop()
         if self.job is not None and not self.job.finished:
             self.job.stop()
             self.job.join(10)
             self.job.kill()
         self.save_annotations(wait=True)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        self.shutdown()
         super().closeEvent(event)
 
 
