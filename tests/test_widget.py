@@ -236,16 +236,10 @@ def _saved(widget, value) -> bool:
     return p.exists() and (tifffile.imread(p) == value).any()
 
 
-def test_closing_napari_saves_the_last_strokes(make_napari_viewer, qtbot, tmp_path):
+def test_closing_napari_saves_the_last_strokes(ui):
     import tifffile
 
-    from napari_semimoe.plugin.widget import SemiMoEWidget
-
-    viewer = make_napari_viewer()
-    viewer.open_sample("napari-semimoe", "he-sample")
-    widget = SemiMoEWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.set_project(tmp_path / "proj")
+    viewer, widget, _ = ui
     labels = viewer.layers["annotations"]
     labels.brush_size = 10
     labels.paint((600, 600), 7)  # the autosave would fire ~1 s later

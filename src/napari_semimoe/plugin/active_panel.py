@@ -365,7 +365,7 @@ class ActivePanel:
     def show_pseudo_labels(self) -> None:
         from ..core.active import pseudo_label_tiles
         from ..core.predict import Predictor, load_model
-        from .project import TRAINSET_FILE, load_pool, parse_pool_name
+        from .project import TRAINSET_FILE, is_pool_tile_of, load_pool, parse_pool_name
 
         w = self.w
         try:
@@ -380,11 +380,7 @@ class ActivePanel:
         name, s = w.entry.name, w.project.state.scale
 
         def work(job: ProgressJob):
-            def mine(n: str) -> bool:  # this image's pool tiles only
-                parsed = parse_pool_name(n)
-                return parsed is not None and parsed[0] == name
-
-            pool = load_pool(path, mine)
+            pool = load_pool(path, lambda n: is_pool_tile_of(n, name))
             pred = Predictor(load_model(ckpt, "auto"))
             pls = pseudo_label_tiles(
                 pred,
@@ -514,16 +510,13 @@ class ActivePanel:
 
     def _sync_with_pool(self) -> int:
         """Drop listed tiles that left the pool; return how many pool tiles are not shown."""
-        from .project import TRAINSET_FILE, parse_pool_name, trainset_names
+        from .project import TRAINSET_FILE, is_pool_tile_of, trainset_names
 
         path = self.w.project.root / TRAINSET_FILE
         if not path.exists():
             return 0
-        pool = {
-            n
-            for n in trainset_names(path)[1]
-            if (p := parse_pool_name(n)) and p[0] == self.w.entry.name
-        }
+        image = self.w.entry.name
+        pool = {n for n in trainset_names(path)[1] if is_pool_tile_of(n, image)}
         for c in self.pseudo:
             if c.status == "open" and c.name not in pool:
                 c.status = "out"

@@ -325,6 +325,12 @@ def pool_name(y: int, x: int) -> str:
     return f"pool-{y}-{x}"
 
 
+def is_pool_tile_of(name: str, image: str) -> bool:
+    """Whether ``name`` is an unlabeled pool tile of the image named ``image``."""
+    parsed = parse_pool_name(name)
+    return parsed is not None and parsed[0] == image
+
+
 def parse_pool_name(name: str) -> tuple[str, int, int] | None:
     """'<image>/pool-<y>-<x>' -> (image, y, x) in working-scale px; None for other names."""
     image, _, tail = name.rpartition("/")

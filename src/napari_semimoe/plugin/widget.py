@@ -783,22 +783,22 @@ class SemiMoEWidget(QWidget):
             sizes = [(max(16, round(h / s)), max(16, round(w / s))) for _, _, h, w in boxes]
             from ..core.predict import TileGrid
 
-            total = sum(len(TileGrid(sz, t, pred.overlap)) for sz in sizes)
-            done = 0
+            counts = [len(TileGrid(sz, t, pred.overlap)) for sz in sizes]
+            total = sum(counts)
             results = []
-            for (y, x, _h, _w), (hs, ws) in zip(boxes, sizes):
+            for i, ((y, x, _h, _w), (hs, ws)) in enumerate(zip(boxes, sizes)):
+                base = sum(counts[:i])  # tiles of the regions before this one
                 ys, xs = round(y / s), round(x / s)
                 wp = pred.predict_region_reader(
                     lambda yy, xx, hh, ww, ys=ys, xs=xs: slide.read_scaled(
                         ys + yy, xs + xx, hh, ww, s
                     ),
                     (hs, ws),
-                    progress=lambda d, _t, base=done: job.progress(base + d, total),
+                    progress=lambda d, _t, base=base: job.progress(base + d, total),
                     cancel=lambda: job.cancelled,
                 )
                 if wp.cancelled:
                     return None
-                done += len(TileGrid((hs, ws), t, pred.overlap))
                 maps = {k: np.asarray(v) for k, v in wp.maps.items()}
                 maps["mask"] = (maps["prob"] >= 0.5).astype(np.uint8)
                 maps["instances"] = pred.instances(maps)
@@ -1015,12 +1015,11 @@ class SemiMoEWidget(QWidget):
     def shutdown(self) -> None:
         """napari is closing: write the annotations now (the autosave may be pending) and
         stop training so that it saves its checkpoint (it would otherwise be killed)."""
-        self._autosave.stop()
         if self.job is not None and not self.job.finished:
             self.job.stop()
             self.job.join(10)
             self.job.kill()
-        self.save_annotations(wait=True)
+        self._save_now()
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
         self.shutdown()
