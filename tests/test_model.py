@@ -245,6 +245,40 @@ def test_semimoe_fast_equals_literal_all_grads():
         torch.testing.assert_close(gf[n], gl[n], rtol=1e-4, atol=1e-6)
 
 
+def test_channels_last_training_has_the_same_gradients_in_one_layout():
+    """The fast path's layout guards change no value, and every ReLU backward sees dense
+    channels-last gradients (mixed layouts took a ~10x slower strided kernel)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    torch.manual_seed(0)
+    m = SemiMoE(4).eval()
+    x = torch.randn(2, 3, 32, 32)
+
+    def grads(model, inp):
+        model.zero_grad(set_to_none=True)
+        out = model(inp)
+        loss = sum((out.gated[t] ** 2).mean() + (out.expert[t] ** 3).mean() for t in TASKS)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads(m, x)
+    layouts = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten.threshold_backward and args[0].dim() == 4:
+                layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+            return func(*args, **(kwargs or {}))
+
+    m_cl = m.to(memory_format=torch.channels_last)
+    with Watch():
+        cl = grads(m_cl, x.contiguous(memory_format=torch.channels_last))
+    assert plain.keys() == cl.keys()
+    for n in plain:
+        torch.testing.assert_close(cl[n], plain[n], rtol=1e-4, atol=1e-6)
+    assert layouts and all(layouts), f"{layouts.count(False)} of {len(layouts)} not dense"
+
+
 # ------------------------------------------------------------------ stop-gradient of pseudo-labels
 
 

@@ -18,6 +18,33 @@ TASKS: tuple[str, str, str] = ("seg", "sdf", "bnd")
 TASK_CHANNELS: dict[str, int] = {"seg": 2, "sdf": 1, "bnd": 2}
 
 
+class _SameLayoutGrad(torch.autograd.Function):
+    """Identity whose backward hands on the gradient in its input's memory layout.
+
+    Gradients arriving from ``torch.cat`` (channel slices) or from the losses (NCHW) do not
+    match channels-last activations, and ReLU/BN backward then take a strided path ~10x
+    slower than the dense one (measured: 24 vs 2 ms per 4x16x256^2 ReLU backward).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        if ctx.channels_last:
+            return grad.contiguous(memory_format=torch.channels_last)
+        return grad.contiguous()
+
+
+def same_layout_grad(x: torch.Tensor) -> torch.Tensor:
+    """Apply :class:`_SameLayoutGrad` when it matters (training, channels-last)."""
+    if x.requires_grad and x.dim() == 4 and not x.is_contiguous():
+        return _SameLayoutGrad.apply(x)
+    return x
+
+
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     return [
         nn.Conv2d(cin, cout, 3, padding=1, bias=True),
@@ -43,7 +70,7 @@ class UpStep(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-        return self.block(torch.cat([skip, x], dim=1))
+        return self.block(torch.cat([same_layout_grad(skip), same_layout_grad(x)], dim=1))
 
 
 class UNetExpert(nn.Module):
@@ -69,8 +96,8 @@ class UNetExpert(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.features(x)
-        return f, self.head(f)
+        f = same_layout_grad(self.features(x))
+        return f, same_layout_grad(self.head(f))
 
 
 class Gate(nn.Module):
@@ -109,12 +136,16 @@ class MultiGate(nn.Module):
         affine and the weights sum to 1, so both are equal, but the second never builds
         the b-channel fused maps (3x less memory traffic, same gradients).
         """
-        pooled = torch.cat([f.float().mean(dim=(2, 3)) for f in feats], dim=1)
+        pooled = torch.cat(
+            [same_layout_grad(f).mean(dim=(2, 3), dtype=torch.float32) for f in feats], dim=1
+        )
         if self.literal:
             return self._literal(feats, pooled)
         weight = torch.cat([self.heads[t].weight for t in TASKS])
         bias = torch.cat([self.heads[t].bias for t in TASKS])
-        per_expert = [F.conv2d(f, weight.to(f.dtype), bias.to(f.dtype)) for f in feats]
+        per_expert = [
+            same_layout_grad(F.conv2d(f, weight.to(f.dtype), bias.to(f.dtype))) for f in feats
+        ]
         logits, weights = {}, {}
         c0 = 0
         for t in TASKS:

@@ -374,10 +374,13 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp):
             feats, expert = self._experts(x)
-            gated_l, _ = m.mgp([f[:nl] for f in feats])
-            if xu is not None:
-                with torch.no_grad():  # pseudo-labels: detached, the gates get no gradient
-                    gated_u, _ = m.mgp([f[nl:].detach() for f in feats])
+            # The gates run once on all tiles (per-image, so the halves do not mix); slicing
+            # the small gated logits instead of the b-channel features keeps the backward in
+            # one memory layout. Pseudo-labels are detached: the gates get no gradient from
+            # the unsupervised term.
+            gated, _ = m.mgp(feats)
+            gated_l = {t: v[:nl] for t, v in gated.items()}
+            gated_u = {t: v[nl:].detach() for t, v in gated.items()}
         sup = self._supervised_losses({t: v[:nl] for t, v in expert.items()}, gated_l, y)
         total = adaptive_loss(sup, m.loss_s, cfg.gamma)
         uns: dict[str, torch.Tensor] = {}
