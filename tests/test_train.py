@@ -199,3 +199,24 @@ def test_replace_data_between_iterations(small_set, tmp_path):
     assert seen == [(3, 3), (3, 3), (1, 0), (1, 0)]
     last = [e for e in events if e.kind == "iteration"][-1]
     assert "unsup_seg" not in last.losses  # no unlabeled tile left
+
+
+def test_batches_drawn_ahead_do_not_change_the_run(small_set, tmp_path):
+    """The next batch is built in a thread during each iteration; a pool change in between
+    discards it and rewinds the draws, so the run is the one a plain loop would train."""
+
+    def hook(trainer, it):
+        if it == 2:
+            trainer.replace_data(
+                TrainingSet(small_set.labeled_images[:2], small_set.labeled_masks[:2], [])
+            )
+
+    runs = {}
+    for prefetch in (True, False):
+        tr = Trainer(config(), small_set, tmp_path / str(prefetch))
+        tr.prefetch = prefetch
+        tr.run(hook=hook)
+        runs[prefetch] = tr
+    assert runs[True]._loader is not None and runs[False]._loader is None
+    for k, v in weights(runs[False]).items():
+        assert torch.equal(weights(runs[True])[k], v), k

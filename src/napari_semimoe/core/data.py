@@ -275,7 +275,7 @@ class CyclicSampler:
         self.n, self.order, self.pos = n, [], 0
 
     def state(self) -> dict:
-        return {"n": self.n, "order": self.order, "pos": self.pos}
+        return {"n": self.n, "order": list(self.order), "pos": self.pos}
 
     def load_state(self, s: dict) -> None:
         if s.get("n") == self.n:

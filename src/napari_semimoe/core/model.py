@@ -45,6 +45,31 @@ def same_layout_grad(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+class _GlobalMeanFP32(torch.autograd.Function):
+    """Spatial mean in fp32 whose backward writes the gradient once, in the input's layout
+    and dtype (autograd's own mean backward builds an fp32 NCHW map and converts it)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.shape, ctx.dtype = x.shape, x.dtype
+        ctx.channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        return x.mean(dim=(2, 3), dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = ctx.shape
+        g = (grad / (h * w)).to(ctx.dtype)[:, :, None, None].expand(n, c, h, w)
+        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        return g.contiguous(memory_format=fmt)
+
+
+def global_mean(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C) spatial mean in fp32."""
+    if x.requires_grad and not x.is_contiguous():
+        return _GlobalMeanFP32.apply(x)
+    return x.mean(dim=(2, 3), dtype=torch.float32)
+
+
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     return [
         nn.Conv2d(cin, cout, 3, padding=1, bias=True),
@@ -136,9 +161,7 @@ class MultiGate(nn.Module):
         affine and the weights sum to 1, so both are equal, but the second never builds
         the b-channel fused maps (3x less memory traffic, same gradients).
         """
-        pooled = torch.cat(
-            [same_layout_grad(f).mean(dim=(2, 3), dtype=torch.float32) for f in feats], dim=1
-        )
+        pooled = torch.cat([global_mean(f) for f in feats], dim=1)
         if self.literal:
             return self._literal(feats, pooled)
         weight = torch.cat([self.heads[t].weight for t in TASKS])
