@@ -2,10 +2,12 @@
 
 Protocol (issue 4): start from 4 labeled training images, then 3 rounds that each add 4
 images chosen (a) by our uncertainty score (`core.uncertainty`, the same code the plugin's
-suggestion list uses) or (b) at random. Between rounds the model is retrained from scratch
-with the same iteration budget (Semi-MoE: the other training images are its unlabeled pool).
-testA pooled Dice after every round, for each seed. The score's calibration: Spearman
-correlation between each testA image's score (and each score component) and its 1 - Dice.
+suggestion list uses; ``active`` = uncertain and diverse, ``coverage`` = uncertain within
+what the labeled images do not cover yet) or (b) at random. Between rounds the model is
+retrained from scratch with the same iteration budget (Semi-MoE: the other training images
+are its unlabeled pool). testA pooled Dice after every round, for each seed. The score's
+calibration: Spearman correlation between each testA image's score (and each score
+component) and its 1 - Dice.
 
     python benchmarks/glas_active.py --train ../shared/data/glas/train \
         --test ../shared/data/glas/testA --seeds 0 1 --json docs/benchmarks/active.json
@@ -175,13 +177,17 @@ def main() -> int:
             srng = np.random.default_rng(2000 + seed)
             for r in range(1, args.rounds + 1):
                 pool = [i for i in range(n) if i not in set(labeled)]
-                if strategy == "active":  # the plugin's suggest(): uncertain and diverse
+                if strategy in ("active", "coverage"):  # the plugin's suggest()
                     cands = []
                     for k, i in enumerate(pool):  # one candidate per image, far apart
                         c = image_candidate(pred, tr["work"][i])
                         c.y, c.x = 0, 10 * args.input_size * k
                         cands.append(c)
-                    chosen = suggest(cands, args.per_round)
+                    if strategy == "coverage":
+                        seen = [image_candidate(pred, tr["work"][i]).embedding for i in labeled]
+                        chosen = suggest(cands, args.per_round, strategy="coverage", labeled=seen)
+                    else:
+                        chosen = suggest(cands, args.per_round)
                     picks = [pool[c.x // (10 * args.input_size)] for c in chosen]
                 else:
                     picks = srng.choice(pool, args.per_round, replace=False).tolist()

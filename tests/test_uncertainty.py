@@ -167,6 +167,37 @@ def test_suggestions_cover_different_kinds_of_tissue():
     assert all(p.score >= 0.4 for p in picks)  # uncertain ones, not the least uncertain
 
 
+def test_coverage_strategy_labels_what_is_not_yet_covered():
+    """Kind 0 is the most uncertain but already has a labeled tile: the coverage strategy
+    spends the labels on the kinds nothing covers, each time on an uncertain tile that is
+    typical of its kind rather than an outlier."""
+    from napari_semimoe.core.uncertainty import TileScore
+
+    rng = np.random.default_rng(0)
+    kinds = np.eye(3)
+    cands = []
+    for i in range(30):
+        kind = i // 10
+        emb = kinds[kind] + rng.normal(0, 0.02, 3)
+        score = (0.9 if kind == 0 else 0.5) - 0.01 * (i % 10)
+        if i % 10 == 9:  # an outlier of its kind, the most uncertain of it
+            emb = kinds[kind] + 0.6 * kinds[(kind + 1) % 3]
+            score += 0.3
+        cands.append(TileScore(0, 100 * i, 10, score, embedding=emb))
+    labeled = [kinds[0] + rng.normal(0, 0.02, 3)]
+    uncertain = suggest(cands, 2, prefilter=5)
+    assert {c.x // 1000 for c in uncertain} == {0}  # both from the covered kind
+    picks = suggest(cands, 2, strategy="coverage", labeled=labeled)
+    assert sorted(c.x // 1000 for c in picks) == [1, 2]
+    assert all((c.x // 100) % 10 != 9 for c in picks)  # not the outliers
+    assert all((c.x // 100) % 10 <= 4 for c in picks)  # the uncertain half of each kind
+    # Without explicit embeddings, tiles overlapping the labeled boxes stand for them.
+    boxed = suggest(cands, 2, strategy="coverage", exclude=[(0, 0, 10, 300)])
+    assert sorted(c.x // 1000 for c in boxed) == [1, 2]
+    with pytest.raises(ValueError, match="strategy"):
+        suggest(cands, 2, strategy="nope")
+
+
 def test_consistency_signals_are_shown_but_not_scored():
     """GlaS showed they mislead (docs/benchmarks.md): they must not move the score."""
     maps = confident_left_ambiguous_right(64)

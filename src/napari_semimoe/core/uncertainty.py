@@ -26,6 +26,7 @@ use) and takes one representative per cluster (Zhdanov 2019, diverse mini-batch 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -153,27 +154,46 @@ def suggest(
     spread: float = 1.0,
     prefilter: int = 5,
     seed: int = 0,
+    strategy: str = "uncertain",
+    labeled: Sequence[np.ndarray] | None = None,
 ) -> list[TileScore]:
     """Pick ``top`` tiles to label: uncertain, diverse, not overlapping ``exclude`` boxes
     (y, x, h, w; working scale) or each other (nor within ``spread`` tile sides).
 
-    With embeddings on the candidates: the ``prefilter * top`` most uncertain allowed
-    candidates are clustered into ``top`` groups (k-means weighted by score, on normalised
-    embeddings) and each group gives its tile nearest the centre. Without: greedy by score.
+    Both strategies need embeddings on the candidates (else: greedy by score).
+
+    - ``"uncertain"``: the ``prefilter * top`` most uncertain allowed candidates are
+      clustered into ``top`` groups (k-means weighted by score, on normalised embeddings)
+      and each group gives its tile nearest the centre.
+    - ``"coverage"``: uncertainty within what is not yet covered (TypiClust, Hacohen et al.
+      2022, for the few-label regime): all allowed candidates and the ``labeled`` tiles'
+      embeddings (default: the candidates overlapping ``exclude``) are clustered into
+      |labeled| + ``top`` groups; the largest groups without a labeled tile come first,
+      and each gives the most uncertain of its typical half (nearest the centre).
+
     The picks are returned most uncertain first.
     """
-    allowed = [
-        c
-        for c in sorted(candidates, key=lambda t: -t.score)
-        if not any(_overlap((c.y, c.x, c.size, c.size), b) for b in exclude)
-    ]
-    pool = allowed[: max(top, prefilter * top)]
+    if strategy not in ("uncertain", "coverage"):
+        raise ValueError(f"strategy must be 'uncertain' or 'coverage', got {strategy!r}")
+    allowed, covered = [], []
+    for c in sorted(candidates, key=lambda t: -t.score):
+        box = (c.y, c.x, c.size, c.size)
+        (covered if any(_overlap(box, b) for b in exclude) else allowed).append(c)
+    pool = allowed if strategy == "coverage" else allowed[: max(top, prefilter * top)]
     if top < 1 or not pool:
         return []
     if any(c.embedding is None for c in pool) or len(pool) <= top:
         return _greedy(allowed, top, spread)
-    emb = np.stack([np.asarray(c.embedding, np.float64) for c in pool])
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12
+    if strategy == "coverage":
+        if labeled is None:
+            labeled = [c.embedding for c in covered if c.embedding is not None]
+        picks = _coverage(pool, list(labeled), top, spread, seed)
+        if len(picks) < top:
+            picks += _greedy(
+                [c for c in allowed if c not in picks], top - len(picks), spread, picks
+            )
+        return sorted(picks, key=lambda t: -t.score)
+    emb = _normalised([c.embedding for c in pool])
     w = np.array([max(c.score, 1e-6) for c in pool])
     labels, centres = _weighted_kmeans(emb, w, top, seed)
     picks: list[TileScore] = []
@@ -188,6 +208,36 @@ def suggest(
     if len(picks) < top:  # empty clusters or clashes: fill up greedily
         picks += _greedy([c for c in allowed if c not in picks], top - len(picks), spread, picks)
     return sorted(picks, key=lambda t: -t.score)
+
+
+def _normalised(emb: Sequence[np.ndarray]) -> np.ndarray:
+    e = np.stack([np.asarray(v, np.float64) for v in emb])
+    return e / (np.linalg.norm(e, axis=1, keepdims=True) + 1e-12)
+
+
+def _coverage(
+    pool: list[TileScore], labeled: list[np.ndarray], top: int, spread: float, seed: int
+) -> list[TileScore]:
+    n = len(pool)
+    x = _normalised([c.embedding for c in pool] + labeled)
+    k = min(len(x), top + len(labeled))
+    labels, centres = _weighted_kmeans(x, np.ones(len(x)), k, seed)
+    covered = set(labels[n:].tolist())
+    sizes = np.bincount(labels[:n], minlength=k)
+    # Uncovered groups first, larger first; covered groups only if picks are still missing.
+    order = sorted((j for j in range(k) if sizes[j]), key=lambda j: (j in covered, -sizes[j]))
+    picks: list[TileScore] = []
+    for j in order:
+        if len(picks) >= top:
+            break
+        members = np.flatnonzero(labels[:n] == j)
+        dist = np.linalg.norm(x[members] - centres[j], axis=1)
+        typical = members[dist <= np.median(dist)]
+        for i in sorted(typical, key=lambda i: -pool[i].score):
+            if not _clashes(pool[i], picks, spread):
+                picks.append(pool[i])
+                break
+    return picks
 
 
 def _greedy(
