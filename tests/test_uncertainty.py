@@ -9,6 +9,7 @@ import pytest
 
 from napari_semimoe.cli import main
 from napari_semimoe.core.uncertainty import (
+    STRATEGIES,
     binary_entropy,
     gate_entropy,
     pixel_signals,
@@ -73,7 +74,8 @@ def test_gate_entropy_and_tissue_filter():
     assert top[(0, 0)] == pytest.approx(1.0) and top[(64, 0)] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_suggestions_avoid_labeled_tiles_and_spread_out():
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_suggestions_avoid_labeled_tiles_and_spread_out(strategy):
     rng = np.random.default_rng(0)
     maps = {
         "prob": rng.uniform(0.3, 0.7, (256, 256)).astype(np.float32),
@@ -82,8 +84,10 @@ def test_suggestions_avoid_labeled_tiles_and_spread_out():
     }
     maps["prob"][96:160, 96:160] = 0.5  # the most ambiguous spot is already labeled
     cands = score_tiles(maps, 32, stride=16)
+    for c in cands:  # what the model sees in each tile: two kinds, so clusters matter
+        c.embedding = np.array([c.x < 128, c.x >= 128, 0.0]) + rng.normal(0, 0.05, 3)
     labeled = [(96, 96, 64, 64)]
-    picks = suggest(cands, 6, exclude=labeled)
+    picks = suggest(cands, 6, exclude=labeled, strategy=strategy)
     assert len(picks) == 6
     for p in picks:
         assert p.y >= 160 or p.y + 32 <= 96 or p.x >= 160 or p.x + 32 <= 96
@@ -161,7 +165,7 @@ def test_suggestions_cover_different_kinds_of_tissue():
         cands.append(TileScore(0, 100 * i, 10, score, embedding=emb))
     greedy = suggest([TileScore(c.y, c.x, c.size, c.score) for c in cands], 3)
     assert {c.x // 1000 for c in greedy} == {0}  # all from the first kind
-    picks = suggest(cands, 3, prefilter=10)
+    picks = suggest(cands, 3, prefilter=10, strategy="uncertain")
     assert sorted(c.x // 1000 for c in picks) == [0, 1, 2]  # one of each kind
     assert [p.score for p in picks] == sorted((p.score for p in picks), reverse=True)
     assert all(p.score >= 0.4 for p in picks)  # uncertain ones, not the least uncertain
@@ -185,7 +189,7 @@ def test_coverage_strategy_labels_what_is_not_yet_covered():
             score += 0.3
         cands.append(TileScore(0, 100 * i, 10, score, embedding=emb))
     labeled = [kinds[0] + rng.normal(0, 0.02, 3)]
-    uncertain = suggest(cands, 2, prefilter=5)
+    uncertain = suggest(cands, 2, prefilter=5, strategy="uncertain")
     assert {c.x // 1000 for c in uncertain} == {0}  # both from the covered kind
     picks = suggest(cands, 2, strategy="coverage", labeled=labeled)
     assert sorted(c.x // 1000 for c in picks) == [1, 2]

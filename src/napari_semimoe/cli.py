@@ -309,6 +309,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
             top=args.top,
             exclude=exclude,
             progress=_tqdm_progress("predicting", "tile"),
+            strategy=args.strategy,
         )
     doc = {
         "image": str(args.image),
@@ -341,6 +342,8 @@ def cmd_gui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .core.uncertainty import STRATEGIES
+
     p = argparse.ArgumentParser(prog="napari-semimoe", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -424,6 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--tile", type=int, help="tile side at working scale (default: training tile)")
     sg.add_argument("--top", type=int, default=10)
     sg.add_argument("--exclude", action="append", help="y,x,h,w level-0 box to skip (repeat)")
+    sg.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default=STRATEGIES[0],
+        help="coverage: uncertain tiles where the labeled ones (--exclude) do not cover the "
+        "tissue yet; uncertain: the most uncertain, spread out (default: %(default)s)",
+    )
     sg.add_argument("--json")
     sg.add_argument("--device", default="auto")
     sg.add_argument("--threads", type=int)

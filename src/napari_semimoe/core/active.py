@@ -17,7 +17,7 @@ import numpy as np
 
 from .predict import Predictor, working_reader, working_tissue
 from .slide import Slide
-from .uncertainty import TileScore, binary_entropy, score_tiles, suggest
+from .uncertainty import STRATEGIES, TileScore, binary_entropy, score_tiles, suggest
 
 
 def suggest_tiles(
@@ -31,6 +31,7 @@ def suggest_tiles(
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     return_maps: bool = False,
+    strategy: str = STRATEGIES[0],
 ) -> list[TileScore] | tuple[list[TileScore], dict[str, np.ndarray] | None]:
     """Rank unlabeled tissue tiles by uncertainty. ``exclude``: level-0 (y, x, h, w) boxes
     (e.g. the training tiles). Returned tiles carry working-scale and level-0 positions.
@@ -71,7 +72,7 @@ def suggest_tiles(
         embeddings=wp.embeddings,
     )
     ex = [(round(y / fy), round(x / fx), round(h / fy), round(w / fx)) for y, x, h, w in exclude]
-    picks = suggest(cands, top, exclude=ex)
+    picks = suggest(cands, top, exclude=ex, strategy=strategy)
     for p in picks:
         p.y0, p.x0, p.size0 = round(p.y * fy), round(p.x * fx), round(p.size * (fy + fx) / 2)
     return (picks, wp.maps) if return_maps else picks

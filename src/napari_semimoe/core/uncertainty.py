@@ -18,10 +18,11 @@ predict a tile's error: SDF consistency was *negatively* correlated with 1 - Dic
 measures how much gland edge a tile has, where sigmoid(sdf) ~ 0.5 by construction), and
 boundary consistency changed sign between models. They are still computed and shown.
 
-Suggestions are uncertain *and* diverse: labeling the k most uncertain tiles picked k
-similar hard tiles and lost to random choice on GlaS; :func:`suggest` clusters the most
-uncertain candidates by what the model sees in them (the pooled expert features the gates
-use) and takes one representative per cluster (Zhdanov 2019, diverse mini-batch AL).
+Suggestions (:func:`suggest`) group the tiles by what the model sees in them (the pooled
+expert features the gates use). The default, ``coverage``, labels uncertain tiles of the
+kinds of tissue the training tiles do not cover yet (TypiClust's rule for few labels); the
+earlier ``uncertain`` rule (one tile per cluster of the most uncertain ones, Zhdanov 2019)
+chased hard, similar tiles and lost to random choice on GlaS (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+#: Selection strategies of :func:`suggest`; the first is the default (docs/benchmarks.md).
+STRATEGIES = ("coverage", "uncertain")
 PIXEL_SIGNALS = ("entropy", "disagreement", "sdf_consistency", "boundary_consistency")
 #: Weights of the combined score (pixel signals averaged, then the tile's gate entropy).
 WEIGHTS = {
@@ -154,7 +157,7 @@ def suggest(
     spread: float = 1.0,
     prefilter: int = 5,
     seed: int = 0,
-    strategy: str = "uncertain",
+    strategy: str = STRATEGIES[0],
     labeled: Sequence[np.ndarray] | None = None,
 ) -> list[TileScore]:
     """Pick ``top`` tiles to label: uncertain, diverse, not overlapping ``exclude`` boxes
@@ -167,26 +170,33 @@ def suggest(
       and each group gives its tile nearest the centre.
     - ``"coverage"``: uncertainty within what is not yet covered (TypiClust, Hacohen et al.
       2022, for the few-label regime): all allowed candidates and the ``labeled`` tiles'
-      embeddings (default: the candidates overlapping ``exclude``) are clustered into
-      |labeled| + ``top`` groups; the largest groups without a labeled tile come first,
-      and each gives the most uncertain of its typical half (nearest the centre).
+      embeddings (default: per ``exclude`` box, the mean of the candidates under it) are
+      clustered into |labeled| + ``top`` groups; the largest groups without a labeled
+      tile come first, and each gives the most uncertain of its typical half (nearest the
+      centre).
 
     The picks are returned most uncertain first.
     """
-    if strategy not in ("uncertain", "coverage"):
-        raise ValueError(f"strategy must be 'uncertain' or 'coverage', got {strategy!r}")
-    allowed, covered = [], []
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    allowed: list[TileScore] = []
+    covered: dict[int, list[np.ndarray]] = {}  # exclude box -> embeddings of tiles under it
     for c in sorted(candidates, key=lambda t: -t.score):
         box = (c.y, c.x, c.size, c.size)
-        (covered if any(_overlap(box, b) for b in exclude) else allowed).append(c)
+        hits = [i for i, b in enumerate(exclude) if _overlap(box, b)]
+        if not hits:
+            allowed.append(c)
+        elif c.embedding is not None:
+            for i in hits:
+                covered.setdefault(i, []).append(np.asarray(c.embedding, np.float64))
     pool = allowed if strategy == "coverage" else allowed[: max(top, prefilter * top)]
     if top < 1 or not pool:
         return []
     if any(c.embedding is None for c in pool) or len(pool) <= top:
         return _greedy(allowed, top, spread)
     if strategy == "coverage":
-        if labeled is None:
-            labeled = [c.embedding for c in covered if c.embedding is not None]
+        if labeled is None:  # one embedding per labeled box: the mean of the tiles under it
+            labeled = [np.mean(v, axis=0) for v in covered.values()]
         picks = _coverage(pool, list(labeled), top, spread, seed)
         if len(picks) < top:
             picks += _greedy(
@@ -267,21 +277,21 @@ def _weighted_kmeans(
     """k-means++ seeding and Lloyd steps with sample weights; deterministic for a seed."""
     rng = np.random.default_rng(seed)
     centres = [x[int(np.argmax(w))]]  # start from the most uncertain
+    near = ((x - centres[0]) ** 2).sum(1)  # squared distance to the nearest centre so far
     for _ in range(1, k):
-        d2 = np.min([((x - c) ** 2).sum(1) for c in centres], axis=0) * w
+        d2 = near * w
         centres.append(x[rng.choice(len(x), p=d2 / d2.sum())] if d2.sum() > 0 else x[0])
+        near = np.minimum(near, ((x - centres[-1]) ** 2).sum(1))
     c = np.stack(centres)
     labels = np.zeros(len(x), int)
+    xx = (x**2).sum(1)[:, None]
     for _ in range(iters):
-        labels = np.argmin(((x[:, None] - c[None]) ** 2).sum(-1), axis=1)
-        new = np.stack(
-            [
-                np.average(x[labels == j], axis=0, weights=w[labels == j])
-                if (labels == j).any()
-                else c[j]
-                for j in range(k)
-            ]
-        )
+        # |x - c|^2 without the N x k x D array (a whole slide has ~10^5 candidates)
+        labels = np.argmin(xx - 2 * x @ c.T + (c**2).sum(1)[None], axis=1)
+        mass = np.bincount(labels, weights=w, minlength=k)
+        sums = np.zeros_like(c)
+        np.add.at(sums, labels, x * w[:, None])
+        new = np.where(mass[:, None] > 0, sums / np.maximum(mass, 1e-300)[:, None], c)
         if np.allclose(new, c):
             break
         c = new
