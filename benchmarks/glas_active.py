@@ -97,6 +97,34 @@ def image_score(pred: Predictor, work: np.ndarray) -> tuple[float, dict[str, flo
     return c.score, c.components
 
 
+def coverage_density(pool: list[TileScore], labeled: list, top: int, seed: int) -> list[int]:
+    """Experimental variant of ``coverage``: groups are ranked by their pool size per label
+    already in them (size / (1 + labels)), so a large group may take a second label before a
+    small uncovered one; the pick in a group is the same (most uncertain of its typical half).
+    Returns indices into ``pool``."""
+    from napari_semimoe.core.uncertainty import _normalised, _weighted_kmeans
+
+    n = len(pool)
+    x = _normalised([c.embedding for c in pool] + labeled)
+    k = min(len(x), top + len(labeled))
+    labels, centres = _weighted_kmeans(x, np.ones(len(x)), k, seed)
+    sizes = np.bincount(labels[:n], minlength=k).astype(float)
+    held = np.bincount(labels[n:], minlength=k).astype(float)
+    taken: list[int] = []
+    for _ in range(top):
+        j = int(np.argmax(np.where(sizes > 0, sizes / (1 + held), -1)))
+        members = [i for i in np.flatnonzero(labels[:n] == j) if i not in taken]
+        if not members:
+            sizes[j] = 0
+            continue
+        dist = np.linalg.norm(x[members] - centres[j], axis=1)
+        typical = [m for m, d in zip(members, dist) if d <= np.median(dist)]
+        taken.append(max(typical, key=lambda i: pool[i].score))
+        held[j] += 1
+        sizes[j] -= 1
+    return taken
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     s = a.sum() + b.sum()
     return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
@@ -177,13 +205,17 @@ def main() -> int:
             srng = np.random.default_rng(2000 + seed)
             for r in range(1, args.rounds + 1):
                 pool = [i for i in range(n) if i not in set(labeled)]
-                if strategy in ("active", "coverage"):  # the plugin's suggest()
+                if strategy in ("active", "coverage", "coverage-density"):
                     cands = []
                     for k, i in enumerate(pool):  # one candidate per image, far apart
                         c = image_candidate(pred, tr["work"][i])
                         c.y, c.x = 0, 10 * args.input_size * k
                         cands.append(c)
-                    if strategy == "coverage":
+                    if strategy == "coverage-density":
+                        seen = [image_candidate(pred, tr["work"][i]).embedding for i in labeled]
+                        idx = coverage_density(cands, seen, args.per_round, 0)
+                        chosen = [cands[j] for j in idx]
+                    elif strategy == "coverage":
                         seen = [image_candidate(pred, tr["work"][i]).embedding for i in labeled]
                         chosen = suggest(cands, args.per_round, strategy="coverage", labeled=seen)
                     else:
