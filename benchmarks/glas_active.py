@@ -34,7 +34,13 @@ from napari_semimoe.core.data import Geometry, TrainingSet, channel_stats, scan_
 from napari_semimoe.core.predict import PredictOptions, Predictor, load_model
 from napari_semimoe.core.slide import read_image, read_mask
 from napari_semimoe.core.train import TrainConfig, Trainer
-from napari_semimoe.core.uncertainty import TileScore, score_tiles, suggest
+from napari_semimoe.core.uncertainty import (
+    TileScore,
+    cluster_with_labeled,
+    score_tiles,
+    suggest,
+    typical_by_score,
+)
 
 
 def load(folder: Path, geometry: Geometry) -> dict:
@@ -102,24 +108,19 @@ def coverage_density(pool: list[TileScore], labeled: list, top: int, seed: int) 
     already in them (size / (1 + labels)), so a large group may take a second label before a
     small uncovered one; the pick in a group is the same (most uncertain of its typical half).
     Returns indices into ``pool``."""
-    from napari_semimoe.core.uncertainty import _normalised, _weighted_kmeans
-
     n = len(pool)
-    x = _normalised([c.embedding for c in pool] + labeled)
-    k = min(len(x), top + len(labeled))
-    labels, centres = _weighted_kmeans(x, np.ones(len(x)), k, seed)
+    x, labels, centres = cluster_with_labeled(pool, labeled, top, seed)
+    k = len(centres)
     sizes = np.bincount(labels[:n], minlength=k).astype(float)
     held = np.bincount(labels[n:], minlength=k).astype(float)
     taken: list[int] = []
     for _ in range(top):
         j = int(np.argmax(np.where(sizes > 0, sizes / (1 + held), -1)))
-        members = [i for i in np.flatnonzero(labels[:n] == j) if i not in taken]
-        if not members:
+        members = np.array([i for i in np.flatnonzero(labels[:n] == j) if i not in taken], int)
+        if not len(members):
             sizes[j] = 0
             continue
-        dist = np.linalg.norm(x[members] - centres[j], axis=1)
-        typical = [m for m, d in zip(members, dist) if d <= np.median(dist)]
-        taken.append(max(typical, key=lambda i: pool[i].score))
+        taken.append(typical_by_score(pool, members, x, centres[j])[0])
         held[j] += 1
         sizes[j] -= 1
     return taken
@@ -211,12 +212,12 @@ def main() -> int:
                         c = image_candidate(pred, tr["work"][i])
                         c.y, c.x = 0, 10 * args.input_size * k
                         cands.append(c)
-                    if strategy == "coverage-density":
+                    if strategy.startswith("coverage"):  # what the labeled images look like
                         seen = [image_candidate(pred, tr["work"][i]).embedding for i in labeled]
+                    if strategy == "coverage-density":
                         idx = coverage_density(cands, seen, args.per_round, 0)
                         chosen = [cands[j] for j in idx]
                     elif strategy == "coverage":
-                        seen = [image_candidate(pred, tr["work"][i]).embedding for i in labeled]
                         chosen = suggest(cands, args.per_round, strategy="coverage", labeled=seen)
                     else:
                         chosen = suggest(cands, args.per_round)

@@ -186,7 +186,7 @@ def suggest(
         hits = [i for i, b in enumerate(exclude) if _overlap(box, b)]
         if not hits:
             allowed.append(c)
-        elif c.embedding is not None:
+        elif strategy == "coverage" and c.embedding is not None:
             for i in hits:
                 covered.setdefault(i, []).append(np.asarray(c.embedding, np.float64))
     pool = allowed if strategy == "coverage" else allowed[: max(top, prefilter * top)]
@@ -225,13 +225,30 @@ def _normalised(emb: Sequence[np.ndarray]) -> np.ndarray:
     return e / (np.linalg.norm(e, axis=1, keepdims=True) + 1e-12)
 
 
+def cluster_with_labeled(
+    pool: list[TileScore], labeled: list[np.ndarray], top: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalised embeddings of ``pool`` then ``labeled``, clustered (unweighted k-means)
+    into |labeled| + ``top`` groups: returns (embeddings, group of each, group centres)."""
+    x = _normalised([c.embedding for c in pool] + labeled)
+    labels, centres = _weighted_kmeans(x, np.ones(len(x)), min(len(x), top + len(labeled)), seed)
+    return x, labels, centres
+
+
+def typical_by_score(
+    pool: list[TileScore], members: np.ndarray, x: np.ndarray, centre: np.ndarray
+) -> list[int]:
+    """The typical half of a group (nearest its centre), most uncertain first."""
+    dist = np.linalg.norm(x[members] - centre, axis=1)
+    return sorted(members[dist <= np.median(dist)], key=lambda i: -pool[i].score)
+
+
 def _coverage(
     pool: list[TileScore], labeled: list[np.ndarray], top: int, spread: float, seed: int
 ) -> list[TileScore]:
     n = len(pool)
-    x = _normalised([c.embedding for c in pool] + labeled)
-    k = min(len(x), top + len(labeled))
-    labels, centres = _weighted_kmeans(x, np.ones(len(x)), k, seed)
+    x, labels, centres = cluster_with_labeled(pool, labeled, top, seed)
+    k = len(centres)
     covered = set(labels[n:].tolist())
     sizes = np.bincount(labels[:n], minlength=k)
     # Uncovered groups first, larger first; covered groups only if picks are still missing.
@@ -240,10 +257,7 @@ def _coverage(
     for j in order:
         if len(picks) >= top:
             break
-        members = np.flatnonzero(labels[:n] == j)
-        dist = np.linalg.norm(x[members] - centres[j], axis=1)
-        typical = members[dist <= np.median(dist)]
-        for i in sorted(typical, key=lambda i: -pool[i].score):
+        for i in typical_by_score(pool, np.flatnonzero(labels[:n] == j), x, centres[j]):
             if not _clashes(pool[i], picks, spread):
                 picks.append(pool[i])
                 break
