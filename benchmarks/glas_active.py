@@ -126,6 +126,23 @@ def coverage_density(pool: list[TileScore], labeled: list, top: int, seed: int) 
     return taken
 
 
+def coverage_typical(pool: list[TileScore], labeled: list, top: int, seed: int) -> list[int]:
+    """Experimental variant of ``coverage`` without the uncertainty: the same groups in the
+    same order, each gives its most typical image (nearest the centre; TypiClust's own
+    pick). Returns indices into ``pool``."""
+    n = len(pool)
+    x, labels, centres = cluster_with_labeled(pool, labeled, top, seed)
+    k = len(centres)
+    covered = set(labels[n:].tolist())
+    sizes = np.bincount(labels[:n], minlength=k)
+    order = sorted((j for j in range(k) if sizes[j]), key=lambda j: (j in covered, -sizes[j]))
+    taken: list[int] = []
+    for j in order[:top]:
+        members = np.flatnonzero(labels[:n] == j)
+        taken.append(int(members[np.argmin(np.linalg.norm(x[members] - centres[j], axis=1))]))
+    return taken
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     s = a.sum() + b.sum()
     return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
@@ -173,6 +190,13 @@ def main() -> int:
         action="store_true",
         help="keep an existing round-0 model in --workdir (same seed and data)",
     )
+    ap.add_argument(
+        "--branch",
+        nargs=3,
+        metavar=("JSON", "ARM", "ROUND"),
+        help="start from ARM's label set and model after ROUND in an earlier result JSON "
+        "(model from --workdir) instead of from round 0",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if not (args.train / "images").is_dir() or not (args.test / "images").is_dir():
@@ -200,13 +224,21 @@ def main() -> int:
             flush=True,
         )
         res = {}
+        first, base = 1, (list(start), pred0, ev0)
+        if args.branch:
+            src, arm, rb = args.branch[0], args.branch[1], int(args.branch[2])
+            got = json.loads(Path(src).read_text())["seeds"][str(seed)][arm][rb]
+            index = {name: i for i, name in enumerate(tr["names"])}
+            pred_b = Predictor(load_model(work / f"s{seed}_{arm}_r{rb}", "cpu"), popts)
+            got_ev = {k: v for k, v in got.items() if k not in ("labeled", "added")}
+            first, base = rb + 1, ([index[name] for name in got["labeled"]], pred_b, got_ev)
         for strategy in args.strategies:
-            labeled, pred = list(start), pred0
-            rounds = [{"labeled": [tr["names"][i] for i in labeled], **ev0}]
+            labeled, pred = list(base[0]), base[1]
+            rounds = [{"labeled": [tr["names"][i] for i in labeled], **base[2]}]
             srng = np.random.default_rng(2000 + seed)
-            for r in range(1, args.rounds + 1):
+            for r in range(first, args.rounds + 1):
                 pool = [i for i in range(n) if i not in set(labeled)]
-                if strategy in ("active", "coverage", "coverage-density"):
+                if strategy in ("active", "coverage", "coverage-density", "coverage-typical"):
                     cands = []
                     for k, i in enumerate(pool):  # one candidate per image, far apart
                         c = image_candidate(pred, tr["work"][i])
@@ -214,9 +246,10 @@ def main() -> int:
                         cands.append(c)
                     if strategy.startswith("coverage"):  # what the labeled images look like
                         seen = [image_candidate(pred, tr["work"][i]).embedding for i in labeled]
-                    if strategy == "coverage-density":
-                        idx = coverage_density(cands, seen, args.per_round, 0)
-                        chosen = [cands[j] for j in idx]
+                    if strategy in ("coverage-density", "coverage-typical"):
+                        variants = {"coverage-density": coverage_density}
+                        pick = variants.get(strategy, coverage_typical)
+                        chosen = [cands[j] for j in pick(cands, seen, args.per_round, 0)]
                     elif strategy == "coverage":
                         chosen = suggest(cands, args.per_round, strategy="coverage", labeled=seen)
                     else:
