@@ -40,6 +40,7 @@ from napari_semimoe.core.uncertainty import (
     score_tiles,
     suggest,
     typical_by_score,
+    uncovered_first,
 )
 
 
@@ -132,15 +133,15 @@ def coverage_typical(pool: list[TileScore], labeled: list, top: int, seed: int) 
     pick). Returns indices into ``pool``."""
     n = len(pool)
     x, labels, centres = cluster_with_labeled(pool, labeled, top, seed)
-    k = len(centres)
-    covered = set(labels[n:].tolist())
-    sizes = np.bincount(labels[:n], minlength=k)
-    order = sorted((j for j in range(k) if sizes[j]), key=lambda j: (j in covered, -sizes[j]))
     taken: list[int] = []
-    for j in order[:top]:
+    for j in uncovered_first(labels, n, len(centres))[:top]:
         members = np.flatnonzero(labels[:n] == j)
         taken.append(int(members[np.argmin(np.linalg.norm(x[members] - centres[j], axis=1))]))
     return taken
+
+
+#: Benchmark-only variants of the coverage rule: name -> pick(pool, labeled, top, seed).
+VARIANTS = {"coverage-density": coverage_density, "coverage-typical": coverage_typical}
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -238,7 +239,7 @@ def main() -> int:
             srng = np.random.default_rng(2000 + seed)
             for r in range(first, args.rounds + 1):
                 pool = [i for i in range(n) if i not in set(labeled)]
-                if strategy in ("active", "coverage", "coverage-density", "coverage-typical"):
+                if strategy in ("active", "coverage", *VARIANTS):
                     cands = []
                     for k, i in enumerate(pool):  # one candidate per image, far apart
                         c = image_candidate(pred, tr["work"][i])
@@ -246,10 +247,9 @@ def main() -> int:
                         cands.append(c)
                     if strategy.startswith("coverage"):  # what the labeled images look like
                         seen = [image_candidate(pred, tr["work"][i]).embedding for i in labeled]
-                    if strategy in ("coverage-density", "coverage-typical"):
-                        variants = {"coverage-density": coverage_density}
-                        pick = variants.get(strategy, coverage_typical)
-                        chosen = [cands[j] for j in pick(cands, seen, args.per_round, 0)]
+                    if strategy in VARIANTS:
+                        idx = VARIANTS[strategy](cands, seen, args.per_round, 0)
+                        chosen = [cands[j] for j in idx]
                     elif strategy == "coverage":
                         chosen = suggest(cands, args.per_round, strategy="coverage", labeled=seen)
                     else:

@@ -243,16 +243,22 @@ def typical_by_score(
     return sorted(members[dist <= np.median(dist)], key=lambda i: -pool[i].score)
 
 
+def uncovered_first(labels: np.ndarray, n: int, k: int) -> list[int]:
+    """Order in which coverage visits the ``k`` groups: those with no labeled member
+    (``labels[n:]``) first, each part larger first (pool members, ``labels[:n]``); groups
+    without pool members are left out."""
+    covered = set(labels[n:].tolist())
+    sizes = np.bincount(labels[:n], minlength=k)
+    return sorted((j for j in range(k) if sizes[j]), key=lambda j: (j in covered, -sizes[j]))
+
+
 def _coverage(
     pool: list[TileScore], labeled: list[np.ndarray], top: int, spread: float, seed: int
 ) -> list[TileScore]:
     n = len(pool)
     x, labels, centres = cluster_with_labeled(pool, labeled, top, seed)
-    k = len(centres)
-    covered = set(labels[n:].tolist())
-    sizes = np.bincount(labels[:n], minlength=k)
-    # Uncovered groups first, larger first; covered groups only if picks are still missing.
-    order = sorted((j for j in range(k) if sizes[j]), key=lambda j: (j in covered, -sizes[j]))
+    # Covered groups are visited only if picks are still missing.
+    order = uncovered_first(labels, n, len(centres))
     picks: list[TileScore] = []
     for j in order:
         if len(picks) >= top:
