@@ -63,11 +63,10 @@ def main() -> int:
             for arm in args.arms:
                 if arm in res:
                     arms[(seed, arm)] = res[arm]
-    workdirs = {w.name: w for w in args.workdir}
     cache: dict[Path, dict] = {}
     out = []
     for (seed, arm), rounds in sorted(arms.items()):
-        work = next((w for w in workdirs.values() if (w / f"s{seed}_r0").is_dir()), None)
+        work = next((w for w in args.workdir if (w / f"s{seed}_r0").is_dir()), None)
         if work is None:
             print(f"seed {seed}: no work folder with s{seed}_r0", file=sys.stderr)
             continue
@@ -76,7 +75,8 @@ def main() -> int:
             if run not in cache:
                 cache[run] = per_image(run, tr, args.threads)
             rows = cache[run]
-            pool = [n for n in tr["names"] if n not in set(rounds[r - 1]["labeled"])]
+            labeled = set(rounds[r - 1]["labeled"])
+            pool = [n for n in tr["names"] if n not in labeled]
             err = np.array([rows[n]["error"] for n in pool])
             score = np.array([rows[n]["score"] for n in pool])
             added = rounds[r]["added"]
@@ -86,12 +86,8 @@ def main() -> int:
                 "round": r,
                 "pool_error": float(err.mean()),
                 "picks_error": float(np.mean([rows[n]["error"] for n in added])),
-                "picks_error_rank": float(
-                    np.mean([(err < rows[n]["error"]).mean() for n in added])
-                ),
-                "picks_score_rank": float(
-                    np.mean([(score < rows[n]["score"]).mean() for n in added])
-                ),
+                "picks_error_rank": _rank(err, [rows[n]["error"] for n in added]),
+                "picks_score_rank": _rank(score, [rows[n]["score"] for n in added]),
                 "picks_gland": float(np.mean([rows[n]["gland"] for n in added])),
                 "dice_after": rounds[r]["dice_pooled"],
             }
