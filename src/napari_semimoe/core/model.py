@@ -193,6 +193,18 @@ class MultiGate(nn.Module):
         return logits, weights
 
 
+def run_experts(
+    experts: nn.ModuleDict, x: torch.Tensor
+) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    """Each expert's features F_i (in ``TASKS`` order) and head logits P_m."""
+    feats, logits = [], {}
+    for t in TASKS:
+        f, p = experts[t](x)
+        feats.append(f)
+        logits[t] = p
+    return feats, logits
+
+
 @dataclass
 class MoEOutput:
     """Everything one forward pass yields: expert logits P_m, gated logits G_m, gate weights."""
@@ -235,12 +247,7 @@ class SemiMoE(nn.Module):
         return [p for n, p in self.named_parameters() if n != "loss_s"]
 
     def run_experts(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-        feats, logits = [], {}
-        for t in TASKS:
-            f, p = self.experts[t](x)
-            feats.append(f)
-            logits[t] = p
-        return feats, logits
+        return run_experts(self.experts, x)
 
     def forward(self, x: torch.Tensor) -> MoEOutput:
         feats, expert = self.run_experts(x)
