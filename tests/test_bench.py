@@ -28,3 +28,4 @@ def test_bench_json_keys(tmp_path, capsys):
     assert r["train_speedup"] == pytest.approx(
         r["train_iteration_reference_s"] / r["train_iteration_s"], rel=0.02
     )
+    assert r["halves_side_by_side"] is False  # one thread: the halves run in sequence

@@ -62,7 +62,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | fp32
-    fast: bool = True  # one batched channels-last pass; False = upstream-style reference path
+    fast: bool = True  # channels-last, halves side by side; False = upstream-style reference path
     compile: str = "auto"  # auto | on | off (torch.compile pays off only for long runs)
     geometry: dict = field(default_factory=lambda: Geometry().to_dict())
     per_instance_boundary: bool = False
