@@ -153,7 +153,8 @@ class _Halves:
     labeled one. With ``threads >= 2`` (CPU) the halves run at the same time, the unlabeled
     one on a helper thread with its own copy of the batch-norm buffers (parameters shared),
     each with half of the threads: this network's convolutions scale poorly over intra-op
-    threads (1.3x from 1 to 2 threads, measured) while two independent passes scale ~2x.
+    threads (1.26x from 1 to 2 threads) while two independent passes scale ~1.7x (measured,
+    ``docs/benchmarks.md``).
     The helper's buffer updates are then merged exactly as if it had run first. Forward
     returns detached leaves; ``backward`` runs the loss's (cheap) backward to them, then both
     halves' backward passes side by side. Each shared parameter gets one gradient from each
@@ -194,6 +195,7 @@ class _Halves:
         self.pool.submit(lambda: None).result()  # the helper's thread count is now fixed
         torch.set_num_threads(threads)
         self._pending: tuple[list[torch.Tensor], ...] | None = None
+        self.start: list[torch.Tensor] = []  # the buffers before this iteration's updates
 
     def _side_by_side(self, main: Callable[[], Any], helper: Callable[[], Any]):
         fut = self.pool.submit(helper)
