@@ -232,7 +232,7 @@ def test_halves_side_by_side_match_one_after_the_other(small_set, tmp_path):
         tr.parallel_halves = parallel
         events = []
         tr.run(on_event=events.append)
-        assert tr._halves_runner is not None and tr._halves_runner.parallel == parallel
+        assert tr.halves_side_by_side == parallel
         runs[name] = (weights(tr), [e.losses for e in events if e.kind == "iteration"])
     seq, par, par2 = (runs[k][0] for k in ("seq", "par", "par2"))
     assert any("running_mean" in k for k in seq)

@@ -137,9 +137,7 @@ def run_bench(
         "train_iteration_reference_s": round(train_ref, 4),
         "train_speedup": round(train_ref / train_fast, 2),
         # The fast path's labeled and unlabeled halves ran on two threads (>= 2 CPU threads).
-        "halves_side_by_side": bool(
-            trainers["fast"]._halves_runner and trainers["fast"]._halves_runner.parallel
-        ),
+        "halves_side_by_side": trainers["fast"].halves_side_by_side,
         "train_iteration_s_all": [round(t, 4) for t in times["fast"]],
         "train_iteration_reference_s_all": [round(t, 4) for t in times["reference"]],
         **extra,

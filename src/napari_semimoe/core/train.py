@@ -554,6 +554,11 @@ class Trainer:
         halves.backward(total)
         return total.detach(), sup, uns
 
+    @property
+    def halves_side_by_side(self) -> bool:
+        """Whether the semi-supervised steps run their two halves on two threads."""
+        return bool(self._halves_runner and self._halves_runner.parallel)
+
     def _halves(self) -> _Halves:
         if self._halves_runner is None:
             threads = torch.get_num_threads()
