@@ -6,10 +6,10 @@ Variants (2 labeled + 2 unlabeled tiles of 256², b = 16, bf16 autocast, channel
 
 - ``reference``: upstream's way, fp32, NCHW (what ``bench`` divides by);
 - ``batched``: all four tiles in one pass through each expert, batch norm over all four (the
-  fast path up to this project's session 6; kept here only to measure against);
-- ``halves-sequential``: labeled and unlabeled halves in separate passes, one after the other
-  (what the fast path does on one thread or on a GPU);
-- ``halves-side-by-side``: the same halves on two threads (the default on a 2+ core CPU).
+  default, ``batch_norm="pooled"``);
+- ``halves-sequential``: ``batch_norm="per-half"``, the halves one after the other (what that
+  setting does on one thread or on a GPU);
+- ``halves-side-by-side``: ``batch_norm="per-half"`` on two threads (2+ core CPU).
 
 Each round steps every variant once, in turn, so host noise hits all alike; medians and the
 per-round ratio to ``halves-side-by-side`` are printed.
@@ -28,31 +28,7 @@ import torch
 
 from napari_semimoe.core.bench import synthetic_tiles
 from napari_semimoe.core.data import Geometry, TrainingSet
-from napari_semimoe.core.device import autocast
-from napari_semimoe.core.losses import adaptive_loss, pseudo_labels, task_loss
-from napari_semimoe.core.model import TASKS
 from napari_semimoe.core.train import TrainConfig, Trainer
-
-
-class BatchedTrainer(Trainer):
-    """The previous fast path: one batched pass of all four tiles (benchmark only)."""
-
-    def _fast_pass(self, xl, y, xu, lam):
-        cfg, m = self.config, self.model
-        nl = xl.shape[0]
-        x = torch.cat([xl, xu]).contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.amp):
-            feats, expert = self._experts(x)
-            gated, _ = m.mgp(feats)
-            gated_l = {t: v[:nl] for t, v in gated.items()}
-            gated_u = {t: v[nl:].detach() for t, v in gated.items()}
-        sup = self._supervised_losses({t: v[:nl] for t, v in expert.items()}, gated_l, y)
-        pl = pseudo_labels(gated_u)
-        uns = {t: task_loss(t, expert[t][nl:], pl[t]) for t in TASKS}
-        total = adaptive_loss(sup, m.loss_s, cfg.gamma)
-        total = total + lam * adaptive_loss(uns, m.loss_s, cfg.gamma)
-        total.backward()
-        return total.detach(), sup, uns
 
 
 def main() -> int:
@@ -74,11 +50,12 @@ def main() -> int:
         threads=args.threads,
     )
     tmp = tempfile.mkdtemp(prefix="semimoe-paths-")
+    half = "per-half"
     trainers = {
         "reference": Trainer(TrainConfig(**common, fast=False, precision="fp32"), data, tmp + "/r"),
-        "batched": BatchedTrainer(TrainConfig(**common), data, tmp + "/b"),
-        "halves-sequential": Trainer(TrainConfig(**common), data, tmp + "/s"),
-        "halves-side-by-side": Trainer(TrainConfig(**common), data, tmp + "/p"),
+        "batched": Trainer(TrainConfig(**common), data, tmp + "/b"),
+        "halves-sequential": Trainer(TrainConfig(**common, batch_norm=half), data, tmp + "/s"),
+        "halves-side-by-side": Trainer(TrainConfig(**common, batch_norm=half), data, tmp + "/p"),
     }
     trainers["halves-sequential"].parallel_halves = False
     for tr in trainers.values():  # warm-up

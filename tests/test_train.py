@@ -223,12 +223,14 @@ def test_batches_drawn_ahead_do_not_change_the_run(small_set, tmp_path):
 
 
 def test_halves_side_by_side_match_one_after_the_other(small_set, tmp_path):
-    """On >= 2 threads the labeled and unlabeled halves run on two threads, each with its
+    """Per-half batch norm: on >= 2 threads the halves run on two threads, each with its
     own batch-norm buffers; weights, BN running statistics and losses must match running
     them in sequence (upstream's order), and repeat exactly with the same seed."""
     runs = {}
     for name, parallel in (("seq", False), ("par", True), ("par2", True)):
-        tr = Trainer(config(iterations=4, threads=2), small_set, tmp_path / name)
+        tr = Trainer(
+            config(iterations=4, threads=2, batch_norm="per-half"), small_set, tmp_path / name
+        )
         tr.parallel_halves = parallel
         events = []
         tr.run(on_event=events.append)

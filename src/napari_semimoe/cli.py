@@ -124,6 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             threads=args.threads,
             precision=args.precision,
             fast=not args.reference,
+            batch_norm=args.batch_norm,
             compile=args.compile,
             geometry=geometry.to_dict(),
             per_instance_boundary=args.instance_boundaries,
@@ -384,6 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="upstream-style path: separate passes, NCHW (for comparisons)",
     )
     t.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
+    t.add_argument(
+        "--batch-norm",
+        default="pooled",
+        choices=["pooled", "per-half"],
+        help="pooled: labeled + unlabeled tiles in one pass (default); per-half: upstream's "
+        "two passes, side by side on a multi-core CPU",
+    )
     t.add_argument(
         "--instance-boundaries",
         action="store_true",

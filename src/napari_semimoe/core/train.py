@@ -62,7 +62,11 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | fp32
-    fast: bool = True  # channels-last, halves side by side; False = upstream-style reference path
+    fast: bool = True  # channels-last bf16 passes; False = upstream-style reference path
+    #: Fast path: "pooled" = labeled + unlabeled tiles in one pass (batch norm over all of
+    #: them; the better GlaS results), "per-half" = upstream's two passes, side by side on
+    #: a multi-core CPU (~7 % faster there; see docs/benchmarks.md).
+    batch_norm: str = "pooled"
     compile: str = "auto"  # auto | on | off (torch.compile pays off only for long runs)
     geometry: dict = field(default_factory=lambda: Geometry().to_dict())
     per_instance_boundary: bool = False
@@ -103,6 +107,8 @@ class TrainConfig:
             raise InputError("gamma and lambda_max must be >= 0")
         if self.compile not in ("auto", "on", "off"):
             raise InputError(f"compile must be auto, on or off, got {self.compile!r}")
+        if self.batch_norm not in ("pooled", "per-half"):
+            raise InputError(f"batch_norm must be pooled or per-half, got {self.batch_norm!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -526,19 +532,13 @@ class Trainer:
         return out
 
     def _fast_pass(self, xl, y, xu, lam):
-        """Channels-last, autocast; the two halves run side by side on a multi-core CPU."""
+        """Channels-last, autocast; per-half passes run side by side on a multi-core CPU."""
         cfg, m = self.config, self.model
         if self.channels_last:
             xl = xl.contiguous(memory_format=torch.channels_last)
             xu = None if xu is None else xu.contiguous(memory_format=torch.channels_last)
-        if xu is None:
-            with autocast(self.device, self.amp):
-                feats, expert = self._experts(xl)
-                gated, _ = m.mgp(feats)
-            sup = self._supervised_losses(expert, gated, y)
-            total = adaptive_loss(sup, m.loss_s, cfg.gamma)
-            total.backward()
-            return total.detach(), sup, {}
+        if xu is None or cfg.batch_norm == "pooled":
+            return self._pooled_pass(xl, y, xu, lam)
         halves = self._halves()
         (feats_l, exp_l), (feats_u, exp_u) = halves.forward(xl, xu)
         with autocast(self.device, self.amp):
@@ -552,6 +552,32 @@ class Trainer:
         total = adaptive_loss(sup, m.loss_s, cfg.gamma)
         total = total + lam * adaptive_loss(uns, m.loss_s, cfg.gamma)
         halves.backward(total)
+        return total.detach(), sup, uns
+
+    def _pooled_pass(self, xl, y, xu, lam):
+        """All tiles through each expert in one pass (batch norm over labeled + unlabeled)."""
+        cfg, m = self.config, self.model
+        nl = xl.shape[0]
+        x = xl if xu is None else torch.cat([xl, xu])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp):
+            feats, expert = self._experts(x)
+            # The gates run once on all tiles (per-image, so the halves do not mix); slicing
+            # the small gated logits instead of the b-channel features keeps the backward in
+            # one memory layout. Pseudo-labels are detached: the gates get no gradient from
+            # the unsupervised term.
+            gated, _ = m.mgp(feats)
+            gated_l = {t: v[:nl] for t, v in gated.items()}
+            gated_u = {t: v[nl:].detach() for t, v in gated.items()}
+        sup = self._supervised_losses({t: v[:nl] for t, v in expert.items()}, gated_l, y)
+        total = adaptive_loss(sup, m.loss_s, cfg.gamma)
+        uns: dict[str, torch.Tensor] = {}
+        if xu is not None:
+            pl = pseudo_labels(gated_u)
+            uns = {t: task_loss(t, expert[t][nl:], pl[t]) for t in TASKS}
+            total = total + lam * adaptive_loss(uns, m.loss_s, cfg.gamma)
+        total.backward()
         return total.detach(), sup, uns
 
     @property
