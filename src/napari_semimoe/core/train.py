@@ -534,11 +534,11 @@ class Trainer:
     def _fast_pass(self, xl, y, xu, lam):
         """Channels-last, autocast; per-half passes run side by side on a multi-core CPU."""
         cfg, m = self.config, self.model
-        if self.channels_last:
-            xl = xl.contiguous(memory_format=torch.channels_last)
-            xu = None if xu is None else xu.contiguous(memory_format=torch.channels_last)
         if xu is None or cfg.batch_norm == "pooled":
             return self._pooled_pass(xl, y, xu, lam)
+        if self.channels_last:
+            xl = xl.contiguous(memory_format=torch.channels_last)
+            xu = xu.contiguous(memory_format=torch.channels_last)
         halves = self._halves()
         (feats_l, exp_l), (feats_u, exp_u) = halves.forward(xl, xu)
         with autocast(self.device, self.amp):
