@@ -126,6 +126,13 @@ def test_bad_tile_settings(loaded):
     assert Predictor(loaded, PredictOptions(tile=64)).overlap == 16
 
 
+def test_batch_default_and_validation(loaded):
+    assert Predictor(loaded).batch == 2  # CPU: larger batches gain nothing
+    assert Predictor(loaded, PredictOptions(batch=5)).batch == 5
+    with pytest.raises(InputError, match="batch"):
+        Predictor(loaded, PredictOptions(batch=-1))
+
+
 def test_resample_band_matches_whole():
     src = np.random.default_rng(0).random((37, 23)).astype(np.float32)
     whole = resample(src, (100, 61))

@@ -95,6 +95,17 @@ def test_corrupt_file(tmp_path, name):
         read_image(tmp_path / name)
 
 
+def test_missing_package_is_named_not_blamed_on_the_file(tmp_path, monkeypatch):
+    """A broken install (zarr absent, as on a machine we tried) must not read as a bad file."""
+    import sys
+
+    tifffile.imwrite(tmp_path / "p.tif", smooth_rgb(64, 64), photometric="rgb")
+    monkeypatch.setitem(sys.modules, "zarr", None)  # import zarr -> ModuleNotFoundError
+    with pytest.raises(InputError, match="needs the Python package 'zarr'") as err:
+        open_slide(tmp_path / "p.tif").read_region(0, 0, 8, 8)
+    assert "damaged" not in str(err.value)
+
+
 def test_truncated_files(tmp_path):
     Image.fromarray(smooth_rgb(64, 64)).save(tmp_path / "t.png")
     data = (tmp_path / "t.png").read_bytes()

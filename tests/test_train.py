@@ -33,23 +33,33 @@ def weights(tr: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
 
 
-def test_same_seed_same_run(small_set, tmp_path):
-    a = Trainer(config(), small_set, tmp_path / "a")
-    b = Trainer(config(), small_set, tmp_path / "b")
+# CPU runs repeat bit for bit as they are; a GPU run needs deterministic kernels (checked
+# where a GPU is present: CI has none).
+DEVICES = [pytest.param({"device": "cpu"}, id="cpu")]
+if torch.cuda.is_available():
+    DEVICES.append(pytest.param({"device": "cuda", "deterministic": True}, id="cuda"))
+
+
+@pytest.mark.parametrize("dev", DEVICES)
+def test_same_seed_same_run(small_set, tmp_path, dev):
+    # Both built before either runs: each run keeps its own RNG (gate dropout), on a GPU too.
+    a = Trainer(config(**dev), small_set, tmp_path / "a")
+    b = Trainer(config(**dev), small_set, tmp_path / "b")
     a.run()
     b.run()
     for k, v in weights(a).items():
         assert torch.equal(v, weights(b)[k]), k
-    c = Trainer(config(seed=1), small_set, tmp_path / "c")
+    c = Trainer(config(seed=1, **dev), small_set, tmp_path / "c")
     c.run()
     assert any(not torch.equal(v, weights(c)[k]) for k, v in weights(a).items())
 
 
-def test_resume_continues_the_same_run(small_set, tmp_path):
-    full = Trainer(config(), small_set, tmp_path / "full")
+@pytest.mark.parametrize("dev", DEVICES)
+def test_resume_continues_the_same_run(small_set, tmp_path, dev):
+    full = Trainer(config(**dev), small_set, tmp_path / "full")
     full.run()
     stop = threading.Event()
-    part = Trainer(config(), small_set, tmp_path / "part")
+    part = Trainer(config(**dev), small_set, tmp_path / "part")
 
     def stop_after_3(ev):
         if ev.kind == "iteration" and ev.iteration == 3:
@@ -57,7 +67,7 @@ def test_resume_continues_the_same_run(small_set, tmp_path):
 
     assert part.run(on_event=stop_after_3, stop=stop) == "stopped"
     assert part.iteration == 3
-    resumed = Trainer(config(), small_set, tmp_path / "part", resume=True)
+    resumed = Trainer(config(**dev), small_set, tmp_path / "part", resume=True)
     assert resumed.iteration == 3
     assert resumed.run() == "done"
     for k, v in weights(full).items():
@@ -229,7 +239,9 @@ def test_halves_side_by_side_match_one_after_the_other(small_set, tmp_path):
     runs = {}
     for name, parallel in (("seq", False), ("par", True), ("par2", True)):
         tr = Trainer(
-            config(iterations=4, threads=2, batch_norm="per-half"), small_set, tmp_path / name
+            config(iterations=4, threads=2, batch_norm="per-half", device="cpu"),
+            small_set,
+            tmp_path / name,
         )
         tr.parallel_halves = parallel
         events = []

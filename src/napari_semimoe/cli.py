@@ -126,6 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             fast=not args.reference,
             batch_norm=args.batch_norm,
             compile=args.compile,
+            deterministic=args.deterministic,
             geometry=geometry.to_dict(),
             per_instance_boundary=args.instance_boundaries,
             checkpoint_every=args.checkpoint_every,
@@ -277,6 +278,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         compile=args.compile,
         threads=args.threads,
         log=lambda s: print(s, file=sys.stderr),
+        device=args.device,
     )
     print(json.dumps(result, indent=1))
     if args.json:
@@ -386,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
     t.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="repeat bit for bit on a GPU too (deterministic kernels; slower there)",
+    )
+    t.add_argument(
         "--batch-norm",
         default="pooled",
         choices=["pooled", "per-half"],
@@ -412,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--threads", type=int)
         q.add_argument("--tile", type=int, help="tile side at working scale")
         q.add_argument("--overlap", type=int, help="tile overlap (default: tile / 4)")
-        q.add_argument("--batch", type=int, default=2)
+        q.add_argument("--batch", type=int, help="tiles per pass (default: 2 on CPU, 16 on GPU)")
         q.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
 
     pr = sub.add_parser("predict", help="predict images or slides, write TIFFs")
@@ -446,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--device", default="auto")
     sg.add_argument("--threads", type=int)
     sg.add_argument("--overlap", type=int)
-    sg.add_argument("--batch", type=int, default=2)
+    sg.add_argument("--batch", type=int, help="tiles per pass (default: 2 on CPU, 16 on GPU)")
     sg.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     sg.set_defaults(func=cmd_suggest)
 
@@ -465,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time a torch.compile'd fast path (compiles for minutes on CPU)",
     )
     b.add_argument("--threads", type=int)
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     b.add_argument("--json")
     b.set_defaults(func=cmd_bench)
     return p

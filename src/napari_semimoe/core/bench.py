@@ -40,6 +40,11 @@ def synthetic_tiles(n: int, size: int = 256, seed: int = 0):
     return images, masks
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # GPU work is asynchronous: time it to its end
+        torch.cuda.synchronize(device)
+
+
 def run_bench(
     width: int = 16,
     repeats: int = 7,
@@ -48,13 +53,17 @@ def run_bench(
     log: Callable[[str], None] = print,
     predict_size: int = 1024,
     tile: int = 256,
+    device: str = "auto",
 ) -> dict:
+    """Time the fast and the reference path, stepped in turn in one process, on ``device``."""
     if threads:
         torch.set_num_threads(threads)
     images, masks = synthetic_tiles(8, size=tile)
     data = TrainingSet(images[:4], masks[:4], images[4:])
     geo = Geometry(input_size=tile).to_dict()
-    common = dict(width=width, iterations=10_000, checkpoint_every=10**9, geometry=geo)
+    common = dict(
+        width=width, iterations=10_000, checkpoint_every=10**9, geometry=geo, device=device
+    )
     # "fast" is what `train` runs by default; "compiled" adds torch.compile (opt-in on CPU).
     paths = {
         "fast": TrainConfig(**common, fast=True, precision="auto", compile="off"),
@@ -75,6 +84,7 @@ def run_bench(
         for k, tr in trainers.items():
             t = time.perf_counter()
             tr.step()
+            _sync(tr.device)
             times[k].append(time.perf_counter() - t)
         log(
             f"train repeat {r + 1}/{repeats}: "
@@ -97,10 +107,10 @@ def run_bench(
     big = np.tile(images[0], (reps, reps, 1))
     big = np.clip(big.astype(np.int16) + rng.integers(-5, 6, big.shape), 0, 255).astype(np.uint8)
     model = trainers["fast"].model
-    ref_model = SemiMoE(width)
+    dev = trainers["fast"].device
+    ref_model = SemiMoE(width).to(dev)
     ref_model.load_state_dict(model.state_dict())
     ref_model.mgp.literal = True
-    dev = torch.device("cpu")
     g = Geometry(scale=1.0, tile=tile)
     mean, std = trainers["fast"].mean, trainers["fast"].std
     preds = {
@@ -127,6 +137,7 @@ def run_bench(
     pf, pr = mpx / float(np.median(ptimes["fast"])), mpx / float(np.median(ptimes["reference"]))
     return {
         "width": width,
+        "device": str(dev),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),

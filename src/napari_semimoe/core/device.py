@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -59,6 +60,16 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def enable_determinism() -> None:
+    """Make GPU runs repeat bit for bit (CPU runs already do): deterministic cuDNN/cuBLAS
+    kernels, at some cost in speed. Process-wide, as torch's switches are."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    # warn_only: an op with no deterministic kernel warns instead of stopping the training
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def set_threads(threads: int | None) -> None:

@@ -136,6 +136,11 @@ def _is_tiff(p: Path) -> bool:
 
 
 def _unreadable(p: Path, exc: BaseException) -> InputError:
+    if isinstance(exc, ModuleNotFoundError) and exc.name:  # a broken install, not the file
+        return InputError(
+            f"{p.name}: reading it needs the Python package {exc.name!r}, which is not "
+            f"installed; install it (pip install {exc.name.split('.')[0]}) and try again"
+        )
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return InputError(
         f"{p.name}: could not read the image ({reason}); the file is damaged, truncated "

@@ -30,7 +30,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .data import CyclicSampler, Geometry, TrainingSet, channel_stats, make_batch
-from .device import autocast, autocast_dtype, resolve_device, set_threads
+from .device import autocast, autocast_dtype, enable_determinism, resolve_device, set_threads
 from .errors import CheckpointError, InputError
 from .losses import adaptive_loss, pseudo_labels, task_loss
 from .model import TASKS, SemiMoE, run_experts
@@ -67,7 +67,9 @@ class TrainConfig:
     #: them; the better GlaS results), "per-half" = upstream's two passes, side by side on
     #: a multi-core CPU (~7 % faster there; see docs/benchmarks.md).
     batch_norm: str = "pooled"
-    compile: str = "auto"  # auto | on | off (torch.compile pays off only for long runs)
+    compile: str = "auto"  # auto (= off: measured no faster, docs/benchmarks.md) | on | off
+    #: Bit-for-bit repeatable runs on a GPU too (deterministic kernels, slower there).
+    deterministic: bool = False
     geometry: dict = field(default_factory=lambda: Geometry().to_dict())
     per_instance_boundary: bool = False
     checkpoint_every: int = 100
@@ -292,13 +294,18 @@ class Trainer:
         self.geometry = Geometry.from_dict(config.geometry)
         set_threads(config.threads)
         self.device = resolve_device(config.device)
+        if config.deterministic:
+            enable_determinism()
         self.amp = autocast_dtype(self.device, config.precision)
-        with torch.random.fork_rng(devices=[]):
+        # The run's own torch RNG (gate dropout: the CPU generator, and the GPU's on a GPU),
+        # kept apart from the global one so that runs in one process do not disturb each
+        # other and a resume is exact.
+        self._gpu_ids = [self.device.index or 0] if self.device.type == "cuda" else []
+        self.gpu_rng: torch.Tensor | None = None
+        with torch.random.fork_rng(devices=self._gpu_ids):
             torch.manual_seed(config.seed)
             self.model = SemiMoE(config.width).to(self.device)
-            # The run's own torch RNG (gate dropout), kept apart from the global one so that
-            # runs in one process do not disturb each other and a resume is exact.
-            self.torch_rng = torch.get_rng_state()
+            self._keep_rng()
         # Channels-last pays with bf16 (oneDNN); in fp32 its batch norm is slower on CPU.
         self.channels_last = config.fast and self.amp is not None
         if self.channels_last:
@@ -351,15 +358,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
+    def _keep_rng(self) -> None:
+        self.torch_rng = torch.get_rng_state()
+        if self._gpu_ids:
+            self.gpu_rng = torch.cuda.get_rng_state(self._gpu_ids[0])
+
     def _want_compile(self) -> bool:
         c = self.config.compile
         if c == "on":
             return True
         if c == "off" or not self.config.fast:
             return False
-        # On CPU, inductor compiled for minutes here and then ran no faster (measured in
-        # docs/benchmarks.md); on a GPU it pays off over a few hundred iterations.
-        return self.device.type == "cuda" and self.config.iterations - self.iteration >= 300
+        # Measured no faster (docs/benchmarks.md): on this 2-core CPU inductor compiled for
+        # minutes and ran slower; on an H100 a compiled b = 16 step took 62.5 vs 56.8 ms eager.
+        return False
 
     def _restore(self, tensors: dict[str, torch.Tensor], doc: dict) -> None:
         meta = doc["meta"]
@@ -375,6 +387,8 @@ class Trainer:
         self.unl_sampler.load_state(st["unlabeled_sampler"])
         if "rng.torch" in tensors:
             self.torch_rng = tensors["rng.torch"]
+        if "rng.cuda" in tensors and self._gpu_ids:
+            self.gpu_rng = tensors["rng.cuda"]
         hist = self.run_dir / "history.json"
         if hist.exists():
             self.history = [
@@ -407,7 +421,8 @@ class Trainer:
             self.model,
             self.meta(),
             {"sgd": self.opt, "adam": self.opt_s},
-            extra={"rng.torch": self.torch_rng},
+            extra={"rng.torch": self.torch_rng}
+            | ({"rng.cuda": self.gpu_rng} if self.gpu_rng is not None else {}),
         )
         atomic_write_json(self.run_dir / "history.json", self.history)
 
@@ -506,13 +521,15 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         self.opt_s.zero_grad(set_to_none=True)
         s = self.model.loss_s
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=self._gpu_ids):
             torch.set_rng_state(self.torch_rng)
+            if self.gpu_rng is not None:
+                torch.cuda.set_rng_state(self.gpu_rng, self._gpu_ids[0])
             if cfg.fast:
                 total, sup, uns = self._fast_pass(xl, y, xu, lam)
             else:
                 total, sup, uns = self._reference_pass(xl, y, xu, lam)
-            self.torch_rng = torch.get_rng_state()
+            self._keep_rng()
         if not torch.isfinite(total):
             self.opt.zero_grad(set_to_none=True)
             self.opt_s.zero_grad(set_to_none=True)
