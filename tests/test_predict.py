@@ -130,7 +130,7 @@ def test_batch_default_and_validation(loaded):
     assert Predictor(loaded).batch == 2  # CPU: larger batches gain nothing
     assert Predictor(loaded, PredictOptions(batch=5)).batch == 5
     with pytest.raises(InputError, match="batch"):
-        Predictor(loaded, PredictOptions(batch=-1))
+        Predictor(loaded, PredictOptions(batch=0))
 
 
 def test_resample_band_matches_whole():

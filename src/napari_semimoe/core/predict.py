@@ -155,7 +155,8 @@ class Predictor:
         self.window = blend_window(self.tile, self.overlap)
         # A CPU gains nothing from larger batches; an H100 predicts 3.1 Mpx/s in batches
         # of 2 and 9.0 in batches of 16 (docs/benchmarks.md).
-        self.batch = int(self.opt.batch or (16 if loaded.device.type == "cuda" else 2))
+        default_batch = 16 if loaded.device.type == "cuda" else 2
+        self.batch = default_batch if self.opt.batch is None else int(self.opt.batch)
         if self.batch < 1:
             raise InputError(f"batch must be at least 1, got {self.batch}")
         self.channels_last = self.opt.fast and loaded.device.type == "cpu"

@@ -364,14 +364,10 @@ class Trainer:
             self.gpu_rng = torch.cuda.get_rng_state(self._gpu_ids[0])
 
     def _want_compile(self) -> bool:
-        c = self.config.compile
-        if c == "on":
-            return True
-        if c == "off" or not self.config.fast:
-            return False
-        # Measured no faster (docs/benchmarks.md): on this 2-core CPU inductor compiled for
-        # minutes and ran slower; on an H100 a compiled b = 16 step took 62.5 vs 56.8 ms eager.
-        return False
+        # Only on request ("auto" = off): measured no faster (docs/benchmarks.md): on this
+        # 2-core CPU inductor compiled for minutes and ran slower; on an H100 a compiled
+        # b = 16 step took 62.5 vs 56.8 ms eager.
+        return self.config.compile == "on"
 
     def _restore(self, tensors: dict[str, torch.Tensor], doc: dict) -> None:
         meta = doc["meta"]
