@@ -185,3 +185,29 @@ def test_instances_split_touching_glands_and_drop_specks():
     assert lab[6, 6] == 0
     # Without an SDF each component stays whole.
     assert label_instances(mask, None, None, min_size=16).max() == 1
+
+
+def test_jobs_hand_gpu_cache_back(monkeypatch):
+    """What the viewer's prediction jobs are wrapped in: after the job (its model gone),
+    PyTorch's GPU cache goes back to the driver; also when the job fails."""
+    from napari_semimoe.core import device
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty"))
+
+    @device.releasing_memory
+    def job(x):
+        assert not calls  # not before the job has finished
+        return x * 2
+
+    assert job(3) == 6 and calls == ["empty"]
+
+    @device.releasing_memory
+    def failing():
+        raise InputError("bad tile")
+
+    with pytest.raises(InputError):
+        failing()
+    assert calls == ["empty", "empty"]

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -70,6 +74,35 @@ def enable_determinism() -> None:
     torch.backends.cudnn.benchmark = False
     # warn_only: an op with no deterministic kernel warns instead of stopping the training
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def release_memory() -> None:
+    """Hand the memory PyTorch keeps cached on a GPU back to the driver.
+
+    Prediction runs in the viewer's process (training runs in a process of its own, whose
+    end frees everything); without this the model's activations would stay reserved on the
+    GPU after each prediction, out of reach of the training process and other programs.
+    """
+    gc.collect()  # tensors held only by reference cycles
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    mps = getattr(torch, "mps", None)
+    if mps is not None and torch.backends.mps.is_available():
+        with contextlib.suppress(Exception):
+            mps.empty_cache()
+
+
+def releasing_memory(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: :func:`release_memory` once ``fn`` has returned (its locals are gone)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_memory()
+
+    return wrapper
 
 
 def set_threads(threads: int | None) -> None:

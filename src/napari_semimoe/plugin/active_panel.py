@@ -163,8 +163,10 @@ class ActivePanel:
     def _run(self, fn, on_done, bar: QProgressBar, cancel_btn: QPushButton) -> None:
         from napari.qt.threading import thread_worker
 
+        from ..core.device import releasing_memory
+
         job = self._job = ProgressJob(bar, cancel_btn, self.w)
-        worker = self.worker = thread_worker(fn, ignore_errors=True)(job)
+        worker = self.worker = thread_worker(releasing_memory(fn), ignore_errors=True)(job)
         job.start()
         for b in (self.suggest_btn, self.qa_btn):
             b.setEnabled(False)

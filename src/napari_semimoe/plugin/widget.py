@@ -758,6 +758,7 @@ class SemiMoEWidget(QWidget):
     def predict(self, mode: str = "view") -> None:
         from napari.qt.threading import thread_worker
 
+        from ..core.device import releasing_memory
         from ..core.predict import PredictOptions, Predictor, load_model
         from ..core.uncertainty import uncertainty_map
 
@@ -774,6 +775,7 @@ class SemiMoEWidget(QWidget):
         job = self._pred_job = ProgressJob(self.pred_progress, self.cancel_btn, self)
 
         @thread_worker(ignore_errors=True)  # errors become a notification below
+        @releasing_memory  # the GPU's cache back to the driver once the model is gone
         def work():
             loaded = load_model(ckpt, "auto")
             # Expert maps are always computed: the uncertainty map needs the seg expert.
