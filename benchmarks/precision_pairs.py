@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -195,6 +196,7 @@ def main() -> int:
     jobs = [(s, p) for s in _seeds(args.seeds) for p in ("bf16", "fp32")]
     t_start = time.perf_counter()
     results: list[dict] = []
+    lock = threading.Lock()  # runs finish on several threads; one JSON writer at a time
 
     def run(job):
         seed, prec = job
@@ -223,14 +225,15 @@ def main() -> int:
         if not res_file.exists():
             return None
         r = json.loads(res_file.read_text())
-        results.append(r)
-        print(
-            f"seed {seed} {prec}: Dice {r['final']['dice_pooled'] * 100:.2f} "
-            f"(train {r['train_s']:.0f} s)",
-            flush=True,
-        )
-        if args.json:
-            args.json.write_text(json.dumps(report(), indent=1))
+        with lock:
+            results.append(r)
+            print(
+                f"seed {seed} {prec}: Dice {r['final']['dice_pooled'] * 100:.2f} "
+                f"(train {r['train_s']:.0f} s)",
+                flush=True,
+            )
+            if args.json:
+                args.json.write_text(json.dumps(report(), indent=1))
         return r
 
     def report():
