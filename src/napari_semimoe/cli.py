@@ -386,7 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="upstream-style path: separate passes, NCHW (for comparisons)",
     )
-    t.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
+    t.add_argument(
+        "--compile",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="torch.compile the experts (auto = off: measured no faster on CPU or GPU)",
+    )
     t.add_argument(
         "--deterministic",
         action="store_true",
