@@ -6,8 +6,8 @@ One training moves testA Dice by 2-3 points, so a single bf16/fp32 pair cannot s
 95 % confidence interval.
 
     python benchmarks/precision_pairs.py --train ../shared/data/glas/train \
-        --test ../shared/data/glas/testA --seeds 0-7 --iterations 2000 --input-size 128 \
-        --device cuda --jobs 8 --out runs/precision --json docs/benchmarks/precision_pairs.json
+        --test ../shared/data/glas/testA --seeds 0-16 --iterations 2000 --input-size 128 \
+        --device cuda --jobs 12 --out runs/prec --json docs/benchmarks/precision_pairs_cuda.json
 
 Test images may be stored at the working scale with native masks (a smaller copy to ship
 to another machine): the maps are then resampled to the mask's size exactly as
