@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from napari_semimoe.core.data import Geometry, TrainingSet
 from napari_semimoe.core.losses import adaptive_loss, pseudo_labels, task_loss
@@ -17,7 +18,10 @@ from napari_semimoe.core.model import (
     MultiGate,
     SemiMoE,
     UNetExpert,
+    concat_conv,
     count_parameters,
+    phase_kernels,
+    upsampled_conv,
 )
 from napari_semimoe.core.train import TrainConfig, Trainer, lr_schedule
 
@@ -222,12 +226,15 @@ def test_multigate_fast_equals_literal(train):
 
 
 def test_semimoe_fast_equals_literal_all_grads():
+    """Phase up-convolutions, split concat convolutions and the per-expert gated heads
+    compute upstream's literal network: same outputs and gradients."""
     torch.manual_seed(0)
     m = SemiMoE(4).eval()
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 32, 48)
 
     def run(literal):
-        m.mgp.literal = literal
+        m.literal = literal
+        assert all(s.literal == literal for e in m.experts.values() for s in e.dec)
         m.zero_grad(set_to_none=True)
         out = m(x)
         loss = sum((out.gated[t] ** 2).mean() + out.gates[t][:, 0].sum() for t in TASKS)
@@ -238,11 +245,78 @@ def test_semimoe_fast_equals_literal_all_grads():
     ol, gl = run(True)
     for t in TASKS:
         torch.testing.assert_close(of.gated[t], ol.gated[t], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(of.expert[t], ol.expert[t], rtol=1e-5, atol=1e-5)
     assert gf.keys() == gl.keys()
     assert "experts.seg.head.weight" not in gf  # only gated outputs in the loss
     assert "experts.sdf.enc.0.0.weight" in gf
     for n in gf:
         torch.testing.assert_close(gf[n], gl[n], rtol=1e-4, atol=1e-6)
+
+
+def test_phase_kernels_on_a_hand_made_case():
+    """One input pixel, one 3x3 kernel: after nearest x2 upsampling the pixel covers a 2x2
+    block, so output pixel (0, 0) of the block's top-left phase sees kernel taps (1..2, 1..2)
+    and the top row of the phase-(0, 0) kernel holds row 0, the bottom row rows 1 + 2."""
+    w = torch.arange(9.0).reshape(1, 1, 3, 3)  # [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    k = phase_kernels(w)
+    assert k.shape == (4, 1, 2, 2)
+    # phase (a=0, b=0): rows (0 | 1+2), columns (0 | 1+2)
+    assert k[0, 0].tolist() == [[0.0, 1.0 + 2.0], [3.0 + 6.0, 4.0 + 5.0 + 7.0 + 8.0]]
+    # phase (a=1, b=1): rows (0+1 | 2), columns (0+1 | 2)
+    assert k[3, 0].tolist() == [[0.0 + 1.0 + 3.0 + 4.0, 2.0 + 5.0], [6.0 + 7.0, 8.0]]
+    # each phase kernel sums to the whole kernel (a constant image stays constant inside)
+    assert torch.allclose(k.sum((2, 3)), w.sum())
+    x = torch.zeros(1, 1, 3, 3)
+    x[0, 0, 1, 1] = 1.0
+    conv = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    conv.weight.data.copy_(w)
+    out = upsampled_conv(x, conv)
+    ref = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), w, padding=1)
+    assert out.shape == (1, 1, 6, 6)
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_upsampled_conv_equals_upsample_then_conv(layout):
+    torch.manual_seed(0)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    # float64: the two forms sum in different orders, and only rounding may differ
+    conv = torch.nn.Conv2d(6, 5, 3, padding=1).double().to(memory_format=fmt)
+    x0 = torch.randn(2, 6, 7, 10, dtype=torch.float64).contiguous(memory_format=fmt)
+    g = torch.randn(2, 5, 14, 20, dtype=torch.float64)
+
+    def run(fn):
+        conv.zero_grad(set_to_none=True)
+        x = x0.clone().requires_grad_(True)
+        y = fn(x)
+        y.backward(g)
+        return y, x.grad, conv.weight.grad, conv.bias.grad
+
+    fast = run(lambda x: upsampled_conv(x, conv))
+    lit = run(lambda x: conv(F.interpolate(x, scale_factor=2.0, mode="nearest")))
+    assert fast[0].is_contiguous(memory_format=fmt)
+    for a, b in zip(fast, lit):
+        assert a.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_concat_conv_equals_conv_of_the_concatenation():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(7, 4, 3, padding=1)
+    a0, b0 = torch.randn(2, 3, 9, 9), torch.randn(2, 4, 9, 9)
+    g = torch.randn(2, 4, 9, 9)
+
+    def run(fn):
+        conv.zero_grad(set_to_none=True)
+        a, b = a0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
+        y = fn(a, b)
+        y.backward(g)
+        return y, a.grad, b.grad, conv.weight.grad, conv.bias.grad
+
+    split = run(lambda a, b: concat_conv([a, b], conv))
+    cat = run(lambda a, b: conv(torch.cat([a, b], 1)))
+    for x, y in zip(split, cat):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
 
 
 def test_channels_last_training_has_the_same_gradients_in_one_layout():

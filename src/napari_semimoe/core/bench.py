@@ -110,7 +110,7 @@ def run_bench(
     dev = trainers["fast"].device
     ref_model = SemiMoE(width).to(dev)
     ref_model.load_state_dict(model.state_dict())
-    ref_model.mgp.literal = True
+    ref_model.literal = True
     g = Geometry(scale=1.0, tile=tile)
     mean, std = trainers["fast"].mean, trainers["fast"].std
     preds = {

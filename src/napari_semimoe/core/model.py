@@ -58,9 +58,12 @@ class _GlobalMeanFP32(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         n, c, h, w = ctx.shape
-        g = (grad / (h * w)).to(ctx.dtype)[:, :, None, None].expand(n, c, h, w)
-        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
-        return g.contiguous(memory_format=fmt)
+        g = (grad / (h * w)).to(ctx.dtype)
+        # A broadcast view, not a map: autograd adds it to the features' other gradients
+        # in one pass (materialising it cost a full-size copy per expert).
+        if ctx.channels_last:
+            return g[:, None, None, :].expand(n, h, w, c).permute(0, 3, 1, 2)
+        return g[:, :, None, None].expand(n, c, h, w)
 
 
 def global_mean(x: torch.Tensor) -> torch.Tensor:
@@ -85,6 +88,90 @@ class ConvBlock(nn.Sequential):
         super().__init__(*_conv_bn_relu(cin, cout), *_conv_bn_relu(cout, cout))
 
 
+def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """A 3x3 kernel applied after nearest x2 upsampling, as four 2x2 kernels on the input.
+
+    Output pixel (2i + a, 2j + b) of the upsampled convolution reads input rows i - 1, i
+    (a = 0) or i, i + 1 (a = 1), the kernel's rows summed where two of them land on the same
+    input row (columns alike). ``(C_out, C_in, 3, 3)`` -> ``(4 C_out, C_in, 2, 2)``, phase
+    ``p = 2a + b`` major. Same function, 16 instead of 36 multiply-adds per input pixel.
+    """
+    rows = (
+        torch.stack([weight[:, :, 0], weight[:, :, 1] + weight[:, :, 2]], 2),  # a = 0
+        torch.stack([weight[:, :, 0] + weight[:, :, 1], weight[:, :, 2]], 2),  # a = 1
+    )
+    phases = []
+    for r in rows:  # (C_out, C_in, 2, 3)
+        phases.append(torch.stack([r[..., 0], r[..., 1] + r[..., 2]], -1))  # b = 0
+        phases.append(torch.stack([r[..., 0] + r[..., 1], r[..., 2]], -1))  # b = 1
+    return torch.cat(phases)
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+class _Interleave(torch.autograd.Function):
+    """Phase maps ``(N, 4C, H + 1, W + 1)`` of :func:`phase_kernels` (convolved with
+    padding 1) -> the upsampled convolution's output ``(N, C, 2H, 2W)``.
+
+    Phase ``p = 2a + b`` fills pixels ``(2i + a, 2j + b)`` from its map at ``(i + a, j + b)``.
+    Four strided copies each way; autograd's own slicing backward would build and sum four
+    full-size zero-padded gradients instead.
+    """
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor) -> torch.Tensor:
+        n, c4, h1, w1 = y.shape
+        c, h, w = c4 // 4, h1 - 1, w1 - 1
+        fmt = _memory_format(y)
+        out = torch.empty((n, c, 2 * h, 2 * w), dtype=y.dtype, device=y.device, memory_format=fmt)
+        o = out.view(n, c, h, 2, w, 2)
+        for a in (0, 1):
+            for b in (0, 1):
+                p = 2 * a + b
+                o[:, :, :, a, :, b].copy_(y[:, p * c : (p + 1) * c, a : a + h, b : b + w])
+        ctx.shape, ctx.fmt = (n, c, h, w), fmt
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = ctx.shape
+        g = grad.contiguous(memory_format=ctx.fmt).view(n, c, h, 2, w, 2)
+        gy = torch.empty(
+            (n, 4 * c, h + 1, w + 1), dtype=grad.dtype, device=grad.device, memory_format=ctx.fmt
+        ).zero_()
+        for a in (0, 1):
+            for b in (0, 1):
+                p = 2 * a + b
+                gy[:, p * c : (p + 1) * c, a : a + h, b : b + w].copy_(g[:, :, :, a, :, b])
+        return gy
+
+
+def upsampled_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(nearest_upsample_x2(x))`` for a 3x3, padding-1 convolution, computed at the
+    input's resolution (:func:`phase_kernels`): 0.44x the multiply-adds, no upsampled copy."""
+    k = phase_kernels(conv.weight)
+    bias = None if conv.bias is None else conv.bias.repeat(4)
+    return _Interleave.apply(F.conv2d(x, k, bias, padding=1))
+
+
+def concat_conv(parts: list[torch.Tensor], conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(torch.cat(parts, 1))`` as a sum of one convolution per part: no concatenated
+    copy, and the gradients reach each part densely instead of as channel slices
+    (measured ~4 % of a training step on a 2-core CPU)."""
+    out, c0 = None, 0
+    for i, x in enumerate(parts):
+        c1 = c0 + x.shape[1]
+        y = F.conv2d(
+            x, conv.weight[:, c0:c1], conv.bias if i == 0 else None, conv.stride, conv.padding
+        )
+        out = y if out is None else out + y
+        c0 = c1
+    return out
+
+
 class UpStep(nn.Module):
     """Nearest upsample x2 -> Conv3x3 -> BN -> ReLU (halves channels), concat skip, ConvBlock."""
 
@@ -92,10 +179,18 @@ class UpStep(nn.Module):
         super().__init__()
         self.up = nn.Sequential(*_conv_bn_relu(cin, cout))
         self.block = ConvBlock(2 * cout, cout)
+        #: True: upsample, then convolve (upstream's literal form; the reference path).
+        self.literal = False
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = self.up(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-        return self.block(torch.cat([same_layout_grad(skip), same_layout_grad(x)], dim=1))
+        if self.literal:
+            x = self.up(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+            return self.block(torch.cat([same_layout_grad(skip), same_layout_grad(x)], dim=1))
+        x = self.up[2](self.up[1](upsampled_conv(x, self.up[0])))
+        y = concat_conv([skip, x], self.block[0])
+        for layer in list(self.block)[1:]:
+            y = layer(y)
+        return y
 
 
 class UNetExpert(nn.Module):
@@ -241,6 +336,19 @@ class SemiMoE(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.normal_(m.weight, 1.0, 0.02)
                 nn.init.zeros_(m.bias)
+
+    @property
+    def literal(self) -> bool:
+        """True: every layer computed in upstream's literal form (upsample then convolve,
+        fused maps built), the reference path; False: the same function, computed faster."""
+        return self.mgp.literal
+
+    @literal.setter
+    def literal(self, value: bool) -> None:
+        self.mgp.literal = bool(value)
+        for m in self.modules():
+            if isinstance(m, UpStep):
+                m.literal = bool(value)
 
     def network_parameters(self) -> list[nn.Parameter]:
         """Experts + MGP parameters (the SGD group); ``loss_s`` is optimised separately."""

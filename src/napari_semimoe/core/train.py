@@ -311,7 +311,7 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if not config.fast:
-            self.model.mgp.literal = True
+            self.model.literal = True
         self.opt = torch.optim.SGD(
             self.model.network_parameters(),
             lr=config.lr,
