@@ -9,6 +9,13 @@ One training moves testA Dice by 2-3 points, so a single bf16/fp32 pair cannot s
         --test ../shared/data/glas/testA --seeds 0-16 --iterations 2000 --input-size 128 \
         --device cuda --jobs 12 --out runs/prec --json docs/benchmarks/precision_pairs_cuda.json
 
+``--arms bf16,fp32,fp32-literal`` adds a control: ``fp32-literal`` is the fp32 training
+with the network computed in upstream's literal form (upsample then convolve, concatenate
+then convolve, fused maps built) instead of the fast path's equivalent forms. Same
+function, same precision, only the order of floating-point sums differs, so its paired
+difference to ``fp32`` is the noise floor: how far two fp32 trainings drift apart from
+rounding alone.
+
 Test images may be stored at the working scale with native masks (a smaller copy to ship
 to another machine): the maps are then resampled to the mask's size exactly as
 ``Predictor.predict_image`` does for a native image, so the metrics are the native ones.
@@ -62,11 +69,32 @@ def evaluate(run: Path, test: Path, device: str, precision: str, hausdorff: bool
     return evaluate_pairs(pairs(), hausdorff=hausdorff)
 
 
+#: Each arm's training precision; "fp32-literal" also computes the network literally.
+ARMS = {"bf16": "bf16", "fp32": "fp32", "fp32-literal": "fp32"}
+
+
+def _literal_models() -> None:
+    """Every SemiMoE built from now on in this (worker) process computes its layers in
+    upstream's literal form; the trainer's fast path is otherwise unchanged."""
+    from napari_semimoe.core import model
+
+    init = model.SemiMoE.__init__
+
+    def literal_init(self, *a, **k):
+        init(self, *a, **k)
+        self.literal = True
+
+    model.SemiMoE.__init__ = literal_init
+
+
 def worker(args: argparse.Namespace) -> int:
     """Train one arm, then evaluate its final checkpoint and snapshots; writes result.json."""
     from napari_semimoe import cli
 
-    run = Path(args.out) / f"{args.precision}_s{args.seed}"
+    arm, args.precision = args.precision, ARMS[args.precision]
+    if arm == "fp32-literal":
+        _literal_models()
+    run = Path(args.out) / f"{arm}_s{args.seed}"
     t0 = time.perf_counter()
     rc = cli.main(
         [
@@ -100,7 +128,7 @@ def worker(args: argparse.Namespace) -> int:
         return rc
     res = {
         "seed": args.seed,
-        "precision": args.precision,
+        "precision": arm,
         "train_s": round(train_s, 1),
         "final": evaluate(run, args.test, args.device, args.precision, hausdorff=True),
     }
@@ -118,32 +146,34 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def summarise(results: list[dict]) -> dict:
-    """Paired differences bf16 - fp32 (Dice points) with a t-based 95 % interval."""
+def _interval(values) -> dict:
+    """Mean, SD and t-based 95 % interval of differences given as fractions, in points."""
     from scipy import stats
 
-    by = {(r["seed"], r["precision"]): r for r in results}
-    seeds = sorted({s for s, p in by if (s, "bf16") in by and (s, "fp32") in by})
+    d = np.asarray(values, float) * 100  # Dice points
+    m = float(d.mean())
+    if len(d) < 2:
+        return {"mean": round(m, 2), "per_seed": d.round(2).tolist()}
+    se = float(d.std(ddof=1) / np.sqrt(len(d)))
+    h = float(stats.t.ppf(0.975, len(d) - 1) * se)
+    return {
+        "mean": round(m, 2),
+        "sd": round(float(d.std(ddof=1)), 2),
+        "mean_abs": round(float(np.abs(d).mean()), 2),
+        "ci95": [round(m - h, 2), round(m + h, 2)],
+        "per_seed": d.round(2).tolist(),
+    }
+
+
+def _paired(by: dict, a: str, b: str) -> dict:
+    """Differences a - b over the seeds that have both arms."""
+    seeds = sorted({s for s, p in by if (s, a) in by and (s, b) in by})
     out: dict = {"pairs": len(seeds), "seeds": seeds}
     if not seeds:
         return out
 
-    def interval(values) -> dict:
-        d = np.asarray(values, float) * 100  # Dice points
-        m = float(d.mean())
-        if len(d) < 2:
-            return {"mean": round(m, 2), "per_seed": d.round(2).tolist()}
-        se = float(d.std(ddof=1) / np.sqrt(len(d)))
-        h = float(stats.t.ppf(0.975, len(d) - 1) * se)
-        return {
-            "mean": round(m, 2),
-            "sd": round(float(d.std(ddof=1)), 2),
-            "ci95": [round(m - h, 2), round(m + h, 2)],
-            "per_seed": d.round(2).tolist(),
-        }
-
     def diff(get):
-        return interval([get(by[s, "bf16"]) - get(by[s, "fp32"]) for s in seeds])
+        return _interval([get(by[s, a]) - get(by[s, b]) for s in seeds])
 
     def curve_mean(r):  # mean Dice over the snapshots of the second half of training
         c = {int(k): v for k, v in r["curve"].items()}
@@ -153,18 +183,34 @@ def summarise(results: list[dict]) -> dict:
     out["dice_per_image_final"] = diff(lambda r: r["final"]["dice_per_image_mean"])
     out["object_f1_final"] = diff(lambda r: r["final"]["object_f1"])
     out["dice_pooled_second_half_mean"] = diff(curve_mean)
-    # The same bf16-trained models predicted in bf16 vs fp32: inference precision alone.
-    out["bf16_models_bf16_minus_fp32_inference"] = interval(
-        [
-            by[s, "bf16"]["final"]["dice_pooled"]
-            - by[s, "bf16"]["final_fp32_inference"]["dice_pooled"]
-            for s in seeds
-        ]
-    )
-    for p in ("bf16", "fp32"):
-        vals = np.array([by[s, p]["final"]["dice_pooled"] for s in seeds]) * 100
+    return out
+
+
+def summarise(results: list[dict]) -> dict:
+    """Paired differences bf16 - fp32 (Dice points) with a t-based 95 % interval; with the
+    control arm also fp32-literal - fp32 (rounding alone) and bf16 - fp32-literal."""
+    by = {(r["seed"], r["precision"]): r for r in results}
+    out = _paired(by, "bf16", "fp32")
+    seeds = out["seeds"]
+    if seeds:
+        # The same bf16-trained models predicted in bf16 vs fp32: inference precision alone.
+        out["bf16_models_bf16_minus_fp32_inference"] = _interval(
+            [
+                by[s, "bf16"]["final"]["dice_pooled"]
+                - by[s, "bf16"]["final_fp32_inference"]["dice_pooled"]
+                for s in seeds
+            ]
+        )
+    arms = sorted({p for _, p in by})
+    for p in arms:
+        runs = [r for (_, q), r in by.items() if q == p]
+        vals = np.array([r["final"]["dice_pooled"] for r in runs]) * 100
+        out[f"{p}_runs"] = len(runs)
         out[f"{p}_dice_pooled_mean"] = round(float(vals.mean()), 2)
-        out[f"{p}_train_s_median"] = float(np.median([by[s, p]["train_s"] for s in seeds]))
+        out[f"{p}_train_s_median"] = float(np.median([r["train_s"] for r in runs]))
+    if "fp32-literal" in arms:
+        out["control_fp32_literal_minus_fp32"] = _paired(by, "fp32-literal", "fp32")
+        out["bf16_minus_fp32_literal"] = _paired(by, "bf16", "fp32-literal")
     return out
 
 
@@ -173,6 +219,7 @@ def main() -> int:
     ap.add_argument("--train", type=Path, required=True)
     ap.add_argument("--test", type=Path, required=True)
     ap.add_argument("--seeds", default="0-3", help="e.g. 0-7 or 0,2,5")
+    ap.add_argument("--arms", default="bf16,fp32", help=f"comma-separated, of {', '.join(ARMS)}")
     ap.add_argument("--labeled", type=int, default=8)
     ap.add_argument("--iterations", type=int, default=2000)
     ap.add_argument("--input-size", type=int, default=128)
@@ -192,8 +239,14 @@ def main() -> int:
     if not (args.train / "images").is_dir() or not (args.test / "images").is_dir():
         print("no GlaS data at --train / --test; nothing to do", file=sys.stderr)
         return 0
+    arms = args.arms.split(",")
+    if unknown := set(arms) - set(ARMS):
+        ap.error(f"unknown arm(s) {', '.join(sorted(unknown))}: use {', '.join(ARMS)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    jobs = [(s, p) for s in _seeds(args.seeds) for p in ("bf16", "fp32")]
+    # Seed-major, slowest arms first: each seed's set completes early, and the short
+    # bf16 runs fill the gaps at the end.
+    order = sorted(arms, key=lambda a: a == "bf16")
+    jobs = [(s, p) for s in _seeds(args.seeds) for p in order]
     t_start = time.perf_counter()
     results: list[dict] = []
     lock = threading.Lock()  # runs finish on several threads; one JSON writer at a time

@@ -7,6 +7,9 @@ Variants (2 labeled + 2 unlabeled tiles of 256², b = 16, bf16 autocast, channel
 - ``reference``: upstream's way, fp32, NCHW (what ``bench`` divides by);
 - ``batched``: all four tiles in one pass through each expert, batch norm over all four (the
   default, ``batch_norm="pooled"``);
+- ``batched-literal``: the same with the decoder's up-steps computed in upstream's literal
+  form (upsample then convolve, concatenate then convolve): what the phase up-convolutions
+  and split concat convolutions of the fast path save;
 - ``halves-sequential``: ``batch_norm="per-half"``, the halves one after the other (what that
   setting does on one thread or on a GPU);
 - ``halves-side-by-side``: ``batch_norm="per-half"`` on two threads (2+ core CPU).
@@ -28,6 +31,7 @@ import torch
 
 from napari_semimoe.core.bench import synthetic_tiles
 from napari_semimoe.core.data import Geometry, TrainingSet
+from napari_semimoe.core.model import UpStep
 from napari_semimoe.core.train import TrainConfig, Trainer
 
 
@@ -54,9 +58,13 @@ def main() -> int:
     trainers = {
         "reference": Trainer(TrainConfig(**common, fast=False, precision="fp32"), data, tmp + "/r"),
         "batched": Trainer(TrainConfig(**common), data, tmp + "/b"),
+        "batched-literal": Trainer(TrainConfig(**common), data, tmp + "/l"),
         "halves-sequential": Trainer(TrainConfig(**common, batch_norm=half), data, tmp + "/s"),
         "halves-side-by-side": Trainer(TrainConfig(**common, batch_norm=half), data, tmp + "/p"),
     }
+    for mod in trainers["batched-literal"].model.modules():
+        if isinstance(mod, UpStep):
+            mod.literal = True
     trainers["halves-sequential"].parallel_halves = False
     for tr in trainers.values():  # warm-up
         tr.step()
