@@ -29,3 +29,5 @@ def test_bench_json_keys(tmp_path, capsys):
         r["train_iteration_reference_s"] / r["train_iteration_s"], rel=0.02
     )
     assert r["halves_side_by_side"] is False  # one thread: the halves run in sequence
+    # the ratio depends on the CPU's bf16 units: the JSON says which it had
+    assert r["cpu"] and "amx" in r and "avx512_bf16" in r

@@ -40,6 +40,32 @@ def synthetic_tiles(n: int, size: int = 256, seed: int = 0):
     return images, masks
 
 
+def cpu_description() -> dict:
+    """What the ratio depends on: the CPU model and which bf16 units it has (AMX tiles
+    multiply bf16 ~6x faster than fp32; AVX512-BF16 alone ~2.3x, docs/benchmarks.md)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    cpu = getattr(torch, "cpu", None)
+    units = {}
+    for name, probe in (
+        ("amx", "_is_amx_tile_supported"),
+        ("avx512_bf16", "_is_avx512_bf16_supported"),
+    ):
+        fn = getattr(cpu, probe, None)
+        try:
+            units[name] = bool(fn()) if fn is not None else None
+        except Exception:
+            units[name] = None
+    return {"cpu": model, **units}
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":  # GPU work is asynchronous: time it to its end
         torch.cuda.synchronize(device)
@@ -140,7 +166,7 @@ def run_bench(
         "device": str(dev),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
+        **cpu_description(),
         "bf16_units": cpu_has_fast_bf16(),
         "compile": compile,
         "warmup_s": round(warm, 2),
