@@ -6,6 +6,7 @@ and the ratios stay meaningful. Medians are reported.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import tempfile
 import time
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from .data import Geometry, TrainingSet
-from .device import cpu_has_fast_bf16
+from .device import cpu_bf16_units, cpu_has_fast_bf16
 from .model import SemiMoE
 from .predict import LoadedModel, PredictOptions, Predictor
 from .train import TrainConfig, Trainer
@@ -41,29 +42,14 @@ def synthetic_tiles(n: int, size: int = 256, seed: int = 0):
 
 
 def cpu_description() -> dict:
-    """What the ratio depends on: the CPU model and which bf16 units it has (AMX tiles
-    multiply bf16 ~6x faster than fp32; AVX512-BF16 alone ~2.3x, docs/benchmarks.md)."""
+    """What the fast/reference ratio depends on: the CPU model and its bf16 units."""
     model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    cpu = getattr(torch, "cpu", None)
-    units = {}
-    for name, probe in (
-        ("amx", "_is_amx_tile_supported"),
-        ("avx512_bf16", "_is_avx512_bf16_supported"),
-    ):
-        fn = getattr(cpu, probe, None)
-        try:
-            units[name] = bool(fn()) if fn is not None else None
-        except Exception:
-            units[name] = None
-    return {"cpu": model, **units}
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": model, **cpu_bf16_units()}
 
 
 def _sync(device: torch.device) -> None:

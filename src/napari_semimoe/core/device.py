@@ -34,16 +34,28 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise InputError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs whose bf16 matrix units (AMX) or AVX512-BF16 make bf16 autocast pay."""
+def cpu_bf16_units() -> dict[str, bool | None]:
+    """Which bf16 units this CPU has, as torch sees them (None: torch cannot tell).
+
+    AMX tiles multiply bf16 several times faster than fp32; AVX512-BF16 alone ~2.3x
+    (measured, ``docs/benchmarks.md``)."""
     cpu = getattr(torch, "cpu", None)
-    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+    units: dict[str, bool | None] = {}
+    for name, probe in (
+        ("amx", "_is_amx_tile_supported"),
+        ("avx512_bf16", "_is_avx512_bf16_supported"),
+    ):
         fn = getattr(cpu, probe, None)
+        units[name] = None
         if fn is not None:
             with contextlib.suppress(Exception):
-                if fn():
-                    return True
-    return False
+                units[name] = bool(fn())
+    return units
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs whose bf16 matrix units (AMX) or AVX512-BF16 make bf16 autocast pay."""
+    return any(cpu_bf16_units().values())
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
