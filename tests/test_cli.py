@@ -44,7 +44,7 @@ def test_train_predict_evaluate_resume(tiny_dataset: Path, tmp_path: Path, capsy
         *common,
     )
     assert code == 0, err
-    assert json.loads(out.strip().splitlines()[-1])["iterations"] == 3
+    assert json.loads(out)["iterations"] == 3  # stdout is the result's JSON, nothing else
     split = json.loads((rundir / "split.json").read_text())
     assert len(split["labeled"]) == 2 and len(split["unlabeled"]) == 4
     assert not set(split["labeled"]) & set(split["unlabeled"])
@@ -81,6 +81,101 @@ def test_train_predict_evaluate_resume(tiny_dataset: Path, tmp_path: Path, capsy
     assert "Object F1" in out
 
 
+def _train(capsys, data, out, *extra):
+    return run(
+        capsys,
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--width",
+        "4",
+        "--input-size",
+        "32",
+        "--threads",
+        "1",
+        *extra,
+    )
+
+
+def test_resume_needs_only_the_run_folder_every_time(tiny_dataset, tmp_path, capsys, monkeypatch):
+    rundir = tmp_path / "run"
+    code, _, err = _train(capsys, tiny_dataset, rundir, "--labeled", "2", "--iterations", "2")
+    assert code == 0, err
+    monkeypatch.chdir(tmp_path)  # elsewhere: the data folder must come from the run
+    for total in (3, 4):  # twice: the first resume must keep the data folder recorded
+        code, out, err = run(capsys, "train", "--resume", str(rundir), "--iterations", str(total))
+        assert code == 0, err
+        assert json.loads(out)["iterations"] == total
+    # A resumed run keeps its settings: changing one is refused, not ignored.
+    code, _, err = run(
+        capsys, "train", "--resume", str(rundir), "--iterations", "6", "--width", "8"
+    )
+    assert code == 2 and "--width" in err and "resumed run keeps" in err
+    code, _, err = run(capsys, "train", "--resume", str(rundir), "--iterations", "4")
+    assert code == 2 and "already trained 4 iterations" in err
+
+
+def test_a_run_that_never_started_is_not_half_made(tiny_dataset, tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tiny_dataset / "masks" / "img_1.png")
+    rundir = tmp_path / "run"
+    code, _, err = _train(capsys, tiny_dataset, rundir, "--labeled", "4", "--iterations", "1")
+    assert code == 2 and "img_1.png" in err
+    assert not (rundir / "split.json").exists()  # nothing to resume from a failed start
+    # a folder left by an older version (split but no checkpoint) gets a clear message
+    rundir.mkdir(exist_ok=True)
+    (rundir / "split.json").write_text('{"labeled": [], "unlabeled": []}')
+    code, _, err = run(capsys, "train", "--resume", str(rundir), "--iterations", "2")
+    assert code == 2 and "never saved a checkpoint" in err and "Traceback" not in err
+
+
+def test_predict_names_and_evaluate_reports_unmasked_images(tiny_dataset, tmp_path, capsys):
+    import shutil
+
+    rundir = tmp_path / "run"
+    code, _, err = _train(capsys, tiny_dataset, rundir, "--labeled", "2", "--iterations", "1")
+    assert code == 0, err
+    src = tiny_dataset / "images" / "img_0.png"
+    for name in ("case.v1.png", "case.v2.png", "slide.ome.tif"):
+        if name.endswith(".tif"):
+            from PIL import Image
+
+            tifffile.imwrite(tmp_path / name, np.asarray(Image.open(src).convert("RGB")))
+        else:
+            shutil.copy(src, tmp_path / name)
+    imgs = [str(tmp_path / n) for n in ("case.v1.png", "case.v2.png", "slide.ome.tif")]
+    code, out, err = run(capsys, "predict", str(rundir), *imgs, "--out", str(tmp_path / "p"))
+    assert code == 0, err
+    for stem in ("case.v1", "case.v2", "slide"):  # the file type goes, the rest of the name stays
+        assert (tmp_path / "p" / f"{stem}_mask.tif").exists(), stem
+        assert (tmp_path / "p" / f"{stem}_gates.npz").exists(), stem
+    listed = [json.loads(line)["outputs"] for line in out.strip().splitlines()]
+    assert all("gates" in o for o in listed)
+
+    code, out, err = run(capsys, "evaluate", str(rundir), "--data", str(tiny_dataset))
+    assert code == 0, err
+    assert "2 images without a mask not evaluated: img_4, img_5" in err
+
+
+def test_suggest_on_a_whole_image_model(tiny_dataset, tmp_path, capsys):
+    """A model trained on whole images resized to N x N suggests regions inside an image,
+    as boxes (y, x, h, w) in the image's pixels, inside the image."""
+    rundir = tmp_path / "run"
+    code, _, err = _train(capsys, tiny_dataset, rundir, "--labeled", "2", "--iterations", "1")
+    assert code == 0, err
+    img = tiny_dataset / "images" / "img_0.png"  # 96 x 80, resized to 32 x 32 for the model
+    code, out, err = run(capsys, "suggest", str(rundir), str(img), "--top", "2")
+    assert code == 0, err
+    tiles = json.loads(out)["tiles"]
+    assert tiles, err
+    for t in tiles:
+        assert t["h"] == 48 and t["w"] == 40  # 16 px (the least) of 32, scaled 3x and 2.5x
+        assert t["y"] >= 0 and t["y"] + t["h"] <= 96 and t["x"] >= 0 and t["x"] + t["w"] <= 80
+
+
 def test_refuses_to_overwrite_a_run(tiny_dataset, tmp_path, capsys):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "checkpoint.safetensors").write_bytes(b"x")
@@ -100,10 +195,16 @@ def test_refuses_to_overwrite_a_run(tiny_dataset, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "--data", "/nonexistent", "--iterations", "1"], "no 'images' folder"),
+        (["train", "--data", "/nonexistent", "--iterations", "1"], "no such folder"),
         (["train", "--data", "{data}", "--iterations", "1", "--labeled", "9"], "only 4 have masks"),
-        (["predict", "/nonexistent-run", "x.png", "--out", "o"], "no checkpoint"),
+        (["predict", "/nonexistent-run", "x.png", "--out", "o"], "no such run folder"),
         (["train", "--data", "{data}"], "--iterations"),
+        (["summary", "--width", "0"], "--width must be an even integer"),
+        (["summary", "--width", "7"], "--width must be an even integer"),
+        (["train", "--data", "{data}", "--iterations", "1", "--width", "3"], "--width"),
+        (["train", "--data", "{data}", "--iterations", "1", "--threads", "0"], "--threads"),
+        (["predict", "r", "a.png", "b/a.png", "--out", "o"], "would both write a_*.tif"),
+        (["train", "--resume", "/nonexistent-run", "--iterations", "2"], "no such run folder"),
     ],
 )
 def test_user_errors_are_one_line(tiny_dataset, capsys, args, message):
@@ -160,5 +261,5 @@ def test_corrupt_image_in_predict(tiny_dataset, tmp_path, capsys):
 def test_console_script_is_installed():
     exe = Path(sys.executable).parent / "napari-semimoe"
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True)
-    for cmd in ("summary", "train", "predict", "evaluate", "bench"):
+    for cmd in ("summary", "train", "predict", "evaluate", "suggest", "bench", "gui"):
         assert cmd in out.stdout

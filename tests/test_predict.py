@@ -166,6 +166,16 @@ def test_predict_slide_streams_native_outputs(loaded, tmp_path):
     assert prob.min() >= 0 and prob.max() <= 1 and sdf.min() >= -1 and sdf.max() <= 1
     assert prob[40:200, 30:180].std() > 0  # real values survive the float predictor
     assert tifffile.imread(written["instances"]).shape == (300, 260)
+    # outputs keep the slide's pixel size, so they overlay it in µm (napari, QuPath)
+    for key in ("mask", "prob", "instances"):
+        with tifffile.TiffFile(written[key]) as tf:
+            x_res = tf.pages[0].tags["XResolution"].value
+            assert tf.pages[0].tags["ResolutionUnit"].value == 3  # centimetre
+            assert 1e4 * x_res[1] / x_res[0] == pytest.approx(0.5)
+    with np.load(written["gates"]) as z:  # per tile: its box and 3 x 3 gate weights
+        assert z["gates"].shape[1:] == (3, 3) and len(z["gates"]) == len(z["tiles"]) > 0
+        np.testing.assert_allclose(z["gates"].sum(-1), 1.0, atol=1e-5)  # softmax over experts
+        np.testing.assert_array_equal(z["tiles"], z["tiles_working"] * 2)  # scale 2
     assert not list((tmp_path / "out").glob(".*"))  # scratch and temp files are gone
     with open_slide(tmp_path / "s.tif") as slide, pytest.raises(InterruptedError):
         predict_slide(p, slide, tmp_path / "out2", "s", cancel=lambda: True)
@@ -211,3 +221,50 @@ def test_jobs_hand_gpu_cache_back(monkeypatch):
     with pytest.raises(InputError):
         failing()
     assert calls == ["empty", "empty"]
+
+
+def test_large_outputs_are_pyramids_that_the_reader_opens_in_microns(loaded, tmp_path, monkeypatch):
+    """Outputs over PYRAMID_MIN_SIDE get halved levels (resampled from the working-scale map,
+    so equal to level 0 subsampled for labels), and the plugin's reader opens them lazily,
+    multiscale, in µm, as labels or styled images."""
+    import tifffile
+
+    from napari_semimoe.core import predict as P
+    from napari_semimoe.plugin.reader import get_reader
+
+    monkeypatch.setattr(P, "PYRAMID_MIN_SIDE", 128)
+    assert P.map_level_shapes((300, 260)) == [(300, 260), (150, 130), (75, 65), (38, 33)]
+    assert P.map_level_shapes((100, 90)) == [(100, 90)]
+    loaded2 = LoadedModel(
+        loaded.model, Geometry(scale=2.0, tile=64), loaded.mean, loaded.std, {}, loaded.device
+    )
+    img = np.full((300, 260, 3), 240, np.uint8)
+    img[40:200, 30:180] = texture(160, 150)
+    write_pyramid(tmp_path / "s.tif", img, levels=3, tile=64, mpp=0.5)
+    p = Predictor(loaded2, PredictOptions(overlap=16, precision="fp32"))
+    with open_slide(tmp_path / "s.tif") as slide:
+        written = predict_slide(p, slide, tmp_path / "out", "s")
+    with tifffile.TiffFile(written["prob"]) as tf:
+        levels = tf.series[0].levels
+        assert [lv.shape for lv in levels] == [(300, 260), (150, 130), (75, 65), (38, 33)]
+        full = levels[0].asarray()
+        half = levels[1].asarray()
+    assert full.std() > 0
+    # each level is the same working-scale map resampled: level 1 follows level 0
+    assert np.corrcoef(half.ravel(), full[::2, ::2].ravel())[0, 1] > 0.95
+
+    reader = get_reader(str(written["prob"]))
+    ((data, meta, kind),) = reader(str(written["prob"]))
+    assert kind == "image" and meta["multiscale"] and meta["scale"] == (0.5, 0.5)
+    assert [d.shape for d in data] == [(300, 260), (150, 130), (75, 65), (38, 33)]
+    assert not isinstance(data[0], np.ndarray)  # lazy
+    np.testing.assert_array_equal(np.asarray(data[0][10:60, 20:90]), full[10:60, 20:90])
+    assert meta["contrast_limits"] == (0, 1)
+    ((data, meta, kind),) = reader(str(written["instances"]))
+    assert kind == "labels" and meta["multiscale"] and meta["scale"] == (0.5, 0.5)
+    assert np.asarray(data[1][:]).dtype == np.int32
+    ((_, meta, kind),) = reader(str(written["sdf"]))
+    assert kind == "image" and meta["contrast_limits"] == (-1, 1)
+    # the slide itself still opens as the RGB image it is
+    ((_, meta, kind),) = reader(str(tmp_path / "s.tif"))
+    assert kind == "image" and meta["rgb"]

@@ -115,7 +115,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, small_set):
     (tmp_path / "r" / "checkpoint.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(CheckpointError, match="not a readable"):
         Trainer(config(), small_set, tmp_path / "r", resume=True)
-    with pytest.raises(CheckpointError, match="no checkpoint"):
+    with pytest.raises(CheckpointError, match="no such run folder"):
         Trainer(config(), small_set, tmp_path / "nothing", resume=True)
 
 

@@ -145,7 +145,8 @@ def test_suggest_cli(tiny_dataset, tmp_path, capsys):
     doc = json.loads((tmp_path / "s.json").read_text())
     assert 1 <= len(doc["tiles"]) <= 3
     t = doc["tiles"][0]
-    assert {"y", "x", "size", "score", "components"} <= set(t)
+    assert {"y", "x", "h", "w", "score", "components"} <= set(t)
+    assert t["h"] == t["w"] == 32  # scale 1: square, in the image's pixels
     assert {"entropy", "disagreement", "sdf_consistency", "gate_entropy"} <= set(t["components"])
     assert not (t["y"] < 32 and t["x"] < 32)
 

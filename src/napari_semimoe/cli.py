@@ -1,4 +1,4 @@
-"""Command line: ``napari-semimoe summary | train | predict | evaluate | bench``.
+"""Command line: ``napari-semimoe summary | train | predict | evaluate | suggest | bench | gui``.
 
 A thin layer over :mod:`napari_semimoe.core`; user mistakes end in one line on stderr and
 exit status 2, never a traceback.
@@ -43,6 +43,7 @@ def _tqdm_progress(desc: str, unit: str = "tile"):
 def cmd_summary(args: argparse.Namespace) -> int:
     from .core.model import SemiMoE, count_parameters
 
+    _check_width(args.width)
     counts = count_parameters(SemiMoE(args.width))
     counts["width"] = args.width
     print(json.dumps(counts, indent=1))
@@ -50,6 +51,42 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- train
+
+#: train options that define a run (model, data split, schedule); a resumed run keeps its own,
+#: so giving one with --resume is refused instead of silently ignored. Their defaults:
+RUN_DEFAULTS: dict[str, object] = {
+    "width": 16,
+    "labeled": None,
+    "labeled_fraction": None,
+    "unlabeled": None,
+    "seed": 0,
+    "lr": 0.5,
+    "gamma": 0.4,
+    "lambda_max": 0.5,
+    "scale": 1.0,
+    "input_size": None,
+    "tile": 256,
+    "precision": "auto",
+    "batch_norm": "pooled",
+    "supervised_only": False,
+    "reference": False,
+    "instance_boundaries": False,
+    "deterministic": False,
+}
+
+
+def _check_width(width: int) -> None:
+    if width < 2 or width % 2:
+        raise InputError(f"--width must be an even integer >= 2, got {width}")
+
+
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be >= 1, got {threads}")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _geometry(args: argparse.Namespace):
@@ -68,24 +105,41 @@ def _geometry(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .core.data import (
+        Geometry,
         choose_labeled,
         load_training_set,
         save_split,
         scan_folder,
     )
+    from .core.device import resolve_device
     from .core.train import TrainConfig, Trainer
 
+    _check_threads(args.threads)
     out = Path(args.resume or args.out)
     if args.resume:
-        split = (
-            json.loads((out / "split.json").read_text()) if (out / "split.json").exists() else None
-        )
-        if split is None:
+        given = sorted(k for k in RUN_DEFAULTS if hasattr(args, k))
+        if given:
+            opts = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise InputError(
+                f"{opts}: a resumed run keeps the settings it was started with; only "
+                "--iterations, --data, --device, --threads, --compile, --checkpoint-every "
+                "and --snapshot-every apply to --resume"
+            )
+        if not out.is_dir():
+            raise InputError(f"{out}: no such run folder")
+        if not (out / "split.json").exists():
             raise InputError(f"{out}: not a run folder (no split.json); cannot resume")
+        if not (out / "config.json").exists() or not (out / "checkpoint.safetensors").exists():
+            raise InputError(
+                f"{out}: this run never saved a checkpoint (its first training failed or was "
+                "stopped before one); start it again with train --data DIR --out " + str(out)
+            )
+        split = json.loads((out / "split.json").read_text())
         cfg_doc = json.loads((out / "config.json").read_text())
         data_dir = Path(args.data or cfg_doc.get("_data", ""))
+        unlabeled_dirs = cfg_doc.get("_unlabeled_dirs", [])
         items = {it.name: it for it in scan_folder(data_dir)}
-        extra = _unlabeled_items(cfg_doc.get("_unlabeled_dirs", []))
+        extra = _unlabeled_items(unlabeled_dirs)
         items.update({it.name: it for it in extra})
         missing = [n for n in split["labeled"] if n not in items]
         if missing:
@@ -94,22 +148,37 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         labeled = [items[n] for n in split["labeled"]]
         unlabeled = [items[n] for n in split["unlabeled"] if n in items]
-        from .core.data import Geometry
-
         geometry = Geometry.from_dict(cfg_doc["geometry"])
         config = TrainConfig.from_dict(cfg_doc)
+        done = (
+            json.loads((out / "history.json").read_text())[-1]["iteration"]
+            if (out / "history.json").exists()
+            else 0
+        )
+        if args.iterations is not None and args.iterations <= done:
+            raise InputError(
+                f"{out} has already trained {_plural(done, 'iteration')}; give --iterations "
+                f"> {done} to continue"
+            )
         if args.iterations:
             config.iterations = args.iterations
         config.device, config.threads = args.device, args.threads
+        resolve_device(config.device)  # a missing GPU is said before any image is read
     else:
+        for k, v in RUN_DEFAULTS.items():
+            if not hasattr(args, k):
+                setattr(args, k, v)
         if not args.data:
             raise InputError("train needs --data DIR (or --resume RUN)")
         if args.iterations is None:
             raise InputError("train needs --iterations K")
         if out.exists() and (out / "checkpoint.safetensors").exists():
             raise InputError(f"{out} already holds a run; use --resume {out} or another --out")
+        _check_width(args.width)
         geometry = _geometry(args)
-        items = scan_folder(args.data)
+        data_dir = Path(args.data)
+        unlabeled_dirs = [str(Path(d).resolve()) for d in (args.unlabeled or [])]
+        items = scan_folder(data_dir)
         labeled, unlabeled = choose_labeled(items, args.labeled, args.labeled_fraction, args.seed)
         unlabeled += _unlabeled_items(args.unlabeled or [])
         config = TrainConfig(
@@ -133,11 +202,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             snapshot_every=args.snapshot_every,
         )
         config.validate()
-        out.mkdir(parents=True, exist_ok=True)
-        save_split(out / "split.json", [it.name for it in labeled], [it.name for it in unlabeled])
-    print(f"{len(labeled)} labeled, {len(unlabeled)} unlabeled images -> {out}", file=sys.stderr)
+        resolve_device(config.device)  # a missing GPU is said before any image is read
+    print(
+        f"{_plural(len(labeled), 'labeled image')}, {_plural(len(unlabeled), 'unlabeled image')}"
+        f" -> {out}",
+        file=sys.stderr,
+    )
     data = load_training_set(labeled, unlabeled, geometry, _tqdm_progress("reading", "img"))
     trainer = Trainer(config, data, out, resume=bool(args.resume))
+    if not args.resume:
+        # Only once the images have been read and the trainer built: a run folder whose
+        # first training could not start holds no split to resume from.
+        out.mkdir(parents=True, exist_ok=True)
+        save_split(out / "split.json", [it.name for it in labeled], [it.name for it in unlabeled])
     cfg_path = out / "config.json"
     stop = threading.Event()
 
@@ -162,11 +239,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                 refresh=False,
             )
         elif ev.kind == "start":
-            bar.write(ev.message)
-            if not args.resume:
-                _remember_data(cfg_path, args)
+            bar.write(ev.message, file=sys.stderr)  # stdout carries only the result's JSON
+            # The trainer has just rewritten config.json: record where the data lives, so
+            # that `--resume RUN` needs nothing else, this time and the next.
+            _remember_data(cfg_path, data_dir, unlabeled_dirs)
         elif ev.kind in ("stopped", "done"):
-            bar.write(ev.message)
+            bar.write(ev.message, file=sys.stderr)
 
     try:
         result = trainer.run(on_event=on_event, stop=stop)
@@ -203,13 +281,13 @@ def _unlabeled_items(dirs):
     return items
 
 
-def _remember_data(cfg_path: Path, args) -> None:
+def _remember_data(cfg_path: Path, data_dir: Path, unlabeled_dirs: list[str]) -> None:
     """Record the data folders in the run's config.json, so `--resume RUN` needs nothing else."""
     from .core.checkpoint import atomic_write_json
 
     doc = json.loads(cfg_path.read_text())
-    doc["_data"] = str(Path(args.data).resolve())
-    doc["_unlabeled_dirs"] = [str(Path(d).resolve()) for d in (args.unlabeled or [])]
+    doc["_data"] = str(Path(data_dir).resolve())
+    doc["_unlabeled_dirs"] = [str(Path(d).resolve()) for d in unlabeled_dirs]
     atomic_write_json(cfg_path, doc)
 
 
@@ -219,6 +297,9 @@ def _remember_data(cfg_path: Path, args) -> None:
 def _predictor(args: argparse.Namespace):
     from .core.predict import PredictOptions, Predictor, load_model
 
+    _check_threads(args.threads)
+    if args.tile is not None and (args.tile < 16 or args.tile % 16):
+        raise InputError(f"--tile must be a positive multiple of 16, got {args.tile}")
     loaded = load_model(args.run, args.device)
     opts = PredictOptions(
         tile=args.tile,
@@ -236,11 +317,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .core.predict import predict_slide
     from .core.slide import open_slide
 
+    names = _output_names(args.images)
     predictor = _predictor(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for path in args.images:
-        name = Path(path).name.split(".")[0]
+    for path, name in zip(args.images, names):
         with open_slide(path) as slide:
             written = predict_slide(
                 predictor, slide, out, name, progress=_tqdm_progress(f"{name}", "tile")
@@ -249,14 +330,46 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def output_name(path: str | Path) -> str:
+    """``slide.ome.tif`` -> ``slide``, ``case.v1.png`` -> ``case.v1``: the image's name
+    without its file type (and without an OME-TIFF's ``.ome``)."""
+    name = Path(path).name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def _output_names(paths: list[str]) -> list[str]:
+    """Each input's output name; two inputs that would write the same files are refused."""
+    names = [output_name(p) for p in paths]
+    seen: dict[str, str] = {}
+    for path, name in zip(paths, names):
+        if name in seen:
+            raise InputError(
+                f"{seen[name]} and {path} would both write {name}_*.tif; predict them into "
+                "separate --out folders"
+            )
+        seen[name] = path
+    return names
+
+
 # ----------------------------------------------------------------------------- evaluate
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .core.data import scan_folder
     from .core.evaluate import evaluate_folder
     from .core.metrics import format_table
 
     predictor = _predictor(args)
+    no_mask = [it.name for it in scan_folder(args.data) if it.mask_path is None]
+    if no_mask:
+        shown = ", ".join(no_mask[:5]) + (", ..." if len(no_mask) > 5 else "")
+        print(
+            f"{_plural(len(no_mask), 'image')} without a mask not evaluated: {shown}",
+            file=sys.stderr,
+        )
     metrics = evaluate_folder(predictor, args.data, progress=_tqdm_progress("evaluating", "img"))
     print(format_table(metrics))
     if args.json:
@@ -296,6 +409,10 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     from .core.slide import open_slide
 
     tile, args.tile = args.tile, None  # --tile is the suggestion size, not the predict tiling
+    if tile is not None and tile < 16:
+        raise InputError(f"--tile must be at least 16, got {tile}")
+    if args.top < 1:
+        raise InputError(f"--top must be >= 1, got {args.top}")
     predictor = _predictor(args)
     exclude = []
     for box in args.exclude or []:
@@ -314,6 +431,12 @@ def cmd_suggest(args: argparse.Namespace) -> int:
             progress=_tqdm_progress("predicting", "tile"),
             strategy=args.strategy,
         )
+    if not picks:
+        print(
+            "no suggestion: no tile of that size is mostly tissue outside the excluded boxes; "
+            "try a smaller --tile",
+            file=sys.stderr,
+        )
     doc = {
         "image": str(args.image),
         "tiles": [
@@ -321,7 +444,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
                 "rank": i + 1,
                 "y": p.y0,
                 "x": p.x0,
-                "size": p.size0,
+                "h": p.h0,
+                "w": p.w0,
                 "score": round(p.score, 5),
                 "components": {k: round(v, 5) for k, v in p.components.items()},
                 "working": {"y": p.y, "x": p.x, "size": p.size},
@@ -347,44 +471,93 @@ def cmd_gui(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .core.uncertainty import STRATEGIES
 
-    p = argparse.ArgumentParser(prog="napari-semimoe", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="napari-semimoe",
+        description="Semi-MoE gland segmentation: train, predict, evaluate and suggest what to "
+        "label next, headless; `gui` opens napari with the plugin.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("summary", help="print the model's parameter counts as JSON")
     s.add_argument("--width", type=int, default=16, help="base width b (16 default, 64 upstream)")
     s.set_defaults(func=cmd_summary)
 
-    t = sub.add_parser("train", help="train Semi-MoE on a data folder")
+    t = sub.add_parser(
+        "train",
+        help="train Semi-MoE on a data folder",
+        description="Train Semi-MoE on DIR/images + DIR/masks (images not chosen as labeled "
+        "are used unlabeled; their masks are never read), or continue a run with --resume. "
+        "Run-defining options (model, split, schedule) cannot change on --resume.",
+    )
+    # Run-defining options default to "not given" (SUPPRESS) so that --resume can refuse
+    # them instead of ignoring them; cmd_train fills in RUN_DEFAULTS for a new run.
+    run_opt = {"default": argparse.SUPPRESS}
     t.add_argument("--data", help="folder with images/ and masks/")
     g = t.add_mutually_exclusive_group()
-    g.add_argument("--labeled", type=int, help="number of labeled images (chosen at random)")
-    g.add_argument("--labeled-fraction", type=float, help="fraction of images labeled")
-    t.add_argument("--unlabeled", action="append", help="extra folder of unlabeled images")
-    t.add_argument("--iterations", type=int)
-    t.add_argument("--width", type=int, default=16)
-    t.add_argument(
-        "--supervised-only", action="store_true", help="λ = 0 baseline, everything else the same"
+    g.add_argument(
+        "--labeled",
+        type=int,
+        help="number of labeled images, chosen at random with --seed (default: every image "
+        "with a mask, i.e. no unlabeled images from DIR)",
+        **run_opt,
     )
-    t.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--labeled-fraction", type=float, help="fraction of the images labeled", **run_opt
+    )
+    t.add_argument(
+        "--unlabeled", action="append", help="extra folder of unlabeled images (repeat)", **run_opt
+    )
+    t.add_argument(
+        "--iterations",
+        type=int,
+        help="iterations in total; with --resume, continue up to this many (the warm-up, lr "
+        "decay and λ ramp are spread over the total, so extending a run stretches them)",
+    )
+    t.add_argument("--width", type=int, help="base width b (default 16; upstream 64)", **run_opt)
+    t.add_argument(
+        "--supervised-only",
+        action="store_true",
+        help="λ = 0 baseline, everything else the same",
+        **run_opt,
+    )
+    t.add_argument(
+        "--seed", type=int, help="labeled split, init and augmentation (default 0)", **run_opt
+    )
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     t.add_argument("--threads", type=int, help="CPU threads (default: all)")
-    t.add_argument("--out", default="runs/semimoe", help="run folder")
+    t.add_argument("--out", default="runs/semimoe", help="run folder (default %(default)s)")
     t.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
-    t.add_argument("--lr", type=float, default=0.5)
-    t.add_argument("--gamma", type=float, default=0.4)
-    t.add_argument("--lambda-max", type=float, default=0.5)
-    t.add_argument("--scale", type=float, default=1.0, help="working scale: downsample factor")
+    t.add_argument("--lr", type=float, help="SGD learning rate (default 0.5)", **run_opt)
+    t.add_argument("--gamma", type=float, help="γ of the adaptive loss (default 0.4)", **run_opt)
+    t.add_argument(
+        "--lambda-max",
+        type=float,
+        help="final weight λ of the unlabeled loss (default 0.5)",
+        **run_opt,
+    )
+    t.add_argument(
+        "--scale", type=float, help="working scale: downsample factor (default 1)", **run_opt
+    )
     t.add_argument(
         "--input-size",
         type=int,
         help="resize each whole image to N x N (upstream GlaS protocol: 256)",
+        **run_opt,
     )
-    t.add_argument("--tile", type=int, default=256, help="training tile side at working scale")
-    t.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    t.add_argument(
+        "--tile", type=int, help="training tile side at working scale (default 256)", **run_opt
+    )
+    t.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        help="auto (default): bf16 autocast where the CPU or GPU has bf16 units",
+        **run_opt,
+    )
     t.add_argument(
         "--reference",
         action="store_true",
         help="upstream-style path: separate passes, NCHW (for comparisons)",
+        **run_opt,
     )
     t.add_argument(
         "--compile",
@@ -396,20 +569,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--deterministic",
         action="store_true",
         help="repeat bit for bit on a GPU too (deterministic kernels; slower there)",
+        **run_opt,
     )
     t.add_argument(
         "--batch-norm",
-        default="pooled",
         choices=["pooled", "per-half"],
-        help="pooled: labeled + unlabeled tiles in one pass (default); per-half: upstream's "
+        help="pooled (default): labeled + unlabeled tiles in one pass; per-half: upstream's "
         "two passes, side by side on a multi-core CPU",
+        **run_opt,
     )
     t.add_argument(
         "--instance-boundaries",
         action="store_true",
         help="boundary band also between touching glands (needs instance masks)",
+        **run_opt,
     )
-    t.add_argument("--checkpoint-every", type=int, default=100)
+    t.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=100,
+        help="save the checkpoint every N iterations (default %(default)s)",
+    )
     t.add_argument(
         "--snapshot-every",
         type=int,
@@ -427,25 +607,42 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--batch", type=int, help="tiles per pass (default: 2 on CPU, 16 on GPU)")
         q.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
 
-    pr = sub.add_parser("predict", help="predict images or slides, write TIFFs")
+    pr = sub.add_parser(
+        "predict",
+        help="predict images or slides, write TIFFs",
+        description="Predict each image or slide (PNG/TIFF/BMP/JPEG, pyramidal TIFF/SVS read "
+        "level by level) and write, at its native size: NAME_mask.tif (uint8 0/1), "
+        "NAME_prob.tif, NAME_sdf.tif, NAME_boundary.tif (float32), NAME_instances.tif "
+        "(int32 gland ids) and NAME_gates.npz (per-tile gate weights).",
+    )
     add_predict_opts(pr)
-    pr.add_argument("images", nargs="+")
-    pr.add_argument("--out", required=True)
+    pr.add_argument("images", nargs="+", help="images or slides")
+    pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--experts", action="store_true", help="also write each expert's maps")
     pr.add_argument("--tissue-only", action="store_true", help="skip glass (slides)")
     pr.set_defaults(func=cmd_predict)
 
     ev = sub.add_parser("evaluate", help="Dice/Jaccard and GlaS object metrics on a folder")
     add_predict_opts(ev)
-    ev.add_argument("--data", required=True)
+    ev.add_argument("--data", required=True, help="folder with images/ and masks/")
     ev.add_argument("--json", help="also write the metrics to this JSON file")
     ev.set_defaults(func=cmd_evaluate)
 
-    sg = sub.add_parser("suggest", help="rank unlabeled tiles by uncertainty (active labeling)")
-    sg.add_argument("run")
-    sg.add_argument("image")
-    sg.add_argument("--tile", type=int, help="tile side at working scale (default: training tile)")
-    sg.add_argument("--top", type=int, default=10)
+    sg = sub.add_parser(
+        "suggest",
+        help="rank unlabeled tiles by uncertainty (active labeling)",
+        description="Predict IMAGE with RUN and print the tiles worth labeling next as JSON: "
+        "y, x, h, w in the image's (level-0) pixels, the same form as --exclude.",
+    )
+    sg.add_argument("run", help="run folder or checkpoint file")
+    sg.add_argument("image", help="image or slide to look at")
+    sg.add_argument(
+        "--tile",
+        type=int,
+        help="tile side at working scale (default: the training tile; for --input-size "
+        "models a quarter of the resized image)",
+    )
+    sg.add_argument("--top", type=int, default=10, help="how many (default %(default)s)")
     sg.add_argument("--exclude", action="append", help="y,x,h,w level-0 box to skip (repeat)")
     sg.add_argument(
         "--strategy",
@@ -454,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="coverage: uncertain tiles where the labeled ones (--exclude) do not cover the "
         "tissue yet; uncertain: the most uncertain, spread out (default: %(default)s)",
     )
-    sg.add_argument("--json")
+    sg.add_argument("--json", help="also write the suggestions to this JSON file")
     sg.add_argument("--device", default="auto")
     sg.add_argument("--threads", type=int)
     sg.add_argument("--overlap", type=int)

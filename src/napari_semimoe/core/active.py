@@ -62,7 +62,7 @@ def suggest_tiles(
     if wp.cancelled:
         return ([], None) if return_maps else []
     tissue = working_tissue(slide, (hw, ww))
-    t = int(tile or min(g.tile, hw, ww))
+    t = int(tile or default_suggestion_tile(g, (hw, ww)))
     cands = score_tiles(
         {k: np.asarray(v) for k, v in wp.maps.items()},
         t,
@@ -74,8 +74,18 @@ def suggest_tiles(
     ex = [(round(y / fy), round(x / fx), round(h / fy), round(w / fx)) for y, x, h, w in exclude]
     picks = suggest(cands, top, exclude=ex, strategy=strategy)
     for p in picks:
-        p.y0, p.x0, p.size0 = round(p.y * fy), round(p.x * fx), round(p.size * (fy + fx) / 2)
+        p.y0, p.x0 = round(p.y * fy), round(p.x * fx)
+        p.h0, p.w0 = min(H - p.y0, round(p.size * fy)), min(W - p.x0, round(p.size * fx))
+        p.size0 = round((p.h0 + p.w0) / 2)
     return (picks, wp.maps) if return_maps else picks
+
+
+def default_suggestion_tile(geometry, working: tuple[int, int]) -> int:
+    """Suggestion side at working scale: the training tile, or for a model trained on whole
+    images resized to N x N (whose training unit is the whole image) a quarter of it."""
+    if geometry.input_size:
+        return max(16, min(working) // 4)
+    return min(geometry.tile, *working)
 
 
 @dataclass

@@ -81,7 +81,9 @@ def save_checkpoint(
 
 def _open(path: Path):
     if not path.exists():
-        raise CheckpointError(f"{path}: no checkpoint found (has this run trained yet?)")
+        if path.name == CHECKPOINT_NAME and path.parent.is_dir():
+            raise CheckpointError(f"{path}: no checkpoint found (has this run trained yet?)")
+        raise CheckpointError(f"{path}: no such run folder or checkpoint file")
     try:
         return safe_open(str(path), framework="pt", device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:

@@ -38,6 +38,8 @@ def scan_folder(root: str | Path) -> list[DataItem]:
     """List ``root/images/<name>.<ext>`` with their masks ``root/masks/<name>.<png|tif>``."""
     root = Path(root)
     img_dir = root / "images"
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder")
     if not img_dir.is_dir():
         raise InputError(
             f"{root}: no 'images' folder (expected {root}/images/<name>.png and "
@@ -86,7 +88,12 @@ def choose_labeled(
     if n < 1:
         raise InputError("at least one labeled image is needed")
     if n > len(with_mask):
-        raise InputError(f"{n} labeled images asked for, but only {len(with_mask)} have masks")
+        have = (
+            f"{len(with_mask)} has a mask"
+            if len(with_mask) == 1
+            else f"{len(with_mask)} have masks"
+        )
+        raise InputError(f"{n} labeled images asked for, but only {have}")
     rng = np.random.default_rng(seed)
     picked = set(rng.choice(len(with_mask), size=n, replace=False).tolist())
     labeled_names = {with_mask[i].name for i in picked}

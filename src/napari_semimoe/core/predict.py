@@ -126,7 +126,8 @@ def blend_window(tile: int, overlap: int) -> np.ndarray:
 class WorkingPrediction:
     """Blended maps at working scale (float32 arrays, possibly disk-backed) + gate weights.
 
-    ``gates`` has one row per tile: (y, x, h, w) and the 3 x 3 gate matrix (task x expert).
+    ``tiles`` holds each prediction tile's (y, x, h, w) at working scale and ``gates`` the
+    tile's 3 x 3 gate matrix (task x expert) in the same order.
     """
 
     maps: dict[str, np.ndarray]
@@ -151,7 +152,9 @@ class Predictor:
             raise InputError(f"tile size must be a multiple of 16, got {self.tile}")
         self.overlap = self.tile // 4 if self.opt.overlap is None else int(self.opt.overlap)
         if not 0 <= self.overlap <= self.tile // 2:
-            raise InputError(f"overlap must be between 0 and {self.tile // 2}")
+            raise InputError(
+                f"overlap must be between 0 and {self.tile // 2} (half the {self.tile} px tile)"
+            )
         self.window = blend_window(self.tile, self.overlap)
         # A CPU gains nothing from larger batches; an H100 predicts 3.1 Mpx/s in batches
         # of 2 and 9.0 in batches of 16 (docs/benchmarks.md).
@@ -412,7 +415,7 @@ def predict_slide(
                 f"{g.input_size}x{g.input_size}; a {W}x{H} slide needs a model trained with a "
                 "working scale (--scale)"
             )
-        return _write_small(predictor, slide.read_region(0, 0, H, W), out_dir, name)
+        return _write_small(predictor, slide.read_region(0, 0, H, W), out_dir, name, mpp=slide.mpp)
     H, W = slide.shape
     hw, ww = g.working_shape((H, W))
     tissue = working_tissue(slide, (hw, ww)) if predictor.opt.tissue_only else None
@@ -443,11 +446,14 @@ def predict_slide(
             ("instances", True, np.int32),
         ]
         kinds += [(k, False, np.float32) for k in EXPERT_MAPS if k in maps]
+        mpp = slide.mpp if write_native else None
         for key, nearest, dtype in kinds:
             path = out_dir / f"{name}_{key}.tif"
-            _write_tiled(path, maps[key], shape, nearest, dtype)
+            _write_tiled(path, maps[key], shape, nearest, dtype, mpp=mpp)
             written[key] = path
-        np.save(out_dir / f"{name}_gates.npy", wp.gates)
+        written["gates"] = _save_gates(
+            out_dir / f"{name}_gates.npz", wp.tiles, wp.gates, (H / hw, W / ww)
+        )
         return written
     finally:
         import shutil
@@ -455,44 +461,108 @@ def predict_slide(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _write_tiled(path: Path, src: np.ndarray, shape: tuple[int, int], nearest: bool, dtype) -> None:
-    """Stream ``src`` resampled to ``shape`` into a tiled, compressed BigTIFF (atomic)."""
+def _save_gates(path: Path, tiles, gates: np.ndarray, scale: tuple[float, float]) -> Path:
+    """Per-tile gate weights as .npz (atomic): ``gates`` (n, 3, 3): task x expert, tasks and
+    experts in the order seg, sdf, bnd; ``tiles`` (n, 4): each tile's y, x, h, w in the
+    input's (level-0) pixels; ``tiles_working``: the same at the model's working scale."""
+    from .slide import _atomic
+
+    work = np.asarray(tiles, np.int64).reshape(-1, 4)
+    fy, fx = scale
+    native = np.rint(work * np.array([fy, fx, fy, fx])).astype(np.int64)
+    with _atomic(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, gates=np.asarray(gates, np.float32), tiles=native, tiles_working=work)
+    return path
+
+
+#: Outputs whose longer side exceeds this get reduced levels (each half the previous) down
+#: to it, so napari and QuPath show a gigapixel prediction without reading it whole.
+PYRAMID_MIN_SIDE = 4096
+
+
+def map_level_shapes(shape: tuple[int, int]) -> list[tuple[int, int]]:
+    """Level shapes of a written map: level 0, then halves while the longer side exceeds
+    :data:`PYRAMID_MIN_SIDE` / 2."""
+    shapes = [(int(shape[0]), int(shape[1]))]
+    if max(shape) > PYRAMID_MIN_SIDE:
+        while max(shapes[-1]) > PYRAMID_MIN_SIDE // 2:
+            h, w = shapes[-1]
+            shapes.append(((h + 1) // 2, (w + 1) // 2))
+    return shapes
+
+
+def _write_tiled(
+    path: Path,
+    src: np.ndarray,
+    shape: tuple[int, int],
+    nearest: bool,
+    dtype,
+    mpp: float | None = None,
+) -> None:
+    """Stream ``src`` resampled to ``shape`` into a tiled, compressed (Big)TIFF, atomically.
+
+    Large outputs become OME-TIFF pyramids (reduced levels in SubIFDs, each resampled from
+    ``src`` directly, so nothing of level 0 is held); ``mpp`` (the input's microns per
+    pixel) is kept as resolution tags and OME physical size.
+    """
     import os
 
     import tifffile
 
-    H, W = shape
-    T = 256
+    from .slide import _atomic, resolution_tags
 
-    def tiles():
-        for y0 in range(0, H, T):
-            rows = min(T, H - y0)
-            band = resample_band(src, shape, y0, rows, nearest=nearest).astype(dtype)
-            for x0 in range(0, W, T):
+    T = 256
+    shapes = map_level_shapes(shape)
+    H, W = shapes[0]
+
+    def tiles(level_shape):
+        h, w = level_shape
+        for y0 in range(0, h, T):
+            rows = min(T, h - y0)
+            band = resample_band(src, level_shape, y0, rows, nearest=nearest).astype(dtype)
+            for x0 in range(0, w, T):
                 t = np.zeros((T, T), dtype)
                 part = band[:, x0 : x0 + T]
                 t[: part.shape[0], : part.shape[1]] = part
                 yield t
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    tifffile.imwrite(
-        tmp,
-        tiles(),
-        shape=(H, W),
-        dtype=dtype,
-        tile=(T, T),
-        compression="zlib",
-        compressionargs={"level": 1},
-        # The floating-point predictor roughly halves float maps and makes deflate faster;
-        # tiles are compressed on all cores (this is most of a slide's writing time).
-        predictor=np.dtype(dtype).kind == "f",
-        maxworkers=os.cpu_count(),
-        bigtiff=H * W * np.dtype(dtype).itemsize > 2**31,
-    )
-    os.replace(tmp, path)
+    pyramid = len(shapes) > 1
+    total = sum(h * w for h, w in shapes) * np.dtype(dtype).itemsize
+    with (
+        _atomic(path) as tmp,
+        tifffile.TiffWriter(tmp, bigtiff=total > 2**31, ome=pyramid) as tw,
+    ):
+        for k, (h, w) in enumerate(shapes):
+            kwargs = {
+                "shape": (h, w),
+                "dtype": dtype,
+                "tile": (T, T),
+                "compression": "zlib",
+                "compressionargs": {"level": 1},
+                # The floating-point predictor roughly halves float maps and makes deflate
+                # faster; tiles are compressed on all cores (most of a slide's writing time).
+                "predictor": np.dtype(dtype).kind == "f",
+                "maxworkers": os.cpu_count(),
+                **resolution_tags(mpp * W / w if mpp else None),
+            }
+            if k == 0 and pyramid:
+                meta: dict = {"axes": "YX"}
+                if mpp:
+                    meta.update(
+                        PhysicalSizeX=mpp,
+                        PhysicalSizeY=mpp,
+                        PhysicalSizeXUnit="µm",
+                        PhysicalSizeYUnit="µm",
+                    )
+                kwargs.update(subifds=len(shapes) - 1, metadata=meta)
+            elif k:
+                kwargs.update(subfiletype=1, metadata=None)
+            tw.write(tiles((h, w)), **kwargs)
 
 
-def _write_small(predictor: Predictor, image: np.ndarray, out_dir, name: str) -> dict[str, Path]:
+def _write_small(
+    predictor: Predictor, image: np.ndarray, out_dir, name: str, mpp: float | None = None
+) -> dict[str, Path]:
     from .slide import write_tiff
 
     out = predictor.predict_image(image)
@@ -500,7 +570,11 @@ def _write_small(predictor: Predictor, image: np.ndarray, out_dir, name: str) ->
     for key in ("mask", "prob", "sdf", "boundary", "instances", *EXPERT_MAPS):
         if key in out:
             path = Path(out_dir) / f"{name}_{key}.tif"
-            write_tiff(path, out[key])
+            write_tiff(path, out[key], mpp=mpp)
             written[key] = path
-    np.save(Path(out_dir) / f"{name}_gates.npy", out["gates"])
+    work = predictor.m.geometry.working_shape(image.shape[:2])
+    scale = (image.shape[0] / work[0], image.shape[1] / work[1])
+    written["gates"] = _save_gates(
+        Path(out_dir) / f"{name}_gates.npz", out["tiles"], out["gates"], scale
+    )
     return written

@@ -508,6 +508,59 @@ def open_slide(path: str | os.PathLike[str]) -> Slide:
     return Slide(p, levels, downsamples, mpp, [tf.close, store.close])
 
 
+@dataclass
+class MapFile:
+    """A lazily read single-channel map (a prediction TIFF): its levels and pixel size."""
+
+    path: Path
+    levels: list[Any]
+    mpp: float | None
+    _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def close(self) -> None:
+        for c in self._closers:
+            with contextlib.suppress(Exception):
+                c()
+        self._closers.clear()
+
+
+def open_map(path: str | os.PathLike[str]) -> MapFile:
+    """Open a 2-D single-channel TIFF (mask, labels, probability or SDF map) lazily, with
+    its pyramid levels if it has them (as ``predict`` writes large outputs)."""
+    import tifffile
+    import zarr
+
+    p = _check_path(path)
+    try:
+        tf = tifffile.TiffFile(p)
+    except Exception as exc:
+        raise _unreadable(p, exc) from None
+    try:
+        if not tf.series:
+            raise InputError(f"{p.name}: the TIFF holds no image")
+        series = tf.series[0]
+        if len([n for n in series.shape if n > 1]) != 2:
+            raise InputError(
+                f"{p.name} is not a single-channel map (axes {series.axes}, shape {series.shape})"
+            )
+        store = series.aszarr(multiscales=True)
+        group = zarr.open(store, mode="r")
+        levels = [_squeezed2d(group[str(i)]) for i in range(len(series.levels))]
+        return MapFile(p, levels, _tiff_mpp(tf), [tf.close, store.close])
+    except InputError:
+        tf.close()
+        raise
+    except Exception as exc:
+        tf.close()
+        raise _unreadable(p, exc) from None
+
+
+def _squeezed2d(a: Any) -> Any:
+    if a.ndim == 2:
+        return a
+    return _Indexed(a, tuple(slice(None) if n > 1 else 0 for n in a.shape))
+
+
 # --------------------------------------------------------------------------- whole images
 
 
@@ -643,6 +696,13 @@ def _drop_small(mask: np.ndarray, min_size: int, keep_border: bool = False) -> n
 # --------------------------------------------------------------------------- writing
 
 
+def resolution_tags(mpp: float | None) -> dict[str, Any]:
+    """tifffile keyword arguments storing ``mpp`` (microns per pixel) as pixels per cm."""
+    if not mpp:
+        return {}
+    return {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
+
+
 @contextmanager
 def _atomic(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path next to ``path``; move it into place only if writing succeeded."""
@@ -663,12 +723,14 @@ def write_tiff(
     *,
     compression: str | None = "zlib",
     tile: int | None = None,
+    mpp: float | None = None,
 ) -> None:
     """Write ``array`` (mask, probability map, image) as a TIFF, atomically.
 
     ``tile=None`` tiles arrays over 1 MB with 256 px tiles (napari and QuPath read tiled
     TIFFs lazily); ``tile=0`` forces strips. HxWx3/4 uint8/uint16 are written as RGB, other
-    3-D arrays as a stack of pages. Bool is stored as uint8.
+    3-D arrays as a stack of pages. Bool is stored as uint8. ``mpp`` (microns per pixel)
+    is stored as resolution tags, as :func:`open_slide` and QuPath read them.
     """
     import tifffile
 
@@ -684,6 +746,7 @@ def write_tiff(
     }
     if tile:
         kwargs["tile"] = (tile, tile)
+    kwargs.update(resolution_tags(mpp))
     with _atomic(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=a.nbytes > 2**31, ome=False) as tw:
         tw.write(a, **kwargs)
 

@@ -683,7 +683,8 @@ class Trainer:
                     emit(self._event("checkpoint", losses))
                 if cfg.snapshot_every and self.iteration % cfg.snapshot_every == 0:
                     self._snapshot()
-            emit(self._event("done", message=f"finished {cfg.iterations} iterations"))
+            n = cfg.iterations
+            emit(self._event("done", message=f"finished {n} iteration{'' if n == 1 else 's'}"))
             return "done"
         finally:
             log.close()

@@ -93,7 +93,9 @@ class TileScore:
     components: dict[str, float] = field(default_factory=dict)
     y0: int = 0  # level-0
     x0: int = 0
-    size0: int = 0
+    size0: int = 0  # level-0 side (the mean of h0 and w0 where the working scale is anisotropic)
+    h0: int = 0  # level-0 height and width of the box
+    w0: int = 0
     #: pooled expert features of the nearest prediction tile (diversity), not serialised
     embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
 

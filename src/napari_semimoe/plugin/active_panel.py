@@ -438,7 +438,7 @@ class ActivePanel:
         for layer in (PSEUDO_LAYER, PSEUDO_SDF_LAYER):
             if layer in v.layers:
                 v.layers.remove(layer)
-        from .widget import sdf_colormap
+        from .layer_styles import sdf_colormap
 
         v.add_image(
             sdf,

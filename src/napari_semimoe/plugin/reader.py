@@ -1,4 +1,6 @@
-"""npe2 reader: PNG/JPG/BMP/TIFF tiles and pyramidal slides, opened lazily as multiscale."""
+"""npe2 reader: PNG/JPG/BMP/TIFF tiles and pyramidal slides, opened lazily as multiscale, and
+the maps ``napari-semimoe predict`` writes (``NAME_mask.tif``, ``NAME_prob.tif``, ...), shown
+as the plugin shows them and in the slide's physical units."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import InputError
-from ..core.slide import SUPPORTED_SUFFIXES, open_slide
+from ..core.slide import SUPPORTED_SUFFIXES, open_map, open_slide
 
 LayerData = tuple[Any, dict, str]
 
@@ -26,7 +28,57 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
 
 def read_slides(path: str | list[str]) -> list[LayerData]:
     paths = [path] if isinstance(path, str) else list(path)
-    return [slide_layer(p) for p in paths]
+    return [map_layer(p, key) if (key := prediction_key(p)) else slide_layer(p) for p in paths]
+
+
+#: What ``predict`` writes, as NAME_<key>.tif; longest first (expert_prob before prob).
+PREDICTION_KEYS = (
+    "expert_boundary",
+    "expert_prob",
+    "expert_sdf",
+    "instances",
+    "boundary",
+    "mask",
+    "prob",
+    "sdf",
+)
+LABEL_KEYS = ("instances", "mask")
+
+
+def prediction_key(path: str | Path) -> str | None:
+    """``slide_prob.tif`` -> ``"prob"``; None for anything that is not a prediction map."""
+    name = Path(path).name.lower()
+    for ext in (".tif", ".tiff"):
+        if name.endswith(ext):
+            stem = name[: -len(ext)]
+            return next((k for k in PREDICTION_KEYS if stem.endswith("_" + k)), None)
+    return None
+
+
+def map_layer(path: str | Path, key: str) -> LayerData:
+    """A prediction map: labels for the mask and instances, a styled image for the rest;
+    multiscale when the file is a pyramid; scaled in µm when it carries a pixel size."""
+    from .layer_styles import map_style
+
+    try:
+        m = open_map(path)
+    except InputError as exc:
+        raise ValueError(str(exc)) from None
+    levels = m.levels
+    meta: dict[str, Any] = {
+        "name": Path(path).stem,
+        "scale": (m.mpp, m.mpp) if m.mpp else (1.0, 1.0),
+        "multiscale": len(levels) > 1,
+        "metadata": {"semimoe_path": str(Path(path).resolve()), "mpp": m.mpp},
+    }
+    if m.mpp and _units_supported():
+        meta["units"] = ("µm", "µm")
+    data = levels if len(levels) > 1 else levels[0]
+    if key in LABEL_KEYS:
+        meta["opacity"] = 0.6 if key == "instances" else 0.5
+        return data, meta, "labels"
+    meta.update(map_style(key))
+    return data, meta, "image"
 
 
 def slide_layer(path: str | Path) -> LayerData:

@@ -37,6 +37,7 @@ from ..core.errors import InputError
 from ..core.slide import Slide
 from .chart import LossChart
 from .jobs import ProgressJob, fmt_time
+from .layer_styles import map_style
 from .project import TRAINSET_FILE, ImageEntry, Project, Tile
 from .training_process import TrainingJob
 
@@ -62,15 +63,6 @@ def _notify(msg: str, level: str = "info") -> None:
     from napari.utils import notifications
 
     getattr(notifications, f"show_{level}")(msg)
-
-
-def sdf_colormap():
-    """Diverging map centred on 0 (the gland edge): blue outside, white edge, red inside."""
-    from napari.utils import Colormap
-
-    return Colormap(
-        [[0.13, 0.40, 0.67, 1], [0.97, 0.97, 0.97, 1], [0.70, 0.09, 0.17, 1]], name="semimoe-sdf"
-    )
 
 
 class _Messages(QObject):
@@ -894,34 +886,8 @@ class SemiMoEWidget(QWidget):
         kw = dict(name=name, scale=scale, translate=translate)
         if key == "instances":
             self.viewer.add_labels(canvas, opacity=0.6, **kw)
-        elif "sdf" in key:
-            self.viewer.add_image(
-                canvas,
-                colormap=sdf_colormap(),
-                contrast_limits=(-1, 1),
-                opacity=0.7,
-                blending="translucent",
-                visible=False,
-                **kw,
-            )
-        elif key == "uncertainty":
-            self.viewer.add_image(
-                canvas,
-                colormap="inferno",
-                contrast_limits=(0, 1),
-                blending="additive",
-                visible=False,
-                **kw,
-            )
         else:
-            self.viewer.add_image(
-                canvas,
-                colormap="magma" if "boundary" in key else "viridis",
-                contrast_limits=(0, 1),
-                blending="additive",
-                visible=False,
-                **kw,
-            )
+            self.viewer.add_image(canvas, visible=False, **map_style(key), **kw)
 
     def _show_gates(self, out: dict, base) -> None:
         """Per-tile gate weights as text at tile centres (task rows, expert columns)."""
