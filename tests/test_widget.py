@@ -177,6 +177,37 @@ def test_gui_command_opens_sample_with_widget_docked(qtbot, tmp_path):
         viewer.close()
 
 
+def test_first_start_takes_most_of_the_screen(qapp, monkeypatch):
+    """Qt's default ~950 x 550 window left the slide a strip between the docks on a
+    1600 x 1000 screen; a size napari restored (the user's) is kept."""
+    from qtpy.QtCore import QRect
+    from qtpy.QtWidgets import QApplication
+
+    from napari_semimoe.plugin import launch as L
+
+    class Screen:
+        def availableGeometry(self):
+            return QRect(0, 40, 1600, 1000)
+
+    class Window:
+        def __init__(self, w, h):
+            self.geom, self.set = (0, 0, w, h), None
+
+        def geometry(self):
+            return self.geom
+
+        def set_geometry(self, *g):
+            self.set = g
+
+    monkeypatch.setattr(QApplication, "primaryScreen", staticmethod(lambda: Screen()))
+    first = type("V", (), {"window": Window(950, 550)})()
+    L._use_the_screen(first)
+    assert first.window.set == (80, 90, 1440, 900)  # 90 %, centred
+    restored = type("V", (), {"window": Window(1300, 820)})()
+    L._use_the_screen(restored)
+    assert restored.window.set is None
+
+
 def test_annotations_from_several_images_train_one_model(ui, qtbot):
     from napari_semimoe.plugin.project import load_trainset
 
