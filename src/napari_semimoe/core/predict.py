@@ -509,7 +509,7 @@ def _write_tiled(
 
     import tifffile
 
-    from .slide import _atomic, resolution_tags
+    from .slide import _atomic, ome_metadata, resolution_tags
 
     T = 256
     shapes = map_level_shapes(shape)
@@ -546,15 +546,7 @@ def _write_tiled(
                 **resolution_tags(mpp * W / w if mpp else None),
             }
             if k == 0 and pyramid:
-                meta: dict = {"axes": "YX"}
-                if mpp:
-                    meta.update(
-                        PhysicalSizeX=mpp,
-                        PhysicalSizeY=mpp,
-                        PhysicalSizeXUnit="µm",
-                        PhysicalSizeYUnit="µm",
-                    )
-                kwargs.update(subifds=len(shapes) - 1, metadata=meta)
+                kwargs.update(subifds=len(shapes) - 1, metadata=ome_metadata("YX", mpp))
             elif k:
                 kwargs.update(subfiletype=1, metadata=None)
             tw.write(tiles((h, w)), **kwargs)

@@ -486,21 +486,7 @@ def open_slide(path: str | os.PathLike[str]) -> Slide:
         finally:
             img.close()
         return Slide(p, [rgb], [1.0], mpp)
-    import tifffile
-
-    try:
-        tf = tifffile.TiffFile(p)
-    except Exception as exc:
-        raise _unreadable(p, exc) from None
-    try:
-        levels, store = _tiff_levels(tf, p)
-        mpp = _tiff_mpp(tf)
-    except InputError:
-        tf.close()
-        raise
-    except Exception as exc:
-        tf.close()
-        raise _unreadable(p, exc) from None
+    levels, store, mpp, tf = _read_tiff(p, lambda tf: (*_tiff_levels(tf, p), _tiff_mpp(tf), tf))
     h0, w0 = int(levels[0].shape[0]), int(levels[0].shape[1])
     downsamples = [
         1.0 if i == 0 else (h0 / a.shape[0] + w0 / a.shape[1]) / 2.0 for i, a in enumerate(levels)
@@ -527,15 +513,11 @@ class MapFile:
 def open_map(path: str | os.PathLike[str]) -> MapFile:
     """Open a 2-D single-channel TIFF (mask, labels, probability or SDF map) lazily, with
     its pyramid levels if it has them (as ``predict`` writes large outputs)."""
-    import tifffile
     import zarr
 
     p = _check_path(path)
-    try:
-        tf = tifffile.TiffFile(p)
-    except Exception as exc:
-        raise _unreadable(p, exc) from None
-    try:
+
+    def read(tf: Any) -> MapFile:
         if not tf.series:
             raise InputError(f"{p.name}: the TIFF holds no image")
         series = tf.series[0]
@@ -547,6 +529,21 @@ def open_map(path: str | os.PathLike[str]) -> MapFile:
         group = zarr.open(store, mode="r")
         levels = [_squeezed2d(group[str(i)]) for i in range(len(series.levels))]
         return MapFile(p, levels, _tiff_mpp(tf), [tf.close, store.close])
+
+    return _read_tiff(p, read)
+
+
+def _read_tiff(p: Path, read: Callable[[Any], Any]) -> Any:
+    """``read(TiffFile)``; the file is closed if that fails, and a failure that is not
+    already a clear :class:`InputError` says the file is unreadable."""
+    import tifffile
+
+    try:
+        tf = tifffile.TiffFile(p)
+    except Exception as exc:
+        raise _unreadable(p, exc) from None
+    try:
+        return read(tf)
     except InputError:
         tf.close()
         raise
@@ -696,6 +693,16 @@ def _drop_small(mask: np.ndarray, min_size: int, keep_border: bool = False) -> n
 # --------------------------------------------------------------------------- writing
 
 
+def ome_metadata(axes: str, mpp: float | None) -> dict[str, Any]:
+    """tifffile's OME metadata for one image: its axes and, if known, its pixel size."""
+    meta: dict[str, Any] = {"axes": axes}
+    if mpp:
+        meta.update(
+            PhysicalSizeX=mpp, PhysicalSizeY=mpp, PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm"
+        )
+    return meta
+
+
 def resolution_tags(mpp: float | None) -> dict[str, Any]:
     """tifffile keyword arguments storing ``mpp`` (microns per pixel) as pixels per cm."""
     if not mpp:
@@ -826,15 +833,7 @@ def _write_levels(
                 kwargs["resolution"] = (1e4 / (mpp * W0 / w), 1e4 / (mpp * H0 / h))
                 kwargs["resolutionunit"] = "CENTIMETER"
             if k == 0 and subifds:
-                meta: dict[str, Any] = {"axes": "YXS"}
-                if mpp:
-                    meta.update(
-                        PhysicalSizeX=mpp,
-                        PhysicalSizeY=mpp,
-                        PhysicalSizeXUnit="µm",
-                        PhysicalSizeYUnit="µm",
-                    )
-                kwargs.update(subifds=len(shapes) - 1, metadata=meta)
+                kwargs.update(subifds=len(shapes) - 1, metadata=ome_metadata("YXS", mpp))
             else:
                 kwargs.update(subfiletype=1 if k else 0, metadata=None)
             tw.write(_tiles(get_band, (h, w), tile, sink), **kwargs)
