@@ -115,6 +115,8 @@ def test_resume_needs_only_the_run_folder_every_time(tiny_dataset, tmp_path, cap
     assert code == 2 and "--width" in err and "resumed run keeps" in err
     code, _, err = run(capsys, "train", "--resume", str(rundir), "--iterations", "4")
     assert code == 2 and "already trained 4 iterations" in err
+    code, _, err = run(capsys, "train", "--resume", str(rundir))  # its own total, reached
+    assert code == 2 and "give --iterations > 4" in err
 
 
 def test_a_run_that_never_started_is_not_half_made(tiny_dataset, tmp_path, capsys):

@@ -150,12 +150,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         unlabeled = [items[n] for n in split["unlabeled"] if n in items]
         geometry = Geometry.from_dict(cfg_doc["geometry"])
         config = TrainConfig.from_dict(cfg_doc)
-        done = (
-            json.loads((out / "history.json").read_text())[-1]["iteration"]
-            if (out / "history.json").exists()
-            else 0
-        )
-        if args.iterations is not None and args.iterations <= done:
+        done = _iterations_done(out)
+        if (args.iterations if args.iterations is not None else config.iterations) <= done:
             raise InputError(
                 f"{out} has already trained {_plural(done, 'iteration')}; give --iterations "
                 f"> {done} to continue"
@@ -262,6 +258,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     )
     return 0 if result == "done" else 130
+
+
+def _iterations_done(run: Path) -> int:
+    """The iteration the run's checkpoint holds (its history is saved with it)."""
+    try:
+        hist = json.loads((run / "history.json").read_text())
+        return int(hist[-1]["iteration"]) if hist else 0
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return 0
 
 
 def _unlabeled_items(dirs):
