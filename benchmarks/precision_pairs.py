@@ -95,37 +95,40 @@ def worker(args: argparse.Namespace) -> int:
     if arm == "fp32-literal":
         _literal_models()
     run = Path(args.out) / f"{arm}_s{args.seed}"
-    t0 = time.perf_counter()
-    rc = cli.main(
-        [
-            "train",
-            "--data",
-            str(args.train),
-            "--labeled",
-            str(args.labeled),
-            "--iterations",
-            str(args.iterations),
-            "--input-size",
-            str(args.input_size),
-            "--seed",
-            str(args.seed),
-            "--precision",
-            args.precision,
-            "--device",
-            args.device,
-            "--threads",
-            str(args.threads),
-            "--compile",
-            args.compile,
-            "--snapshot-every",
-            str(args.snapshot_every),
-            "--out",
-            str(run),
-        ]
-    )
-    train_s = time.perf_counter() - t0
+    common = ["--iterations", str(args.iterations), "--device", args.device]
+    common += ["--threads", str(args.threads), "--compile", args.compile]
+    common += ["--snapshot-every", str(args.snapshot_every)]
+    if (run / "checkpoint.safetensors").exists():
+        # A run an earlier (killed) invocation left behind: continue it, or only evaluate
+        # it when it has reached its total.
+        if cli._iterations_done(run) < args.iterations:
+            rc = cli.main(["train", "--resume", str(run), *common])
+        else:
+            rc = 0
+    else:
+        rc = cli.main(
+            [
+                "train",
+                "--data",
+                str(args.train),
+                "--labeled",
+                str(args.labeled),
+                "--input-size",
+                str(args.input_size),
+                "--seed",
+                str(args.seed),
+                "--precision",
+                args.precision,
+                *common,
+                "--out",
+                str(run),
+            ]
+        )
     if rc:
         return rc
+    # The run's history holds its training time summed over every start.
+    train_s = json.loads((run / "history.json").read_text())[-1]["time"]
+    t_eval = time.perf_counter()
     res = {
         "seed": args.seed,
         "precision": arm,
@@ -141,7 +144,7 @@ def worker(args: argparse.Namespace) -> int:
             m = evaluate(snap, args.test, args.device, args.precision, hausdorff=False)
             res["curve"][it] = m["dice_pooled"]
     res["curve"][args.iterations] = res["final"]["dice_pooled"]
-    res["eval_s"] = round(time.perf_counter() - t0 - train_s, 1)
+    res["eval_s"] = round(time.perf_counter() - t_eval, 1)
     (run / "result.json").write_text(json.dumps(res, indent=1))
     return 0
 

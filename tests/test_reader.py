@@ -79,3 +79,15 @@ def test_napari_opens_pyramid_with_the_plugin(make_napari_viewer, tmp_path):
     (layer,) = viewer.open(str(path), plugin="napari-semimoe")
     assert layer.multiscale and len(layer.data) == 3
     np.testing.assert_allclose(layer.scale, (0.5, 0.5))
+
+
+def test_a_slide_named_like_a_prediction_still_opens_as_a_slide(tmp_path):
+    """Only predict's single-channel maps become labels/maps; an RGB 'x_mask.tif' is a slide."""
+    path = tmp_path / "biopsy_mask.tif"
+    tifffile.imwrite(path, rgb(40, 50), photometric="rgb")
+    ((data, meta, kind),) = get_reader(str(path))(str(path))
+    assert kind == "image" and meta["rgb"] and data.shape == (40, 50, 3)
+    labels = tmp_path / "biopsy2_mask.tif"
+    tifffile.imwrite(labels, (rgb(40, 50)[..., 0] > 100).astype(np.uint8))
+    ((data, _, kind),) = get_reader(str(labels))(str(labels))
+    assert kind == "labels" and data.shape == (40, 50)

@@ -28,7 +28,21 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
 
 def read_slides(path: str | list[str]) -> list[LayerData]:
     paths = [path] if isinstance(path, str) else list(path)
-    return [map_layer(p, key) if (key := prediction_key(p)) else slide_layer(p) for p in paths]
+    return [_layer(p) for p in paths]
+
+
+def _layer(path: str) -> LayerData:
+    if key := prediction_key(path):
+        try:
+            return map_layer(path, key)
+        except ValueError as exc:
+            # Only the name looked like a prediction (an RGB "biopsy_mask.tif"): a slide,
+            # if it opens as one; otherwise the map's error is the one to show.
+            try:
+                return slide_layer(path)
+            except ValueError:
+                raise exc from None
+    return slide_layer(path)
 
 
 #: What ``predict`` writes, as NAME_<key>.tif; longest first (expert_prob before prob).
