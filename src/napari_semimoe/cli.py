@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .core.errors import InputError
+from .core.errors import InputError, plural
 
 
 def _bar(total: int, desc: str, unit: str = "it"):
@@ -85,10 +85,6 @@ def _check_threads(threads: int | None) -> None:
         raise InputError(f"--threads must be >= 1, got {threads}")
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
 def _geometry(args: argparse.Namespace):
     from .core.data import Geometry
 
@@ -153,7 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         done = _iterations_done(out)
         if (args.iterations if args.iterations is not None else config.iterations) <= done:
             raise InputError(
-                f"{out} has already trained {_plural(done, 'iteration')}; give --iterations "
+                f"{out} has already trained {plural(done, 'iteration')}; give --iterations "
                 f"> {done} to continue"
             )
         if args.iterations:
@@ -200,7 +196,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config.validate()
         resolve_device(config.device)  # a missing GPU is said before any image is read
     print(
-        f"{_plural(len(labeled), 'labeled image')}, {_plural(len(unlabeled), 'unlabeled image')}"
+        f"{plural(len(labeled), 'labeled image')}, {plural(len(unlabeled), 'unlabeled image')}"
         f" -> {out}",
         file=sys.stderr,
     )
@@ -372,7 +368,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if no_mask:
         shown = ", ".join(no_mask[:5]) + (", ..." if len(no_mask) > 5 else "")
         print(
-            f"{_plural(len(no_mask), 'image')} without a mask not evaluated: {shown}",
+            f"{plural(len(no_mask), 'image')} without a mask not evaluated: {shown}",
             file=sys.stderr,
         )
     metrics = evaluate_folder(predictor, args.data, progress=_tqdm_progress("evaluating", "img"))

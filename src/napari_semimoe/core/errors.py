@@ -7,3 +7,8 @@ class InputError(ValueError):
 
 class CheckpointError(InputError):
     """A run folder or checkpoint is missing, incomplete or from an incompatible version."""
+
+
+def plural(n: int, word: str) -> str:
+    """``plural(1, "image")`` -> "1 image", ``plural(3, "image")`` -> "3 images"."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

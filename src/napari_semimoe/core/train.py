@@ -31,7 +31,7 @@ from .checkpoint import (
 )
 from .data import CyclicSampler, Geometry, TrainingSet, channel_stats, make_batch
 from .device import autocast, autocast_dtype, enable_determinism, resolve_device, set_threads
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, InputError, plural
 from .losses import adaptive_loss, pseudo_labels, task_loss
 from .model import TASKS, SemiMoE, run_experts
 
@@ -683,8 +683,7 @@ class Trainer:
                     emit(self._event("checkpoint", losses))
                 if cfg.snapshot_every and self.iteration % cfg.snapshot_every == 0:
                     self._snapshot()
-            n = cfg.iterations
-            emit(self._event("done", message=f"finished {n} iteration{'' if n == 1 else 's'}"))
+            emit(self._event("done", message=f"finished {plural(cfg.iterations, 'iteration')}"))
             return "done"
         finally:
             log.close()
