@@ -493,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Run-defining options default to "not given" (SUPPRESS) so that --resume can refuse
     # them instead of ignoring them; cmd_train fills in RUN_DEFAULTS for a new run.
     run_opt = {"default": argparse.SUPPRESS}
+    D = RUN_DEFAULTS  # the help texts state the defaults that cmd_train fills in
     t.add_argument("--data", help="folder with images/ and masks/")
     g = t.add_mutually_exclusive_group()
     g.add_argument(
@@ -514,7 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="iterations in total; with --resume, continue up to this many (the warm-up, lr "
         "decay and λ ramp are spread over the total, so extending a run stretches them)",
     )
-    t.add_argument("--width", type=int, help="base width b (default 16; upstream 64)", **run_opt)
+    t.add_argument(
+        "--width", type=int, help=f"base width b (default {D['width']}; upstream 64)", **run_opt
+    )
     t.add_argument(
         "--supervised-only",
         action="store_true",
@@ -522,22 +525,30 @@ def build_parser() -> argparse.ArgumentParser:
         **run_opt,
     )
     t.add_argument(
-        "--seed", type=int, help="labeled split, init and augmentation (default 0)", **run_opt
+        "--seed",
+        type=int,
+        help=f"labeled split, init and augmentation (default {D['seed']})",
+        **run_opt,
     )
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     t.add_argument("--threads", type=int, help="CPU threads (default: all)")
     t.add_argument("--out", default="runs/semimoe", help="run folder (default %(default)s)")
     t.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
-    t.add_argument("--lr", type=float, help="SGD learning rate (default 0.5)", **run_opt)
-    t.add_argument("--gamma", type=float, help="γ of the adaptive loss (default 0.4)", **run_opt)
+    t.add_argument("--lr", type=float, help=f"SGD learning rate (default {D['lr']})", **run_opt)
+    t.add_argument(
+        "--gamma", type=float, help=f"γ of the adaptive loss (default {D['gamma']})", **run_opt
+    )
     t.add_argument(
         "--lambda-max",
         type=float,
-        help="final weight λ of the unlabeled loss (default 0.5)",
+        help=f"final weight λ of the unlabeled loss (default {D['lambda_max']})",
         **run_opt,
     )
     t.add_argument(
-        "--scale", type=float, help="working scale: downsample factor (default 1)", **run_opt
+        "--scale",
+        type=float,
+        help=f"working scale: downsample factor (default {D['scale']:g})",
+        **run_opt,
     )
     t.add_argument(
         "--input-size",
@@ -546,7 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
         **run_opt,
     )
     t.add_argument(
-        "--tile", type=int, help="training tile side at working scale (default 256)", **run_opt
+        "--tile",
+        type=int,
+        help=f"training tile side at working scale (default {D['tile']})",
+        **run_opt,
     )
     t.add_argument(
         "--precision",
