@@ -15,6 +15,10 @@ def sdf_colormap():
     )
 
 
+#: Labels-layer opacity of the predicted label maps, in the widget and the reader.
+LABEL_OPACITY = {"instances": 0.6, "mask": 0.5}
+
+
 def map_style(key: str) -> dict[str, Any]:
     """Image-layer keyword arguments for a float map: SDF, uncertainty, boundary, probability."""
     if "sdf" in key:

@@ -56,7 +56,6 @@ PREDICTION_KEYS = (
     "prob",
     "sdf",
 )
-LABEL_KEYS = ("instances", "mask")
 
 
 def prediction_key(path: str | Path) -> str | None:
@@ -72,7 +71,7 @@ def prediction_key(path: str | Path) -> str | None:
 def map_layer(path: str | Path, key: str) -> LayerData:
     """A prediction map: labels for the mask and instances, a styled image for the rest;
     multiscale when the file is a pyramid; scaled in µm when it carries a pixel size."""
-    from .layer_styles import map_style
+    from .layer_styles import LABEL_OPACITY, map_style
 
     try:
         m = open_map(path)
@@ -88,8 +87,8 @@ def map_layer(path: str | Path, key: str) -> LayerData:
     if m.mpp and _units_supported():
         meta["units"] = ("µm", "µm")
     data = levels if len(levels) > 1 else levels[0]
-    if key in LABEL_KEYS:
-        meta["opacity"] = 0.6 if key == "instances" else 0.5
+    if key in LABEL_OPACITY:
+        meta["opacity"] = LABEL_OPACITY[key]
         return data, meta, "labels"
     meta.update(map_style(key))
     return data, meta, "image"

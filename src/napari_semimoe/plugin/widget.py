@@ -37,7 +37,7 @@ from ..core.errors import InputError
 from ..core.slide import Slide
 from .chart import LossChart
 from .jobs import ProgressJob, fmt_time
-from .layer_styles import map_style
+from .layer_styles import LABEL_OPACITY, map_style
 from .project import TRAINSET_FILE, ImageEntry, Project, Tile
 from .training_process import TrainingJob
 
@@ -885,7 +885,7 @@ class SemiMoEWidget(QWidget):
         canvas[ys : ys + h, xs : xs + w] = val[: shape[0] - ys, : shape[1] - xs]
         kw = dict(name=name, scale=scale, translate=translate)
         if key == "instances":
-            self.viewer.add_labels(canvas, opacity=0.6, **kw)
+            self.viewer.add_labels(canvas, opacity=LABEL_OPACITY[key], **kw)
         else:
             self.viewer.add_image(canvas, visible=False, **map_style(key), **kw)
 
