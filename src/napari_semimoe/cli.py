@@ -901,6 +901,9 @@ def main(argv: list[str] | None = None) -> int:
     handler = _StderrWarnings(prog)
     pkg_log = logging.getLogger("napari_semimoe")
     pkg_log.addHandler(handler)
+    # tifffile logs its own complaints about a damaged file; the reader turns them into one
+    # error line, so they would only be a second, cryptic line on stderr.
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except (InputError, CheckpointError, TrainingError) as exc:

@@ -154,8 +154,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return tensors, doc
 
 
-def damaged_run_files(run: str | Path) -> list[str]:
-    """Names of the run folder's JSON files that exist but do not parse (one line each).
+def damaged_run_files(run: str | Path) -> list[tuple[str, str]]:
+    """(name, reason) of each JSON file of the run folder that exists but does not parse.
 
     Prediction needs only the checkpoint, so these are reported, not fatal."""
     run = Path(run)
@@ -170,7 +170,7 @@ def damaged_run_files(run: str | Path) -> list[str]:
             json.loads(f.read_text())
         except (OSError, ValueError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            bad.append(f"{name} ({reason})")
+            bad.append((name, reason))
     return bad
 
 

@@ -41,6 +41,8 @@ def scan_folder(root: str | Path) -> list[DataItem]:
     """List ``root/images/<name>.<ext>`` with their masks ``root/masks/<name>.<png|tif>``."""
     root = Path(root)
     img_dir = root / "images"
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root} is a file, not a folder (expected {root}/images and /masks)")
     if not root.is_dir():
         raise InputError(f"{root}: no such folder")
     if not img_dir.is_dir():

@@ -22,7 +22,7 @@ import torch
 from .checkpoint import damaged_run_files, load_model_state, model_meta, read_checkpoint
 from .data import Geometry, normalise
 from .device import autocast, autocast_dtype, resolve_device, set_threads
-from .errors import InputError
+from .errors import CheckpointError, InputError
 from .instances import label_instances
 from .model import TASKS, SemiMoE
 
@@ -63,15 +63,19 @@ def load_model(run: str | Path, device: str = "auto") -> LoadedModel:
     run's other JSON files are not needed, so a damaged one is only reported."""
     tensors, doc = read_checkpoint(run)
     meta = model_meta(run, doc, tensors)
-    for bad in damaged_run_files(run):
+    for name, reason in damaged_run_files(run):
         log.warning(
-            "%s: %s is damaged; predicting with the checkpoint, which holds all prediction needs",
-            run,
-            bad,
+            "%s is damaged (%s); predicting with the checkpoint, which holds all that "
+            "prediction needs",
+            Path(run) / name,
+            reason,
         )
     dev = resolve_device(device)
     model = SemiMoE(int(meta["width"]))
-    load_model_state(model, tensors)
+    try:
+        load_model_state(model, tensors)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{run}: {exc}") from None
     model.to(dev).eval()
     return LoadedModel(
         model, Geometry.from_dict(meta["geometry"]), meta["mean"], meta["std"], meta, dev

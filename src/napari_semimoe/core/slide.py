@@ -660,11 +660,11 @@ def open_map(path: str | os.PathLike[str]) -> MapFile:
         if not tf.series:
             raise InputError(f"{p.name}: the TIFF holds no image")
         series = tf.series[0]
+        _check_tiff_data(series, p)
         if len([n for n in series.shape if n > 1]) != 2:
             raise InputError(
                 f"{p.name} is not a single-channel map (axes {series.axes}, shape {series.shape})"
             )
-        _check_tiff_data(series, p)
         store = series.aszarr(multiscales=True)
         group = zarr.open(store, mode="r")
         levels = [_squeezed2d(group[str(i)]) for i in range(len(series.levels))]
@@ -736,9 +736,9 @@ def read_mask(path: str | os.PathLike[str], shape: tuple[int, int] | None = None
                 series = tf.series[0]
                 dims = dict(zip(series.axes, series.shape))
                 h, w = dims.get("Y", 1), dims.get("X", 1)
+                _check_tiff_data(series, p)
                 if h * w > MAX_PIXELS:
                     raise _too_big(p, h, w)
-                _check_tiff_data(series, p)
                 m = series.asarray()
         except InputError:
             raise
