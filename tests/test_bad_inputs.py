@@ -629,3 +629,15 @@ def test_warnings_not_silence(ws, tmp_path, capsys, caplog):
     with caplog.at_level("WARNING"):
         load_training_set(items, unlabeled, Geometry(input_size=32))
     assert "nan.tif: 3 pixel values are NaN or infinite" in caplog.text
+
+
+def test_ctrl_c_while_starting_up_is_one_line(monkeypatch, capsys):
+    import napari_semimoe.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["summary"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "napari-semimoe: interrupted"

@@ -392,4 +392,4 @@ def test_sigterm_during_predict_cleans_up(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "Traceback" not in err and "predict: terminated" in err, repr(err)
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # predict made it, and leaves neither scratch nor an empty folder

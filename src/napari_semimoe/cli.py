@@ -891,6 +891,14 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while starting up (importing torch takes seconds)
+        print("napari-semimoe: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # a usage mistake (one line, said already) or --help
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)

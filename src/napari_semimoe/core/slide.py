@@ -17,6 +17,7 @@ import os
 import re
 import tempfile
 import uuid
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -207,7 +208,9 @@ def _pil_open(p: Path) -> Any:
     from PIL import Image
 
     try:
-        img = Image.open(p)
+        with warnings.catch_warnings():  # the size is checked here, against MAX_PIXELS
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(p)
     except Image.DecompressionBombError:
         raise _too_big(p) from None
     except Exception as exc:
