@@ -306,19 +306,23 @@ def test_a_failed_prediction_leaves_nothing_in_out(loaded, tmp_path, monkeypatch
 
 
 def test_scratch_of_a_killed_prediction_is_removed_next_time(loaded, tmp_path):
-    from napari_semimoe.core.predict import SCRATCH_PREFIX
+    from napari_semimoe.core.predict import SCRATCH_PREFIX, _host
 
     out = tmp_path / "out"
     dead = subprocess_pid_that_has_exited()
-    stale = out / f"{SCRATCH_PREFIX}{dead}-abc"
+    stale = out / f"{SCRATCH_PREFIX}{dead}@{_host()}-abc"
     (stale / "maps").mkdir(parents=True)
     (stale / "maps" / "prob.f32").write_bytes(b"\0" * 1000)
-    alive = out / f"{SCRATCH_PREFIX}1-xyz"  # pid 1 runs: another prediction's, kept
-    alive.mkdir()
+    kept = [
+        out / f"{SCRATCH_PREFIX}1@{_host()}-xyz",  # pid 1 runs: another prediction's
+        out / f"{SCRATCH_PREFIX}{dead}@elsewhere-xyz",  # another machine's (shared folder)
+    ]
+    for d in kept:
+        d.mkdir()
     p = Predictor(loaded, PredictOptions(precision="fp32"))
     with open_slide(_slide_file(tmp_path)) as slide:
         predict_slide(p, slide, out, "s")
-    assert not stale.exists() and alive.exists()
+    assert not stale.exists() and all(d.exists() for d in kept)
 
 
 def subprocess_pid_that_has_exited() -> int:

@@ -410,19 +410,33 @@ def working_tissue(slide, shape: tuple[int, int]) -> np.ndarray:
 
 
 #: Prefix of the scratch folder a prediction works in, inside the output folder; it holds the
-#: disk-backed maps and the outputs until all of them are written. Followed by the pid, so a
-#: folder whose process has died (kill -9) is recognised and removed by the next prediction.
+#: disk-backed maps and the outputs until all of them are written. Followed by pid@host, so
+#: a folder whose process has died (kill -9) is recognised and removed by the next prediction
+#: on that machine (a shared folder may hold another machine's live scratch: never touched).
 SCRATCH_PREFIX = ".semimoe-predict-"
 
 
+def _host() -> str:
+    import socket
+
+    return "".join(c if c.isalnum() or c == "." else "_" for c in socket.gethostname()) or "_"
+
+
+def scratch_prefix() -> str:
+    """This process's scratch-folder prefix: ``.semimoe-predict-<pid>@<host>-``."""
+    return f"{SCRATCH_PREFIX}{os.getpid()}@{_host()}-"
+
+
 def remove_stale_scratch(out_dir: str | Path) -> list[Path]:
-    """Remove scratch folders in ``out_dir`` left by predictions whose process is gone."""
+    """Remove scratch folders in ``out_dir`` left by predictions on this machine whose
+    process is gone."""
     removed = []
-    for d in Path(out_dir).glob(SCRATCH_PREFIX + "*"):
-        try:
-            pid = int(d.name[len(SCRATCH_PREFIX) :].split("-", 1)[0])
-        except ValueError:
+    for d in Path(out_dir).glob(SCRATCH_PREFIX + "*@*"):
+        pid_text, _, rest = d.name[len(SCRATCH_PREFIX) :].partition("@")
+        host = rest.rpartition("-")[0]
+        if not pid_text.isdigit() or host != _host():
             continue
+        pid = int(pid_text)
         if pid == os.getpid() or _alive(pid):
             continue
         shutil.rmtree(d, ignore_errors=True)
@@ -481,7 +495,7 @@ def predict_slide(
         hw, ww = g.working_shape((H, W))
         n_maps = len(BASE_MAPS) + (len(EXPERT_MAPS) if predictor.opt.experts else 0) + 1
         _check_space(out_dir, n_maps * hw * ww * 4, f"predicting {name} ({W}x{H} px)")
-    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=out_dir))
+    scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix(), dir=out_dir))
     try:
         if g.input_size:
             image = slide.read_region(0, 0, H, W)
