@@ -349,3 +349,57 @@ def test_format_table():
     assert lines[3].startswith("Dice, pooled (%)") and lines[3].endswith("87.12")
     assert lines[4].endswith("45.7")
     assert lines[5].endswith("n/a")
+
+
+# ----------------------------------------------------------------------------- binary masks
+
+
+def _two_glands() -> np.ndarray:
+    inst = np.zeros((64, 64), np.int32)
+    inst[8:24, 8:28] = 1
+    inst[36:56, 30:60] = 2
+    return inst
+
+
+def test_binary_mask_becomes_one_object_per_gland():
+    from napari_semimoe.core.metrics import instances_from_mask
+
+    for fg in (1, 255):
+        labels, binary = instances_from_mask((_two_glands() > 0).astype(np.uint8) * fg)
+        assert binary and labels.max() == 2
+        assert object_f1(labels, _two_glands()) == 1.0
+    inst, binary = instances_from_mask(_two_glands())
+    assert not binary and (inst == _two_glands()).all()  # instance masks are kept as they are
+    empty, binary = instances_from_mask(np.zeros((4, 4), np.uint8))
+    assert not binary and not empty.any()
+
+
+def test_evaluate_scores_binary_masks_per_gland_and_says_so(tmp_path, capsys, monkeypatch):
+    """A perfect 2-gland prediction against a 0/255 mask is object F1 1.0 (it was 0.667:
+    both glands of the mask were one object), and the output says how it was read."""
+    import json
+
+    from PIL import Image
+
+    from napari_semimoe.cli import main
+    from napari_semimoe.core.predict import Predictor
+    from test_bad_inputs import write_ckpt
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(data / "images" / "a.png")
+    Image.fromarray(((_two_glands() > 0) * 255).astype(np.uint8)).save(data / "masks" / "a.png")
+    run = tmp_path / "run"
+    write_ckpt(run / "checkpoint.safetensors")
+    monkeypatch.setattr(
+        Predictor, "predict_image", lambda self, image: {"instances": _two_glands()}
+    )
+    code = main(["evaluate", str(run), "--data", str(data), "--json", str(tmp_path / "m.json")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["object_f1"] == 1.0 and metrics["object_dice"] == 1.0
+    assert metrics["object_hausdorff"] == 0.0 and metrics["binary_masks"] == 1
+    assert "1 mask was binary: glands = connected components" in err
+    assert "Binary masks (glands = connected components)" in out

@@ -268,3 +268,132 @@ def test_large_outputs_are_pyramids_that_the_reader_opens_in_microns(loaded, tmp
     # the slide itself still opens as the RGB image it is
     ((_, meta, kind),) = reader(str(tmp_path / "s.tif"))
     assert kind == "image" and meta["rgb"]
+
+
+# ------------------------------------------------------------------ nothing half-made in --out
+
+
+def _slide_file(tmp_path):
+    img = np.full((200, 180, 3), 240, np.uint8)
+    img[20:180, 20:160] = texture(160, 140)
+    write_pyramid(tmp_path / "s.tif", img, levels=1, tile=64)
+    return tmp_path / "s.tif"
+
+
+@pytest.mark.parametrize("fail", [InputError("disk said no"), KeyboardInterrupt()])
+def test_a_failed_prediction_leaves_nothing_in_out(loaded, tmp_path, monkeypatch, fail):
+    """An error (or Ctrl-C) while the outputs are written leaves neither the scratch folder
+    nor a half set of outputs: the older outputs of the same name stay as they were."""
+    from napari_semimoe.core import predict as pr
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "s_mask.tif").write_bytes(b"older")
+    real, calls = pr._write_tiled, []
+
+    def write_then_fail(path, *a, **k):
+        calls.append(path)
+        if len(calls) == 3:  # mask and prob written, then the disk fills up
+            raise fail
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(pr, "_write_tiled", write_then_fail)
+    p = Predictor(loaded, PredictOptions(precision="fp32"))
+    with open_slide(_slide_file(tmp_path)) as slide, pytest.raises(type(fail)):
+        predict_slide(p, slide, out, "s")
+    assert sorted(q.name for q in out.iterdir()) == ["s_mask.tif"]
+    assert (out / "s_mask.tif").read_bytes() == b"older"
+
+
+def test_scratch_of_a_killed_prediction_is_removed_next_time(loaded, tmp_path):
+    from napari_semimoe.core.predict import SCRATCH_PREFIX, _host
+
+    out = tmp_path / "out"
+    dead = subprocess_pid_that_has_exited()
+    stale = out / f"{SCRATCH_PREFIX}{dead}@{_host()}-abc"
+    (stale / "maps").mkdir(parents=True)
+    (stale / "maps" / "prob.f32").write_bytes(b"\0" * 1000)
+    kept = [
+        out / f"{SCRATCH_PREFIX}1@{_host()}-xyz",  # pid 1 runs: another prediction's
+        out / f"{SCRATCH_PREFIX}{dead}@elsewhere-xyz",  # another machine's (shared folder)
+    ]
+    for d in kept:
+        d.mkdir()
+    p = Predictor(loaded, PredictOptions(precision="fp32"))
+    with open_slide(_slide_file(tmp_path)) as slide:
+        predict_slide(p, slide, out, "s")
+    assert not stale.exists() and all(d.exists() for d in kept)
+
+
+def subprocess_pid_that_has_exited() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(proc.stdout)
+
+
+def test_prediction_that_cannot_fit_on_disk_is_refused_before_it_starts(
+    loaded, tmp_path, monkeypatch
+):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
+    p = Predictor(loaded, PredictOptions(precision="fp32"))
+    with (
+        open_slide(_slide_file(tmp_path)) as slide,
+        pytest.raises(InputError, match=r"needs 0\.0 GB of scratch space .* free"),
+    ):
+        predict_slide(p, slide, tmp_path / "out", "s")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_sigterm_during_predict_cleans_up(tmp_path):
+    """SIGTERM (a scheduler, `timeout`) ends predict like Ctrl-C: exit 143, one line, and
+    no scratch folder or output left in --out."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_bad_inputs import write_ckpt
+
+    run = tmp_path / "run"
+    write_ckpt(run / "checkpoint.safetensors")
+    big = np.full((1536, 1536, 3), 230, np.uint8)
+    big[100:1400, 100:1400] = texture(1300, 1300)
+    write_pyramid(tmp_path / "big.tif", big, levels=1, tile=256)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "napari_semimoe.cli",
+        "predict",
+        str(run),
+        str(tmp_path / "big.tif"),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--precision",
+        "fp32",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(out.glob(".semimoe-predict-*/maps/*")):
+        time.sleep(0.05)
+    assert list(out.glob(".semimoe-predict-*")), "predict never started"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "predict: terminated" in err, repr(err)
+    assert not out.exists()  # predict made it, and leaves neither scratch nor an empty folder

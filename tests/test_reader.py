@@ -91,3 +91,25 @@ def test_a_slide_named_like_a_prediction_still_opens_as_a_slide(tmp_path):
     tifffile.imwrite(labels, (rgb(40, 50)[..., 0] > 100).astype(np.uint8))
     ((data, _, kind),) = get_reader(str(labels))(str(labels))
     assert kind == "labels" and data.shape == (40, 50)
+
+
+def test_cmyk_tiff_opens_as_its_rgb_colours(tmp_path):
+    from PIL import Image
+
+    cmyk = np.zeros((8, 8, 4), np.uint8)
+    cmyk[:, :4, 3] = 255  # black ink on the left half, bare paper on the right
+    tifffile.imwrite(tmp_path / "c.tif", cmyk, photometric="separated")
+    ((data, meta, kind),) = get_reader(str(tmp_path / "c.tif"))(str(tmp_path / "c.tif"))
+    assert kind == "image" and meta["rgb"] and data.shape == (8, 8, 3)
+    expected = np.asarray(Image.fromarray(cmyk, mode="CMYK").convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(data[:, :]), expected)
+    assert (expected[:, :4] == 0).all() and (expected[:, 4:] == 255).all()
+
+
+def test_header_without_data_is_one_line_not_a_giant_layer(tmp_path):
+    from test_bad_inputs import header_only_tiff
+
+    path = str(header_only_tiff(tmp_path / "bomb.tif"))
+    with pytest.raises(ValueError, match="holds no image data") as info:
+        get_reader(path)(path)
+    assert "\n" not in str(info.value)

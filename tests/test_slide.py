@@ -344,3 +344,100 @@ def test_tissue_mask_finds_blob_not_glass(tmp_path):
     all_tissue = Slide.from_array(pink[:200, :200])
     assert tissue_mask(all_tissue, 1).all()
     assert not tissue_mask(Slide.from_array(img[:100, -100:]), 1).any()
+
+
+# ------------------------------------------------------------------ files that promise too much
+
+
+def test_header_declaring_60000_squared_without_data_is_refused_at_once(tmp_path):
+    """A 140-byte TIFF whose header declares 60000 x 60000 px: refused when opened, before
+    any level, memmap or tile grid is made (it used to open and predict 1.5 M blank tiles)."""
+    import time
+
+    from test_bad_inputs import header_only_tiff
+
+    path = header_only_tiff(tmp_path / "bomb.tif")
+    assert path.stat().st_size < 200
+    t = time.perf_counter()
+    for read in (open_slide, read_image, read_mask, sl.open_map):
+        with pytest.raises(InputError, match="declares a 60000x60000 px image but holds no"):
+            read(path)
+    assert time.perf_counter() - t < 2.0
+
+
+def test_tiff_data_past_the_end_or_in_one_giant_strip_is_refused(tmp_path):
+    from test_bad_inputs import header_only_tiff
+
+    cut = header_only_tiff(tmp_path / "cut.tif", h=3000, w=3000, bytecount=3000 * 3000 * 3)
+    with pytest.raises(InputError, match="truncated"):
+        open_slide(cut)
+    strip = header_only_tiff(tmp_path / "s.tif", h=20000, w=20000, bytecount=64, present=True)
+    with pytest.raises(InputError, match=r"chunks of 1\.2 GB .* re-save it tiled"):
+        open_slide(strip)
+    # a real, well-compressed tiled slide of one colour still opens
+    tifffile.imwrite(
+        tmp_path / "white.tif",
+        np.full((2048, 2048, 3), 255, np.uint8),
+        tile=(256, 256),
+        compression="zlib",
+        photometric="rgb",
+    )
+    with open_slide(tmp_path / "white.tif") as s:
+        assert s.shape == (2048, 2048) and s.read_region(0, 0, 4, 4).min() == 255
+
+
+def _cmyk_image() -> Image.Image:
+    rng = np.random.default_rng(5)
+    cmyk = rng.integers(0, 256, (24, 32, 4), dtype=np.uint8)
+    cmyk[0, 0] = (0, 0, 0, 0)  # white paper
+    cmyk[0, 1] = (0, 0, 0, 255)  # black ink: K is not alpha (it used to come out white)
+    cmyk[0, 2] = (255, 0, 0, 0)  # cyan
+    return Image.fromarray(cmyk, mode="CMYK")
+
+
+@pytest.mark.parametrize("planar", [False, True])
+def test_cmyk_tiff_has_the_colours_pil_gives_it(tmp_path, planar):
+    img = _cmyk_image()
+    cmyk = np.asarray(img)
+    expected = np.asarray(img.convert("RGB"))
+    assert tuple(expected[0, 0]) == (255, 255, 255) and tuple(expected[0, 1]) == (0, 0, 0)
+    assert tuple(expected[0, 2]) == (0, 255, 255)
+    data = np.moveaxis(cmyk, -1, 0) if planar else cmyk
+    tifffile.imwrite(
+        tmp_path / "c.tif",
+        data,
+        photometric="separated",
+        planarconfig="separate" if planar else "contig",
+    )
+    np.testing.assert_array_equal(read_image(tmp_path / "c.tif"), expected)
+    with open_slide(tmp_path / "c.tif") as s:
+        assert s.levels[0].shape == (24, 32, 3)  # napari sees an RGB image too
+        np.testing.assert_array_equal(np.asarray(s.levels[0][3:9, 4:20]), expected[3:9, 4:20])
+
+
+def test_cmyk_jpeg_has_the_colours_pil_gives_it(tmp_path):
+    img = _cmyk_image()
+    img.save(tmp_path / "c.jpg", quality=95)
+    expected = np.asarray(Image.open(tmp_path / "c.jpg").convert("RGB"))
+    np.testing.assert_array_equal(read_image(tmp_path / "c.jpg"), expected)
+
+
+def test_non_finite_pixels_are_a_warning(caplog):
+    f = np.full((8, 8, 3), 0.5, np.float32)
+    f[0, 0, 0] = np.nan
+    f[1, 1, 1] = np.inf
+    with caplog.at_level("WARNING"):
+        out = to_rgb_uint8(f, "f.tif")
+    assert "f.tif: 2 pixel values are NaN or infinite" in caplog.text
+    assert out[0, 0, 0] == 0 and out[1, 1, 1] == 255
+
+
+def test_permission_denied_is_not_file_not_found(tmp_path, monkeypatch):
+    from test_bad_inputs import deny
+
+    Image.fromarray(smooth_rgb(16, 16)).save(tmp_path / "a.png")
+    deny(monkeypatch, tmp_path / "a.png")
+    for read in (read_image, open_slide, read_mask):
+        with pytest.raises(InputError, match="permission denied") as err:
+            read(tmp_path / "a.png")
+        assert "not found" not in str(err.value)

@@ -7,13 +7,151 @@ exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import math
+import os
+import re
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .core.errors import InputError, plural
+
+# ----------------------------------------------------------------------------- option checks
+# Every numeric option is parsed by one of these: out of range, non-finite or absurdly large
+# values are refused at parse time, in one line, before anything is read or allocated.
+
+
+def int_option(lo: int, hi: int, multiple: int = 1) -> Callable[[str], int]:
+    """argparse ``type=``: an integer in [lo, hi] (a multiple of ``multiple``)."""
+    kind = {1: "an integer", 2: "an even integer"}.get(multiple, f"a multiple of {multiple}")
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}") from None
+        if not lo <= v <= hi or v % multiple:
+            raise argparse.ArgumentTypeError(f"must be {kind} from {lo} to {hi}, got {v}")
+        return v
+
+    return parse
+
+
+def float_option(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[str], float]:
+    """argparse ``type=``: a finite number in [lo, hi] (or (lo, hi] with ``lo_open``)."""
+    span = f"{'above' if lo_open else 'from'} {lo:g} {'and at most' if lo_open else 'to'} {hi:g}"
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if not (lo < v if lo_open else lo <= v) or v > hi:
+            raise argparse.ArgumentTypeError(f"must be a number {span}, got {v:g}")
+        return v
+
+    return parse
+
+
+#: Ranges of the numeric options (generous: they only stop what cannot be meant).
+WIDTH = int_option(2, 128, multiple=2)  # 128 is twice upstream's 64: 415 M parameters
+THREADS = int_option(1, 4096)
+TILE = int_option(16, 4096, multiple=16)
+SIZE = int_option(16, 4096)
+OVERLAP = int_option(0, 2048)
+BATCH = int_option(1, 1024)
+COUNT = int_option(1, 10**9)
+EVERY = int_option(0, 10**9)
+SEED = int_option(0, 2**32 - 1)
+TOP = int_option(1, 10_000)
+REPEATS = int_option(1, 1000)
+
+
+def _writable_dir(d: Path) -> bool:
+    return os.access(d, os.W_OK | os.X_OK)
+
+
+def _existing_parent(p: Path) -> Path:
+    q = p.absolute().parent
+    while not q.exists() and q != q.parent:
+        q = q.parent
+    return q
+
+
+def out_folder(text: str) -> str:
+    """argparse ``type=``: an output folder that is, or can be made, a writable folder."""
+    p = Path(text).expanduser()
+    try:
+        if p.exists():
+            if not p.is_dir():
+                raise argparse.ArgumentTypeError(f"{p} is a file, not a folder")
+            if not _writable_dir(p):
+                raise argparse.ArgumentTypeError(f"{p}: permission denied (cannot write in it)")
+            return text
+        parent = _existing_parent(p)
+        if not parent.is_dir():
+            raise argparse.ArgumentTypeError(f"{p}: {parent} is a file, not a folder")
+        if not _writable_dir(parent):
+            raise argparse.ArgumentTypeError(
+                f"{p}: permission denied (cannot create it in {parent})"
+            )
+    except PermissionError:
+        raise argparse.ArgumentTypeError(f"{p}: permission denied") from None
+    return text
+
+
+def out_file(text: str) -> str:
+    """argparse ``type=``: an output file that is not a folder and can be written."""
+    p = Path(text).expanduser()
+    try:
+        if p.is_dir() or text.endswith(("/", os.sep)):
+            raise argparse.ArgumentTypeError(f"{p} is a folder; give a file name")
+        if p.exists() and not os.access(p, os.W_OK):
+            raise argparse.ArgumentTypeError(f"{p}: permission denied (cannot overwrite it)")
+        parent = _existing_parent(p)
+        if not parent.is_dir():
+            raise argparse.ArgumentTypeError(f"{p}: {parent} is a file, not a folder")
+        if not _writable_dir(parent):
+            raise argparse.ArgumentTypeError(f"{p}: permission denied (cannot write in {parent})")
+    except PermissionError:
+        raise argparse.ArgumentTypeError(f"{p}: permission denied") from None
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line and exit status 2, like every other user mistake."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        message = re.sub(r"^argument (?:\S+/)?(\S+): ", r"\1 ", message)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so clean-up runs as for Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a job scheduler, ``timeout``) unwinds like Ctrl-C: no scratch is left."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        raise _Terminated
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _bar(total: int, desc: str, unit: str = "it"):
@@ -315,20 +453,36 @@ def _predictor(args: argparse.Namespace):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict every input; one that cannot be read does not stop the others: each failure
+    is one line on stderr at the end, and the exit status is 2 if any failed."""
     from .core.predict import predict_slide
     from .core.slide import open_slide
 
     names = _output_names(args.images)
-    predictor = _predictor(args)
+    predictor = _predictor(args)  # the checkpoint and options, before any image is read
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for path, name in zip(args.images, names):
-        with open_slide(path) as slide:
-            written = predict_slide(
-                predictor, slide, out, name, progress=_tqdm_progress(f"{name}", "tile")
-            )
-        print(json.dumps({"image": str(path), "outputs": {k: str(v) for k, v in written.items()}}))
-    return 0
+    created = not out.exists()
+    failures: list[str] = []
+    try:
+        with _terminate_as_interrupt():
+            for path, name in zip(args.images, names):
+                try:
+                    with open_slide(path) as slide:
+                        written = predict_slide(
+                            predictor, slide, out, name, progress=_tqdm_progress(name, "tile")
+                        )
+                except InputError as exc:
+                    failures.append(str(exc))
+                    continue
+                outputs = {k: str(v) for k, v in written.items()}
+                print(json.dumps({"image": str(path), "outputs": outputs}), flush=True)
+    finally:
+        if created:  # nothing was written: leave no empty output folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+    for msg in failures:
+        print(f"napari-semimoe predict: error: {msg}", file=sys.stderr)
+    return 2 if failures else 0
 
 
 def output_name(path: str | Path) -> str:
@@ -360,10 +514,11 @@ def _output_names(paths: list[str]) -> list[str]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .core.data import scan_folder
-    from .core.evaluate import evaluate_folder
+    from .core.evaluate import BINARY_NOTE, check_masks_folder, evaluate_folder
     from .core.metrics import format_table
 
     predictor = _predictor(args)
+    check_masks_folder(args.data)
     no_mask = [it.name for it in scan_folder(args.data) if it.mask_path is None]
     if no_mask:
         shown = ", ".join(no_mask[:5]) + (", ..." if len(no_mask) > 5 else "")
@@ -371,7 +526,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{plural(len(no_mask), 'image')} without a mask not evaluated: {shown}",
             file=sys.stderr,
         )
-    metrics = evaluate_folder(predictor, args.data, progress=_tqdm_progress("evaluating", "img"))
+    with _terminate_as_interrupt():
+        metrics = evaluate_folder(
+            predictor, args.data, progress=_tqdm_progress("evaluating", "img")
+        )
+    if metrics.get("binary_masks"):
+        n = int(metrics["binary_masks"])
+        print(
+            f"{plural(n, 'mask')} {'was' if n == 1 else 'were'} binary: {BINARY_NOTE}",
+            file=sys.stderr,
+        )
     print(format_table(metrics))
     if args.json:
         from .core.checkpoint import atomic_write_json
@@ -422,7 +586,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         except ValueError:
             raise InputError(f"--exclude expects y,x,h,w in level-0 pixels, got {box!r}") from None
         exclude.append((y, x, h, w))
-    with open_slide(args.image) as slide:
+    with _terminate_as_interrupt(), open_slide(args.image) as slide:
         picks = suggest_tiles(
             predictor,
             slide,
@@ -472,7 +636,7 @@ def cmd_gui(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .core.uncertainty import STRATEGIES
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="napari-semimoe",
         description="Semi-MoE gland segmentation: train, predict, evaluate and suggest what to "
         "label next, headless; `gui` opens napari with the plugin.",
@@ -480,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("summary", help="print the model's parameter counts as JSON")
-    s.add_argument("--width", type=int, default=16, help="base width b (16 default, 64 upstream)")
+    s.add_argument("--width", type=WIDTH, default=16, help="base width b (16 default, 64 upstream)")
     s.set_defaults(func=cmd_summary)
 
     t = sub.add_parser(
@@ -498,25 +662,28 @@ def build_parser() -> argparse.ArgumentParser:
     g = t.add_mutually_exclusive_group()
     g.add_argument(
         "--labeled",
-        type=int,
+        type=COUNT,
         help="number of labeled images, chosen at random with --seed (default: every image "
         "with a mask, i.e. no unlabeled images from DIR)",
         **run_opt,
     )
     g.add_argument(
-        "--labeled-fraction", type=float, help="fraction of the images labeled", **run_opt
+        "--labeled-fraction",
+        type=float_option(0, 1, lo_open=True),
+        help="fraction of the images labeled",
+        **run_opt,
     )
     t.add_argument(
         "--unlabeled", action="append", help="extra folder of unlabeled images (repeat)", **run_opt
     )
     t.add_argument(
         "--iterations",
-        type=int,
+        type=COUNT,
         help="iterations in total; with --resume, continue up to this many (the warm-up, lr "
         "decay and λ ramp are spread over the total, so extending a run stretches them)",
     )
     t.add_argument(
-        "--width", type=int, help=f"base width b (default {D['width']}; upstream 64)", **run_opt
+        "--width", type=WIDTH, help=f"base width b (default {D['width']}; upstream 64)", **run_opt
     )
     t.add_argument(
         "--supervised-only",
@@ -526,39 +693,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--seed",
-        type=int,
+        type=SEED,
         help=f"labeled split, init and augmentation (default {D['seed']})",
         **run_opt,
     )
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    t.add_argument("--threads", type=int, help="CPU threads (default: all)")
-    t.add_argument("--out", default="runs/semimoe", help="run folder (default %(default)s)")
-    t.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
-    t.add_argument("--lr", type=float, help=f"SGD learning rate (default {D['lr']})", **run_opt)
+    t.add_argument("--threads", type=THREADS, help="CPU threads (default: all)")
     t.add_argument(
-        "--gamma", type=float, help=f"γ of the adaptive loss (default {D['gamma']})", **run_opt
+        "--out", type=out_folder, default="runs/semimoe", help="run folder (default %(default)s)"
+    )
+    t.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
+    t.add_argument(
+        "--lr",
+        type=float_option(0, 100, lo_open=True),
+        help=f"SGD learning rate (default {D['lr']})",
+        **run_opt,
+    )
+    t.add_argument(
+        "--gamma",
+        type=float_option(0, 100),
+        help=f"γ of the adaptive loss (default {D['gamma']})",
+        **run_opt,
     )
     t.add_argument(
         "--lambda-max",
-        type=float,
+        type=float_option(0, 100),
         help=f"final weight λ of the unlabeled loss (default {D['lambda_max']})",
         **run_opt,
     )
     t.add_argument(
         "--scale",
-        type=float,
+        type=float_option(1, 1024),
         help=f"working scale: downsample factor (default {D['scale']:g})",
         **run_opt,
     )
     t.add_argument(
         "--input-size",
-        type=int,
+        type=TILE,
         help="resize each whole image to N x N (upstream GlaS protocol: 256)",
         **run_opt,
     )
     t.add_argument(
         "--tile",
-        type=int,
+        type=TILE,
         help=f"training tile side at working scale (default {D['tile']})",
         **run_opt,
     )
@@ -601,13 +778,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=COUNT,
         default=100,
         help="save the checkpoint every N iterations (default %(default)s)",
     )
     t.add_argument(
         "--snapshot-every",
-        type=int,
+        type=EVERY,
         default=0,
         help="keep weights every N iterations (for learning curves)",
     )
@@ -616,10 +793,10 @@ def build_parser() -> argparse.ArgumentParser:
     def add_predict_opts(q: argparse.ArgumentParser) -> None:
         q.add_argument("run", help="run folder or checkpoint file")
         q.add_argument("--device", default="auto")
-        q.add_argument("--threads", type=int)
-        q.add_argument("--tile", type=int, help="tile side at working scale")
-        q.add_argument("--overlap", type=int, help="tile overlap (default: tile / 4)")
-        q.add_argument("--batch", type=int, help="tiles per pass (default: 2 on CPU, 16 on GPU)")
+        q.add_argument("--threads", type=THREADS)
+        q.add_argument("--tile", type=TILE, help="tile side at working scale")
+        q.add_argument("--overlap", type=OVERLAP, help="tile overlap (default: tile / 4)")
+        q.add_argument("--batch", type=BATCH, help="tiles per pass (default: 2 on CPU, 16 on GPU)")
         q.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
 
     pr = sub.add_parser(
@@ -632,7 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_predict_opts(pr)
     pr.add_argument("images", nargs="+", help="images or slides")
-    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--out", type=out_folder, required=True, help="output folder")
     pr.add_argument("--experts", action="store_true", help="also write each expert's maps")
     pr.add_argument("--tissue-only", action="store_true", help="skip glass (slides)")
     pr.set_defaults(func=cmd_predict)
@@ -640,7 +817,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="Dice/Jaccard and GlaS object metrics on a folder")
     add_predict_opts(ev)
     ev.add_argument("--data", required=True, help="folder with images/ and masks/")
-    ev.add_argument("--json", help="also write the metrics to this JSON file")
+    ev.add_argument("--json", type=out_file, help="also write the metrics to this JSON file")
     ev.set_defaults(func=cmd_evaluate)
 
     sg = sub.add_parser(
@@ -653,11 +830,11 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("image", help="image or slide to look at")
     sg.add_argument(
         "--tile",
-        type=int,
+        type=SIZE,
         help="tile side at working scale (default: the training tile; for --input-size "
         "models a quarter of the resized image)",
     )
-    sg.add_argument("--top", type=int, default=10, help="how many (default %(default)s)")
+    sg.add_argument("--top", type=TOP, default=10, help="how many (default %(default)s)")
     sg.add_argument("--exclude", action="append", help="y,x,h,w level-0 box to skip (repeat)")
     sg.add_argument(
         "--strategy",
@@ -666,11 +843,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="coverage: uncertain tiles where the labeled ones (--exclude) do not cover the "
         "tissue yet; uncertain: the most uncertain, spread out (default: %(default)s)",
     )
-    sg.add_argument("--json", help="also write the suggestions to this JSON file")
+    sg.add_argument("--json", type=out_file, help="also write the suggestions to this JSON file")
     sg.add_argument("--device", default="auto")
-    sg.add_argument("--threads", type=int)
-    sg.add_argument("--overlap", type=int)
-    sg.add_argument("--batch", type=int, help="tiles per pass (default: 2 on CPU, 16 on GPU)")
+    sg.add_argument("--threads", type=THREADS)
+    sg.add_argument("--overlap", type=OVERLAP)
+    sg.add_argument("--batch", type=BATCH, help="tiles per pass (default: 2 on CPU, 16 on GPU)")
     sg.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     sg.set_defaults(func=cmd_suggest)
 
@@ -680,37 +857,88 @@ def build_parser() -> argparse.ArgumentParser:
     gu.set_defaults(func=cmd_gui)
 
     b = sub.add_parser("bench", help="training and prediction speed: fast vs fp32 reference")
-    b.add_argument("--width", type=int, default=16)
-    b.add_argument("--repeats", type=int, default=7)
+    b.add_argument("--width", type=WIDTH, default=16)
+    b.add_argument("--repeats", type=REPEATS, default=7)
     b.add_argument(
         "--compile",
         default="off",
         choices=["on", "off"],
         help="also time a torch.compile'd fast path (compiles for minutes on CPU)",
     )
-    b.add_argument("--threads", type=int)
+    b.add_argument("--threads", type=THREADS)
     b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    b.add_argument("--json")
+    b.add_argument("--json", type=out_file)
     b.set_defaults(func=cmd_bench)
     return p
 
 
+class _StderrWarnings(logging.Handler):
+    """The core's warnings as one line each on the stderr of the moment (tests swap it)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(logging.WARNING)
+        self.prog = prog
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = " ".join(record.getMessage().split("\n"))
+        print(f"{self.prog}: warning: {msg}", file=sys.stderr)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while starting up (importing torch takes seconds)
+        print("napari-semimoe: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # a usage mistake (one line, said already) or --help
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     from .core.checkpoint import CheckpointError
     from .core.train import TrainingError
 
+    prog = f"napari-semimoe {args.command}"
+    handler = _StderrWarnings(prog)
+    pkg_log = logging.getLogger("napari_semimoe")
+    pkg_log.addHandler(handler)
+    # tifffile logs its own complaints about a damaged file; the reader turns them into one
+    # error line, so they would only be a second, cryptic line on stderr.
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except (InputError, CheckpointError, TrainingError) as exc:
-        print(f"napari-semimoe {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except InterruptedError as exc:
-        print(f"napari-semimoe {args.command}: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"{prog}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print(f"napari-semimoe {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except PermissionError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{prog}: error: {where}permission denied", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, a vanished folder: a sentence, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{prog}: error: {where}{exc.strerror or _one_line(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"{prog}: error: not enough memory; try a smaller --tile or --batch", file=sys.stderr)
+        return 2
+    finally:
+        pkg_log.removeHandler(handler)
 
 
 if __name__ == "__main__":

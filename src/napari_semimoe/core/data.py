@@ -7,6 +7,7 @@ napari plugin hands the trainer tiles cut from slides, the CLI hands it whole im
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,10 @@ from pathlib import Path
 import numpy as np
 from skimage.transform import resize
 
-from .errors import InputError
+from .errors import InputError, plural
 from .targets import make_targets
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
@@ -38,6 +41,8 @@ def scan_folder(root: str | Path) -> list[DataItem]:
     """List ``root/images/<name>.<ext>`` with their masks ``root/masks/<name>.<png|tif>``."""
     root = Path(root)
     img_dir = root / "images"
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root} is a file, not a folder (expected {root}/images and /masks)")
     if not root.is_dir():
         raise InputError(f"{root}: no such folder")
     if not img_dir.is_dir():
@@ -58,6 +63,25 @@ def scan_folder(root: str | Path) -> list[DataItem]:
         items.append(DataItem(p.stem, p, mask))
     if not items:
         raise InputError(f"{img_dir}: no images with suffix {', '.join(IMAGE_SUFFIXES)}")
+    mask_dir = root / "masks"
+    if mask_dir.is_dir():
+        names = {it.name for it in items}
+        orphans = sorted(
+            q.name
+            for q in mask_dir.iterdir()
+            if q.suffix.lower() in MASK_SUFFIXES
+            and not q.name.startswith(".")
+            and q.stem not in names
+        )
+        if orphans:
+            shown = ", ".join(orphans[:5]) + (", ..." if len(orphans) > 5 else "")
+            log.warning(
+                "%s in %s without an image in %s (ignored): %s",
+                plural(len(orphans), "mask"),
+                mask_dir,
+                img_dir,
+                shown,
+            )
     return items
 
 
@@ -78,6 +102,12 @@ def choose_labeled(
     Only images with a mask can be labeled. Returns (labeled, unlabeled), each sorted by name.
     """
     with_mask = [it for it in items if it.mask_path is not None]
+    if not with_mask and items:
+        root = Path(items[0].image_path).parent.parent
+        where = "is missing" if not (root / "masks").is_dir() else "has no mask of these images"
+        raise InputError(
+            f"no labeled image: {root / 'masks'} {where} (masks/<name>.png for images/<name>.*)"
+        )
     if n is None:
         if fraction is None:
             n = len(with_mask)
@@ -377,4 +407,18 @@ def load_training_set(
             ui.append(geometry.image_to_working(im))
         if progress is not None:
             progress(k + 1, total)
+    empty = [it.name for it, m in zip(labeled, lm) if not m.any()]
+    full = [it.name for it, m in zip(labeled, lm) if m.all()]
+    for names, what in ((empty, "no gland (all background)"), (full, "no background (all gland)")):
+        if names:
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            log.warning(
+                "%s with %s: %s%s",
+                plural(len(names), "mask"),
+                what,
+                shown,
+                "; the model cannot learn glands from these alone"
+                if len(names) == len(labeled)
+                else "",
+            )
     return TrainingSet(li, lm, ui, [it.name for it in labeled], [it.name for it in unlabeled])

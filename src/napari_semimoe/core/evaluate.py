@@ -2,31 +2,73 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from .data import scan_folder
-from .errors import InputError
-from .metrics import evaluate_pairs
+from .errors import InputError, plural
+from .metrics import evaluate_pairs, instances_from_mask
 from .predict import Predictor
 from .slide import read_image, read_mask
 
+log = logging.getLogger(__name__)
+
+#: What ``evaluate`` says when it made objects of binary masks.
+BINARY_NOTE = (
+    "glands = connected components (a 0/1 or 0/255 mask cannot tell touching glands apart)"
+)
+
+
+def check_masks_folder(data_dir: str | Path) -> None:
+    """A data folder without ``masks/`` is said as such (before any image is read)."""
+    root = Path(data_dir)
+    if root.is_dir() and (root / "images").is_dir() and not (root / "masks").is_dir():
+        raise InputError(
+            f"{root}: no 'masks' folder; evaluate needs {root / 'masks'}/<name>.png (or .tif) "
+            "for the images to score"
+        )
+
 
 def iter_predictions(
-    predictor: Predictor, data_dir: str | Path, progress: Callable[[int, int], None] | None = None
+    predictor: Predictor,
+    data_dir: str | Path,
+    progress: Callable[[int, int], None] | None = None,
+    binary: list[str] | None = None,
 ) -> Iterator[tuple[str, dict[str, np.ndarray], np.ndarray]]:
-    """Yield (name, prediction at native size, ground-truth instance mask) per image."""
+    """Yield (name, prediction at native size, ground-truth instance mask) per image.
+
+    Binary masks become one object per connected component; their names are appended to
+    ``binary``. Masks that are all background or all gland are reported once, at the end.
+    """
+    check_masks_folder(data_dir)
     items = [it for it in scan_folder(data_dir) if it.mask_path is not None]
     if not items:
         raise InputError(f"{data_dir}: no image has a mask in {Path(data_dir) / 'masks'}")
+    empty, full = [], []
     for k, it in enumerate(items):
         image = read_image(it.image_path)
         gt = read_mask(it.mask_path, shape=image.shape[:2])
+        if not gt.any():
+            empty.append(it.name)
+        elif gt.all():
+            full.append(it.name)
+        gt, was_binary = instances_from_mask(gt)
+        if was_binary and binary is not None:
+            binary.append(it.name)
         yield it.name, predictor.predict_image(image), gt
         if progress is not None:
             progress(k + 1, len(items))
+    _warn_masks(empty, "no gland (all background)")
+    _warn_masks(full, "no background (all gland)")
+
+
+def _warn_masks(names: list[str], what: str) -> None:
+    if names:
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        log.warning("%s %s: %s", plural(len(names), "mask"), f"with {what}", shown)
 
 
 def evaluate_folder(
@@ -35,8 +77,13 @@ def evaluate_folder(
     progress: Callable[[int, int], None] | None = None,
     hausdorff: bool = True,
 ) -> dict[str, float]:
-    """Pooled and per-image Dice/Jaccard plus GlaS object metrics over ``data_dir``."""
+    """Pooled and per-image Dice/Jaccard plus GlaS object metrics over ``data_dir``;
+    ``binary_masks`` counts the masks whose glands were taken as connected components."""
+    binary: list[str] = []
     pairs = (
-        (pred["instances"], gt) for _, pred, gt in iter_predictions(predictor, data_dir, progress)
+        (pred["instances"], gt)
+        for _, pred, gt in iter_predictions(predictor, data_dir, progress, binary)
     )
-    return evaluate_pairs(pairs, hausdorff=hausdorff)
+    metrics = evaluate_pairs(pairs, hausdorff=hausdorff)
+    metrics["binary_masks"] = len(binary)
+    return metrics

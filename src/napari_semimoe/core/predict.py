@@ -7,7 +7,10 @@ by band. Pyramids are read lazily, region by region, through :class:`~.slide.Sli
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_model_state, read_checkpoint
+from .checkpoint import damaged_run_files, load_model_state, model_meta, read_checkpoint
 from .data import Geometry, normalise
 from .device import autocast, autocast_dtype, resolve_device, set_threads
-from .errors import InputError
+from .errors import CheckpointError, InputError
 from .instances import label_instances
 from .model import TASKS, SemiMoE
 
@@ -38,6 +41,8 @@ FILL = {
 
 ProgressFn = Callable[[int, int], None]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class LoadedModel:
@@ -52,12 +57,25 @@ class LoadedModel:
 
 
 def load_model(run: str | Path, device: str = "auto") -> LoadedModel:
-    """Load a run folder or checkpoint file for inference (no pickle is ever executed)."""
+    """Load a run folder or checkpoint file for inference (no pickle is ever executed).
+
+    The checkpoint's metadata is checked against its tensors before the model is built; the
+    run's other JSON files are not needed, so a damaged one is only reported."""
     tensors, doc = read_checkpoint(run)
-    meta = doc["meta"]
+    meta = model_meta(run, doc, tensors)
+    for name, reason in damaged_run_files(run):
+        log.warning(
+            "%s is damaged (%s); predicting with the checkpoint, which holds all that "
+            "prediction needs",
+            Path(run) / name,
+            reason,
+        )
     dev = resolve_device(device)
     model = SemiMoE(int(meta["width"]))
-    load_model_state(model, tensors)
+    try:
+        load_model_state(model, tensors)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{run}: {exc}") from None
     model.to(dev).eval()
     return LoadedModel(
         model, Geometry.from_dict(meta["geometry"]), meta["mean"], meta["std"], meta, dev
@@ -391,6 +409,60 @@ def working_tissue(slide, shape: tuple[int, int]) -> np.ndarray:
     return tissue
 
 
+#: Prefix of the scratch folder a prediction works in, inside the output folder; it holds the
+#: disk-backed maps and the outputs until all of them are written. Followed by pid@host, so
+#: a folder whose process has died (kill -9) is recognised and removed by the next prediction
+#: on that machine (a shared folder may hold another machine's live scratch: never touched).
+SCRATCH_PREFIX = ".semimoe-predict-"
+
+
+def _host() -> str:
+    import socket
+
+    return "".join(c if c.isalnum() or c == "." else "_" for c in socket.gethostname()) or "_"
+
+
+def scratch_prefix() -> str:
+    """This process's scratch-folder prefix: ``.semimoe-predict-<pid>@<host>-``."""
+    return f"{SCRATCH_PREFIX}{os.getpid()}@{_host()}-"
+
+
+def remove_stale_scratch(out_dir: str | Path) -> list[Path]:
+    """Remove scratch folders in ``out_dir`` left by predictions on this machine whose
+    process is gone."""
+    removed = []
+    for d in Path(out_dir).glob(SCRATCH_PREFIX + "*@*"):
+        pid_text, _, rest = d.name[len(SCRATCH_PREFIX) :].partition("@")
+        host = rest.rpartition("-")[0]
+        if not pid_text.isdigit() or host != _host():
+            continue
+        pid = int(pid_text)
+        if pid == os.getpid() or _alive(pid):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _check_space(out_dir: Path, need: int, what: str) -> None:
+    free = shutil.disk_usage(out_dir).free
+    if need > free:
+        raise InputError(
+            f"{what} needs {need / 1e9:.1f} GB of scratch space in {out_dir} but only "
+            f"{free / 1e9:.1f} GB are free; free some space or choose another --out"
+        )
+
+
 def predict_slide(
     predictor: Predictor,
     slide,
@@ -404,61 +476,90 @@ def predict_slide(
     """Predict a (possibly gigapixel) slide and write TIFF outputs without loading it whole.
 
     Working-scale maps live in disk-backed arrays; native-size outputs are streamed to
-    tiled TIFFs band by band.
+    tiled TIFFs band by band. Everything is written in a scratch folder inside ``out_dir``
+    and moved into place only once every output exists, so a failure, a cancel or a Ctrl-C
+    leaves neither a half set of outputs nor the scratch folder.
     """
     g = predictor.m.geometry
-    if g.input_size:
-        H, W = slide.shape
-        if H * W > 64e6:
-            raise InputError(
-                f"{slide.path}: this model was trained on whole images resized to "
-                f"{g.input_size}x{g.input_size}; a {W}x{H} slide needs a model trained with a "
-                "working scale (--scale)"
-            )
-        return _write_small(predictor, slide.read_region(0, 0, H, W), out_dir, name, mpp=slide.mpp)
     H, W = slide.shape
-    hw, ww = g.working_shape((H, W))
-    tissue = working_tissue(slide, (hw, ww)) if predictor.opt.tissue_only else None
+    if g.input_size and H * W > 64e6:
+        raise InputError(
+            f"{slide.path}: this model was trained on whole images resized to "
+            f"{g.input_size}x{g.input_size}; a {W}x{H} slide needs a model trained with a "
+            "working scale (--scale)"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out_dir))
+    remove_stale_scratch(out_dir)
+    if not g.input_size:
+        hw, ww = g.working_shape((H, W))
+        n_maps = len(BASE_MAPS) + (len(EXPERT_MAPS) if predictor.opt.experts else 0) + 1
+        _check_space(out_dir, n_maps * hw * ww * 4, f"predicting {name} ({W}x{H} px)")
+    scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix(), dir=out_dir))
     try:
-        wp = predictor.predict_region_reader(
-            working_reader(slide, (hw, ww)),
-            (hw, ww),
-            tissue=tissue,
-            out_dir=scratch,
-            progress=progress,
-            cancel=cancel,
-        )
-        if wp.cancelled:
-            raise InterruptedError("prediction cancelled")
-        maps = dict(wp.maps)
-        maps["mask"] = (np.asarray(maps["prob"]) >= predictor.opt.threshold).astype(np.uint8)
-        maps["instances"] = predictor.instances(maps, scale=1.0)
-        shape = (H, W) if write_native else (hw, ww)
+        if g.input_size:
+            image = slide.read_region(0, 0, H, W)
+            staged = _write_small(predictor, image, scratch, name, mpp=slide.mpp)
+        else:
+            staged = _predict_large(
+                predictor, slide, scratch, name, (hw, ww), write_native, progress, cancel
+            )
         written = {}
-        kinds = [
-            ("mask", True, np.uint8),
-            ("prob", False, np.float32),
-            ("sdf", False, np.float32),
-            ("boundary", False, np.float32),
-            ("instances", True, np.int32),
-        ]
-        kinds += [(k, False, np.float32) for k in EXPERT_MAPS if k in maps]
-        mpp = slide.mpp if write_native else None
-        for key, nearest, dtype in kinds:
-            path = out_dir / f"{name}_{key}.tif"
-            _write_tiled(path, maps[key], shape, nearest, dtype, mpp=mpp)
-            written[key] = path
-        written["gates"] = _save_gates(
-            out_dir / f"{name}_gates.npz", wp.tiles, wp.gates, (H / hw, W / ww)
-        )
+        for key, path in staged.items():
+            dest = out_dir / path.name
+            os.replace(path, dest)
+            written[key] = dest
         return written
     finally:
-        import shutil
-
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _predict_large(
+    predictor: Predictor,
+    slide,
+    scratch: Path,
+    name: str,
+    work_shape: tuple[int, int],
+    write_native: bool,
+    progress: ProgressFn | None,
+    cancel: Callable[[], bool] | None,
+) -> dict[str, Path]:
+    """Predict at working scale with disk-backed maps and write every output into ``scratch``."""
+    H, W = slide.shape
+    hw, ww = work_shape
+    tissue = working_tissue(slide, (hw, ww)) if predictor.opt.tissue_only else None
+    wp = predictor.predict_region_reader(
+        working_reader(slide, (hw, ww)),
+        (hw, ww),
+        tissue=tissue,
+        out_dir=scratch / "maps",
+        progress=progress,
+        cancel=cancel,
+    )
+    if wp.cancelled:
+        raise InterruptedError("prediction cancelled")
+    maps = dict(wp.maps)
+    maps["mask"] = (np.asarray(maps["prob"]) >= predictor.opt.threshold).astype(np.uint8)
+    maps["instances"] = predictor.instances(maps, scale=1.0)
+    shape = (H, W) if write_native else (hw, ww)
+    written = {}
+    kinds = [
+        ("mask", True, np.uint8),
+        ("prob", False, np.float32),
+        ("sdf", False, np.float32),
+        ("boundary", False, np.float32),
+        ("instances", True, np.int32),
+    ]
+    kinds += [(k, False, np.float32) for k in EXPERT_MAPS if k in maps]
+    mpp = slide.mpp if write_native else None
+    for key, nearest, dtype in kinds:
+        path = scratch / f"{name}_{key}.tif"
+        _write_tiled(path, maps[key], shape, nearest, dtype, mpp=mpp)
+        written[key] = path
+    written["gates"] = _save_gates(
+        scratch / f"{name}_gates.npz", wp.tiles, wp.gates, (H / hw, W / ww)
+    )
+    return written
 
 
 def _save_gates(path: Path, tiles, gates: np.ndarray, scale: tuple[float, float]) -> Path:

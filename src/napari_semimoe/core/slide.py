@@ -10,11 +10,14 @@ User mistakes (missing, unsupported, corrupt, grayscale files, mismatched masks)
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import math
 import os
 import re
 import tempfile
 import uuid
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +29,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 #: Suffixes read by :func:`read_image` / :func:`open_slide` (longest match wins).
 SUPPORTED_SUFFIXES: tuple[str, ...] = (
@@ -49,6 +54,12 @@ SUPPORTED_SUFFIXES: tuple[str, ...] = (
 MAX_PIXELS = 2**28
 #: Long side of the level :func:`tissue_mask` works on.
 TISSUE_LEVEL_SIZE = 2048
+#: Largest TIFF tile or strip decoded at once: any region of a slide stored in bigger chunks
+#: (one 10 GB strip) would decode the whole chunk.
+MAX_CHUNK_BYTES = 2**30
+#: Declared pixel bytes per stored byte above which a TIFF cannot hold the image it declares
+#: (deflate peaks near 1000:1, JPEG lower): a header that promises 60000^2 px in 500 bytes.
+MAX_COMPRESSION = 100_000
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _UNIT_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
@@ -103,7 +114,16 @@ def _to_unit_float(a: np.ndarray, name: str) -> np.ndarray:
     if np.issubdtype(a.dtype, np.integer):
         return np.clip(a.astype(np.float32) / float(np.iinfo(a.dtype).max), 0.0, 1.0)
     if np.issubdtype(a.dtype, np.floating):
-        f = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        f = a.astype(np.float32)
+        bad = int(np.count_nonzero(~np.isfinite(f)))
+        if bad:
+            log.warning(
+                "%s: %d pixel value%s NaN or infinite; read as black (NaN, -inf) or white (+inf)",
+                name,
+                bad,
+                " is" if bad == 1 else "s are",
+            )
+            f = np.nan_to_num(f, nan=0.0, posinf=1.0, neginf=0.0)
         if f.size and f.max() > 1.0:
             f = f / 255.0
         return np.clip(f, 0.0, 1.0)
@@ -122,17 +142,38 @@ def _check_path(path: str | os.PathLike[str]) -> Path:
             f"{p.name}: unsupported file type '{''.join(p.suffixes[-2:]) or 'none'}'; "
             f"use one of {' '.join(SUPPORTED_SUFFIXES)}"
         )
-    if not p.exists():
-        raise InputError(f"{p}: file not found; check the path")
-    if not p.is_file():
+    try:
+        st = p.stat()
+    except PermissionError:
+        raise _denied(p) from None
+    except OSError:
+        raise InputError(f"{p}: file not found; check the path") from None
+    import stat
+
+    if not stat.S_ISREG(st.st_mode):
         raise InputError(f"{p}: is not a file; give the path of an image file")
+    if not os.access(p, os.R_OK):
+        raise _denied(p)
     return p
+
+
+def _denied(p: Path) -> InputError:
+    """Not readable for lack of permission: said as such, not as "no such file"."""
+    return InputError(
+        f"{p}: permission denied; the file exists but this user may not read it "
+        "(check its permissions and those of its folders)"
+    )
 
 
 def _is_tiff(p: Path) -> bool:
     """Sniff the header so a TIFF named .svs/.ndpi (or mis-named) goes to tifffile."""
-    with open(p, "rb") as fh:
-        return fh.read(4) in _TIFF_MAGIC
+    try:
+        with open(p, "rb") as fh:
+            return fh.read(4) in _TIFF_MAGIC
+    except PermissionError:
+        raise _denied(p) from None
+    except OSError as exc:
+        raise _unreadable(p, exc) from None
 
 
 def _unreadable(p: Path, exc: BaseException) -> InputError:
@@ -141,6 +182,10 @@ def _unreadable(p: Path, exc: BaseException) -> InputError:
             f"{p.name}: reading it needs the Python package {exc.name!r}, which is not "
             f"installed; install it (pip install {exc.name.split('.')[0]}) and try again"
         )
+    if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EACCES:
+        return _denied(p)
+    if isinstance(exc, MemoryError):
+        return InputError(f"{p.name}: not enough memory to decode it; open it as a slide")
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return InputError(
         f"{p.name}: could not read the image ({reason}); the file is damaged, truncated "
@@ -163,7 +208,9 @@ def _pil_open(p: Path) -> Any:
     from PIL import Image
 
     try:
-        img = Image.open(p)
+        with warnings.catch_warnings():  # the size is checked here, against MAX_PIXELS
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(p)
     except Image.DecompressionBombError:
         raise _too_big(p) from None
     except Exception as exc:
@@ -205,6 +252,86 @@ def _plausible_mpp(mpp: float) -> float | None:
 
 
 # --------------------------------------------------------------------------- TIFF slides
+
+
+def cmyk_to_rgb(cmyk: np.ndarray) -> np.ndarray:
+    """(..., 4) CMYK -> (..., 3) uint8 RGB as PIL converts it: R = (1 - C)(1 - K) etc.
+    (K is black ink, not alpha); 8-bit values are rounded exactly as PIL does."""
+    a = np.asarray(cmyk)
+    if a.dtype == np.uint8:
+        nk = 255 - a[..., 3:4].astype(np.int32)
+        t = a[..., :3].astype(np.int32) * nk + 128
+        return (nk - (((t >> 8) + t) >> 8)).astype(np.uint8)
+    f = _to_unit_float(a, "CMYK image")
+    rgb = (1.0 - f[..., :3]) * (1.0 - f[..., 3:4])
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
+
+
+class _CMYKasRGB:
+    """Read-only (H, W, 3) uint8 RGB view of a CMYK level, converting only what is indexed."""
+
+    def __init__(self, array: Any) -> None:
+        self._a = array
+        h, w = array.shape[:2]
+        self.shape = (h, w, 3)
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = 3
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (3 - len(key) + 1) + key[i + 1 :]
+        key = key + (slice(None),) * (3 - len(key))
+        ky, kx, kc = key
+        return cmyk_to_rgb(np.asarray(self._a[ky, kx]))[..., kc]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:, :, :]
+        return out if dtype is None else out.astype(dtype)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _check_tiff_data(series: Any, p: Path) -> None:
+    """Refuse a TIFF whose header promises more than the file holds, before anything is
+    allocated for it: chunks past the end of the file, no chunk at all, a level in one
+    chunk too big to decode, or far fewer bytes than any compression could yield."""
+    size = p.stat().st_size
+    for k, lvl in enumerate(series.levels):
+        for page in lvl.pages:
+            if page is None or not hasattr(page, "dataoffsets"):
+                continue
+            h, w = int(page.imagelength), int(page.imagewidth)
+            what = f"{p.name} declares a {w}x{h} px image" + (f" (level {k})" if k else "")
+            offsets = np.asarray(page.dataoffsets, np.int64)
+            counts = np.asarray(page.databytecounts, np.int64)
+            stored = counts > 0
+            if not stored.any():
+                raise InputError(f"{what} but holds no image data; the file is damaged or empty")
+            if np.any(offsets[stored] + counts[stored] > size):
+                missing = int(np.count_nonzero(offsets[stored] + counts[stored] > size))
+                raise InputError(
+                    f"{what} but is truncated ({missing} of {counts.size} tiles or strips end "
+                    f"past its {size} bytes); re-export or copy it again"
+                )
+            chunk = math.prod(page.chunks) * page.dtype.itemsize
+            if chunk > MAX_CHUNK_BYTES:
+                raise InputError(
+                    f"{what} stored in chunks of {_gb(chunk)} that would be decoded whole for "
+                    "any region; re-save it tiled (e.g. 512 px tiles)"
+                )
+            declared = h * w * (page.samplesperpixel or 1) * page.dtype.itemsize
+            if declared > MAX_COMPRESSION * int(counts.sum()):
+                raise InputError(
+                    f"{what} ({_gb(declared)}) but holds only {int(counts.sum())} bytes of "
+                    "image data; the file is damaged or its header is wrong"
+                )
 
 
 class _ChannelsLast:
@@ -260,6 +387,13 @@ def _tiff_levels(tf: Any, p: Path) -> tuple[list[Any], Any]:
         )
     if nchan > 4 or len(chan) > 1:
         raise InputError(f"{p.name} has {nchan} channels (axes {axes}); an RGB H&E image is needed")
+    page = series.keyframe
+    cmyk = nchan == 4 and int(getattr(page, "photometric", 0)) == 5  # SEPARATED
+    if cmyk:
+        inkset = page.tags.get("InkSet")
+        if inkset is not None and int(inkset.value) != 1:
+            raise InputError(f"{p.name} holds 4 ink channels that are not CMYK; export it as RGB")
+    _check_tiff_data(series, p)
     store = series.aszarr(multiscales=True)
     group = zarr.open(store, mode="r")
     arrays = [group[str(i)] for i in range(len(series.levels))]
@@ -267,9 +401,17 @@ def _tiff_levels(tf: Any, p: Path) -> tuple[list[Any], Any]:
     if core in ("SYX", "CYX"):
         arrays = [_ChannelsLast(_squeezed(a, axes)) for a in arrays]
     elif core not in ("YXS", "YXC"):
+        store.close()
         raise InputError(f"{p.name}: unsupported axis order {axes}; save it as RGB (YXS)")
     else:
         arrays = [_squeezed(a, axes) if a.ndim != 3 else a for a in arrays]
+    if cmyk:  # K is black ink: read as alpha, every colour would be wrong
+        arrays = [_CMYKasRGB(a) for a in arrays]
+    try:
+        np.asarray(arrays[0][:1, :1])  # the first tile decodes, or the file is refused now
+    except Exception as exc:
+        store.close()
+        raise _unreadable(p, exc) from None
     return arrays, store
 
 
@@ -521,6 +663,7 @@ def open_map(path: str | os.PathLike[str]) -> MapFile:
         if not tf.series:
             raise InputError(f"{p.name}: the TIFF holds no image")
         series = tf.series[0]
+        _check_tiff_data(series, p)
         if len([n for n in series.shape if n > 1]) != 2:
             raise InputError(
                 f"{p.name} is not a single-channel map (axes {series.axes}, shape {series.shape})"
@@ -596,6 +739,7 @@ def read_mask(path: str | os.PathLike[str], shape: tuple[int, int] | None = None
                 series = tf.series[0]
                 dims = dict(zip(series.axes, series.shape))
                 h, w = dims.get("Y", 1), dims.get("X", 1)
+                _check_tiff_data(series, p)
                 if h * w > MAX_PIXELS:
                     raise _too_big(p, h, w)
                 m = series.asarray()
