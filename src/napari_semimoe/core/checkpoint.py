@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,43 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 FORMAT_VERSION = 1
 
 
+#: Temporary files of the atomic writer: ``.NAME.XXXXXXXX.tmp`` next to NAME (the runfolder
+#: module removes the ones an interrupted write left, by this pattern).
+TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def _create_temp(path: Path) -> str:
+    """A new, empty temp file next to ``path``, created with mode 0666 so that the kernel
+    applies the user's umask (mkstemp's 0600 would make shared runs unreadable)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return str(tmp)
+    raise FileExistsError(f"{path.parent}: cannot create a temporary file")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (power loss); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _atomic_replace(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _create_temp(path)
     try:
         write(tmp)
         with open(tmp, "rb+") as fh:
@@ -36,6 +69,7 @@ def _atomic_replace(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -74,9 +108,14 @@ def save_checkpoint(
                     scalars["state"][str(pid)][k] = float(v)
         opt_meta[name] = scalars
     doc = {"format_version": FORMAT_VERSION, "meta": meta, "optimizers": opt_meta}
-    _atomic_replace(
-        Path(path), lambda tmp: save_file(tensors, tmp, metadata={"json": json.dumps(doc)})
-    )
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(tensors, tmp, metadata={"json": json.dumps(doc)})
+        except SafetensorError as exc:  # its I/O errors (disk full) are OSErrors to callers
+            raise OSError(f"{Path(path).name}: {exc}") from exc
+
+    _atomic_replace(Path(path), write)
 
 
 def _open(path: Path):
