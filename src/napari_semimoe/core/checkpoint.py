@@ -29,17 +29,20 @@ FORMAT_VERSION = 1
 TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
-def _create_temp(path: Path) -> str:
-    """A new, empty temp file next to ``path``, created with mode 0666 so that the kernel
-    applies the user's umask (mkstemp's 0600 would make shared runs unreadable)."""
+def _create_temp(path: Path) -> tuple[str, int]:
+    """A new, empty temp file next to ``path`` and its mode: created 0666, so that the
+    kernel applies the user's umask (mkstemp's 0600 would make shared runs unreadable)."""
     for _ in range(100):
         tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             continue
-        os.close(fd)
-        return str(tmp)
+        try:
+            mode = os.fstat(fd).st_mode & 0o777
+        finally:
+            os.close(fd)
+        return str(tmp), mode
     raise FileExistsError(f"{path.parent}: cannot create a temporary file")
 
 
@@ -60,10 +63,12 @@ def _fsync_dir(folder: Path) -> None:
 def _atomic_replace(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_temp(path)
+    tmp, mode = _create_temp(path)
     try:
         write(tmp)
         with open(tmp, "rb+") as fh:
+            if os.fstat(fh.fileno()).st_mode & 0o777 != mode:  # a writer that made its own
+                os.chmod(tmp, mode)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
