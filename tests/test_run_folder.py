@@ -344,7 +344,7 @@ def test_ctrl_c_during_start_up_is_one_line(tiny_dataset, tmp_path, capsys, monk
     assert code == 130 and out == ""
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
-        "napari-semimoe train: interrupted before training started; nothing was saved"
+        "napari-semimoe train: interrupted before training started; no checkpoint was saved"
     )
     assert not run.exists()
 

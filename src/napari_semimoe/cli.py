@@ -175,13 +175,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         try:
             # Locked first: a second train on the same folder fails at once, naming the first.
             with folder.lock(create=not args.resume):
-                trainer, data_dir, unlabeled_dirs = _start_training(args, folder)
+                trainer = _start_training(args, folder)
                 signals.training = True
-                return _run_training(trainer, folder, data_dir, unlabeled_dirs, signals)
+                return _run_training(trainer, folder, signals)
         except KeyboardInterrupt:
             if signals.training:
                 raise
-            said = "the run folder is as it was" if args.resume else "nothing was saved"
+            said = "the run is as it was" if args.resume else "no checkpoint was saved"
             raise InterruptedError(f"interrupted before training started; {said}") from None
 
 
@@ -240,7 +240,10 @@ def _start_training(args: argparse.Namespace, folder):
         # Only once the images have been read and the trainer built: a run folder whose
         # first training could not start holds no split to resume from.
         save_split(folder.split_path, [it.name for it in labeled], [it.name for it in unlabeled])
-    return trainer, data_dir, unlabeled_dirs
+    # Where the data lives, so that `--resume RUN` needs nothing else, this time and the
+    # next (the trainer keeps it when it rewrites config.json).
+    _remember_data(folder, trainer.config, data_dir, unlabeled_dirs)
+    return trainer
 
 
 def _resume_plan(args: argparse.Namespace, folder):
@@ -299,7 +302,7 @@ def _resume_plan(args: argparse.Namespace, folder):
     return labeled, unlabeled, geometry, config, data_dir, unlabeled_dirs
 
 
-def _run_training(trainer, folder, data_dir: Path, unlabeled_dirs: list[str], signals) -> int:
+def _run_training(trainer, folder, signals) -> int:
     """Train with a progress bar; a signal stops after the iteration, with a checkpoint."""
     config = trainer.config
     bar = _bar(config.iterations, "training")
@@ -316,9 +319,6 @@ def _run_training(trainer, folder, data_dir: Path, unlabeled_dirs: list[str], si
             bar.set_postfix(**post, lr=f"{ev.lr:.3g}", refresh=False)
         elif ev.kind == "start":
             bar.write(ev.message, file=sys.stderr)  # stdout carries only the result's JSON
-            # The trainer has just rewritten config.json: record where the data lives, so
-            # that `--resume RUN` needs nothing else, this time and the next.
-            _remember_data(folder, data_dir, unlabeled_dirs)
         elif ev.kind == "warning":
             semi[0] = False
             bar.write(f"warning: {ev.message}", file=sys.stderr)
@@ -367,9 +367,11 @@ def _unlabeled_items(dirs):
     return items
 
 
-def _remember_data(folder, data_dir: Path, unlabeled_dirs: list[str]) -> None:
+def _remember_data(folder, config, data_dir: Path, unlabeled_dirs: list[str]) -> None:
     """Record the data folders in the run's config.json, so `--resume RUN` needs nothing else."""
-    doc = folder.read_json("config.json")
+    import dataclasses
+
+    doc = dataclasses.asdict(config)
     doc["_data"] = str(Path(data_dir).resolve())
     doc["_unlabeled_dirs"] = [str(Path(d).resolve()) for d in unlabeled_dirs]
     folder.write_json("config.json", doc)

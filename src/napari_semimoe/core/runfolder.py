@@ -268,6 +268,20 @@ class RunFolder:
         self._require_lock()
         atomic_write_json(self.path / name, obj)
 
+    def write_config(self, settings: dict[str, Any]) -> None:
+        """Write config.json: the run's settings, keeping what callers recorded beside them
+        (keys starting with ``_``, e.g. the CLI's data folders), so that no moment exists
+        at which a kill leaves the settings without them."""
+        self._require_lock()
+        doc = dict(settings)
+        try:
+            old = json.loads(self.config_path.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            old = None
+        if isinstance(old, dict):
+            doc.update({k: v for k, v in old.items() if k.startswith("_") and k not in doc})
+        atomic_write_json(self.config_path, doc)
+
     def read_history(self, upto: int) -> list[dict[str, Any]]:
         """The loss history up to iteration ``upto``: history.json, or, where it is missing
         or damaged, what log.jsonl holds."""

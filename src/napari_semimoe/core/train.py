@@ -716,7 +716,7 @@ class Trainer:
             self._owns_lock = True
         try:
             with self._writing("config.json"):
-                self.folder.write_json("config.json", dataclasses.asdict(cfg))
+                self.folder.write_config(dataclasses.asdict(cfg))
                 log = self.folder.open_log()
         except BaseException:
             self.close()
