@@ -373,3 +373,16 @@ def test_sigterm_stops_with_a_checkpoint_like_ctrl_c(tiny_dataset, tmp_path):
     done = json.loads(out)["iterations"]
     assert done >= 1 and read_checkpoint(run)[1]["meta"]["state"]["iteration"] == done
     assert log_iterations(run) == list(range(1, done + 1))
+
+
+def test_ctrl_c_while_the_cli_starts_is_one_line(capsys, monkeypatch):
+    """Ctrl-C while torch is being imported (before a command runs): no traceback."""
+    import napari_semimoe.cli as cli_mod
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_mod, "build_parser", interrupted)
+    code, out, err = cli(capsys, "train", "--help")
+    assert code == 130 and out == ""
+    assert err.strip() == "napari-semimoe: interrupted"
