@@ -104,7 +104,7 @@ def test_crash_while_saving_keeps_last_good_checkpoint(small_set, tmp_path, monk
 
     monkeypatch.setattr(ck, "save_file", broken_save)
     tr2 = Trainer(config(iterations=6, checkpoint_every=3), small_set, tmp_path / "r", resume=True)
-    with pytest.raises(OSError):
+    with pytest.raises(TrainingError, match="disk full.*last good checkpoint.*iteration 3"):
         tr2.run()
     assert (tmp_path / "r" / "checkpoint.safetensors").read_bytes() == before
     assert not list((tmp_path / "r").glob(".*.tmp"))
@@ -176,9 +176,21 @@ def test_fast_and_reference_paths_agree_in_fp32(small_set, tmp_path):
 
 
 def test_divergence_stops_with_clear_message(small_set, tmp_path):
+    """The message says what is true: no checkpoint yet, or which one was kept."""
     tr = Trainer(config(iterations=3, lr=1e30), small_set, tmp_path / "r")
-    with pytest.raises(TrainingError, match="last good checkpoint"):
+    with pytest.raises(TrainingError, match="no checkpoint had been saved yet") as e:
         tr.run()
+    assert "last good checkpoint" not in str(e.value)
+
+    def diverge_after_2(trainer, it):
+        if it == 2:
+            trainer.config.lr = 1e30
+
+    tr = Trainer(config(iterations=6, checkpoint_every=1), small_set, tmp_path / "r2")
+    kept = r"last good checkpoint, .*\(iteration [2-5]\), was kept"
+    with pytest.raises(TrainingError, match=kept):
+        tr.run(hook=diverge_after_2)
+    assert read_checkpoint(tmp_path / "r2")[1]["meta"]["state"]["iteration"] == tr.saved_iteration
 
 
 def test_bad_settings_and_data():

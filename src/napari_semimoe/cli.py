@@ -237,19 +237,47 @@ def _geometry(args: argparse.Namespace):
     return Geometry(scale=args.scale, input_size=args.input_size, tile=args.tile)
 
 
+class _Signals:
+    """SIGINT (Ctrl-C) and SIGTERM (a job scheduler, ``timeout``) while train runs.
+
+    During start-up either one aborts at once (nothing to save yet). Once training runs, the
+    first one asks the trainer to stop after the current iteration and save a checkpoint; a
+    second one aborts (the last good checkpoint stays).
+    """
+
+    NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.received: int | None = None
+        self.training = False
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> _Signals:
+        for sig in self.NAMES:
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum: int, frame) -> None:
+        if not self.training or self.stop.is_set():
+            raise KeyboardInterrupt
+        self.received = signum
+        print(
+            f"\n{self.NAMES[signum]}: stopping after this iteration and saving a checkpoint "
+            f"({self.NAMES[signum]} again to abort)...",
+            file=sys.stderr,
+        )
+        self.stop.set()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from .core.data import (
-        Geometry,
-        choose_labeled,
-        load_training_set,
-        save_split,
-        scan_folder,
-    )
-    from .core.device import resolve_device
-    from .core.train import TrainConfig, Trainer
+    from .core.runfolder import RunFolder
 
     _check_threads(args.threads)
-    out = Path(args.resume or args.out)
     if args.resume:
         given = sorted(k for k in RUN_DEFAULTS if hasattr(args, k))
         if given:
@@ -259,41 +287,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "--iterations, --data, --device, --threads, --compile, --checkpoint-every "
                 "and --snapshot-every apply to --resume"
             )
-        if not out.is_dir():
-            raise InputError(f"{out}: no such run folder")
-        if not (out / "split.json").exists():
-            raise InputError(f"{out}: not a run folder (no split.json); cannot resume")
-        if not (out / "config.json").exists() or not (out / "checkpoint.safetensors").exists():
-            raise InputError(
-                f"{out}: this run never saved a checkpoint (its first training failed or was "
-                "stopped before one); start it again with train --data DIR --out " + str(out)
-            )
-        split = json.loads((out / "split.json").read_text())
-        cfg_doc = json.loads((out / "config.json").read_text())
-        data_dir = Path(args.data or cfg_doc.get("_data", ""))
-        unlabeled_dirs = cfg_doc.get("_unlabeled_dirs", [])
-        items = {it.name: it for it in scan_folder(data_dir)}
-        extra = _unlabeled_items(unlabeled_dirs)
-        items.update({it.name: it for it in extra})
-        missing = [n for n in split["labeled"] if n not in items]
-        if missing:
-            raise InputError(
-                f"labeled images of this run are missing from {data_dir}: {', '.join(missing[:5])}"
-            )
-        labeled = [items[n] for n in split["labeled"]]
-        unlabeled = [items[n] for n in split["unlabeled"] if n in items]
-        geometry = Geometry.from_dict(cfg_doc["geometry"])
-        config = TrainConfig.from_dict(cfg_doc)
-        done = _iterations_done(out)
-        if (args.iterations if args.iterations is not None else config.iterations) <= done:
-            raise InputError(
-                f"{out} has already trained {plural(done, 'iteration')}; give --iterations "
-                f"> {done} to continue"
-            )
-        if args.iterations:
-            config.iterations = args.iterations
-        config.device, config.threads = args.device, args.threads
-        resolve_device(config.device)  # a missing GPU is said before any image is read
     else:
         for k, v in RUN_DEFAULTS.items():
             if not hasattr(args, k):
@@ -302,9 +295,39 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise InputError("train needs --data DIR (or --resume RUN)")
         if args.iterations is None:
             raise InputError("train needs --iterations K")
-        if out.exists() and (out / "checkpoint.safetensors").exists():
-            raise InputError(f"{out} already holds a run; use --resume {out} or another --out")
         _check_width(args.width)
+        _geometry(args)
+    folder = RunFolder(args.resume or args.out)
+    with _Signals() as signals:
+        try:
+            # Locked first: a second train on the same folder fails at once, naming the first.
+            with folder.lock(create=not args.resume):
+                trainer = _start_training(args, folder)
+                signals.training = True
+                return _run_training(trainer, folder, signals)
+        except KeyboardInterrupt:
+            if signals.training:
+                raise
+            said = "the run is as it was" if args.resume else "no checkpoint was saved"
+            raise InterruptedError(f"interrupted before training started; {said}") from None
+
+
+def _start_training(args: argparse.Namespace, folder):
+    """Check the run folder and the data, read the images, build the trainer."""
+    from .core.data import choose_labeled, load_training_set, save_split, scan_folder
+    from .core.device import resolve_device
+    from .core.train import TrainConfig, Trainer
+
+    out = folder.path
+    if args.resume:
+        labeled, unlabeled, geometry, config, data_dir, unlabeled_dirs = _resume_plan(args, folder)
+        # Per-invocation settings, as --device and --threads: they do not change the run.
+        config.device, config.threads = args.device, args.threads
+        config.checkpoint_every, config.snapshot_every = args.checkpoint_every, args.snapshot_every
+        config.compile = args.compile
+    else:
+        if folder.has_checkpoint():
+            raise InputError(f"{out} already holds a run; use --resume {out} or another --out")
         geometry = _geometry(args)
         data_dir = Path(args.data)
         unlabeled_dirs = [str(Path(d).resolve()) for d in (args.unlabeled or [])]
@@ -331,76 +354,127 @@ def cmd_train(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             snapshot_every=args.snapshot_every,
         )
-        config.validate()
-        resolve_device(config.device)  # a missing GPU is said before any image is read
+    config.validate()
+    resolve_device(config.device)  # a missing GPU is said before any image is read
     print(
         f"{plural(len(labeled), 'labeled image')}, {plural(len(unlabeled), 'unlabeled image')}"
         f" -> {out}",
         file=sys.stderr,
     )
     data = load_training_set(labeled, unlabeled, geometry, _tqdm_progress("reading", "img"))
-    trainer = Trainer(config, data, out, resume=bool(args.resume))
+    trainer = Trainer(config, data, folder, resume=bool(args.resume))
     if not args.resume:
         # Only once the images have been read and the trainer built: a run folder whose
         # first training could not start holds no split to resume from.
-        out.mkdir(parents=True, exist_ok=True)
-        save_split(out / "split.json", [it.name for it in labeled], [it.name for it in unlabeled])
-    cfg_path = out / "config.json"
-    stop = threading.Event()
+        save_split(folder.split_path, [it.name for it in labeled], [it.name for it in unlabeled])
+    # Where the data lives, so that `--resume RUN` needs nothing else, this time and the
+    # next (the trainer keeps it when it rewrites config.json).
+    _remember_data(folder, trainer.config, data_dir, unlabeled_dirs)
+    return trainer
 
-    def on_sigint(signum, frame):  # finish the current iteration, save, exit
-        if stop.is_set():
-            raise KeyboardInterrupt
-        print("\nstopping after this iteration (Ctrl-C again to abort)...", file=sys.stderr)
-        stop.set()
 
-    old = signal.signal(signal.SIGINT, on_sigint)
+def _resume_plan(args: argparse.Namespace, folder):
+    """What a resume trains on: the run's split, found in its data folders, and its
+    settings; checked (cheaply) before any image is read."""
+    from .core.checkpoint import read_checkpoint
+    from .core.data import Geometry, scan_folder
+    from .core.errors import CheckpointError
+    from .core.train import TrainConfig
+
+    out = folder.path
+    if not folder.split_path.exists():
+        raise InputError(f"{out}: not a run folder (no split.json); cannot resume")
+    if not folder.has_checkpoint():
+        raise InputError(
+            f"{out}: this run never saved a checkpoint (its first training failed or was "
+            "stopped before one); start it again with train --data DIR --out " + str(out)
+        )
+    meta = folder.checkpoint_meta()
+    if meta is None:
+        read_checkpoint(folder.checkpoint_path)  # says what is wrong with it
+        raise CheckpointError(f"{folder.checkpoint_path}: not a readable checkpoint")
+    try:
+        cfg_doc = folder.read_json("config.json")
+        if not isinstance(cfg_doc, dict) or "geometry" not in cfg_doc:
+            raise CheckpointError(f"{folder.config_path} is damaged (no settings in it)")
+    except CheckpointError as exc:  # the checkpoint holds the settings too
+        print(f"warning: {exc}; the run's settings are read from its checkpoint", file=sys.stderr)
+        cfg_doc = dict(meta["config"])
+    split = folder.read_json("split.json")
+    if not (isinstance(split, dict) and isinstance(split.get("labeled"), list)):
+        raise CheckpointError(f"{folder.split_path} is damaged (no labeled list in it)")
+    if not args.data and not cfg_doc.get("_data"):
+        raise InputError(f"{out}: the run does not say where its data is; give --data DIR")
+    data_dir = Path(args.data or cfg_doc["_data"])
+    unlabeled_dirs = cfg_doc.get("_unlabeled_dirs", [])
+    items = {it.name: it for it in scan_folder(data_dir)}
+    items.update({it.name: it for it in _unlabeled_items(unlabeled_dirs)})
+    missing = [n for n in split["labeled"] if n not in items]
+    if missing:
+        raise InputError(
+            f"labeled images of this run are missing from {data_dir}: {', '.join(missing[:5])}"
+        )
+    labeled = [items[n] for n in split["labeled"]]
+    unlabeled = [items[n] for n in split.get("unlabeled", []) if n in items]
+    geometry = Geometry.from_dict(cfg_doc["geometry"])
+    config = TrainConfig.from_dict(cfg_doc)
+    done = int(meta["state"]["iteration"])
+    total = args.iterations if args.iterations is not None else config.iterations
+    if total <= done:
+        raise InputError(
+            f"{out} has already trained {plural(done, 'iteration')}; give --iterations "
+            f"> {done} to continue"
+        )
+    config.iterations = total
+    return labeled, unlabeled, geometry, config, data_dir, unlabeled_dirs
+
+
+def _run_training(trainer, folder, signals) -> int:
+    """Train with a progress bar; a signal stops after the iteration, with a checkpoint."""
+    config = trainer.config
     bar = _bar(config.iterations, "training")
     bar.update(trainer.iteration)
+    semi = [True]
 
     def on_event(ev) -> None:
         if ev.kind == "iteration":
             bar.update(ev.iteration - bar.n)
             lo = ev.losses
-            bar.set_postfix(
-                loss=f"{lo.get('total', 0):.3f}",
-                lam=f"{ev.lam:.2f}",
-                lr=f"{ev.lr:.3g}",
-                refresh=False,
-            )
+            post = {"loss": f"{lo.get('total', 0):.3f}"}
+            if semi[0]:  # a supervised-only run has no λ to show
+                post["lam"] = f"{ev.lam:.2f}"
+            bar.set_postfix(**post, lr=f"{ev.lr:.3g}", refresh=False)
         elif ev.kind == "start":
             bar.write(ev.message, file=sys.stderr)  # stdout carries only the result's JSON
-            # The trainer has just rewritten config.json: record where the data lives, so
-            # that `--resume RUN` needs nothing else, this time and the next.
-            _remember_data(cfg_path, data_dir, unlabeled_dirs)
-        elif ev.kind in ("stopped", "done"):
+        elif ev.kind == "warning":
+            semi[0] = False
+            bar.write(f"warning: {ev.message}", file=sys.stderr)
+        elif ev.kind == "stopped":
+            bar.write(
+                f"stopped at iteration {ev.iteration}; checkpoint saved in {folder.path} "
+                f"(continue with: napari-semimoe train --resume {folder.path})",
+                file=sys.stderr,
+            )
+        elif ev.kind == "done":
             bar.write(ev.message, file=sys.stderr)
 
     try:
-        result = trainer.run(on_event=on_event, stop=stop)
+        result = trainer.run(on_event=on_event, stop=signals.stop)
     finally:
         bar.close()
-        signal.signal(signal.SIGINT, old)
     print(
         json.dumps(
             {
-                "run": str(out),
+                "run": str(folder.path),
                 "result": result,
                 "iterations": trainer.iteration,
                 "wall_time_s": round(trainer.elapsed, 1),
             }
         )
     )
-    return 0 if result == "done" else 130
-
-
-def _iterations_done(run: Path) -> int:
-    """The iteration the run's checkpoint holds (its history is saved with it)."""
-    try:
-        hist = json.loads((run / "history.json").read_text())
-        return int(hist[-1]["iteration"]) if hist else 0
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
+    if result == "done":
         return 0
+    return 128 + (signals.received or signal.SIGINT)
 
 
 def _unlabeled_items(dirs):
@@ -420,14 +494,14 @@ def _unlabeled_items(dirs):
     return items
 
 
-def _remember_data(cfg_path: Path, data_dir: Path, unlabeled_dirs: list[str]) -> None:
+def _remember_data(folder, config, data_dir: Path, unlabeled_dirs: list[str]) -> None:
     """Record the data folders in the run's config.json, so `--resume RUN` needs nothing else."""
-    from .core.checkpoint import atomic_write_json
+    import dataclasses
 
-    doc = json.loads(cfg_path.read_text())
+    doc = dataclasses.asdict(config)
     doc["_data"] = str(Path(data_dir).resolve())
     doc["_unlabeled_dirs"] = [str(Path(d).resolve()) for d in unlabeled_dirs]
-    atomic_write_json(cfg_path, doc)
+    folder.write_json("config.json", doc)
 
 
 # ----------------------------------------------------------------------------- predict

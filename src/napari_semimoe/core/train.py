@@ -7,6 +7,7 @@ runs it in a child process and forwards its events through a queue.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -22,8 +23,6 @@ import numpy as np
 import torch
 
 from .checkpoint import (
-    CHECKPOINT_NAME,
-    atomic_write_json,
     load_model_state,
     load_optimizer_state,
     read_checkpoint,
@@ -34,10 +33,16 @@ from .device import autocast, autocast_dtype, enable_determinism, resolve_device
 from .errors import CheckpointError, InputError, plural
 from .losses import adaptive_loss, pseudo_labels, task_loss
 from .model import TASKS, SemiMoE, run_experts
+from .runfolder import RunFolder
 
 
 class TrainingError(RuntimeError):
     """Training could not go on (e.g. the loss diverged); the last good checkpoint is kept."""
+
+
+class SaveError(TrainingError):
+    """A file of the run could not be written (disk full, unwritable); the message names the
+    last good checkpoint."""
 
 
 @dataclass
@@ -101,6 +106,10 @@ class TrainConfig:
             raise InputError("iterations must be >= 1")
         if self.width < 2 or self.width % 2:
             raise InputError(f"model width must be an even integer >= 2, got {self.width}")
+        if self.checkpoint_every < 1:
+            raise InputError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.snapshot_every < 0:
+            raise InputError(f"snapshot_every must be >= 0 (0 = never), got {self.snapshot_every}")
         if self.lr <= 0 or self.s_lr <= 0:
             raise InputError("learning rates must be > 0")
         if self.labeled_batch < 1 or self.unlabeled_batch < 0:
@@ -264,22 +273,51 @@ class _Halves:
 
 
 class Trainer:
-    """One training run in ``run_dir``; create it fresh or with ``resume=True`` to continue."""
+    """One training run in ``run_dir``; create it fresh or with ``resume=True`` to continue.
+
+    The run folder is locked from here until ``run()`` returns (or ``close()``), so that no
+    other process writes it meanwhile; a :class:`RunFolder` the caller has locked already
+    stays the caller's to unlock.
+    """
 
     def __init__(
         self,
         config: TrainConfig,
         data: TrainingSet,
-        run_dir: str | Path,
+        run_dir: str | Path | RunFolder,
         *,
         resume: bool = False,
         init_from: str | Path | None = None,
         stats: tuple[list[float], list[float]] | None = None,
     ) -> None:
-        self.run_dir = Path(run_dir)
-        self.ckpt_path = self.run_dir / CHECKPOINT_NAME
+        self.folder = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
+        self.run_dir = self.folder.path
+        self.ckpt_path = self.folder.checkpoint_path
+        self._owns_lock = not self.folder.held
+        self.folder.lock(create=not resume)
+        try:
+            self._setup(config, data, resume, init_from, stats)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Let go of the run folder's lock if this trainer took it."""
+        if self._owns_lock:
+            self.folder.unlock()
+
+    def _setup(
+        self,
+        config: TrainConfig,
+        data: TrainingSet,
+        resume: bool,
+        init_from: str | Path | None,
+        stats: tuple[list[float], list[float]] | None,
+    ) -> None:
         doc: dict | None = None
         tensors: dict[str, torch.Tensor] | None = None
+        #: The iteration of the checkpoint on disk (None: none saved yet).
+        self.saved_iteration: int | None = None
         if resume:
             tensors, doc = read_checkpoint(self.ckpt_path)
             saved = TrainConfig.from_dict(doc["meta"]["config"])
@@ -329,7 +367,11 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         if doc is not None and tensors is not None:
             self._restore(tensors, doc)
+            self.saved_iteration = self.iteration
+            # The iterations after the checkpoint are trained again: their records go.
+            self.folder.trim_log(self.iteration)
         else:
+            self.folder.prepare_new_run()
             if init_from is not None:
                 t, d = read_checkpoint(init_from)
                 cfg = d["meta"]["config"]
@@ -385,11 +427,7 @@ class Trainer:
             self.torch_rng = tensors["rng.torch"]
         if "rng.cuda" in tensors and self._gpu_ids:
             self.gpu_rng = tensors["rng.cuda"]
-        hist = self.run_dir / "history.json"
-        if hist.exists():
-            self.history = [
-                h for h in json.loads(hist.read_text()) if h["iteration"] <= self.iteration
-            ]
+        self.history = self.folder.read_history(self.iteration)
 
     def meta(self) -> dict[str, Any]:
         """Everything prediction needs, plus the training state needed to resume."""
@@ -410,17 +448,42 @@ class Trainer:
         }
 
     def save(self) -> None:
-        """Atomically write the checkpoint (and the loss history next to it)."""
-        # The torch RNG state (gate dropout) travels too, for an exact resume.
-        save_checkpoint(
-            self.ckpt_path,
-            self.model,
-            self.meta(),
-            {"sgd": self.opt, "adam": self.opt_s},
-            extra={"rng.torch": self.torch_rng}
-            | ({"rng.cuda": self.gpu_rng} if self.gpu_rng is not None else {}),
+        """Atomically write the loss history, then the checkpoint: a kill in between leaves
+        a history that runs ahead of the checkpoint, which a resume cuts back."""
+        with self._writing("the checkpoint"):
+            self.folder.write_json("history.json", self.history)
+            # The torch RNG state (gate dropout) travels too, for an exact resume.
+            save_checkpoint(
+                self.ckpt_path,
+                self.model,
+                self.meta(),
+                {"sgd": self.opt, "adam": self.opt_s},
+                extra={"rng.torch": self.torch_rng}
+                | ({"rng.cuda": self.gpu_rng} if self.gpu_rng is not None else {}),
+            )
+        self.saved_iteration = self.iteration
+
+    def last_good(self) -> str:
+        """Where the user's work stands, in words (for error messages)."""
+        if self.saved_iteration is None:
+            return "no checkpoint had been saved yet"
+        return (
+            f"the last good checkpoint, {self.ckpt_path} (iteration {self.saved_iteration}), "
+            "was kept"
         )
-        atomic_write_json(self.run_dir / "history.json", self.history)
+
+    @contextlib.contextmanager
+    def _writing(self, what: str):
+        """A failed write (disk full, unwritable) -> one sentence naming the last good
+        checkpoint; the atomic writers have left the files as they were."""
+        try:
+            yield
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise SaveError(
+                f"could not write {what} at iteration {self.iteration} ({reason}); "
+                f"{self.last_good()}"
+            ) from None
 
     def replace_data(self, data: TrainingSet) -> None:
         """Swap the training set between iterations (the plugin's tiles changed)."""
@@ -506,7 +569,7 @@ class Trainer:
         """One optimiser step; returns the per-task losses, total, λ and lr."""
         cfg = self.config
         it = self.iteration
-        lam = cfg.lambda_at(it)
+        lam = cfg.lambda_at(it) if self._semi_supervised() else 0.0
         f = cfg.lr_factor(it)
         for group in self.opt.param_groups:
             group["lr"] = cfg.lr * f
@@ -530,8 +593,8 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             self.opt_s.zero_grad(set_to_none=True)
             raise TrainingError(
-                f"the loss became {float(total)} at iteration {it + 1}; training stopped and "
-                "the last good checkpoint was kept (try a lower learning rate)"
+                f"the loss became {float(total)} at iteration {it + 1}; training stopped, "
+                f"{self.last_good()} (try a lower learning rate)"
             )
         self.opt.step()
         self.opt_s.step()
@@ -648,11 +711,31 @@ class Trainer:
         """
         cfg = self.config
         emit = on_event or (lambda e: None)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.run_dir / "config.json", dataclasses.asdict(cfg))
-        emit(self._event("start", message=self._describe()))
-        log = (self.run_dir / "log.jsonl").open("a")
+        if not self.folder.held:  # run() again after an earlier run() let go of the lock
+            self.folder.lock(create=False)
+            self._owns_lock = True
         try:
+            with self._writing("config.json"):
+                self.folder.write_config(dataclasses.asdict(cfg))
+                log = self.folder.open_log()
+        except BaseException:
+            self.close()
+            raise
+        emit(self._event("start", message=self._describe()))
+        if not self._semi_supervised() and not cfg.supervised_only:
+            why = (
+                "no unlabeled images"
+                if len(self.data.unlabeled_images) == 0
+                else "an unlabeled batch of 0"
+            )
+            emit(
+                self._event(
+                    "warning", message=f"{why}: this run trains supervised only (λ stays 0)"
+                )
+            )
+        try:
+            if self._snapshot_due() and not self.folder.snapshot_path(self.iteration).exists():
+                self._snapshot()  # due at the checkpoint, but the process died writing it
             while self.iteration < cfg.iterations:
                 if stop is not None and stop.is_set():
                     self.save()
@@ -675,22 +758,31 @@ class Trainer:
                 self._step_times.append(dt)
                 rec = {"iteration": self.iteration, "losses": losses, "time": self.elapsed}
                 self.history.append(rec)
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
+                with self._writing("log.jsonl"):
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
                 emit(self._event("iteration", losses))
+                # The snapshot before the checkpoint: a checkpoint at N means that every
+                # snapshot up to N is on disk, so a kill while one is written redoes it.
+                if self._snapshot_due():
+                    self._snapshot()
                 if self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.iterations:
                     self.save()
                     emit(self._event("checkpoint", losses))
-                if cfg.snapshot_every and self.iteration % cfg.snapshot_every == 0:
-                    self._snapshot()
             emit(self._event("done", message=f"finished {plural(cfg.iterations, 'iteration')}"))
             return "done"
         finally:
-            log.close()
+            with contextlib.suppress(OSError):
+                log.close()
+            self.close()
+
+    def _snapshot_due(self) -> bool:
+        every = self.config.snapshot_every
+        return bool(every) and self.iteration > 0 and self.iteration % every == 0
 
     def _snapshot(self) -> None:
-        snap = self.run_dir / "snapshots" / f"iter_{self.iteration:06d}.safetensors"
-        save_checkpoint(snap, self.model, self.meta())
+        with self._writing("a snapshot"):
+            save_checkpoint(self.folder.snapshot_path(self.iteration), self.model, self.meta())
 
     def _describe(self) -> str:
         amp = "bf16 autocast" if self.amp == torch.bfloat16 else "fp32"
@@ -717,7 +809,7 @@ class Trainer:
             total=cfg.iterations,
             losses={k: v for k, v in losses.items() if not k.startswith(("s_", "lambda", "lr"))},
             s=[float(v) for v in self.model.loss_s.detach().cpu()],
-            lam=cfg.lambda_at(max(0, self.iteration - 1)),
+            lam=cfg.lambda_at(max(0, self.iteration - 1)) if self._semi_supervised() else 0.0,
             lr=cfg.lr * cfg.lr_factor(max(0, self.iteration - 1)),
             elapsed=self.elapsed,
             eta=eta,
@@ -733,6 +825,7 @@ def lr_schedule(config: TrainConfig) -> list[float]:
 __all__ = [
     "ProgressEvent",
     "TrainConfig",
+    "SaveError",
     "Trainer",
     "TrainingError",
     "lr_schedule",

@@ -1,0 +1,349 @@
+"""A training run's folder: the one owner of its files, its lock and its clean-up.
+
+    RUN/
+      .lock                     held by the process that writes the run (its pid and host)
+      config.json               the run's settings (+ where its data lives, for a resume)
+      split.json                the labeled and unlabeled image names
+      checkpoint.safetensors    weights, optimiser and RNG state, training state
+      history.json              the losses of every iteration, up to the checkpoint or beyond
+      log.jsonl                 the same records, one line per iteration as it happens
+      snapshots/iter_NNNNNNN.safetensors   weights kept every ``snapshot_every`` iterations
+
+Every writer (the CLI, the plugin's training process, through :class:`~.train.Trainer`)
+takes the lock first, so two trainings can never mix their files in one folder. The lock is
+an OS advisory lock (``flock``), which the kernel drops when its process dies, even by
+``kill -9``: a stale ``.lock`` file never blocks a resume. Whoever holds the lock removes
+the temp files that interrupted atomic writes left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from .checkpoint import CHECKPOINT_NAME, TEMP_PATTERN, atomic_write_json, atomic_write_text
+from .errors import CheckpointError, InputError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".lock"
+#: The files the run folder's writers replace atomically (their temp files are ours).
+_ROOT_FILES = {CHECKPOINT_NAME, "config.json", "split.json", "history.json", "log.jsonl"}
+_SNAPSHOT = re.compile(r"^iter_\d{6,}\.safetensors$")
+
+
+class RunFolderBusy(InputError):
+    """Another process is writing this run folder."""
+
+
+def _try_lock(fh: IO[str]) -> bool:
+    """Take an exclusive, non-blocking advisory lock on the open file; False if held."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except PermissionError:  # some file systems answer a held lock with EACCES
+            return False
+        return True
+    import msvcrt  # pragma: no cover - Windows
+
+    try:  # pragma: no cover
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+    except OSError:  # pragma: no cover
+        return False
+    return True  # pragma: no cover
+
+
+class RunFolder:
+    """The files of one run, and the lock that makes one process at a time their writer."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock_file: IO[str] | None = None
+        self._created = False
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT_NAME
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def split_path(self) -> Path:
+        return self.path / "split.json"
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / "history.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "log.jsonl"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_NAME
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.path / "snapshots"
+
+    def snapshot_path(self, iteration: int) -> Path:
+        return self.snapshot_dir / f"iter_{iteration:06d}.safetensors"
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r}, locked={self.held})"
+
+    # ------------------------------------------------------------------ the lock
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the folder's lock."""
+        return self._lock_file is not None
+
+    def lock(self, *, create: bool = True) -> RunFolder:
+        """Become the folder's only writer (at once, or :class:`RunFolderBusy` naming the
+        holder), then remove the temp files of interrupted writes. ``create`` makes the
+        folder if it does not exist (a new run); otherwise a missing folder is an error."""
+        if self._lock_file is not None:
+            return self
+        if self.path.exists() and not self.path.is_dir():
+            raise InputError(f"{self.path} is a file, not a run folder")
+        if not self.path.is_dir():
+            if not create:
+                raise CheckpointError(f"{self.path}: no such run folder")
+            try:
+                self.path.mkdir(parents=True)
+                self._created = True
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise InputError(
+                    f"{self.path}: cannot create the run folder ({exc.strerror})"
+                ) from None
+        for _ in range(20):
+            try:
+                fh = open(self.lock_path, "a+")  # noqa: SIM115 - held open while locked
+            except OSError as exc:
+                raise InputError(
+                    f"{self.path}: cannot write to the run folder ({exc.strerror})"
+                ) from None
+            if not _try_lock(fh):
+                holder = ""
+                with contextlib.suppress(OSError):
+                    fh.seek(0)
+                    holder = fh.read().strip()
+                fh.close()
+                self._forget_created()
+                who = holder or "holder unknown"
+                raise RunFolderBusy(
+                    f"{self.path} is being written by another training ({who}); wait for it "
+                    "to end or stop it, or use another run folder"
+                )
+            # A holder that releases removes the lock file: make sure that the file locked
+            # here is still the one at the path, or another process could lock a new one.
+            try:
+                st = os.stat(self.lock_path)
+                mine = os.fstat(fh.fileno())
+                same = (st.st_ino, st.st_dev) == (mine.st_ino, mine.st_dev)
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            fh.close()
+        else:  # pragma: no cover - twenty lost races in a row
+            raise RunFolderBusy(f"{self.path}: could not lock the run folder; try again")
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
+        fh.flush()
+        self._lock_file = fh
+        self.clean_temp_files()
+        return self
+
+    def _forget_created(self) -> None:
+        if self._created:
+            self._created = False
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
+
+    def unlock(self) -> None:
+        """Let go of the lock; a folder this object created and nothing was written to goes."""
+        fh, self._lock_file = self._lock_file, None
+        if fh is None:
+            return
+        try:
+            with contextlib.suppress(OSError):
+                self.lock_path.unlink()  # while still held, see lock()
+            self._forget_created()
+        finally:
+            fh.close()
+
+    def __enter__(self) -> RunFolder:
+        return self.lock()
+
+    def __exit__(self, *exc: object) -> None:
+        self.unlock()
+
+    def _require_lock(self) -> None:
+        if self._lock_file is None:
+            raise RuntimeError(f"{self.path}: written without holding its lock")
+
+    def clean_temp_files(self) -> list[Path]:
+        """Remove what interrupted atomic writes left (only this module's writers' temp
+        files, only while the lock says that no write is under way). Returns them."""
+        self._require_lock()
+        gone = []
+        for folder, ours in ((self.path, _ROOT_FILES.__contains__), (self.snapshot_dir, None)):
+            if not folder.is_dir():
+                continue
+            for p in folder.iterdir():
+                m = TEMP_PATTERN.match(p.name)
+                if not m or not p.is_file():
+                    continue
+                name = m.group("name")
+                if (ours is not None and ours(name)) or (ours is None and _SNAPSHOT.match(name)):
+                    with contextlib.suppress(FileNotFoundError):
+                        p.unlink()
+                        gone.append(p)
+        if gone:
+            log.info("%s: removed %d temp files of interrupted writes", self.path, len(gone))
+        return gone
+
+    # ------------------------------------------------------------------ contents
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_path.is_file()
+
+    def checkpoint_meta(self) -> dict[str, Any] | None:
+        """The checkpoint's metadata (config, state), from its header alone; None if it
+        cannot be read (reading the checkpoint proper then says what is wrong)."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.checkpoint_path), framework="pt", device="cpu") as f:
+                meta = json.loads((f.metadata() or {})["json"])["meta"]
+            int(meta["state"]["iteration"])
+            return meta if isinstance(meta.get("config"), dict) else None
+        except Exception:  # noqa: BLE001 - any damage: the full read reports it
+            return None
+
+    def checkpoint_iteration(self) -> int | None:
+        """The iteration the checkpoint holds (None if its header cannot be read)."""
+        meta = self.checkpoint_meta()
+        return None if meta is None else int(meta["state"]["iteration"])
+
+    def read_json(self, name: str) -> Any:
+        """A JSON file of the run; damage is one line that names the file."""
+        p = self.path / name
+        try:
+            return json.loads(p.read_text())
+        except FileNotFoundError:
+            raise CheckpointError(f"{self.path}: {name} is missing") from None
+        except PermissionError:
+            raise CheckpointError(f"{p}: permission denied") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{p} is damaged ({exc})") from None
+
+    def write_json(self, name: str, obj: Any) -> None:
+        self._require_lock()
+        atomic_write_json(self.path / name, obj)
+
+    def write_config(self, settings: dict[str, Any]) -> None:
+        """Write config.json: the run's settings, keeping what callers recorded beside them
+        (keys starting with ``_``, e.g. the CLI's data folders), so that no moment exists
+        at which a kill leaves the settings without them."""
+        self._require_lock()
+        doc = dict(settings)
+        try:
+            old = json.loads(self.config_path.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            old = None
+        if isinstance(old, dict):
+            doc.update({k: v for k, v in old.items() if k.startswith("_") and k not in doc})
+        atomic_write_json(self.config_path, doc)
+
+    def read_history(self, upto: int) -> list[dict[str, Any]]:
+        """The loss history up to iteration ``upto``: history.json, or, where it is missing
+        or damaged, what log.jsonl holds."""
+        try:
+            hist = json.loads(self.history_path.read_text())
+            return [h for h in hist if int(h["iteration"]) <= upto]
+        except FileNotFoundError:
+            pass
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+            log.warning("%s is damaged; the loss history is read from log.jsonl", self.history_path)
+        return self._log_records(upto)
+
+    def _log_records(self, upto: int) -> list[dict[str, Any]]:
+        recs: list[dict[str, Any]] = []
+        try:
+            lines = self.log_path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError):
+            return recs
+        for line in lines:
+            try:
+                rec = json.loads(line)
+                it = int(rec["iteration"])
+            except (ValueError, TypeError, KeyError):
+                break  # a line cut short by a kill: nothing after it is trusted
+            if it > upto:
+                break
+            if not recs or it > int(recs[-1]["iteration"]):
+                recs.append(rec)
+        return recs
+
+    def trim_log(self, upto: int) -> None:
+        """Keep log.jsonl's records up to iteration ``upto`` (the checkpoint's): the
+        iterations after it are trained again, and must not appear twice."""
+        self._require_lock()
+        if not self.log_path.exists():
+            return
+        recs = self._log_records(upto)
+        text = "".join(json.dumps(r) + "\n" for r in recs)
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            if self.log_path.read_text() == text:
+                return
+        atomic_write_text(self.log_path, text)
+
+    def open_log(self) -> IO[str]:
+        self._require_lock()
+        return self.log_path.open("a")
+
+    def prepare_new_run(self) -> None:
+        """Make the folder ready for a new run: refused where a run was saved; what an
+        earlier start that never saved a checkpoint left (its log, history, snapshots) goes,
+        so that two starts' records cannot mix."""
+        self._require_lock()
+        if self.has_checkpoint():
+            raise CheckpointError(
+                f"{self.path} already holds a run; resume it or use another run folder"
+            )
+        for p in (self.log_path, self.history_path):
+            p.unlink(missing_ok=True)
+        if self.snapshot_dir.is_dir():
+            for p in self.snapshot_dir.iterdir():
+                if _SNAPSHOT.match(p.name):
+                    p.unlink(missing_ok=True)
+
+
+__all__ = ["LOCK_NAME", "RunFolder", "RunFolderBusy"]
