@@ -280,6 +280,7 @@ def test_reopened_tiles_look_as_before_closing(ui, qtbot, make_napari_viewer):
         if not keep_sample_tiles:
             v2.layers.remove("training tiles")
         w2 = SemiMoEWidget(v2, project_dir=proj)
+        assert w2.entry is not None and len(w2.entry.train_tiles()) == 4
         assert look(v2.layers["training tiles"]) == before
         np.testing.assert_allclose(v2.layers["training tiles"].scale, tiles.scale)
         v2.close()
