@@ -48,6 +48,8 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SAFE_RUN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 _VERSION = re.compile(r"(\d{19})_([a-z-]{1,32})\.tif")
 _MAX_SIDE = 2**20  # level-0 px: no tile of a real slide is larger
+#: Temp files of atomic writes (ours and core.slide.write_tiff's): .NAME.PID.HEX.tmp
+_TEMP = re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp")
 
 
 @dataclass
@@ -155,6 +157,7 @@ class Project:
         self._kept_at: dict[str, float] = {}  # image id -> when a version was last kept
         if (self.root / PROJECT_FILE).exists():
             self._load()
+        self._remove_stale_temps()
 
     # ------------------------------------------------------------------ persistence
 
@@ -183,6 +186,25 @@ class Project:
             else:
                 runs.append(name)
         self.state.runs = runs
+
+    def _remove_stale_temps(self) -> None:
+        """Half-written files of a process that was killed mid-write (the file they were
+        to replace is intact): removed, so a crash leaves no litter behind; histories are
+        pruned to HISTORY_KEEP."""
+        ann = self.root / ANNOTATIONS_DIR
+        hist = ann / HISTORY_DIR
+        dirs = [
+            self.root,
+            ann,
+            *(d for d in (hist.iterdir() if hist.is_dir() else []) if d.is_dir()),
+        ]
+        for d in dirs:
+            for p in d.glob(".*.tmp"):
+                m = _TEMP.fullmatch(p.name)
+                if m and not _process_alive(int(m[1]), p):
+                    p.unlink(missing_ok=True)
+        for d in dirs[2:]:  # a kill between keeping a version and pruning
+            self._prune(d)
 
     def save(self) -> None:
         _atomic_write(
@@ -522,6 +544,23 @@ def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _process_alive(pid: int, temp: Path) -> bool:
+    """Could process ``pid`` still be writing ``temp``? (Another napari may have the
+    project open.) Windows has no harmless signal 0: there, a temp file counts as stale
+    after an hour."""
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":
+        return time.time() - temp.stat().st_mtime < 3600
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _check_state(st: ProjectState) -> str | None:
