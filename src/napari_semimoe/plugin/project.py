@@ -269,9 +269,11 @@ class Project:
 
         self.writer.submit(str(path), write)
 
-    def versions(self, entry: ImageEntry) -> list[tuple[Path, float, str]]:
-        """(file, time in s since the epoch, reason) of the kept versions, newest first."""
-        self.writer.flush()
+    def versions(self, entry: ImageEntry, wait: bool = True) -> list[tuple[Path, float, str]]:
+        """(file, time in s since the epoch, reason) of the kept versions, newest first;
+        ``wait``: after the pending writes (else without blocking on them)."""
+        if wait:
+            self.writer.flush()
         d = self.history_dir(entry)
         out = []
         for p in d.iterdir() if d.is_dir() else []:

@@ -53,10 +53,9 @@ TILE_STYLE = {"edge_color": "yellow", "face_color": "transparent", "edge_width":
 COVERED = "semimoe_covered"
 PRED_SCALE = "semimoe_pred_scale"
 UNDO_STEPS = 20
-ACCEPT_MODES = (
-    "add: keep my painting, add the glands I did not paint",
-    "replace: the prediction replaces my painting",
-)
+#: Re-cut trainset.npz this long after the last tile edit / stroke during training (ms).
+TILES_RECUT_MS, PAINT_RECUT_MS = 1000, 5000
+ACCEPT_MODES = ("add: my painting wins", "replace my painting")
 NO_PROJECT = (
     "Choose a project folder first (type a path and press Enter, or Open…): painting and "
     "tiles stay locked until then, so nothing is left unsaved."
@@ -132,6 +131,7 @@ class SemiMoEWidget(QWidget):
         self._recut: list = []
         self._t_start = 0.0
         self._supervised = False  # the running training has no unlabeled pool (no λ)
+        self._supervised_cfg = False
         self._messages = _Messages(self)
         self._messages.error.connect(self._save_failed)
 
@@ -157,10 +157,10 @@ class SemiMoEWidget(QWidget):
         self._autosave.setSingleShot(True)
         self._autosave.setInterval(800)
         self._autosave.timeout.connect(self.save_annotations)
-        # Tile changes update the unlabeled pool (trainset.npz) a moment after the last one.
+        # Tile changes update the unlabeled pool (trainset.npz) a moment after the last one;
+        # while training runs, so does painting (a new tile is not trained on as blank).
         self._pool_timer = QTimer(self)
         self._pool_timer.setSingleShot(True)
-        self._pool_timer.setInterval(1000)
         self._pool_timer.timeout.connect(self._refresh_pool)
         self._tile_key: list | None = None
         self._drawing_tiles = False
@@ -335,7 +335,11 @@ class SemiMoEWidget(QWidget):
             "only where a prediction exists, inside the training tiles: 'add' never changes "
             "a painted pixel; 'replace' overwrites your painting there"
         )
-        v.addWidget(self.accept_mode)
+        # long texts must not widen the page past the dock (it then scrolls sideways)
+        self.accept_mode.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        mrow = QFormLayout()
+        mrow.addRow("Accept mode", self.accept_mode)
+        v.addLayout(mrow)
         arow = QHBoxLayout()
         self.accept_btn = QPushButton("Accept prediction in tiles")
         self.accept_btn.setToolTip(
@@ -358,6 +362,7 @@ class SemiMoEWidget(QWidget):
             "and one a minute while you paint (the last 20)"
         )
         self.history_combo.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.history_combo.setPlaceholderText("no earlier version yet")
         self.restore_btn = QPushButton("Restore")
         self.restore_btn.setToolTip("put this version back (undoable; today's is kept first)")
         self.restore_btn.clicked.connect(self.restore_version)
@@ -610,6 +615,10 @@ class SemiMoEWidget(QWidget):
             return
         if not self._autosave.isActive():
             self._autosave.start()
+        if self.training and not (
+            self._pool_timer.isActive() and self._pool_timer.interval() == TILES_RECUT_MS
+        ):
+            self._pool_timer.start(PAINT_RECUT_MS)
 
     def save_annotations(self, wait: bool = False) -> None:
         """Save the annotations. The copy is taken here (a few ms) and written in a thread,
@@ -647,7 +656,7 @@ class SemiMoEWidget(QWidget):
         now = self._tiles_now()
         if now != self._tile_key:
             self._tile_key = now
-            self._pool_timer.start()
+            self._pool_timer.start(TILES_RECUT_MS)
 
     def _tiles_now(self) -> list:
         tiles = [] if self.entry is None else self.entry.train_tiles()
@@ -737,7 +746,8 @@ class SemiMoEWidget(QWidget):
                 config, self.project.root / TRAINSET_FILE, run_dir, init_from=init
             )
             self.job.start()
-            self._supervised = config["supervised_only"] or n == 0
+            self._supervised_cfg = bool(config["supervised_only"])
+            self._supervised = self._supervised_cfg or n == 0
             if continue_from:  # the chart goes on where the last run ended
                 self.chart.new_run()
             else:
@@ -806,6 +816,8 @@ class SemiMoEWidget(QWidget):
 
         def done(n: int) -> None:
             release()
+            if self.training:  # the trainer reloads this set: λ means something or not
+                self._supervised = self._supervised_cfg or n == 0
             self.active.pool_changed(n)
             if then is not None:
                 then(n)
@@ -1236,7 +1248,7 @@ class SemiMoEWidget(QWidget):
         if self.project is None or self.entry is None:
             return
         today = dt.date.today()
-        for path, t, reason in self.project.versions(self.entry):
+        for path, t, reason in self.project.versions(self.entry, wait=False):
             when = dt.datetime.fromtimestamp(t)
             day = "today" if when.date() == today else when.strftime("%Y-%m-%d")
             combo.addItem(f"{day} {when:%H:%M:%S} · {reason}", str(path))
