@@ -42,6 +42,7 @@ PSEUDO_LAYER = "Semi-MoE pseudo-labels"
 PSEUDO_SDF_LAYER = "Semi-MoE pseudo SDF"
 PSEUDO_TILES_LAYER = "pseudo-label tiles"
 LAYERS = (SUGGEST_LAYER, PSEUDO_LAYER, PSEUDO_SDF_LAYER, PSEUDO_TILES_LAYER)
+NO_POOL = "no unlabeled tissue: training is supervised only"
 
 
 @dataclass
@@ -106,7 +107,7 @@ class ActivePanel:
         self.label_btn = QPushButton("Label this tile (start from the prediction)")
         self.label_btn.setToolTip(
             "make it a training tile, paste the model's prediction into 'annotations' "
-            "(undo with 'Undo accept'), then correct it with the brush"
+            "(undo with 'Undo' in 3 · Review), then correct it with the brush"
         )
         self.label_btn.clicked.connect(self.label_suggestion)
         v.addWidget(self.label_btn)
@@ -133,6 +134,9 @@ class ActivePanel:
         hint = QLabel("Least confident first. Reject a tile whose pseudo-label is wrong.")
         hint.setWordWrap(True)
         v.addWidget(hint)
+        self.pool_label = QLabel("unlabeled pool: cut at the next Start or pseudo-label view")
+        self.pool_label.setWordWrap(True)
+        v.addWidget(self.pool_label)
         self.qa_list = QListWidget()
         self.qa_list.currentRowChanged.connect(
             lambda r: self._go_to_row(self.pseudo, self.qa_list, r)
@@ -230,15 +234,12 @@ class ActivePanel:
             full = resample(c.mask, (round(c.side / ls), round(c.side / ls)), nearest=True)
             new = full[: y1 - y0, : x1 - x0].astype(labels.data.dtype)
             sl = (slice(y0, y1), slice(x0, x1))
-            old = labels.data[sl].copy()
+            old = labels.data[sl]
             offset = int(labels.data.max())
-            w._undo.append((sl, old))
             # what the user already painted there wins over the prediction
             pasted = np.where(new > 0, new + offset, 0)
-            labels.data[sl] = np.where(old > 0, old, pasted).astype(labels.data.dtype)
-            labels.refresh()
-            w.undo_btn.setEnabled(True)
-            w.save_annotations()
+            merged = np.where(old > 0, old, pasted).astype(labels.data.dtype)
+            w._edit_labels([(sl, merged)], "label-tile")  # one undo step, history kept
         tiles = w.tiles_layer(create=True)
         tiles.add_rectangles(
             [_rect(c.y0, c.x0, c.side, c.side)],
@@ -367,7 +368,13 @@ class ActivePanel:
     def show_pseudo_labels(self) -> None:
         from ..core.active import pseudo_label_tiles
         from ..core.predict import Predictor, load_model
-        from .project import TRAINSET_FILE, is_pool_tile_of, load_pool, parse_pool_name
+        from .project import (
+            TRAINSET_FILE,
+            is_pool_tile_of,
+            load_pool,
+            parse_pool_name,
+            trainset_names,
+        )
 
         w = self.w
         try:
@@ -380,6 +387,9 @@ class ActivePanel:
             w.rebuild_trainset(then=lambda _n: self.show_pseudo_labels())
             return
         name, s = w.entry.name, w.project.state.scale
+        if not any(is_pool_tile_of(n, name) for n in trainset_names(path)[1]):
+            self._show_pseudo([], s)  # nothing to predict: no job, no busy bar
+            return
 
         def work(job: ProgressJob):
             pool = load_pool(path, lambda n: is_pool_tile_of(n, name))
@@ -464,7 +474,7 @@ class ActivePanel:
             f"pseudo-labels of {len(items)} unlabeled tiles (green gland, magenta boundary); "
             "least confident first"
             if items
-            else "no unlabeled tile of this image is in the pool"
+            else self._pool_text()
         )
 
     def _draw_pseudo_tiles(self) -> None:
@@ -486,6 +496,36 @@ class ActivePanel:
         if not rects:
             return
         self._show_boxes(PSEUDO_TILES_LAYER, rects, text, np.asarray(colors), 4, 10, "white")
+
+    def _pool_text(self) -> str:
+        """What the pool means for training, from the saved training set."""
+        from .project import TRAINSET_FILE, is_pool_tile_of, trainset_names
+
+        path = self.w.project.root / TRAINSET_FILE
+        if not path.exists():
+            return "unlabeled pool: cut at the next Start or pseudo-label view"
+        pool = trainset_names(path)[1]
+        if not pool:
+            return NO_POOL
+        mine = sum(is_pool_tile_of(n, self.w.entry.name) for n in pool) if self.w.entry else 0
+        return f"unlabeled pool: {len(pool)} tissue tiles ({mine} on this image)"
+
+    def pool_changed(self, n: int) -> None:
+        """The training set was cut again (tiles added, deleted, rejected, promoted): show
+        the pool as the trainer will see it and drop listed tiles that left it."""
+        text = self._pool_text()
+        self.pool_label.setText(text)
+        self.pool_label.setStyleSheet("color: #ffb347" if n == 0 else "")
+        if n == 0:
+            self.w._say(NO_POOL)
+        if self.pseudo:
+            added = self._sync_with_pool()
+            self._fill_list(self.qa_list, self.pseudo, "confidence")
+            self._draw_pseudo_tiles()
+            if added:
+                self.pool_label.setText(
+                    f"{text}; {added} not shown: press 'Show pseudo-labels' to see them"
+                )
 
     def reject_selected(self) -> None:
         c = self._selected(self.pseudo, self.qa_list)

@@ -27,16 +27,28 @@ class LossChart(QWidget):
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.series: dict[str, list[tuple[float, float]]] = {k: [] for k in COLORS}
         self.total_iterations = 1
+        self.offset = 0  # iterations of the earlier runs shown (Continue appends)
+        self.boundaries: list[float] = []  # where each continued run began
 
     def clear(self) -> None:
         for v in self.series.values():
             v.clear()
+        self.offset = 0
+        self.boundaries.clear()
         self.update()
 
-    def add(self, event: dict) -> None:
-        it = float(event["iteration"])
+    def new_run(self) -> None:
+        """A continued run: keep the curves so far and draw the new run after them."""
+        last = max((pts[-1][0] for pts in self.series.values() if pts), default=0.0)
+        self.offset = int(last)
+        if last:
+            self.boundaries.append(last)
+        self.update()
+
+    def add(self, event: dict, show_lambda: bool = True) -> None:
+        it = float(event["iteration"]) + self.offset
         lo = event.get("losses", {})
-        self.total_iterations = max(1, int(event.get("total", 1)))
+        self.total_iterations = self.offset + max(1, int(event.get("total", 1)))
         vals = {
             "total": lo.get("total"),
             "seg": lo.get("sup_seg"),
@@ -45,7 +57,7 @@ class LossChart(QWidget):
             "unsup": sum(lo[k] for k in ("unsup_seg", "unsup_sdf", "unsup_bnd") if k in lo)
             if "unsup_seg" in lo
             else None,
-            "lambda": event.get("lam"),
+            "lambda": event.get("lam") if show_lambda else None,
         }
         for k, v in vals.items():
             if v is not None and math.isfinite(v):
@@ -70,6 +82,10 @@ class LossChart(QWidget):
         p.drawText(left + pw + 4, top + 10, "λ 1")
         p.drawText(left, h - 16, "0")
         p.drawText(left + pw - 40, h - 16, f"{int(xmax)} it")
+        p.setPen(QPen(QColor("#5a5f6a"), 1, Qt.PenStyle.DotLine))
+        for b in self.boundaries:  # where Continue started a new run
+            x = left + pw * b / xmax
+            p.drawLine(QPointF(x, top), QPointF(x, top + ph))
         for k, pts in self.series.items():
             if len(pts) < 2:
                 continue

@@ -50,6 +50,10 @@ class ProgressJob:
     def finish(self) -> None:
         self.timer.stop()
         self.show()
+        if not self.state["total"]:  # nothing was reported: leave the busy animation
+            self.bar.setRange(0, 1)
+            self.bar.setValue(0)
+            self.bar.setFormat("nothing to do")
         self.cancel_btn.setEnabled(False)
 
 

@@ -6,6 +6,7 @@ as the user works, so a crash of napari or of training loses nothing::
     project/
       project.json        images (name, path, tiles), working scale, settings, runs
       annotations/ID.tif  the painted gland labels of each image (its Labels layer's grid)
+      annotations/history/ID/  the last HISTORY_KEEP earlier versions of each image's labels
       trainset.npz        labeled tiles + unlabeled pool, as the trainer sees them
       runs/run-001/       checkpoint.safetensors, history.json, log.jsonl, config.json
 """
@@ -13,9 +14,12 @@ as the user works, so a crash of napari or of training loses nothing::
 from __future__ import annotations
 
 import json
+import logging
 import os
-import tempfile
+import re
+import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,14 +28,28 @@ from typing import Any
 
 import numpy as np
 
-from ..core.checkpoint import CHECKPOINT_NAME, atomic_write_json
+from ..core.checkpoint import CHECKPOINT_NAME
 from ..core.data import TrainingSet
 from ..core.errors import InputError
 from ..core.slide import Slide, tissue_mask, write_tiff
 
+log = logging.getLogger(__name__)
+
 PROJECT_FILE = "project.json"
 ANNOTATIONS_DIR = "annotations"
+HISTORY_DIR = "history"
 TRAINSET_FILE = "trainset.npz"
+#: Earlier versions of an image's annotations kept on disk (an accept, an erase or a bad
+#: stroke can be undone after napari was closed), and how often painting adds one.
+HISTORY_KEEP = 20
+HISTORY_EVERY_S = 60.0
+#: Ids name files (annotations/ID.tif): nothing that could leave the folder.
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SAFE_RUN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+_VERSION = re.compile(r"(\d{19})_([a-z-]{1,32})\.tif")
+_MAX_SIDE = 2**20  # level-0 px: no tile of a real slide is larger
+#: Temp files of atomic writes (ours and core.slide.write_tiff's): .NAME.PID.HEX.tmp
+_TEMP = re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp")
 
 
 @dataclass
@@ -134,27 +152,65 @@ class Project:
         (self.root / "runs").mkdir(exist_ok=True)
         (self.root / ANNOTATIONS_DIR).mkdir(exist_ok=True)
         self.state = ProjectState()
+        #: one-line warnings about what was ignored while loading (shown by the widget)
+        self.warnings: list[str] = []
+        self._kept_at: dict[str, float] = {}  # image id -> when a version was last kept
         if (self.root / PROJECT_FILE).exists():
             self._load()
+        self._remove_stale_temps()
 
     # ------------------------------------------------------------------ persistence
 
     def _load(self) -> None:
+        f = self.root / PROJECT_FILE
         try:
-            doc = json.loads((self.root / PROJECT_FILE).read_text())
+            doc = json.loads(f.read_text())
             images = [
                 ImageEntry(**{**e, "tiles": [Tile(**t) for t in e.get("tiles", [])]})
                 for e in doc.pop("images", [])
             ]
             known = {k: v for k, v in doc.items() if k in ProjectState.__dataclass_fields__}
             self.state = ProjectState(**known, images=images)
-        except (OSError, json.JSONDecodeError, TypeError) as exc:
-            raise InputError(
-                f"{self.root / PROJECT_FILE}: unreadable project file ({exc})"
-            ) from None
+        except (OSError, json.JSONDecodeError, TypeError, AttributeError) as exc:
+            raise InputError(f"{f}: unreadable project file ({exc})") from None
+        problem = _check_state(self.state)
+        if problem:
+            raise InputError(f"{f}: {problem}; the file was edited or damaged")
+        runs = []
+        for name in self.state.runs:
+            if self._run_path(name) is None:
+                self.warnings.append(
+                    f"{f}: run {name!r} ignored: a run must be a folder inside runs/"
+                )
+                log.warning(self.warnings[-1])
+            else:
+                runs.append(name)
+        self.state.runs = runs
+
+    def _remove_stale_temps(self) -> None:
+        """Half-written files of a process that was killed mid-write (the file they were
+        to replace is intact): removed, so a crash leaves no litter behind; histories are
+        pruned to HISTORY_KEEP."""
+        ann = self.root / ANNOTATIONS_DIR
+        hist = ann / HISTORY_DIR
+        dirs = [
+            self.root,
+            ann,
+            *(d for d in (hist.iterdir() if hist.is_dir() else []) if d.is_dir()),
+        ]
+        for d in dirs:
+            for p in d.glob(".*.tmp"):
+                m = _TEMP.fullmatch(p.name)
+                if m and not _process_alive(int(m[1]), p):
+                    p.unlink(missing_ok=True)
+        for d in dirs[2:]:  # a kill between keeping a version and pruning
+            self._prune(d)
 
     def save(self) -> None:
-        atomic_write_json(self.root / PROJECT_FILE, asdict(self.state))
+        _atomic_write(
+            self.root / PROJECT_FILE,
+            lambda fh: fh.write(json.dumps(asdict(self.state), indent=1).encode()),
+        )
 
     def entry(self, name: str, path: str | None = None) -> ImageEntry:
         """The entry of an image layer (created on first use)."""
@@ -169,20 +225,103 @@ class Project:
         return e
 
     def annotations_path(self, entry: ImageEntry) -> Path:
+        if not _SAFE_ID.fullmatch(entry.id):  # ids come from project.json
+            raise InputError(f"image {entry.name!r}: unsafe id {entry.id!r}")
         return self.root / ANNOTATIONS_DIR / f"{entry.id}.tif"
+
+    def history_dir(self, entry: ImageEntry) -> Path:
+        return self.annotations_path(entry).parent / HISTORY_DIR / entry.id
 
     def save_annotations(
         self, entry: ImageEntry, labels: np.ndarray, background: bool = False
     ) -> None:
         """Write an image's annotations (atomically). With ``background`` the caller hands
         over a snapshot it will not modify and the file is written in a thread (a big
-        labels layer takes a quarter of a second to compress: the UI must not wait)."""
+        labels layer takes a quarter of a second to compress: the UI must not wait).
+
+        While the user paints, the file being replaced is kept as a version at most every
+        HISTORY_EVERY_S (a hard link: no copy), so the history spans the session."""
         path = self.annotations_path(entry)
+
+        def write(a: np.ndarray) -> None:
+            if path.exists() and self._version_due(entry):
+                self._keep_file(entry, path, "autosave")
+            write_tiff(path, a)
+
         if background:
-            self.writer.submit(str(path), lambda: write_tiff(path, labels))
+            self.writer.submit(str(path), lambda: write(labels))
         else:
             self.writer.flush()  # an older snapshot must not land after this one
-            write_tiff(path, np.asarray(labels))
+            write(np.asarray(labels))
+
+    # ------------------------------------------------------------------ history
+
+    def keep_version(self, entry: ImageEntry, labels: np.ndarray, reason: str) -> None:
+        """Keep a snapshot (the caller will not modify it) of an image's annotations in its
+        history, e.g. before an accept or a restore; written in the background."""
+        d = self.history_dir(entry)
+        path = d / f"{time.time_ns():019d}_{reason}.tif"
+        self._kept_at[entry.id] = time.time()
+
+        def write() -> None:
+            write_tiff(path, labels)
+            self._prune(d)
+
+        self.writer.submit(str(path), write)
+
+    def versions(self, entry: ImageEntry, wait: bool = True) -> list[tuple[Path, float, str]]:
+        """(file, time in s since the epoch, reason) of the kept versions, newest first;
+        ``wait``: after the pending writes (else without blocking on them)."""
+        if wait:
+            self.writer.flush()
+        d = self.history_dir(entry)
+        out = []
+        for p in d.iterdir() if d.is_dir() else []:
+            m = _VERSION.fullmatch(p.name)
+            if m and p.is_file():
+                out.append((p, int(m[1]) / 1e9, m[2].replace("-", " ")))
+        return sorted(out, key=lambda v: v[0].name, reverse=True)
+
+    def load_version(self, entry: ImageEntry, path: str | Path) -> np.ndarray:
+        import tifffile
+
+        p = Path(path)
+        if p.parent.resolve() != self.history_dir(entry).resolve() or not _VERSION.fullmatch(
+            p.name
+        ):
+            raise InputError(f"{p}: not a version of {entry.name!r} in this project")
+        try:
+            return tifffile.imread(p)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{p}: unreadable version ({exc})") from None
+
+    def _version_due(self, entry: ImageEntry) -> bool:
+        last = self._kept_at.get(entry.id)
+        if last is None:  # first write of this session: the newest version on disk
+            d = self.history_dir(entry)
+            names = [n for n in os.listdir(d) if _VERSION.fullmatch(n)] if d.is_dir() else []
+            last = int(max(names)[:19]) / 1e9 if names else None
+        return last is None or time.time() - last >= HISTORY_EVERY_S
+
+    def _keep_file(self, entry: ImageEntry, path: Path, reason: str) -> None:
+        """The current annotations file as a version, stamped with the time it was saved."""
+        d = self.history_dir(entry)
+        d.mkdir(parents=True, exist_ok=True)
+        dst = d / f"{path.stat().st_mtime_ns:019d}_{reason}.tif"
+        self._kept_at[entry.id] = time.time()
+        if dst.exists():
+            return
+        try:
+            os.link(path, dst)  # the next write replaces the file: the link keeps this one
+        except OSError:  # no hard links here (some network or FAT drives): copy
+            _atomic_write(dst, lambda fh: shutil.copyfileobj(path.open("rb"), fh))
+        self._prune(d)
+
+    @staticmethod
+    def _prune(d: Path) -> None:
+        names = sorted(n for n in os.listdir(d) if _VERSION.fullmatch(n))
+        for n in names[:-HISTORY_KEEP]:
+            (d / n).unlink(missing_ok=True)
 
     def load_annotations(self, entry: ImageEntry) -> np.ndarray | None:
         import tifffile
@@ -211,10 +350,20 @@ class Project:
 
     def last_checkpoint(self) -> Path | None:
         for name in reversed(self.state.runs):
-            p = self.root / "runs" / name / CHECKPOINT_NAME
-            if p.exists():
-                return p
+            d = self._run_path(name)
+            if d is not None and (d / CHECKPOINT_NAME).exists():
+                return d / CHECKPOINT_NAME
         return None
+
+    def _run_path(self, name: str) -> Path | None:
+        """runs/NAME, or None if the name (from project.json) would leave runs/."""
+        if not isinstance(name, str) or not _SAFE_RUN.fullmatch(name) or set(name) == {"."}:
+            return None
+        d = self.root / "runs" / name
+        runs = (self.root / "runs").resolve()
+        if d.exists() and runs not in d.resolve().parents:  # a link out of the project
+            return None
+        return d
 
     # ------------------------------------------------------------------ training data
 
@@ -380,14 +529,79 @@ def save_trainset(path: Path, ts: TrainingSet) -> None:
     for i, im in enumerate(ts.unlabeled_images):
         arrays[f"ui_{i}"] = im
     arrays["names"] = np.array(json.dumps([ts.labeled_names, ts.unlabeled_names]))
-    fd, tmp = tempfile.mkstemp(prefix=".trainset.", suffix=".npz", dir=path.parent)
-    os.close(fd)
+    _atomic_write(path, lambda fh: np.savez(fh, **arrays))
+
+
+def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
+    """``write(binary file)`` to a temp file next to ``path``, synced, then renamed over it.
+    The file gets the user's umask (a colleague can read a shared project), unlike
+    mkstemp's 0600."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        np.savez(tmp, **arrays)
+        with open(tmp, "xb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _process_alive(pid: int, temp: Path) -> bool:
+    """Could process ``pid`` still be writing ``temp``? (Another napari may have the
+    project open.) Windows has no harmless signal 0: there, a temp file counts as stale
+    after an hour."""
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":
+        return time.time() - temp.stat().st_mtime < 3600
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _check_state(st: ProjectState) -> str | None:
+    """What is wrong with a loaded project (a path leaving the folder, absurd numbers)."""
+    import math
+
+    def num(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not (num(st.scale) and 0 < st.scale <= 1024):
+        return f"working scale {st.scale!r} is not a number in (0, 1024]"
+    if not (isinstance(st.tile, int) and 16 <= st.tile <= 8192):
+        return f"tile {st.tile!r} is not a whole number in [16, 8192]"
+    if not isinstance(st.runs, list) or not isinstance(st.settings, dict):
+        return "'runs' must be a list and 'settings' an object"
+    seen = set()
+    for e in st.images:
+        if not isinstance(e.id, str) or not _SAFE_ID.fullmatch(e.id) or e.id in seen:
+            return (
+                f"image {e.name!r} has an unsafe or repeated id {e.id!r} "
+                "(letters, digits, '-' and '_' only)"
+            )
+        seen.add(e.id)
+        if not isinstance(e.name, str) or not (e.path is None or isinstance(e.path, str)):
+            return f"image {e.name!r}: name and path must be text"
+        if not (num(e.labels_scale) and 0 < e.labels_scale <= 1024):
+            return f"image {e.name!r}: labels_scale {e.labels_scale!r} is out of range"
+        for t in e.tiles:
+            ints = (t.y, t.x, t.h, t.w)
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
+                return f"image {e.name!r}: tile {t.id!r} has non-integer coordinates"
+            if (
+                not (0 < t.h <= _MAX_SIDE and 0 < t.w <= _MAX_SIDE)
+                or max(abs(t.y), abs(t.x)) > _MAX_SIDE * 4
+            ):
+                return f"image {e.name!r}: tile {t.id!r} has an absurd size or position"
+            if t.kind not in ("train", "rejected"):
+                return f"image {e.name!r}: tile {t.id!r} has an unknown kind {t.kind!r}"
+    return None
 
 
 def trainset_names(path: str | Path) -> tuple[list[str], list[str]]:

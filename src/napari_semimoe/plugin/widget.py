@@ -46,6 +46,20 @@ if TYPE_CHECKING:
 
 TILES_LAYER = "training tiles"
 LABELS_LAYER = "annotations"
+#: How training tiles are drawn, wherever they come from (added, restored, the sample's).
+TILE_STYLE = {"edge_color": "yellow", "face_color": "transparent", "edge_width": 6}
+#: Metadata of the segmentation layer: where a prediction exists (working-scale bool
+#: canvas) and its scale; Accept never touches pixels outside it.
+COVERED = "semimoe_covered"
+PRED_SCALE = "semimoe_pred_scale"
+UNDO_STEPS = 20
+#: Re-cut trainset.npz this long after the last tile edit / stroke during training (ms).
+TILES_RECUT_MS, PAINT_RECUT_MS = 1000, 5000
+ACCEPT_MODES = ("add: my painting wins", "replace my painting")
+NO_PROJECT = (
+    "Choose a project folder first (type a path and press Enter, or Open…): painting and "
+    "tiles stay locked until then, so nothing is left unsaved."
+)
 OUT = {
     "seg": "Semi-MoE segmentation",
     "prob": "Semi-MoE gland probability",
@@ -85,6 +99,18 @@ class _CloseWatcher(QObject):
         return False
 
 
+class _FreshCombo(QComboBox):
+    """A combo box that refills itself (``refill()``) each time its list opens."""
+
+    def __init__(self, refill) -> None:
+        super().__init__()
+        self.refill = refill
+
+    def showPopup(self) -> None:  # noqa: N802 (Qt API)
+        self.refill()
+        super().showPopup()
+
+
 class SemiMoEWidget(QWidget):
     def __init__(self, viewer: napari.viewer.Viewer, project_dir: str | Path | None = None):
         super().__init__()
@@ -93,7 +119,9 @@ class SemiMoEWidget(QWidget):
         self.entry: ImageEntry | None = None
         self.job: TrainingJob | None = None
         self.worker = None
-        self._undo: list[tuple[tuple[slice, slice], np.ndarray]] = []
+        #: undo steps: each one edit (an accept, a restore) as (region, pixels before) patches
+        self._undo: list[list[tuple[tuple[slice, slice], np.ndarray]]] = []
+        self._warned_unsaved = False
         self._last_pred: dict[str, Any] | None = None
         self._pending_ops: list = []
         self._cutter = None  # the worker cutting trainset.npz, if any
@@ -102,6 +130,8 @@ class SemiMoEWidget(QWidget):
         self._last_draw = 0.0
         self._recut: list = []
         self._t_start = 0.0
+        self._supervised = False  # the running training has no unlabeled pool (no λ)
+        self._supervised_cfg = False
         self._messages = _Messages(self)
         self._messages.error.connect(self._save_failed)
 
@@ -127,6 +157,13 @@ class SemiMoEWidget(QWidget):
         self._autosave.setSingleShot(True)
         self._autosave.setInterval(800)
         self._autosave.timeout.connect(self.save_annotations)
+        # Tile changes update the unlabeled pool (trainset.npz) a moment after the last one;
+        # while training runs, so does painting (a new tile is not trained on as blank).
+        self._pool_timer = QTimer(self)
+        self._pool_timer.setSingleShot(True)
+        self._pool_timer.timeout.connect(self._refresh_pool)
+        self._tile_key: list | None = None
+        self._drawing_tiles = False
         self._poll = QTimer(self)
         self._poll.setInterval(100)
         # napari never sends closeEvent to dock widgets (napari#8071): save the last strokes
@@ -146,9 +183,12 @@ class SemiMoEWidget(QWidget):
 
         viewer.layers.events.inserted.connect(self._refresh_layers)
         viewer.layers.events.removed.connect(self._refresh_layers)
+        box.currentChanged.connect(lambda i: i == 2 and self._fill_history())
         self._refresh_layers()
         if project_dir is not None:
             self.set_project(project_dir)
+        else:
+            self._say(NO_PROJECT)
 
     # ================================================================== building
 
@@ -157,7 +197,12 @@ class SemiMoEWidget(QWidget):
         f = QFormLayout(w)
         row = QHBoxLayout()
         self.project_edit = QLineEdit()
-        self.project_edit.setPlaceholderText("folder for annotations, tiles and runs")
+        self.project_edit.setPlaceholderText("type a folder + Enter: annotations, tiles, runs")
+        self.project_edit.setToolTip(
+            "the project folder (created if new): type its path and press Enter, or Open…"
+        )
+        self.project_edit.returnPressed.connect(self._project_typed)
+        self.project_edit.editingFinished.connect(self._project_left)
         browse = QPushButton("Open…")
         browse.clicked.connect(self._browse_project)
         row.addWidget(self.project_edit)
@@ -181,8 +226,10 @@ class SemiMoEWidget(QWidget):
         add.clicked.connect(self.add_tile_at_center)
         f.addRow(add)
         hint = QLabel(
-            "Paint glands in 'annotations' inside the yellow tiles; unpainted tile "
-            "pixels are background. Annotations are saved as you paint."
+            "Paint glands in 'annotations' inside the yellow tiles; unpainted tile pixels are "
+            "background. Tiles and painting are saved in the project folder as you work "
+            "(within a second); earlier versions of each image's annotations are kept and "
+            "can be restored in 3 · Review. Without a project, painting is locked."
         )
         hint.setWordWrap(True)
         f.addRow(hint)
@@ -240,7 +287,9 @@ class SemiMoEWidget(QWidget):
         self.stop_btn = QPushButton("Stop")
         self.stop_btn.clicked.connect(self.stop_training)
         self.continue_btn = QPushButton("Continue")
-        self.continue_btn.setToolTip("fine-tune from the last checkpoint with the current tiles")
+        self.continue_btn.setToolTip(
+            "fine-tune from the last checkpoint with the current tiles (after a first Start)"
+        )
         self.continue_btn.clicked.connect(lambda: self.start_training(continue_from=True))
         for b in (self.start_btn, self.pause_btn, self.stop_btn, self.continue_btn):
             row.addWidget(b)
@@ -280,18 +329,46 @@ class SemiMoEWidget(QWidget):
         prow.addWidget(self.pred_progress)
         prow.addWidget(self.cancel_btn)
         v.addLayout(prow)
+        self.accept_mode = QComboBox()
+        self.accept_mode.addItems(ACCEPT_MODES)
+        self.accept_mode.setToolTip(
+            "only where a prediction exists, inside the training tiles: 'add' never changes "
+            "a painted pixel; 'replace' overwrites your painting there"
+        )
+        # long texts must not widen the page past the dock (it then scrolls sideways)
+        self.accept_mode.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        mrow = QFormLayout()
+        mrow.addRow("Accept mode", self.accept_mode)
+        v.addLayout(mrow)
         arow = QHBoxLayout()
         self.accept_btn = QPushButton("Accept prediction in tiles")
         self.accept_btn.setToolTip(
-            "copy the predicted glands into the annotations inside the training tiles (undoable)"
+            "put the predicted glands into the annotations inside the training tiles "
+            "(one undo step; the annotations before are kept in the history)"
         )
         self.accept_btn.clicked.connect(self.accept_prediction)
-        self.undo_btn = QPushButton("Undo accept")
+        self.undo_btn = QPushButton("Undo")
+        self.undo_btn.setToolTip("undo the last accept, restore or 'Label this tile'")
         self.undo_btn.clicked.connect(self.undo_accept)
         self.undo_btn.setEnabled(False)
         arow.addWidget(self.accept_btn)
         arow.addWidget(self.undo_btn)
         v.addLayout(arow)
+        hbox = QGroupBox("Annotation history (kept on disk)")
+        hrow = QHBoxLayout(hbox)
+        self.history_combo = _FreshCombo(self._fill_history)
+        self.history_combo.setToolTip(
+            "earlier versions of this image's annotations: before each accept or restore, "
+            "and one a minute while you paint (the last 20)"
+        )
+        self.history_combo.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.history_combo.setPlaceholderText("no earlier version yet")
+        self.restore_btn = QPushButton("Restore")
+        self.restore_btn.setToolTip("put this version back (undoable; today's is kept first)")
+        self.restore_btn.clicked.connect(self.restore_version)
+        hrow.addWidget(self.history_combo, 1)
+        hrow.addWidget(self.restore_btn)
+        v.addWidget(hbox)
         v.addStretch(1)
         return w
 
@@ -302,9 +379,38 @@ class SemiMoEWidget(QWidget):
         if d:
             self.set_project(d)
 
+    def _project_typed(self) -> None:
+        """Enter in the Project field opens (or creates) the typed folder."""
+        text = self.project_edit.text().strip()
+        if not text:
+            return
+        path = Path(text).expanduser()
+        if self.project is not None and path.resolve() == self.project.root.resolve():
+            return
+        self.set_project(path)
+
+    def _project_left(self) -> None:
+        """Leaving the field (no Enter) opens nothing: a half-typed path must not become a
+        folder. Say how to use it."""
+        text = self.project_edit.text().strip()
+        current = "" if self.project is None else str(self.project.root)
+        if text and text != current:
+            self._say(f"press Enter to open or create the project {text}")
+
     def set_project(self, path: str | Path) -> None:
         """Open (or create) a project folder and restore its annotations and tiles."""
-        self.project = Project(path)
+        path = Path(path).expanduser()
+        try:
+            project = Project(path)
+        except InputError as exc:
+            self._project_failed(str(exc))
+            return
+        except OSError as exc:
+            self._project_failed(f"{path}: cannot use as a project folder ({exc.strerror or exc})")
+            return
+        if self.project is not None:  # the last strokes belong to the project being left
+            self._save_now()
+        self.project = project
         self.project.writer.on_error = self._messages.error.emit
         self.project_edit.setText(str(path))
         st = self.project.state
@@ -318,7 +424,26 @@ class SemiMoEWidget(QWidget):
                 widget.setValue(int(st.settings[key]))
         self.entry = None
         self._switch_image()
-        self._say(f"project: {path}")
+        self._lock_without_project()
+        self._set_training_ui(self.training)
+        self._say("; ".join([f"project: {path}", *self.project.warnings]))
+        for w in self.project.warnings:
+            _notify(w, "warning")
+
+    def _project_failed(self, msg: str) -> None:
+        _notify(msg, "warning")
+        self._say(msg)
+        self.project_edit.setText("" if self.project is None else str(self.project.root))
+
+    def _lock_without_project(self) -> None:
+        """Without a project nothing painted could be saved: lock the annotations and the
+        tiles (napari's own edit lock) until a folder is chosen."""
+        for name in (LABELS_LAYER, TILES_LAYER):
+            if name in self.viewer.layers:
+                ly = self.viewer.layers[name]
+                want = self.project is not None and not getattr(ly, "multiscale", False)
+                if ly.editable != want:
+                    ly.editable = want
 
     def _switch_image(self, *_: Any) -> None:
         """Show the selected image's annotations and tiles (saving the previous image's)."""
@@ -334,6 +459,8 @@ class SemiMoEWidget(QWidget):
         for name in (*OUT.values(), *LAYERS):
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
+        self._undo.clear()  # undo steps are regions of the previous image's annotations
+        self.undo_btn.setEnabled(False)
         if img is None:
             self.entry = None
             return
@@ -352,12 +479,30 @@ class SemiMoEWidget(QWidget):
             self._replace_labels(saved)
         elif not adopt or labels.data.shape != self._labels_shape():
             self._replace_labels(np.zeros(self._labels_shape(), np.uint16))
-        tiles = self.tiles_layer(create=True)
+        self.tiles_layer(create=True)
         if adopt and not self.entry.tiles:
             self._sync_tiles()
-        else:
-            tiles.data = [_rect(t.y, t.x, t.h, t.w) for t in self.entry.train_tiles()]
+        self._show_tiles([_rect(t.y, t.x, t.h, t.w) for t in self.entry.train_tiles()])
+        self._tile_key = self._tiles_now()
         self.save_annotations()
+        self._fill_history()
+
+    def _show_tiles(self, rects: list[np.ndarray]) -> None:
+        """Draw the training tiles in one style (restored ones were drawn 1 px wide: napari
+        gives shapes set through ``data`` its default edge width)."""
+        layer = self.tiles_layer(create=True)
+        self._drawing_tiles = True  # not an edit of the user's: nothing to sync back
+        try:
+            layer.selected_data = set()
+            layer.data = []
+            if rects:
+                layer.add_rectangles(rects, **TILE_STYLE)
+        finally:
+            self._drawing_tiles = False
+        layer.current_edge_color = TILE_STYLE["edge_color"]
+        layer.current_face_color = TILE_STYLE["face_color"]
+        layer.current_edge_width = TILE_STYLE["edge_width"]
+        layer.refresh()
 
     def _labels_shape(self) -> tuple[int, int]:
         H, W = self._slide_shape()
@@ -391,6 +536,7 @@ class SemiMoEWidget(QWidget):
         self.image_combo.blockSignals(False)
         if self.image_combo.currentText() != current:
             self._switch_image()
+        self._lock_without_project()
         for ly in self.viewer.layers:
             if ly.name == LABELS_LAYER and not getattr(ly, "_semimoe_hooked", False):
                 ly.events.data.connect(self._schedule_save)
@@ -425,10 +571,8 @@ class SemiMoEWidget(QWidget):
         return self.viewer.add_shapes(
             name=TILES_LAYER,
             shape_type="rectangle",
-            edge_color="yellow",
-            face_color="transparent",
-            edge_width=6,
             scale=tuple(self._base_scale()),
+            **TILE_STYLE,
         )
 
     def _slide_of(self, entry: ImageEntry) -> Slide | None:
@@ -460,7 +604,21 @@ class SemiMoEWidget(QWidget):
         return tuple(int(n) for n in data.shape[:2])
 
     def _schedule_save(self, *_: Any) -> None:
-        self._autosave.start()
+        """A stroke: save within the autosave interval of the FIRST unsaved change (restarting
+        the timer on every stroke never saved a user who kept painting)."""
+        if self.project is None:
+            if not self._warned_unsaved:
+                self._warned_unsaved = True
+                msg = "Annotations are NOT saved: choose a project folder (1 · Project)"
+                _notify(msg, "warning")
+            self._say(NO_PROJECT)
+            return
+        if not self._autosave.isActive():
+            self._autosave.start()
+        if self.training and not (
+            self._pool_timer.isActive() and self._pool_timer.interval() == TILES_RECUT_MS
+        ):
+            self._pool_timer.start(PAINT_RECUT_MS)
 
     def save_annotations(self, wait: bool = False) -> None:
         """Save the annotations. The copy is taken here (a few ms) and written in a thread,
@@ -482,20 +640,43 @@ class SemiMoEWidget(QWidget):
     def _sync_tiles(self, *_: Any) -> None:
         """Shapes layer -> project tiles (level-0 px). Rejected tiles are kept."""
         layer = self.tiles_layer()
-        if self.project is None or self.entry is None or layer is None:
+        if self.project is None or self.entry is None or layer is None or self._drawing_tiles:
             return
         keep = [t for t in self.entry.tiles if t.kind != "train"]
+        old = {(t.y, t.x, t.h, t.w): t for t in self.entry.train_tiles()}
         tiles = []
         for rect in layer.data:
             (y0, x0), (y1, x1) = np.floor(rect.min(0)), np.ceil(rect.max(0))
-            tiles.append(Tile(int(y0), int(x0), int(y1 - y0), int(x1 - x0)))
+            key = (int(y0), int(x0), int(y1 - y0), int(x1 - x0))
+            if key[2] < 1 or key[3] < 1:
+                continue  # a degenerate click, not a tile
+            tiles.append(old.pop(key, None) or Tile(*key))  # a tile keeps its id
         self.entry.tiles = tiles + keep
         self.project.save()
+        now = self._tiles_now()
+        if now != self._tile_key:
+            self._tile_key = now
+            self._pool_timer.start(TILES_RECUT_MS)
+
+    def _tiles_now(self) -> list:
+        tiles = [] if self.entry is None else self.entry.train_tiles()
+        return [(t.y, t.x, t.h, t.w) for t in tiles]
+
+    def _refresh_pool(self) -> None:
+        """The tiles changed: re-cut the unlabeled pool the trainer and the QA page use (once
+        there is a training set), without waiting for the next Start."""
+        if self.project is None or not (self.project.root / TRAINSET_FILE).exists():
+            return
+        self.rebuild_trainset(quiet=True)
 
     def add_tile_at_center(self) -> None:
         """A training tile (one model tile at working scale) centred in the current view."""
         if self.image_layer() is None:
             _notify("open a slide first", "warning")
+            return
+        if self.project is None:
+            _notify(NO_PROJECT, "warning")
+            self._say(NO_PROJECT)
             return
         layer = self.tiles_layer(create=True)
         side = self.tile_spin.value() * self.scale_spin.value()
@@ -503,9 +684,7 @@ class SemiMoEWidget(QWidget):
         H, W = self._slide_shape()
         y0 = float(np.clip(cy - side / 2, 0, max(0, H - side)))
         x0 = float(np.clip(cx - side / 2, 0, max(0, W - side)))
-        layer.add_rectangles(
-            [_rect(y0, x0, side, side)], edge_color="yellow", face_color="transparent", edge_width=6
-        )
+        layer.add_rectangles([_rect(y0, x0, side, side)], **TILE_STYLE)
         self.labels_layer(create=True)
         self.viewer.layers.selection.active = self.labels_layer()
 
@@ -561,18 +740,25 @@ class SemiMoEWidget(QWidget):
         self.pause_btn.setEnabled(False)
         self.eta_label.setText("cutting the training tiles…")
 
-        def launch(_n: int) -> None:
+        def launch(n: int) -> None:
             run_dir = self.project.new_run_dir()
             self.job = TrainingJob(
                 config, self.project.root / TRAINSET_FILE, run_dir, init_from=init
             )
             self.job.start()
-            self.chart.clear()
+            self._supervised_cfg = bool(config["supervised_only"])
+            self._supervised = self._supervised_cfg or n == 0
+            if continue_from:  # the chart goes on where the last run ended
+                self.chart.new_run()
+            else:
+                self.chart.clear()
             self._pending_its = []
             self.progress.setRange(0, config["iterations"])
             self.progress.setValue(0)
             self._t_start = time.monotonic()
             self.eta_label.setText("starting the training process…")
+            if n == 0 and not config["supervised_only"]:
+                self._say("no unlabeled tissue: training is supervised only")
             self._set_training_ui(True)
             self._poll.start()
 
@@ -591,18 +777,19 @@ class SemiMoEWidget(QWidget):
         """True while the training tiles are being cut in the background."""
         return self._cutter is not None
 
-    def rebuild_trainset(self, then=None, failed=None) -> None:
+    def rebuild_trainset(self, then=None, failed=None, quiet: bool = False) -> None:
         """Re-cut the training tiles and the unlabeled pool into ``trainset.npz`` in a thread
         (reading tiles and the tissue mask would stall the UI for a second); a running
         training process reloads it before its next iteration. ``then(pool_size)`` and
-        ``failed(message)`` run on the main thread; user errors become a notification."""
+        ``failed(message)`` run on the main thread; user errors become a notification
+        (``quiet``: a line in the status only, for updates the user did not ask for)."""
         from napari.qt.threading import create_worker
 
         if self.project is None:
             _notify("choose a project folder first (1 · Project and tiles)", "warning")
             return
         if self._cutter is not None:  # cut again once the running cut is done
-            self._recut.append((then, failed))
+            self._recut.append((then, failed, quiet))
             return
         self._sync_tiles()
         self.save_annotations()
@@ -629,22 +816,28 @@ class SemiMoEWidget(QWidget):
 
         def done(n: int) -> None:
             release()
+            if self.training:  # the trainer reloads this set: λ means something or not
+                self._supervised = self._supervised_cfg or n == 0
+            self.active.pool_changed(n)
             if then is not None:
                 then(n)
 
         def error(exc: Exception) -> None:
             release()
             msg = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
-            _notify(msg, "warning")
-            self._say(msg)
+            if quiet:
+                self._say(f"unlabeled pool not updated: {msg}")
+            else:
+                _notify(msg, "warning")
+                self._say(msg)
             if failed is not None:
                 failed(msg)
 
         def finished() -> None:
             release()
             if self._recut and self._cutter is None:
-                t, f = self._recut.pop(0)
-                self.rebuild_trainset(then=t, failed=f)
+                t, f, q = self._recut.pop(0)
+                self.rebuild_trainset(then=t, failed=f, quiet=q)
 
         worker.returned.connect(done)
         worker.errored.connect(error)
@@ -680,13 +873,14 @@ class SemiMoEWidget(QWidget):
             self._last_draw = now
             its, self._pending_its = self._pending_its, []
             for e in its:
-                self.chart.add(e)
+                self.chart.add(e, show_lambda=not self._supervised)
             e = its[-1]
             self.progress.setValue(e["iteration"])
             eta = e.get("eta")
             lo = e["losses"].get("total", float("nan"))
+            lam = " · supervised only" if self._supervised else f" · λ {e['lam']:.2f}"
             self.eta_label.setText(
-                f"iteration {e['iteration']}/{e['total']} · loss {lo:.3f} · λ {e['lam']:.2f}"
+                f"iteration {e['iteration']}/{e['total']} · loss {lo:.3f}{lam}"
                 + (f" · ETA {fmt_time(eta)}" if eta is not None else "")
             )
         for e in events:
@@ -711,12 +905,23 @@ class SemiMoEWidget(QWidget):
                 self._say(f"{msg}: predict in 3 · Review, or label more and Continue")
         if self.job.finished:
             self._poll.stop()
-            self.job.join(0)  # reap if already gone; never block the UI on its teardown
+            self._reap(self.job, time.monotonic())
             self._set_training_ui(False)
+
+    def _reap(self, job: TrainingJob, since: float) -> None:
+        """Join the finished process without blocking the UI on its teardown: poll until it
+        is gone (no zombie until the next job); one that hangs 30 s is terminated."""
+        job.join(0)
+        if job.is_alive():
+            if time.monotonic() - since > 30:
+                job.kill()
+            QTimer.singleShot(200, lambda: self._reap(job, since))
 
     def _set_training_ui(self, running: bool) -> None:
         self.start_btn.setEnabled(not running)
-        self.continue_btn.setEnabled(not running)
+        # Continue fine-tunes a checkpoint: none before a first training.
+        can_continue = self.project is not None and self.project.last_checkpoint() is not None
+        self.continue_btn.setEnabled(not running and can_continue)
         self.pause_btn.setEnabled(running)
         self.stop_btn.setEnabled(running)
         self.pause_btn.setText("Pause")
@@ -870,10 +1075,15 @@ class SemiMoEWidget(QWidget):
         h, w = val.shape
         scale = tuple(base * s)
         translate = tuple(base * (s - 1) / 2)
-        if name in self.viewer.layers and self.viewer.layers[name].data.shape == shape:
+        if (
+            name in self.viewer.layers
+            and self.viewer.layers[name].data.shape == shape
+            and (key != "instances" or self.viewer.layers[name].metadata.get(PRED_SCALE) == s)
+        ):
             layer = self.viewer.layers[name]
             if key == "instances":  # fresh ids per region so pasted regions don't collide
                 val = np.where(val > 0, val + int(layer.data.max()), 0)
+                self._cover(layer, ys, xs, h, w)
             layer.data[ys : ys + h, xs : xs + w] = val[: shape[0] - ys, : shape[1] - xs]
             layer.refresh()
             return
@@ -885,9 +1095,19 @@ class SemiMoEWidget(QWidget):
         canvas[ys : ys + h, xs : xs + w] = val[: shape[0] - ys, : shape[1] - xs]
         kw = dict(name=name, scale=scale, translate=translate)
         if key == "instances":
-            self.viewer.add_labels(canvas, opacity=LABEL_OPACITY[key], **kw)
+            layer = self.viewer.add_labels(canvas, opacity=LABEL_OPACITY[key], **kw)
+            layer.metadata[PRED_SCALE] = s
+            layer.metadata[COVERED] = np.zeros(shape, bool)
+            self._cover(layer, ys, xs, h, w)
         else:
             self.viewer.add_image(canvas, visible=False, **map_style(key), **kw)
+
+    @staticmethod
+    def _cover(layer, ys: int, xs: int, h: int, w: int) -> None:
+        """Mark a predicted region (working-scale px) in the segmentation layer."""
+        cov = layer.metadata.get(COVERED)
+        if cov is not None:
+            cov[max(0, ys) : ys + h, max(0, xs) : xs + w] = True
 
     def _show_gates(self, out: dict, base) -> None:
         """Per-tile gate weights as text at tile centres (task rows, expert columns)."""
@@ -924,45 +1144,145 @@ class SemiMoEWidget(QWidget):
     # ================================================================== correct
 
     def accept_prediction(self) -> None:
-        """Copy the predicted glands into the annotations inside the training tiles."""
+        """Put the predicted glands into the annotations inside the training tiles, and only
+        where a prediction exists (a *Predict view* covers part of the tiles: the rest is
+        left alone). 'add' (the default) never changes a painted pixel: it adds the predicted
+        glands that touch none; 'replace' overwrites the painting where predicted. One undo
+        step; the annotations before are kept in the on-disk history."""
         labels = self.labels_layer()
         seg = self.viewer.layers[OUT["seg"]] if OUT["seg"] in self.viewer.layers else None  # noqa: SIM401
-        if labels is None or seg is None or self.project is None or self.entry is None:
+        cov = None if seg is None else seg.metadata.get(COVERED)
+        if labels is None or cov is None or self.project is None or self.entry is None:
             _notify("predict first, then accept", "warning")
             return
-        from ..core.predict import resample
-
-        ls = self.entry.labels_scale
-        s = self.project.state.scale
-        n = 0
+        replace = self.accept_mode.currentIndex() == 1
+        ls, s = self.entry.labels_scale, float(seg.metadata[PRED_SCALE])
+        H, W = labels.data.shape
+        parts = []  # (region, painted, predicted ids, where the prediction may go)
         for t in self.entry.train_tiles():
-            y0, x0 = round(t.y / ls), round(t.x / ls)
-            y1 = min(labels.data.shape[0], round((t.y + t.h) / ls))
-            x1 = min(labels.data.shape[1], round((t.x + t.w) / ls))
-            ws = seg.data[
-                round(t.y / s) : round((t.y + t.h) / s), round(t.x / s) : round((t.x + t.w) / s)
-            ]
-            if ws.size == 0 or y1 <= y0 or x1 <= x0:
+            y0, x0 = max(0, round(t.y / ls)), max(0, round(t.x / ls))
+            y1, x1 = min(H, round((t.y + t.h) / ls)), min(W, round((t.x + t.w) / ls))
+            if y1 <= y0 or x1 <= x0:
                 continue
-            new = resample(ws, (y1 - y0, x1 - x0), nearest=True).astype(labels.data.dtype)
+            # nearest working-scale pixel of each annotation pixel (centre to centre)
+            rows = np.floor((np.arange(y0, y1) + 0.5) * ls / s).astype(int)
+            cols = np.floor((np.arange(x0, x1) + 0.5) * ls / s).astype(int)
+            inside = (rows < cov.shape[0])[:, None] & (cols < cov.shape[1])[None, :]
+            rows, cols = np.minimum(rows, cov.shape[0] - 1), np.minimum(cols, cov.shape[1] - 1)
+            here = cov[np.ix_(rows, cols)] & inside
+            if not here.any():
+                continue
             sl = (slice(y0, y1), slice(x0, x1))
-            self._undo.append((sl, labels.data[sl].copy()))
+            pred = np.where(here, np.asarray(seg.data)[np.ix_(rows, cols)], 0)
+            painted = labels.data[sl]
+            if replace:
+                parts.append((sl, painted, pred, here))
+            else:  # a predicted gland that touches a painted pixel is the user's: skip it
+                touched = np.unique(pred[painted > 0])
+                pred = np.where(np.isin(pred, touched[touched > 0]), 0, pred)
+                parts.append((sl, painted, pred, here & (painted == 0) & (pred > 0)))
+        ids = np.unique(np.concatenate([p[np.where(w)] for _, _, p, w in parts] or [[]]))
+        ids = ids[ids > 0].astype(np.int64)
+        first = int(labels.data.max()) + 1  # fresh ids: no predicted gland merges with one
+        if ids.size and first + ids.size - 1 > np.iinfo(labels.data.dtype).max:
+            _notify("too many gland ids for the annotations layer's type", "error")
+            return
+        patches = []
+        for sl, painted, pred, where in parts:
+            fresh = np.where(pred > 0, first + np.searchsorted(ids, pred), 0)
+            new = np.where(where, fresh, painted).astype(labels.data.dtype)
+            if not np.array_equal(new, painted):
+                patches.append((sl, new))
+        covered = len(parts)
+        if not self._edit_labels(patches, "replace" if replace else "accept"):
+            self._say(
+                "nothing to accept: no prediction in the training tiles yet"
+                if not covered
+                else "nothing to accept: every predicted gland there is already painted"
+            )
+            return
+        self._say(
+            f"accepted the prediction in {len(patches)} tile(s)"
+            + (" (your painting there replaced)" if replace else " (your painting kept)")
+            + "; Undo or correct it with the brush"
+        )
+
+    def _edit_labels(self, patches: list[tuple[tuple[slice, slice], np.ndarray]], why: str) -> bool:
+        """Apply ``patches`` (region, new pixels) to the annotations as ONE undo step, keep
+        the annotations before in the on-disk history, and save. False if nothing changed."""
+        labels = self.labels_layer()
+        if not patches or labels is None or self.project is None or self.entry is None:
+            return False
+        self.project.keep_version(self.entry, np.array(labels.data), f"before-{why}")
+        step = []
+        for sl, new in patches:
+            step.append((sl, labels.data[sl].copy()))
             labels.data[sl] = new
-            n += 1
+        self._undo.append(step)
+        del self._undo[:-UNDO_STEPS]
         labels.refresh()
-        self.undo_btn.setEnabled(bool(self._undo))
+        self.undo_btn.setEnabled(True)
         self.save_annotations()
-        self._say(f"accepted the prediction in {n} tile(s); correct it with the brush")
+        self._fill_history()
+        return True
 
     def undo_accept(self) -> None:
+        """Undo the last accept, restore or 'Label this tile' (all its tiles at once)."""
         labels = self.labels_layer()
         if not self._undo or labels is None:
             return
-        sl, old = self._undo.pop()
-        labels.data[sl] = old
+        for sl, old in reversed(self._undo.pop()):
+            labels.data[sl] = old
         labels.refresh()
         self.undo_btn.setEnabled(bool(self._undo))
         self.save_annotations()
+        self._say("undone")
+
+    def _fill_history(self) -> None:
+        """List the kept versions of the current image's annotations, newest first."""
+        import datetime as dt
+
+        combo = self.history_combo
+        keep = combo.currentData()
+        combo.clear()
+        if self.project is None or self.entry is None:
+            return
+        today = dt.date.today()
+        for path, t, reason in self.project.versions(self.entry, wait=False):
+            when = dt.datetime.fromtimestamp(t)
+            day = "today" if when.date() == today else when.strftime("%Y-%m-%d")
+            combo.addItem(f"{day} {when:%H:%M:%S} · {reason}", str(path))
+        i = combo.findData(keep)
+        combo.setCurrentIndex(max(0, i))
+
+    def restore_version(self) -> None:
+        """Put the chosen earlier version of the annotations back (one undo step; the
+        annotations replaced are kept in the history first)."""
+        labels = self.labels_layer()
+        path = self.history_combo.currentData()
+        if self.project is None or self.entry is None or labels is None or not path:
+            _notify("no earlier version of this image's annotations yet", "warning")
+            return
+        try:
+            old = self.project.load_version(self.entry, path)
+        except InputError as exc:
+            _notify(str(exc), "warning")
+            self._say(str(exc))
+            return
+        if old.shape != labels.data.shape:
+            msg = f"that version is {old.shape[1]} x {old.shape[0]} px, the annotations are not"
+            _notify(msg, "warning")
+            self._say(msg)
+            return
+        diff = np.argwhere(old != labels.data)
+        if diff.size == 0:
+            self._say("that version is what the annotations are now")
+            return
+        (y0, x0), (y1, x1) = diff.min(0), diff.max(0) + 1  # only the changed box is kept
+        sl = (slice(int(y0), int(y1)), slice(int(x0), int(x1)))
+        what = self.history_combo.currentText()
+        self._edit_labels([(sl, old[sl].astype(labels.data.dtype))], "restore")
+        self._say(f"restored the annotations of {what}; Undo puts back the ones before")
 
     # ================================================================== misc
 
