@@ -612,7 +612,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     print(format_table(metrics))
     if args.json:
-        from .core.checkpoint import atomic_write_json
+        from .core.atomic import atomic_write_json
 
         atomic_write_json(args.json, metrics)
     return 0
@@ -634,7 +634,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     print(json.dumps(result, indent=1))
     if args.json:
-        from .core.checkpoint import atomic_write_json
+        from .core.atomic import atomic_write_json
 
         atomic_write_json(args.json, result)
     return 0
@@ -694,7 +694,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     }
     print(json.dumps(doc, indent=1))
     if args.json:
-        from .core.checkpoint import atomic_write_json
+        from .core.atomic import atomic_write_json
 
         atomic_write_json(args.json, doc)
     return 0

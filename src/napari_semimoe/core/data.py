@@ -377,7 +377,7 @@ def make_batch(
 
 
 def save_split(path: Path, labeled: Sequence[str], unlabeled: Sequence[str]) -> None:
-    from .checkpoint import atomic_write_text
+    from .atomic import atomic_write_text
 
     atomic_write_text(
         path, json.dumps({"labeled": list(labeled), "unlabeled": list(unlabeled)}, indent=1)

@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from .checkpoint import CHECKPOINT_NAME, TEMP_PATTERN, atomic_write_json, atomic_write_text
+from .atomic import LEGACY_TEMP_PATTERN, TEMP_PATTERN, atomic_write_json, atomic_write_text
+from .checkpoint import CHECKPOINT_NAME
 from .errors import CheckpointError, InputError
 
 try:
@@ -209,15 +210,19 @@ class RunFolder:
             raise RuntimeError(f"{self.path}: written without holding its lock")
 
     def clean_temp_files(self) -> list[Path]:
-        """Remove what interrupted atomic writes left (only this module's writers' temp
-        files, only while the lock says that no write is under way). Returns them."""
+        """Remove what interrupted atomic writes left (only the temp files of this folder's
+        own files, only while the lock says that no write is under way). Returns them.
+
+        Under the lock every writer of these files is known to be gone, so the pid in a
+        temp name need not be asked (it may have been reused), and the names of older
+        versions (without a pid) are recognised too."""
         self._require_lock()
         gone = []
         for folder, ours in ((self.path, _ROOT_FILES.__contains__), (self.snapshot_dir, None)):
             if not folder.is_dir():
                 continue
             for p in folder.iterdir():
-                m = TEMP_PATTERN.match(p.name)
+                m = TEMP_PATTERN.match(p.name) or LEGACY_TEMP_PATTERN.match(p.name)
                 if not m or not p.is_file():
                     continue
                 name = m.group("name")
