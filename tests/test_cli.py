@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from napari_semimoe.cli import main
 
@@ -117,6 +119,65 @@ def test_resume_needs_only_the_run_folder_every_time(tiny_dataset, tmp_path, cap
     assert code == 2 and "already trained 4 iterations" in err
     code, _, err = run(capsys, "train", "--resume", str(rundir))  # its own total, reached
     assert code == 2 and "give --iterations > 4" in err
+
+
+def _stderr_lines(err: str) -> list[str]:
+    """stderr's lines other than the progress bars'."""
+    lines = err.replace("\r", "\n").splitlines()
+    return [ln for ln in lines if ln.startswith("napari-semimoe")]
+
+
+@pytest.mark.parametrize(
+    ("damaged", "text"),
+    [
+        ("split.json", '{"labeled": ["img'),  # cut by a full disk
+        ("split.json", '{"labeled": [1, [2]], "unlabeled": 3}'),  # wrong types
+        ("config.json", '{"width": 4, "geom'),
+        ("config.json", '{"width": "x", "geometry": {"tile": "big"}}'),
+    ],
+)
+def test_resume_recovers_damaged_run_json_from_the_checkpoint(
+    tiny_dataset, tmp_path, capsys, damaged, text
+):
+    """A damaged split.json or config.json next to a good checkpoint: the resume says in one
+    line which file is damaged and where its facts were recovered from, and trains the same
+    run (bit for bit) as with the files intact."""
+    from napari_semimoe.core.checkpoint import read_checkpoint
+
+    first = tmp_path / "a"
+    code, _, err = _train(capsys, tiny_dataset, first, "--labeled", "2", "--iterations", "2")
+    assert code == 0, err
+    second = tmp_path / "b"
+    shutil.copytree(first, second)
+    code, _, err = run(capsys, "train", "--resume", str(first), "--iterations", "3")
+    assert code == 0, err
+    (second / damaged).write_text(text)
+    code, _, err = run(
+        capsys, "train", "--resume", str(second), "--iterations", "3", "--data", str(tiny_dataset)
+    )
+    assert code == 0, err
+    assert "Traceback" not in err
+    [line] = _stderr_lines(err)
+    assert line.startswith(f"napari-semimoe train: warning: {second / damaged} is damaged (")
+    assert "read from the checkpoint" in line or "read from its checkpoint" in line
+    a, b = read_checkpoint(first)[0], read_checkpoint(second)[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((second / damaged).read_text()) == json.loads((first / damaged).read_text())
+
+
+def test_resume_with_damaged_config_and_no_data_folder_is_one_line(tiny_dataset, tmp_path, capsys):
+    rundir = tmp_path / "run"
+    code, _, err = _train(capsys, tiny_dataset, rundir, "--labeled", "2", "--iterations", "2")
+    assert code == 0, err
+    (rundir / "config.json").write_text("[]")
+    code, out, err = run(capsys, "train", "--resume", str(rundir), "--iterations", "3")
+    assert code == 2 and out == "" and "Traceback" not in err
+    warning, error = _stderr_lines(err)
+    assert "config.json is damaged (not a JSON object)" in warning
+    assert error == (
+        f"napari-semimoe train: error: {rundir}: config.json is damaged and the run does not "
+        "say where its data is; give --data DIR"
+    )
 
 
 def test_a_run_that_never_started_is_not_half_made(tiny_dataset, tmp_path, capsys):

@@ -274,19 +274,17 @@ class _Signals:
         self.stop.set()
 
 
+def _spell(key: str) -> str:
+    """A setting's name as an option: ``input_size`` -> ``--input-size``."""
+    return "--" + key.replace("_", "-")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .core.runfolder import RunFolder
 
     _check_threads(args.threads)
     if args.resume:
-        given = sorted(k for k in RUN_DEFAULTS if hasattr(args, k))
-        if given:
-            opts = ", ".join("--" + k.replace("_", "-") for k in given)
-            raise InputError(
-                f"{opts}: a resumed run keeps the settings it was started with; only "
-                "--iterations, --data, --device, --threads, --compile, --checkpoint-every "
-                "and --snapshot-every apply to --resume"
-            )
+        RunFolder.refuse_run_settings([k for k in RUN_DEFAULTS if hasattr(args, k)], _spell)
     else:
         for k, v in RUN_DEFAULTS.items():
             if not hasattr(args, k):
@@ -314,18 +312,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _start_training(args: argparse.Namespace, folder):
     """Check the run folder and the data, read the images, build the trainer."""
-    from .core.data import choose_labeled, load_training_set, save_split, scan_folder
+    from .core.data import choose_labeled, load_training_set, scan_folder
     from .core.device import resolve_device
     from .core.train import TrainConfig, Trainer
 
     out = folder.path
     if args.resume:
-        labeled, unlabeled, geometry, config, data_dir, unlabeled_dirs = _resume_plan(args, folder)
+        labeled, unlabeled, geometry, config, plan = _resume_plan(args, folder)
+        data_dir, unlabeled_dirs = plan.data_dir, plan.unlabeled_dirs
         # Per-invocation settings, as --device and --threads: they do not change the run.
         config.device, config.threads = args.device, args.threads
         config.checkpoint_every, config.snapshot_every = args.checkpoint_every, args.snapshot_every
         config.compile = args.compile
     else:
+        plan = None
         if folder.has_checkpoint():
             raise InputError(f"{out} already holds a run; use --resume {out} or another --out")
         geometry = _geometry(args)
@@ -363,10 +363,11 @@ def _start_training(args: argparse.Namespace, folder):
     )
     data = load_training_set(labeled, unlabeled, geometry, _tqdm_progress("reading", "img"))
     trainer = Trainer(config, data, folder, resume=bool(args.resume))
-    if not args.resume:
+    if not args.resume or plan.unlabeled is None:
         # Only once the images have been read and the trainer built: a run folder whose
-        # first training could not start holds no split to resume from.
-        save_split(folder.split_path, [it.name for it in labeled], [it.name for it in unlabeled])
+        # first training could not start holds no split to resume from (a damaged one is
+        # written again, as recovered).
+        folder.write_split([it.name for it in labeled], [it.name for it in unlabeled])
     # Where the data lives, so that `--resume RUN` needs nothing else, this time and the
     # next (the trainer keeps it when it rewrites config.json).
     _remember_data(folder, trainer.config, data_dir, unlabeled_dirs)
@@ -374,59 +375,29 @@ def _start_training(args: argparse.Namespace, folder):
 
 
 def _resume_plan(args: argparse.Namespace, folder):
-    """What a resume trains on: the run's split, found in its data folders, and its
-    settings; checked (cheaply) before any image is read."""
-    from .core.checkpoint import read_checkpoint
+    """What a resume trains on: the run folder's plan (checked there, cheaply, before any
+    image is read), its images found in its data folders."""
     from .core.data import Geometry, scan_folder
-    from .core.errors import CheckpointError
     from .core.train import TrainConfig
 
-    out = folder.path
-    if not folder.split_path.exists():
-        raise InputError(f"{out}: not a run folder (no split.json); cannot resume")
-    if not folder.has_checkpoint():
-        raise InputError(
-            f"{out}: this run never saved a checkpoint (its first training failed or was "
-            "stopped before one); start it again with train --data DIR --out " + str(out)
-        )
-    meta = folder.checkpoint_meta()
-    if meta is None:
-        read_checkpoint(folder.checkpoint_path)  # says what is wrong with it
-        raise CheckpointError(f"{folder.checkpoint_path}: not a readable checkpoint")
-    try:
-        cfg_doc = folder.read_json("config.json")
-        if not isinstance(cfg_doc, dict) or "geometry" not in cfg_doc:
-            raise CheckpointError(f"{folder.config_path} is damaged (no settings in it)")
-    except CheckpointError as exc:  # the checkpoint holds the settings too
-        print(f"warning: {exc}; the run's settings are read from its checkpoint", file=sys.stderr)
-        cfg_doc = dict(meta["config"])
-    split = folder.read_json("split.json")
-    if not (isinstance(split, dict) and isinstance(split.get("labeled"), list)):
-        raise CheckpointError(f"{folder.split_path} is damaged (no labeled list in it)")
-    if not args.data and not cfg_doc.get("_data"):
-        raise InputError(f"{out}: the run does not say where its data is; give --data DIR")
-    data_dir = Path(args.data or cfg_doc["_data"])
-    unlabeled_dirs = cfg_doc.get("_unlabeled_dirs", [])
-    items = {it.name: it for it in scan_folder(data_dir)}
-    items.update({it.name: it for it in _unlabeled_items(unlabeled_dirs)})
-    missing = [n for n in split["labeled"] if n not in items]
+    plan = folder.plan_resume(iterations=args.iterations, data=args.data)
+    items = {it.name: it for it in scan_folder(plan.data_dir)}
+    items.update({it.name: it for it in _unlabeled_items(plan.unlabeled_dirs)})
+    missing = [n for n in plan.labeled if n not in items]
     if missing:
         raise InputError(
-            f"labeled images of this run are missing from {data_dir}: {', '.join(missing[:5])}"
+            f"labeled images of this run are missing from {plan.data_dir}: "
+            f"{', '.join(missing[:5])}"
         )
-    labeled = [items[n] for n in split["labeled"]]
-    unlabeled = [items[n] for n in split.get("unlabeled", []) if n in items]
-    geometry = Geometry.from_dict(cfg_doc["geometry"])
-    config = TrainConfig.from_dict(cfg_doc)
-    done = int(meta["state"]["iteration"])
-    total = args.iterations if args.iterations is not None else config.iterations
-    if total <= done:
-        raise InputError(
-            f"{out} has already trained {plural(done, 'iteration')}; give --iterations "
-            f"> {done} to continue"
-        )
-    config.iterations = total
-    return labeled, unlabeled, geometry, config, data_dir, unlabeled_dirs
+    labeled = [items[n] for n in plan.labeled]
+    if plan.unlabeled is None:  # split.json was damaged: the run's other images, as at start
+        unlabeled = [it for n, it in items.items() if n not in set(plan.labeled)]
+    else:
+        unlabeled = [items[n] for n in plan.unlabeled if n in items]
+    geometry = Geometry.from_dict(plan.settings["geometry"])
+    config = TrainConfig.from_dict(plan.settings)
+    config.iterations = plan.iterations
+    return labeled, unlabeled, geometry, config, plan
 
 
 def _run_training(trainer, folder, signals) -> int:
