@@ -326,3 +326,94 @@ def test_console_script_is_installed():
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True)
     for cmd in ("summary", "train", "predict", "evaluate", "suggest", "bench", "gui"):
         assert cmd in out.stdout
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+def _user_log(monkeypatch, folder: Path) -> Path:
+    from napari_semimoe.core.logs import LOG_DIR_ENV, USER_LOG_NAME
+
+    monkeypatch.setenv(LOG_DIR_ENV, str(folder))
+    return folder / USER_LOG_NAME
+
+
+@pytest.mark.parametrize("where", ["step", "start-up"])
+def test_an_unexpected_error_in_training_is_one_line_and_its_traceback_is_logged(
+    tiny_dataset, tmp_path, capsys, monkeypatch, where
+):
+    import napari_semimoe.core.data as data
+    from napari_semimoe.core.train import Trainer
+
+    def broken(*a, **kw):
+        raise ZeroDivisionError("float division by zero")
+
+    monkeypatch.setattr(Trainer, "step", broken) if where == "step" else monkeypatch.setattr(
+        data, "load_training_set", broken
+    )
+    user_log = _user_log(monkeypatch, tmp_path / "logs")
+    rundir = tmp_path / "run"
+    code, out, err = _train(capsys, tiny_dataset, rundir, "--labeled", "2", "--iterations", "3")
+    assert code == 1 and out == ""
+    assert "Traceback" not in err
+    log_file = rundir / "train.log"
+    [line] = _stderr_lines(err)
+    assert line == (
+        "napari-semimoe train: error: unexpected ZeroDivisionError: float division by zero "
+        f"(details: {log_file})"
+    )
+    text = log_file.read_text()
+    assert "Traceback (most recent call last)" in text and "in broken" in text
+    assert "ZeroDivisionError: float division by zero" in text
+    assert "train --data" in text  # the command that failed
+    assert not user_log.exists()
+
+
+def test_an_unexpected_error_in_predict_is_logged_in_the_user_log(
+    tiny_dataset, tmp_path, capsys, monkeypatch
+):
+    import napari_semimoe.core.predict as predict
+
+    rundir = tmp_path / "run"
+    code, _, err = _train(capsys, tiny_dataset, rundir, "--labeled", "2", "--iterations", "1")
+    assert code == 0, err
+
+    def broken(*a, **kw):
+        raise KeyError("maps")
+
+    monkeypatch.setattr(predict, "predict_slide", broken)
+    user_log = _user_log(monkeypatch, tmp_path / "logs")
+    img = tiny_dataset / "images" / "img_0.png"
+    code, out, err = run(capsys, "predict", str(rundir), str(img), "--out", str(tmp_path / "p"))
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        f"napari-semimoe predict: error: unexpected KeyError: 'maps' (details: {user_log})"
+    ]
+    text = user_log.read_text()
+    assert "Traceback (most recent call last)" in text and "KeyError: 'maps'" in text
+    assert not (tmp_path / "p").exists()
+    # A log that cannot be written is said, not a "--- Logging error ---" traceback.
+    (tmp_path / "file").write_text("")
+    _user_log(monkeypatch, tmp_path / "file")
+    code, _, err = run(capsys, "predict", str(rundir), str(img), "--out", str(tmp_path / "p"))
+    assert code == 1 and "Traceback" not in err and "Logging error" not in err
+    [line] = err.strip().splitlines()
+    assert "unexpected KeyError" in line and "traceback could not be logged" in line
+
+
+def test_verbose_shows_debug_logs_and_a_user_mistake_leaves_no_log(
+    tiny_dataset, tmp_path, capsys
+):
+    rundir = tmp_path / "run"
+    code, _, err = run(capsys, "-v", "train", "--data", str(tiny_dataset), "--out", str(rundir),
+                       "--width", "4", "--input-size", "32", "--threads", "1",
+                       "--labeled", "2", "--iterations", "1")  # fmt: skip
+    assert code == 0, err
+    assert f"napari-semimoe train: DEBUG napari_semimoe.core.runfolder: {rundir}: held by" in err
+    assert "checkpoint saved at iteration 1" in (rundir / "train.log").read_text()
+    code, _, err = _train(capsys, tiny_dataset, rundir, "--iterations", "1")
+    assert code == 2 and "already holds a run" in err
+    assert "Traceback" in (rundir / "train.log").read_text()  # the log has it all
+    code, _, err = _train(capsys, tiny_dataset, tmp_path / "new", "--labeled", "9",
+                          "--iterations", "1")  # fmt: skip
+    assert code == 2 and not (tmp_path / "new").exists()  # no folder with only a log

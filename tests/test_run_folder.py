@@ -386,3 +386,33 @@ def test_ctrl_c_while_the_cli_starts_is_one_line(capsys, monkeypatch):
     code, out, err = cli(capsys, "train", "--help")
     assert code == 130 and out == ""
     assert err.strip() == "napari-semimoe: interrupted"
+
+
+# ----------------------------------------------------------------------------- train.log
+
+
+def test_whoever_holds_the_folder_logs_failures_with_tracebacks_to_train_log(
+    small_set, tmp_path, monkeypatch
+):
+    """The plugin's training process goes through the same RunFolder: a failure inside the
+    trainer ends in RUN/train.log with its traceback; a user mistake in a folder that holds
+    no run leaves neither log nor folder behind."""
+
+    def broken(self):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(Trainer, "step", broken)
+    run = tmp_path / "r"
+    with pytest.raises(ZeroDivisionError), RunFolder(run) as folder:
+        Trainer(config(), small_set, folder).run()
+    text = (run / "train.log").read_text()
+    assert "failed: ZeroDivisionError: division by zero" in text
+    assert "Traceback (most recent call last)" in text and "in broken" in text
+    for mistake, kept in ((InputError("bad tile"), False), (RuntimeError("bug"), True)):
+        new = tmp_path / f"new-{kept}"
+        with pytest.raises(type(mistake)), RunFolder(new):
+            raise mistake
+        assert new.exists() is kept
+        if kept:
+            assert sorted(p.name for p in new.iterdir()) == ["train.log"]
+            assert "RuntimeError: bug" in (new / "train.log").read_text()

@@ -20,6 +20,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .core.errors import InputError, plural
+from .core.logs import FILE_ONLY, for_screen
+
+_log = logging.getLogger("napari_semimoe.cli")
 
 # ----------------------------------------------------------------------------- option checks
 # Every numeric option is parsed by one of these: out of range, non-finite or absurdly large
@@ -300,6 +303,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         try:
             # Locked first: a second train on the same folder fails at once, naming the first.
             with folder.lock(create=not args.resume):
+                args.log_file = folder.train_log_path  # where a failure's traceback goes
+                _log.info("%s", _invocation(args), extra={FILE_ONLY: True})
                 trainer = _start_training(args, folder)
                 signals.training = True
                 return _run_training(trainer, folder, signals)
@@ -408,6 +413,11 @@ def _run_training(trainer, folder, signals) -> int:
     semi = [True]
 
     def on_event(ev) -> None:
+        if ev.kind not in ("iteration", "checkpoint"):
+            _log.info("%s at iteration %d: %s", ev.kind, ev.iteration, ev.message,
+                      extra={FILE_ONLY: True})  # fmt: skip
+        elif ev.kind == "checkpoint":
+            _log.info("checkpoint saved at iteration %d", ev.iteration, extra={FILE_ONLY: True})
         if ev.kind == "iteration":
             bar.update(ev.iteration - bar.n)
             lo = ev.losses
@@ -686,6 +696,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Semi-MoE gland segmentation: train, predict, evaluate and suggest what to "
         "label next, headless; `gui` opens napari with the plugin.",
     )
+    verbose_help = "debug logs on stderr (they always go to the log file too)"
+    p.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("summary", help="print the model's parameter counts as JSON")
@@ -914,24 +926,72 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     b.add_argument("--json", type=out_file)
     b.set_defaults(func=cmd_bench)
+    for q in sub.choices.values():  # -v after the command too
+        q.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help=verbose_help)  # fmt: skip
     return p
 
 
 class _StderrWarnings(logging.Handler):
-    """The core's warnings as one line each on the stderr of the moment (tests swap it)."""
+    """The core's warnings as one line each on the stderr of the moment (tests swap it);
+    records for the log files only (a failure's traceback) are not shown."""
 
     def __init__(self, prog: str) -> None:
         super().__init__(logging.WARNING)
         self.prog = prog
+        self.addFilter(for_screen)
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = " ".join(record.getMessage().split("\n"))
         print(f"{self.prog}: warning: {msg}", file=sys.stderr)
 
 
-def _one_line(exc: BaseException) -> str:
+class _StderrDebug(logging.Handler):
+    """``--verbose``: the package's debug and info records (and the tracebacks meant for
+    the log file) on stderr; warnings are shown by :class:`_StderrWarnings` already."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.prog = prog
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        shown = record.levelno < logging.WARNING if for_screen(record) else record.exc_info
+        if shown:
+            print(f"{self.prog}: {self.format(record)}", file=sys.stderr)
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
     return text or type(exc).__name__
+
+
+def _invocation(args: argparse.Namespace) -> str:
+    from . import __version__
+
+    return f"napari-semimoe {__version__}: {' '.join(getattr(args, 'argv', []))}"
+
+
+def _unexpected(prog: str, args: argparse.Namespace, exc: Exception) -> str:
+    """The one line for an error that is not a known mistake (a bug, most likely); its
+    traceback goes to the run's train.log (logged there by the run folder while it was
+    held) or else to the user log (see :mod:`napari_semimoe.core.logs`)."""
+    from .core.logs import attach_user_log, detach_file_log, log_failure
+
+    what = f"{prog}: error: unexpected {type(exc).__name__}: {_one_line(exc)}"
+    log_file = getattr(args, "log_file", None)
+    if log_file is not None and Path(log_file).exists():
+        return f"{what} (details: {log_file})"
+    handler = attach_user_log()
+    try:
+        log_failure(_log, f"{_invocation(args)}: failed", exc)
+    finally:
+        detach_file_log(handler)
+    if handler.failed is not None or not handler.path.exists():
+        return f"{what} (its traceback could not be logged: {handler.failed or 'no log file'})"
+    return f"{what} (details: {handler.path})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -948,19 +1008,29 @@ def _main(argv: list[str] | None) -> int:
     except SystemExit as exc:  # a usage mistake (one line, said already) or --help
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     from .core.checkpoint import CheckpointError
+    from .core.logs import attach_user_log, detach_file_log
     from .core.train import TrainingError
 
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     prog = f"napari-semimoe {args.command}"
-    handler = _StderrWarnings(prog)
     pkg_log = logging.getLogger("napari_semimoe")
-    pkg_log.addHandler(handler)
+    handlers: list[logging.Handler] = [_StderrWarnings(prog)]
+    saved_level = pkg_log.level
+    if getattr(args, "verbose", False):
+        handlers.append(_StderrDebug(prog))
+        pkg_log.setLevel(logging.DEBUG)
+    for h in handlers:
+        pkg_log.addHandler(h)
+    # A training run logs to its train.log (the run folder attaches it while it is held);
+    # the other commands to the user log.
+    user_log = attach_user_log() if args.command != "train" else None
     # tifffile logs its own complaints about a damaged file; the reader turns them into one
     # error line, so they would only be a second, cryptic line on stderr.
     logging.getLogger("tifffile").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except (InputError, CheckpointError, TrainingError) as exc:
-        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(exc, limit=2000)}", file=sys.stderr)
         return 2
     except InterruptedError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
@@ -982,8 +1052,18 @@ def _main(argv: list[str] | None) -> int:
     except MemoryError:
         print(f"{prog}: error: not enough memory; try a smaller --tile or --batch", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug: one line here, the traceback in a log file
+        if user_log is not None:
+            detach_file_log(user_log)
+            user_log = None
+        print(_unexpected(prog, args, exc), file=sys.stderr)
+        return 1
     finally:
-        pkg_log.removeHandler(handler)
+        if user_log is not None:
+            detach_file_log(user_log)
+        for h in handlers:
+            pkg_log.removeHandler(h)
+        pkg_log.setLevel(saved_level)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
       checkpoint.safetensors    weights, optimiser and RNG state, training state
       history.json              the losses of every iteration, up to the checkpoint or beyond
       log.jsonl                 the same records, one line per iteration as it happens
+      train.log                 the package's log while the folder is held, with the full
+                                traceback of any failure (see :mod:`.logs`)
       snapshots/iter_NNNNNNN.safetensors   weights kept every ``snapshot_every`` iterations
 
 Every writer (the CLI, the plugin's training process, through :class:`~.train.Trainer`)
@@ -34,6 +36,7 @@ from typing import IO, Any
 from .atomic import LEGACY_TEMP_PATTERN, TEMP_PATTERN, atomic_write_json, atomic_write_text
 from .checkpoint import CHECKPOINT_NAME
 from .errors import CheckpointError, InputError, plural
+from .logs import attach_file_log, detach_file_log, log_failure
 from .validate import geometry_problem, is_int, is_number
 
 try:
@@ -44,6 +47,7 @@ except ImportError:  # Windows
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
+TRAIN_LOG_NAME = "train.log"
 #: The files the run folder's writers replace atomically (their temp files are ours).
 _ROOT_FILES = {CHECKPOINT_NAME, "config.json", "split.json", "history.json", "log.jsonl"}
 _SNAPSHOT = re.compile(r"^iter_\d{6,}\.safetensors$")
@@ -157,6 +161,8 @@ class RunFolder:
         self.path = Path(path)
         self._lock_file: IO[str] | None = None
         self._created = False
+        self._log_handler: Any = None
+        self._keep_log = False
 
     # ------------------------------------------------------------------ paths
 
@@ -179,6 +185,10 @@ class RunFolder:
     @property
     def log_path(self) -> Path:
         return self.path / "log.jsonl"
+
+    @property
+    def train_log_path(self) -> Path:
+        return self.path / TRAIN_LOG_NAME
 
     @property
     def lock_path(self) -> Path:
@@ -259,6 +269,11 @@ class RunFolder:
         fh.write(f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
         fh.flush()
         self._lock_file = fh
+        # Whoever holds the folder logs to its train.log; a log that this holder started
+        # in a folder that ends up holding no run (a start refused for bad input) goes.
+        self._keep_log = self.train_log_path.exists()
+        self._log_handler = attach_file_log(self.train_log_path)
+        log.debug("%s: held by pid %d on %s", self.path, os.getpid(), socket.gethostname())
         self.clean_temp_files()
         return self
 
@@ -274,16 +289,40 @@ class RunFolder:
         if fh is None:
             return
         try:
+            handler, self._log_handler = self._log_handler, None
+            if handler is not None:
+                detach_file_log(handler)
+                if not self._keep_log and not self._holds_run():
+                    self.train_log_path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 self.lock_path.unlink()  # while still held, see lock()
             self._forget_created()
         finally:
             fh.close()
 
+    def _holds_run(self) -> bool:
+        names = (CHECKPOINT_NAME, "config.json", "split.json", "history.json", "log.jsonl")
+        return any((self.path / n).exists() for n in names) or self.snapshot_dir.is_dir()
+
+    def log_failure(self, exc: BaseException) -> None:
+        """Log why the holder stops: Ctrl-C in a line, anything else with its traceback in
+        train.log. A failure that is not a user mistake keeps the log even where the
+        folder holds no run yet: the traceback is what a bug report needs."""
+        if not self.held:
+            return
+        if isinstance(exc, KeyboardInterrupt):
+            log.info("%s: interrupted (%s)", self.path, type(exc).__name__)
+            return
+        log_failure(log, f"{self.path}: failed: {type(exc).__name__}: {exc}", exc)
+        if not isinstance(exc, InputError):
+            self._keep_log = True
+
     def __enter__(self) -> RunFolder:
         return self.lock()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is not None:
+            self.log_failure(exc)
         self.unlock()
 
     def _require_lock(self) -> None:
@@ -552,6 +591,7 @@ class RunFolder:
 
 __all__ = [
     "LOCK_NAME",
+    "TRAIN_LOG_NAME",
     "RESUME_SETTINGS",
     "ResumePlan",
     "RunFolder",
