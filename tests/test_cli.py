@@ -417,3 +417,21 @@ def test_verbose_shows_debug_logs_and_a_user_mistake_leaves_no_log(
     code, _, err = _train(capsys, tiny_dataset, tmp_path / "new", "--labeled", "9",
                           "--iterations", "1")  # fmt: skip
     assert code == 2 and not (tmp_path / "new").exists()  # no folder with only a log
+
+
+def test_a_new_run_gets_the_run_configs_defaults(tiny_dataset, tmp_path, capsys):
+    """Options not given are the one config's defaults (TrainConfig, Geometry): the CLI
+    keeps no defaults of its own that could drift from the trainer's or the plugin's."""
+    import dataclasses
+
+    from napari_semimoe.core.data import Geometry
+    from napari_semimoe.core.train import TrainConfig
+
+    rundir = tmp_path / "run"
+    code, _, err = run(capsys, "train", "--data", str(tiny_dataset), "--out", str(rundir),
+                       "--width", "4", "--input-size", "32", "--iterations", "1")  # fmt: skip
+    assert code == 0, err
+    saved = json.loads((rundir / "config.json").read_text())
+    given = {"width": 4, "iterations": 1, "geometry": Geometry(input_size=32).to_dict()}
+    expected = {**dataclasses.asdict(TrainConfig()), **given}
+    assert {k: saved[k] for k in expected} == expected

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from .core.errors import InputError, plural
 from .core.logs import FILE_ONLY, for_screen
+from .core.validate import check_geometry, tile_problem, width_problem
 
 _log = logging.getLogger("napari_semimoe.cli")
 
@@ -45,6 +47,22 @@ def int_option(lo: int, hi: int, multiple: int = 1) -> Callable[[str], int]:
     return parse
 
 
+def checked_int(problem: Callable[[int], str | None], kind: str) -> Callable[[str], int]:
+    """argparse ``type=``: an integer that core's check ``problem`` accepts."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}") from None
+        bad = problem(v)
+        if bad:
+            raise argparse.ArgumentTypeError(bad)
+        return v
+
+    return parse
+
+
 def float_option(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[str], float]:
     """argparse ``type=``: a finite number in [lo, hi] (or (lo, hi] with ``lo_open``)."""
     span = f"{'above' if lo_open else 'from'} {lo:g} {'and at most' if lo_open else 'to'} {hi:g}"
@@ -64,9 +82,11 @@ def float_option(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[st
 
 
 #: Ranges of the numeric options (generous: they only stop what cannot be meant).
-WIDTH = int_option(2, 128, multiple=2)  # 128 is twice upstream's 64: 415 M parameters
+MAX_CLI_WIDTH = 128  # twice upstream's 64: 415 M parameters
+MAX_CLI_TILE = 4096
+WIDTH = checked_int(lambda v: width_problem(v, hi=MAX_CLI_WIDTH), "an even integer")
 THREADS = int_option(1, 4096)
-TILE = int_option(16, 4096, multiple=16)
+TILE = checked_int(lambda v: tile_problem(v, hi=MAX_CLI_TILE), "a multiple of 16")
 SIZE = int_option(16, 4096)
 OVERLAP = int_option(0, 2048)
 BATCH = int_option(1, 1024)
@@ -194,31 +214,70 @@ def cmd_summary(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- train
 
 #: train options that define a run (model, data split, schedule); a resumed run keeps its own,
-#: so giving one with --resume is refused instead of silently ignored. Their defaults:
-RUN_DEFAULTS: dict[str, object] = {
-    "width": 16,
-    "labeled": None,
-    "labeled_fraction": None,
-    "unlabeled": None,
-    "seed": 0,
-    "lr": 0.5,
-    "gamma": 0.4,
-    "lambda_max": 0.5,
-    "scale": 1.0,
-    "input_size": None,
-    "tile": 256,
-    "precision": "auto",
-    "batch_norm": "pooled",
-    "supervised_only": False,
-    "reference": False,
-    "instance_boundaries": False,
-    "deterministic": False,
-}
+#: so giving one with --resume is refused instead of silently ignored. Their defaults are
+#: the run config's (:func:`run_defaults`).
+RUN_OPTIONS = (
+    "width",
+    "labeled",
+    "labeled_fraction",
+    "unlabeled",
+    "seed",
+    "lr",
+    "gamma",
+    "lambda_max",
+    "scale",
+    "input_size",
+    "tile",
+    "precision",
+    "batch_norm",
+    "supervised_only",
+    "reference",
+    "instance_boundaries",
+    "deterministic",
+)
+
+
+@functools.cache
+def run_defaults() -> dict[str, object]:
+    """The defaults of :data:`RUN_OPTIONS`, read from the one config (TrainConfig and
+    Geometry), so that the CLI, the trainer and the plugin cannot disagree."""
+    from .core.data import Geometry
+
+    c, g = _config_defaults(), Geometry()
+    defaults: dict[str, object] = {
+        "width": c.width,
+        "labeled": None,  # every image with a mask
+        "labeled_fraction": None,
+        "unlabeled": None,
+        "seed": c.seed,
+        "lr": c.lr,
+        "gamma": c.gamma,
+        "lambda_max": c.lambda_max,
+        "scale": g.scale,
+        "input_size": g.input_size,
+        "tile": g.tile,
+        "precision": c.precision,
+        "batch_norm": c.batch_norm,
+        "supervised_only": c.supervised_only,
+        "reference": not c.fast,
+        "instance_boundaries": c.per_instance_boundary,
+        "deterministic": c.deterministic,
+    }
+    assert tuple(defaults) == RUN_OPTIONS
+    return defaults
+
+
+@functools.cache
+def _config_defaults():
+    from .core.train import TrainConfig
+
+    return TrainConfig()
 
 
 def _check_width(width: int) -> None:
-    if width < 2 or width % 2:
-        raise InputError(f"--width must be an even integer >= 2, got {width}")
+    bad = width_problem(width, hi=MAX_CLI_WIDTH)
+    if bad:
+        raise InputError(f"--width {bad}")
 
 
 def _check_threads(threads: int | None) -> None:
@@ -227,17 +286,12 @@ def _check_threads(threads: int | None) -> None:
 
 
 def _geometry(args: argparse.Namespace):
-    from .core.data import Geometry
+    return check_geometry(args.scale, args.input_size, args.tile, spell=_spell)
 
-    if args.input_size and args.scale != 1.0:
-        raise InputError("use either --input-size or --scale, not both")
-    if args.input_size and args.input_size % 16:
-        raise InputError("--input-size must be a multiple of 16")
-    if args.tile % 16:
-        raise InputError("--tile must be a multiple of 16")
-    if args.scale < 1:
-        raise InputError("--scale is a downsample factor and must be >= 1")
-    return Geometry(scale=args.scale, input_size=args.input_size, tile=args.tile)
+
+def _spell(key: str) -> str:
+    """A setting's name as an option: ``input_size`` -> ``--input-size``."""
+    return "--" + key.replace("_", "-")
 
 
 class _Signals:
@@ -277,19 +331,14 @@ class _Signals:
         self.stop.set()
 
 
-def _spell(key: str) -> str:
-    """A setting's name as an option: ``input_size`` -> ``--input-size``."""
-    return "--" + key.replace("_", "-")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .core.runfolder import RunFolder
 
     _check_threads(args.threads)
     if args.resume:
-        RunFolder.refuse_run_settings([k for k in RUN_DEFAULTS if hasattr(args, k)], _spell)
+        RunFolder.refuse_run_settings([k for k in RUN_OPTIONS if hasattr(args, k)], _spell)
     else:
-        for k, v in RUN_DEFAULTS.items():
+        for k, v in run_defaults().items():
             if not hasattr(args, k):
                 setattr(args, k, v)
         if not args.data:
@@ -492,8 +541,9 @@ def _predictor(args: argparse.Namespace):
     from .core.predict import PredictOptions, Predictor, load_model
 
     _check_threads(args.threads)
-    if args.tile is not None and (args.tile < 16 or args.tile % 16):
-        raise InputError(f"--tile must be a positive multiple of 16, got {args.tile}")
+    bad = None if args.tile is None else tile_problem(args.tile)
+    if bad:
+        raise InputError(f"--tile {bad}")
     loaded = load_model(args.run, args.device)
     opts = PredictOptions(
         tile=args.tile,
@@ -712,9 +762,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Run-defining options (model, split, schedule) cannot change on --resume.",
     )
     # Run-defining options default to "not given" (SUPPRESS) so that --resume can refuse
-    # them instead of ignoring them; cmd_train fills in RUN_DEFAULTS for a new run.
+    # them instead of ignoring them; cmd_train fills in run_defaults() for a new run.
     run_opt = {"default": argparse.SUPPRESS}
-    D = RUN_DEFAULTS  # the help texts state the defaults that cmd_train fills in
+    D = run_defaults()  # the help texts state the defaults that cmd_train fills in
+    C = _config_defaults()  # the per-invocation settings' defaults
     t.add_argument("--data", help="folder with images/ and masks/")
     g = t.add_mutually_exclusive_group()
     g.add_argument(
@@ -754,7 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"labeled split, init and augmentation (default {D['seed']})",
         **run_opt,
     )
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    t.add_argument("--device", default=C.device, help="auto, cpu, cuda, cuda:N, mps")
     t.add_argument("--threads", type=THREADS, help="CPU threads (default: all)")
     t.add_argument(
         "--out", type=out_folder, default="runs/semimoe", help="run folder (default %(default)s)"
@@ -810,7 +861,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--compile",
-        default="auto",
+        default=C.compile,
         choices=["auto", "on", "off"],
         help="torch.compile the experts (auto = off: measured no faster on CPU or GPU)",
     )
@@ -836,13 +887,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--checkpoint-every",
         type=COUNT,
-        default=100,
+        default=C.checkpoint_every,
         help="save the checkpoint every N iterations (default %(default)s)",
     )
     t.add_argument(
         "--snapshot-every",
         type=EVERY,
-        default=0,
+        default=C.snapshot_every,
         help="keep weights every N iterations (for learning curves)",
     )
     t.set_defaults(func=cmd_train)
@@ -914,7 +965,7 @@ def build_parser() -> argparse.ArgumentParser:
     gu.set_defaults(func=cmd_gui)
 
     b = sub.add_parser("bench", help="training and prediction speed: fast vs fp32 reference")
-    b.add_argument("--width", type=WIDTH, default=16)
+    b.add_argument("--width", type=WIDTH, default=C.width)
     b.add_argument("--repeats", type=REPEATS, default=7)
     b.add_argument(
         "--compile",
