@@ -28,6 +28,7 @@ from scipy import ndimage as ndi
 
 from .atomic import atomic_path
 from .errors import InputError
+from .validate import tile_problem
 
 log = logging.getLogger(__name__)
 
@@ -940,8 +941,9 @@ def _write_levels(
     """Write level 0 from ``band0`` and level k >= 1 from ``sinks[k - 1]`` (filled on the way)."""
     import tifffile
 
-    if tile % 16 or tile < 16:
-        raise ValueError(f"tile must be a multiple of 16, got {tile}")
+    bad = tile_problem(tile, hi=2**30)  # any multiple of 16: the file's tiles, not a model's
+    if bad:
+        raise ValueError(f"tile {bad}")
     raw = sum(h * w * 3 for h, w in shapes)
     H0, W0 = shapes[0]
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=raw > 2**31, ome=subifds) as tw:
