@@ -416,3 +416,20 @@ def test_whoever_holds_the_folder_logs_failures_with_tracebacks_to_train_log(
         if kept:
             assert sorted(p.name for p in new.iterdir()) == ["train.log"]
             assert "RuntimeError: bug" in (new / "train.log").read_text()
+
+
+def test_a_split_that_cannot_be_recovered_is_one_error_naming_it(small_set, tmp_path):
+    from safetensors.torch import save_file
+
+    run = tmp_path / "r"
+    Trainer(config(iterations=2), small_set, run).run()
+    tensors, doc = read_checkpoint(run)
+    del doc["meta"]["labeled_names"]  # a checkpoint that does not list its labeled images
+    save_file(tensors, str(run / "checkpoint.safetensors"), metadata={"json": json.dumps(doc)})
+    (run / "split.json").write_text("{")
+    with pytest.raises(InputError) as err:
+        RunFolder(run).plan_resume(iterations=4, data=tmp_path)
+    msg = str(err.value)
+    assert msg.startswith(f"{run / 'split.json'} is damaged (")
+    assert "does not list its labeled images; the run cannot be resumed" in msg
+    assert "\n" not in msg
