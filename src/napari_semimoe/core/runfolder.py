@@ -16,6 +16,10 @@ takes the lock first, so two trainings can never mix their files in one folder. 
 an OS advisory lock (``flock``), which the kernel drops when its process dies, even by
 ``kill -9``: a stale ``.lock`` file never blocks a resume. Whoever holds the lock removes
 the temp files that interrupted atomic writes left behind.
+
+The module is longer than most (about 600 lines) because it is the one place that knows
+these files: the lock, the clean-up, the JSON files, the log and the resume rules all work
+on the same paths, and splitting them would give the folder several owners again.
 """
 
 from __future__ import annotations
