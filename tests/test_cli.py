@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from napari_semimoe.cli import main
 
@@ -117,6 +119,65 @@ def test_resume_needs_only_the_run_folder_every_time(tiny_dataset, tmp_path, cap
     assert code == 2 and "already trained 4 iterations" in err
     code, _, err = run(capsys, "train", "--resume", str(rundir))  # its own total, reached
     assert code == 2 and "give --iterations > 4" in err
+
+
+def _stderr_lines(err: str) -> list[str]:
+    """stderr's lines other than the progress bars'."""
+    lines = err.replace("\r", "\n").splitlines()
+    return [ln for ln in lines if ln.startswith("napari-semimoe")]
+
+
+@pytest.mark.parametrize(
+    ("damaged", "text"),
+    [
+        ("split.json", '{"labeled": ["img'),  # cut by a full disk
+        ("split.json", '{"labeled": [1, [2]], "unlabeled": 3}'),  # wrong types
+        ("config.json", '{"width": 4, "geom'),
+        ("config.json", '{"width": "x", "geometry": {"tile": "big"}}'),
+    ],
+)
+def test_resume_recovers_damaged_run_json_from_the_checkpoint(
+    tiny_dataset, tmp_path, capsys, damaged, text
+):
+    """A damaged split.json or config.json next to a good checkpoint: the resume says in one
+    line which file is damaged and where its facts were recovered from, and trains the same
+    run (bit for bit) as with the files intact."""
+    from napari_semimoe.core.checkpoint import read_checkpoint
+
+    first = tmp_path / "a"
+    code, _, err = _train(capsys, tiny_dataset, first, "--labeled", "2", "--iterations", "2")
+    assert code == 0, err
+    second = tmp_path / "b"
+    shutil.copytree(first, second)
+    code, _, err = run(capsys, "train", "--resume", str(first), "--iterations", "3")
+    assert code == 0, err
+    (second / damaged).write_text(text)
+    code, _, err = run(
+        capsys, "train", "--resume", str(second), "--iterations", "3", "--data", str(tiny_dataset)
+    )
+    assert code == 0, err
+    assert "Traceback" not in err
+    [line] = _stderr_lines(err)
+    assert line.startswith(f"napari-semimoe train: warning: {second / damaged} is damaged (")
+    assert "read from the checkpoint" in line or "read from its checkpoint" in line
+    a, b = read_checkpoint(first)[0], read_checkpoint(second)[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((second / damaged).read_text()) == json.loads((first / damaged).read_text())
+
+
+def test_resume_with_damaged_config_and_no_data_folder_is_one_line(tiny_dataset, tmp_path, capsys):
+    rundir = tmp_path / "run"
+    code, _, err = _train(capsys, tiny_dataset, rundir, "--labeled", "2", "--iterations", "2")
+    assert code == 0, err
+    (rundir / "config.json").write_text("[]")
+    code, out, err = run(capsys, "train", "--resume", str(rundir), "--iterations", "3")
+    assert code == 2 and out == "" and "Traceback" not in err
+    warning, error = _stderr_lines(err)
+    assert "config.json is damaged (not a JSON object)" in warning
+    assert error == (
+        f"napari-semimoe train: error: {rundir}: config.json is damaged and the run does not "
+        "say where its data is; give --data DIR"
+    )
 
 
 def test_a_run_that_never_started_is_not_half_made(tiny_dataset, tmp_path, capsys):
@@ -265,3 +326,112 @@ def test_console_script_is_installed():
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True)
     for cmd in ("summary", "train", "predict", "evaluate", "suggest", "bench", "gui"):
         assert cmd in out.stdout
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+def _user_log(monkeypatch, folder: Path) -> Path:
+    from napari_semimoe.core.logs import LOG_DIR_ENV, USER_LOG_NAME
+
+    monkeypatch.setenv(LOG_DIR_ENV, str(folder))
+    return folder / USER_LOG_NAME
+
+
+@pytest.mark.parametrize("where", ["step", "start-up"])
+def test_an_unexpected_error_in_training_is_one_line_and_its_traceback_is_logged(
+    tiny_dataset, tmp_path, capsys, monkeypatch, where
+):
+    import napari_semimoe.core.data as data
+    from napari_semimoe.core.train import Trainer
+
+    def broken(*a, **kw):
+        raise ZeroDivisionError("float division by zero")
+
+    monkeypatch.setattr(Trainer, "step", broken) if where == "step" else monkeypatch.setattr(
+        data, "load_training_set", broken
+    )
+    user_log = _user_log(monkeypatch, tmp_path / "logs")
+    rundir = tmp_path / "run"
+    code, out, err = _train(capsys, tiny_dataset, rundir, "--labeled", "2", "--iterations", "3")
+    assert code == 1 and out == ""
+    assert "Traceback" not in err
+    log_file = rundir / "train.log"
+    [line] = _stderr_lines(err)
+    assert line == (
+        "napari-semimoe train: error: unexpected ZeroDivisionError: float division by zero "
+        f"(details: {log_file})"
+    )
+    text = log_file.read_text()
+    assert "Traceback (most recent call last)" in text and "in broken" in text
+    assert "ZeroDivisionError: float division by zero" in text
+    assert "train --data" in text  # the command that failed
+    assert not user_log.exists()
+
+
+def test_an_unexpected_error_in_predict_is_logged_in_the_user_log(
+    tiny_dataset, tmp_path, capsys, monkeypatch
+):
+    import napari_semimoe.core.predict as predict
+
+    rundir = tmp_path / "run"
+    code, _, err = _train(capsys, tiny_dataset, rundir, "--labeled", "2", "--iterations", "1")
+    assert code == 0, err
+
+    def broken(*a, **kw):
+        raise KeyError("maps")
+
+    monkeypatch.setattr(predict, "predict_slide", broken)
+    user_log = _user_log(monkeypatch, tmp_path / "logs")
+    img = tiny_dataset / "images" / "img_0.png"
+    code, out, err = run(capsys, "predict", str(rundir), str(img), "--out", str(tmp_path / "p"))
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        f"napari-semimoe predict: error: unexpected KeyError: 'maps' (details: {user_log})"
+    ]
+    text = user_log.read_text()
+    assert "Traceback (most recent call last)" in text and "KeyError: 'maps'" in text
+    assert not (tmp_path / "p").exists()
+    # A log that cannot be written is said, not a "--- Logging error ---" traceback.
+    (tmp_path / "file").write_text("")
+    _user_log(monkeypatch, tmp_path / "file")
+    code, _, err = run(capsys, "predict", str(rundir), str(img), "--out", str(tmp_path / "p"))
+    assert code == 1 and "Traceback" not in err and "Logging error" not in err
+    [line] = err.strip().splitlines()
+    assert "unexpected KeyError" in line and "traceback could not be logged" in line
+
+
+def test_verbose_shows_debug_logs_and_a_user_mistake_leaves_no_log(
+    tiny_dataset, tmp_path, capsys
+):
+    rundir = tmp_path / "run"
+    code, _, err = run(capsys, "-v", "train", "--data", str(tiny_dataset), "--out", str(rundir),
+                       "--width", "4", "--input-size", "32", "--threads", "1",
+                       "--labeled", "2", "--iterations", "1")  # fmt: skip
+    assert code == 0, err
+    assert f"napari-semimoe train: DEBUG napari_semimoe.core.runfolder: {rundir}: held by" in err
+    assert "checkpoint saved at iteration 1" in (rundir / "train.log").read_text()
+    code, _, err = _train(capsys, tiny_dataset, rundir, "--iterations", "1")
+    assert code == 2 and "already holds a run" in err
+    assert "Traceback" in (rundir / "train.log").read_text()  # the log has it all
+    code, _, err = _train(capsys, tiny_dataset, tmp_path / "new", "--labeled", "9",
+                          "--iterations", "1")  # fmt: skip
+    assert code == 2 and not (tmp_path / "new").exists()  # no folder with only a log
+
+
+def test_a_new_run_gets_the_run_configs_defaults(tiny_dataset, tmp_path, capsys):
+    """Options not given are the one config's defaults (TrainConfig, Geometry): the CLI
+    keeps no defaults of its own that could drift from the trainer's or the plugin's."""
+    import dataclasses
+
+    from napari_semimoe.core.data import Geometry
+    from napari_semimoe.core.train import TrainConfig
+
+    rundir = tmp_path / "run"
+    code, _, err = run(capsys, "train", "--data", str(tiny_dataset), "--out", str(rundir),
+                       "--width", "4", "--input-size", "32", "--iterations", "1")  # fmt: skip
+    assert code == 0, err
+    saved = json.loads((rundir / "config.json").read_text())
+    given = {"width": 4, "iterations": 1, "geometry": Geometry(input_size=32).to_dict()}
+    expected = {**dataclasses.asdict(TrainConfig()), **given}
+    assert {k: saved[k] for k in expected} == expected

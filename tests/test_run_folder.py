@@ -386,3 +386,50 @@ def test_ctrl_c_while_the_cli_starts_is_one_line(capsys, monkeypatch):
     code, out, err = cli(capsys, "train", "--help")
     assert code == 130 and out == ""
     assert err.strip() == "napari-semimoe: interrupted"
+
+
+# ----------------------------------------------------------------------------- train.log
+
+
+def test_whoever_holds_the_folder_logs_failures_with_tracebacks_to_train_log(
+    small_set, tmp_path, monkeypatch
+):
+    """The plugin's training process goes through the same RunFolder: a failure inside the
+    trainer ends in RUN/train.log with its traceback; a user mistake in a folder that holds
+    no run leaves neither log nor folder behind."""
+
+    def broken(self):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(Trainer, "step", broken)
+    run = tmp_path / "r"
+    with pytest.raises(ZeroDivisionError), RunFolder(run) as folder:
+        Trainer(config(), small_set, folder).run()
+    text = (run / "train.log").read_text()
+    assert "failed: ZeroDivisionError: division by zero" in text
+    assert "Traceback (most recent call last)" in text and "in broken" in text
+    for mistake, kept in ((InputError("bad tile"), False), (RuntimeError("bug"), True)):
+        new = tmp_path / f"new-{kept}"
+        with pytest.raises(type(mistake)), RunFolder(new):
+            raise mistake
+        assert new.exists() is kept
+        if kept:
+            assert sorted(p.name for p in new.iterdir()) == ["train.log"]
+            assert "RuntimeError: bug" in (new / "train.log").read_text()
+
+
+def test_a_split_that_cannot_be_recovered_is_one_error_naming_it(small_set, tmp_path):
+    from safetensors.torch import save_file
+
+    run = tmp_path / "r"
+    Trainer(config(iterations=2), small_set, run).run()
+    tensors, doc = read_checkpoint(run)
+    del doc["meta"]["labeled_names"]  # a checkpoint that does not list its labeled images
+    save_file(tensors, str(run / "checkpoint.safetensors"), metadata={"json": json.dumps(doc)})
+    (run / "split.json").write_text("{")
+    with pytest.raises(InputError) as err:
+        RunFolder(run).plan_resume(iterations=4, data=tmp_path)
+    msg = str(err.value)
+    assert msg.startswith(f"{run / 'split.json'} is damaged (")
+    assert "does not list its labeled images; the run cannot be resumed" in msg
+    assert "\n" not in msg

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -20,6 +21,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .core.errors import InputError, plural
+from .core.logs import FILE_ONLY, for_screen
+from .core.validate import check_geometry, tile_problem, width_problem
+
+_log = logging.getLogger("napari_semimoe.cli")
 
 # ----------------------------------------------------------------------------- option checks
 # Every numeric option is parsed by one of these: out of range, non-finite or absurdly large
@@ -37,6 +42,22 @@ def int_option(lo: int, hi: int, multiple: int = 1) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}") from None
         if not lo <= v <= hi or v % multiple:
             raise argparse.ArgumentTypeError(f"must be {kind} from {lo} to {hi}, got {v}")
+        return v
+
+    return parse
+
+
+def checked_int(problem: Callable[[int], str | None], kind: str) -> Callable[[str], int]:
+    """argparse ``type=``: an integer that core's check ``problem`` accepts."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}") from None
+        bad = problem(v)
+        if bad:
+            raise argparse.ArgumentTypeError(bad)
         return v
 
     return parse
@@ -61,9 +82,11 @@ def float_option(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[st
 
 
 #: Ranges of the numeric options (generous: they only stop what cannot be meant).
-WIDTH = int_option(2, 128, multiple=2)  # 128 is twice upstream's 64: 415 M parameters
+MAX_CLI_WIDTH = 128  # twice upstream's 64: 415 M parameters
+MAX_CLI_TILE = 4096
+WIDTH = checked_int(lambda v: width_problem(v, hi=MAX_CLI_WIDTH), "an even integer")
 THREADS = int_option(1, 4096)
-TILE = int_option(16, 4096, multiple=16)
+TILE = checked_int(lambda v: tile_problem(v, hi=MAX_CLI_TILE), "a multiple of 16")
 SIZE = int_option(16, 4096)
 OVERLAP = int_option(0, 2048)
 BATCH = int_option(1, 1024)
@@ -191,31 +214,70 @@ def cmd_summary(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- train
 
 #: train options that define a run (model, data split, schedule); a resumed run keeps its own,
-#: so giving one with --resume is refused instead of silently ignored. Their defaults:
-RUN_DEFAULTS: dict[str, object] = {
-    "width": 16,
-    "labeled": None,
-    "labeled_fraction": None,
-    "unlabeled": None,
-    "seed": 0,
-    "lr": 0.5,
-    "gamma": 0.4,
-    "lambda_max": 0.5,
-    "scale": 1.0,
-    "input_size": None,
-    "tile": 256,
-    "precision": "auto",
-    "batch_norm": "pooled",
-    "supervised_only": False,
-    "reference": False,
-    "instance_boundaries": False,
-    "deterministic": False,
-}
+#: so giving one with --resume is refused instead of silently ignored. Their defaults are
+#: the run config's (:func:`run_defaults`).
+RUN_OPTIONS = (
+    "width",
+    "labeled",
+    "labeled_fraction",
+    "unlabeled",
+    "seed",
+    "lr",
+    "gamma",
+    "lambda_max",
+    "scale",
+    "input_size",
+    "tile",
+    "precision",
+    "batch_norm",
+    "supervised_only",
+    "reference",
+    "instance_boundaries",
+    "deterministic",
+)
+
+
+@functools.cache
+def run_defaults() -> dict[str, object]:
+    """The defaults of :data:`RUN_OPTIONS`, read from the one config (TrainConfig and
+    Geometry), so that the CLI, the trainer and the plugin cannot disagree."""
+    from .core.data import Geometry
+
+    c, g = _config_defaults(), Geometry()
+    defaults: dict[str, object] = {
+        "width": c.width,
+        "labeled": None,  # every image with a mask
+        "labeled_fraction": None,
+        "unlabeled": None,
+        "seed": c.seed,
+        "lr": c.lr,
+        "gamma": c.gamma,
+        "lambda_max": c.lambda_max,
+        "scale": g.scale,
+        "input_size": g.input_size,
+        "tile": g.tile,
+        "precision": c.precision,
+        "batch_norm": c.batch_norm,
+        "supervised_only": c.supervised_only,
+        "reference": not c.fast,
+        "instance_boundaries": c.per_instance_boundary,
+        "deterministic": c.deterministic,
+    }
+    assert tuple(defaults) == RUN_OPTIONS
+    return defaults
+
+
+@functools.cache
+def _config_defaults():
+    from .core.train import TrainConfig
+
+    return TrainConfig()
 
 
 def _check_width(width: int) -> None:
-    if width < 2 or width % 2:
-        raise InputError(f"--width must be an even integer >= 2, got {width}")
+    bad = width_problem(width, hi=MAX_CLI_WIDTH)
+    if bad:
+        raise InputError(f"--width {bad}")
 
 
 def _check_threads(threads: int | None) -> None:
@@ -224,17 +286,12 @@ def _check_threads(threads: int | None) -> None:
 
 
 def _geometry(args: argparse.Namespace):
-    from .core.data import Geometry
+    return check_geometry(args.scale, args.input_size, args.tile, spell=_spell)
 
-    if args.input_size and args.scale != 1.0:
-        raise InputError("use either --input-size or --scale, not both")
-    if args.input_size and args.input_size % 16:
-        raise InputError("--input-size must be a multiple of 16")
-    if args.tile % 16:
-        raise InputError("--tile must be a multiple of 16")
-    if args.scale < 1:
-        raise InputError("--scale is a downsample factor and must be >= 1")
-    return Geometry(scale=args.scale, input_size=args.input_size, tile=args.tile)
+
+def _spell(key: str) -> str:
+    """A setting's name as an option: ``input_size`` -> ``--input-size``."""
+    return "--" + key.replace("_", "-")
 
 
 class _Signals:
@@ -279,16 +336,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _check_threads(args.threads)
     if args.resume:
-        given = sorted(k for k in RUN_DEFAULTS if hasattr(args, k))
-        if given:
-            opts = ", ".join("--" + k.replace("_", "-") for k in given)
-            raise InputError(
-                f"{opts}: a resumed run keeps the settings it was started with; only "
-                "--iterations, --data, --device, --threads, --compile, --checkpoint-every "
-                "and --snapshot-every apply to --resume"
-            )
+        RunFolder.refuse_run_settings([k for k in RUN_OPTIONS if hasattr(args, k)], _spell)
     else:
-        for k, v in RUN_DEFAULTS.items():
+        for k, v in run_defaults().items():
             if not hasattr(args, k):
                 setattr(args, k, v)
         if not args.data:
@@ -302,6 +352,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         try:
             # Locked first: a second train on the same folder fails at once, naming the first.
             with folder.lock(create=not args.resume):
+                args.log_file = folder.train_log_path  # where a failure's traceback goes
+                _log.info("%s", _invocation(args), extra={FILE_ONLY: True})
                 trainer = _start_training(args, folder)
                 signals.training = True
                 return _run_training(trainer, folder, signals)
@@ -314,18 +366,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _start_training(args: argparse.Namespace, folder):
     """Check the run folder and the data, read the images, build the trainer."""
-    from .core.data import choose_labeled, load_training_set, save_split, scan_folder
+    from .core.data import choose_labeled, load_training_set, scan_folder
     from .core.device import resolve_device
     from .core.train import TrainConfig, Trainer
 
     out = folder.path
     if args.resume:
-        labeled, unlabeled, geometry, config, data_dir, unlabeled_dirs = _resume_plan(args, folder)
+        labeled, unlabeled, geometry, config, plan = _resume_plan(args, folder)
+        data_dir, unlabeled_dirs = plan.data_dir, plan.unlabeled_dirs
         # Per-invocation settings, as --device and --threads: they do not change the run.
         config.device, config.threads = args.device, args.threads
         config.checkpoint_every, config.snapshot_every = args.checkpoint_every, args.snapshot_every
         config.compile = args.compile
     else:
+        plan = None
         if folder.has_checkpoint():
             raise InputError(f"{out} already holds a run; use --resume {out} or another --out")
         geometry = _geometry(args)
@@ -363,10 +417,11 @@ def _start_training(args: argparse.Namespace, folder):
     )
     data = load_training_set(labeled, unlabeled, geometry, _tqdm_progress("reading", "img"))
     trainer = Trainer(config, data, folder, resume=bool(args.resume))
-    if not args.resume:
+    if not args.resume or plan.unlabeled is None:
         # Only once the images have been read and the trainer built: a run folder whose
-        # first training could not start holds no split to resume from.
-        save_split(folder.split_path, [it.name for it in labeled], [it.name for it in unlabeled])
+        # first training could not start holds no split to resume from (a damaged one is
+        # written again, as recovered).
+        folder.write_split([it.name for it in labeled], [it.name for it in unlabeled])
     # Where the data lives, so that `--resume RUN` needs nothing else, this time and the
     # next (the trainer keeps it when it rewrites config.json).
     _remember_data(folder, trainer.config, data_dir, unlabeled_dirs)
@@ -374,59 +429,29 @@ def _start_training(args: argparse.Namespace, folder):
 
 
 def _resume_plan(args: argparse.Namespace, folder):
-    """What a resume trains on: the run's split, found in its data folders, and its
-    settings; checked (cheaply) before any image is read."""
-    from .core.checkpoint import read_checkpoint
+    """What a resume trains on: the run folder's plan (checked there, cheaply, before any
+    image is read), its images found in its data folders."""
     from .core.data import Geometry, scan_folder
-    from .core.errors import CheckpointError
     from .core.train import TrainConfig
 
-    out = folder.path
-    if not folder.split_path.exists():
-        raise InputError(f"{out}: not a run folder (no split.json); cannot resume")
-    if not folder.has_checkpoint():
-        raise InputError(
-            f"{out}: this run never saved a checkpoint (its first training failed or was "
-            "stopped before one); start it again with train --data DIR --out " + str(out)
-        )
-    meta = folder.checkpoint_meta()
-    if meta is None:
-        read_checkpoint(folder.checkpoint_path)  # says what is wrong with it
-        raise CheckpointError(f"{folder.checkpoint_path}: not a readable checkpoint")
-    try:
-        cfg_doc = folder.read_json("config.json")
-        if not isinstance(cfg_doc, dict) or "geometry" not in cfg_doc:
-            raise CheckpointError(f"{folder.config_path} is damaged (no settings in it)")
-    except CheckpointError as exc:  # the checkpoint holds the settings too
-        print(f"warning: {exc}; the run's settings are read from its checkpoint", file=sys.stderr)
-        cfg_doc = dict(meta["config"])
-    split = folder.read_json("split.json")
-    if not (isinstance(split, dict) and isinstance(split.get("labeled"), list)):
-        raise CheckpointError(f"{folder.split_path} is damaged (no labeled list in it)")
-    if not args.data and not cfg_doc.get("_data"):
-        raise InputError(f"{out}: the run does not say where its data is; give --data DIR")
-    data_dir = Path(args.data or cfg_doc["_data"])
-    unlabeled_dirs = cfg_doc.get("_unlabeled_dirs", [])
-    items = {it.name: it for it in scan_folder(data_dir)}
-    items.update({it.name: it for it in _unlabeled_items(unlabeled_dirs)})
-    missing = [n for n in split["labeled"] if n not in items]
+    plan = folder.plan_resume(iterations=args.iterations, data=args.data)
+    items = {it.name: it for it in scan_folder(plan.data_dir)}
+    items.update({it.name: it for it in _unlabeled_items(plan.unlabeled_dirs)})
+    missing = [n for n in plan.labeled if n not in items]
     if missing:
         raise InputError(
-            f"labeled images of this run are missing from {data_dir}: {', '.join(missing[:5])}"
+            f"labeled images of this run are missing from {plan.data_dir}: "
+            f"{', '.join(missing[:5])}"
         )
-    labeled = [items[n] for n in split["labeled"]]
-    unlabeled = [items[n] for n in split.get("unlabeled", []) if n in items]
-    geometry = Geometry.from_dict(cfg_doc["geometry"])
-    config = TrainConfig.from_dict(cfg_doc)
-    done = int(meta["state"]["iteration"])
-    total = args.iterations if args.iterations is not None else config.iterations
-    if total <= done:
-        raise InputError(
-            f"{out} has already trained {plural(done, 'iteration')}; give --iterations "
-            f"> {done} to continue"
-        )
-    config.iterations = total
-    return labeled, unlabeled, geometry, config, data_dir, unlabeled_dirs
+    labeled = [items[n] for n in plan.labeled]
+    if plan.unlabeled is None:  # split.json was damaged: the run's other images, as at start
+        unlabeled = [it for n, it in items.items() if n not in set(plan.labeled)]
+    else:
+        unlabeled = [items[n] for n in plan.unlabeled if n in items]
+    geometry = Geometry.from_dict(plan.settings["geometry"])
+    config = TrainConfig.from_dict(plan.settings)
+    config.iterations = plan.iterations
+    return labeled, unlabeled, geometry, config, plan
 
 
 def _run_training(trainer, folder, signals) -> int:
@@ -437,6 +462,11 @@ def _run_training(trainer, folder, signals) -> int:
     semi = [True]
 
     def on_event(ev) -> None:
+        if ev.kind not in ("iteration", "checkpoint"):
+            _log.info("%s at iteration %d: %s", ev.kind, ev.iteration, ev.message,
+                      extra={FILE_ONLY: True})  # fmt: skip
+        elif ev.kind == "checkpoint":
+            _log.info("checkpoint saved at iteration %d", ev.iteration, extra={FILE_ONLY: True})
         if ev.kind == "iteration":
             bar.update(ev.iteration - bar.n)
             lo = ev.losses
@@ -511,8 +541,9 @@ def _predictor(args: argparse.Namespace):
     from .core.predict import PredictOptions, Predictor, load_model
 
     _check_threads(args.threads)
-    if args.tile is not None and (args.tile < 16 or args.tile % 16):
-        raise InputError(f"--tile must be a positive multiple of 16, got {args.tile}")
+    bad = None if args.tile is None else tile_problem(args.tile)
+    if bad:
+        raise InputError(f"--tile {bad}")
     loaded = load_model(args.run, args.device)
     opts = PredictOptions(
         tile=args.tile,
@@ -612,7 +643,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     print(format_table(metrics))
     if args.json:
-        from .core.checkpoint import atomic_write_json
+        from .core.atomic import atomic_write_json
 
         atomic_write_json(args.json, metrics)
     return 0
@@ -634,7 +665,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     print(json.dumps(result, indent=1))
     if args.json:
-        from .core.checkpoint import atomic_write_json
+        from .core.atomic import atomic_write_json
 
         atomic_write_json(args.json, result)
     return 0
@@ -694,7 +725,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     }
     print(json.dumps(doc, indent=1))
     if args.json:
-        from .core.checkpoint import atomic_write_json
+        from .core.atomic import atomic_write_json
 
         atomic_write_json(args.json, doc)
     return 0
@@ -715,6 +746,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Semi-MoE gland segmentation: train, predict, evaluate and suggest what to "
         "label next, headless; `gui` opens napari with the plugin.",
     )
+    verbose_help = "debug logs on stderr (they always go to the log file too)"
+    p.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("summary", help="print the model's parameter counts as JSON")
@@ -729,9 +762,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Run-defining options (model, split, schedule) cannot change on --resume.",
     )
     # Run-defining options default to "not given" (SUPPRESS) so that --resume can refuse
-    # them instead of ignoring them; cmd_train fills in RUN_DEFAULTS for a new run.
+    # them instead of ignoring them; cmd_train fills in run_defaults() for a new run.
     run_opt = {"default": argparse.SUPPRESS}
-    D = RUN_DEFAULTS  # the help texts state the defaults that cmd_train fills in
+    D = run_defaults()  # the help texts state the defaults that cmd_train fills in
+    C = _config_defaults()  # the per-invocation settings' defaults
     t.add_argument("--data", help="folder with images/ and masks/")
     g = t.add_mutually_exclusive_group()
     g.add_argument(
@@ -771,7 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"labeled split, init and augmentation (default {D['seed']})",
         **run_opt,
     )
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    t.add_argument("--device", default=C.device, help="auto, cpu, cuda, cuda:N, mps")
     t.add_argument("--threads", type=THREADS, help="CPU threads (default: all)")
     t.add_argument(
         "--out", type=out_folder, default="runs/semimoe", help="run folder (default %(default)s)"
@@ -827,7 +861,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--compile",
-        default="auto",
+        default=C.compile,
         choices=["auto", "on", "off"],
         help="torch.compile the experts (auto = off: measured no faster on CPU or GPU)",
     )
@@ -853,13 +887,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--checkpoint-every",
         type=COUNT,
-        default=100,
+        default=C.checkpoint_every,
         help="save the checkpoint every N iterations (default %(default)s)",
     )
     t.add_argument(
         "--snapshot-every",
         type=EVERY,
-        default=0,
+        default=C.snapshot_every,
         help="keep weights every N iterations (for learning curves)",
     )
     t.set_defaults(func=cmd_train)
@@ -931,7 +965,7 @@ def build_parser() -> argparse.ArgumentParser:
     gu.set_defaults(func=cmd_gui)
 
     b = sub.add_parser("bench", help="training and prediction speed: fast vs fp32 reference")
-    b.add_argument("--width", type=WIDTH, default=16)
+    b.add_argument("--width", type=WIDTH, default=C.width)
     b.add_argument("--repeats", type=REPEATS, default=7)
     b.add_argument(
         "--compile",
@@ -943,24 +977,72 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     b.add_argument("--json", type=out_file)
     b.set_defaults(func=cmd_bench)
+    for q in sub.choices.values():  # -v after the command too
+        q.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help=verbose_help)  # fmt: skip
     return p
 
 
 class _StderrWarnings(logging.Handler):
-    """The core's warnings as one line each on the stderr of the moment (tests swap it)."""
+    """The core's warnings as one line each on the stderr of the moment (tests swap it);
+    records for the log files only (a failure's traceback) are not shown."""
 
     def __init__(self, prog: str) -> None:
         super().__init__(logging.WARNING)
         self.prog = prog
+        self.addFilter(for_screen)
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = " ".join(record.getMessage().split("\n"))
         print(f"{self.prog}: warning: {msg}", file=sys.stderr)
 
 
-def _one_line(exc: BaseException) -> str:
+class _StderrDebug(logging.Handler):
+    """``--verbose``: the package's debug and info records (and the tracebacks meant for
+    the log file) on stderr; warnings are shown by :class:`_StderrWarnings` already."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.prog = prog
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        shown = record.levelno < logging.WARNING if for_screen(record) else record.exc_info
+        if shown:
+            print(f"{self.prog}: {self.format(record)}", file=sys.stderr)
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
     return text or type(exc).__name__
+
+
+def _invocation(args: argparse.Namespace) -> str:
+    from . import __version__
+
+    return f"napari-semimoe {__version__}: {' '.join(getattr(args, 'argv', []))}"
+
+
+def _unexpected(prog: str, args: argparse.Namespace, exc: Exception) -> str:
+    """The one line for an error that is not a known mistake (a bug, most likely); its
+    traceback goes to the run's train.log (logged there by the run folder while it was
+    held) or else to the user log (see :mod:`napari_semimoe.core.logs`)."""
+    from .core.logs import attach_user_log, detach_file_log, log_failure
+
+    what = f"{prog}: error: unexpected {type(exc).__name__}: {_one_line(exc)}"
+    log_file = getattr(args, "log_file", None)
+    if log_file is not None and Path(log_file).exists():
+        return f"{what} (details: {log_file})"
+    handler = attach_user_log()
+    try:
+        log_failure(_log, f"{_invocation(args)}: failed", exc)
+    finally:
+        detach_file_log(handler)
+    if handler.failed is not None or not handler.path.exists():
+        return f"{what} (its traceback could not be logged: {handler.failed or 'no log file'})"
+    return f"{what} (details: {handler.path})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -977,19 +1059,29 @@ def _main(argv: list[str] | None) -> int:
     except SystemExit as exc:  # a usage mistake (one line, said already) or --help
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     from .core.checkpoint import CheckpointError
+    from .core.logs import attach_user_log, detach_file_log
     from .core.train import TrainingError
 
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     prog = f"napari-semimoe {args.command}"
-    handler = _StderrWarnings(prog)
     pkg_log = logging.getLogger("napari_semimoe")
-    pkg_log.addHandler(handler)
+    handlers: list[logging.Handler] = [_StderrWarnings(prog)]
+    saved_level = pkg_log.level
+    if getattr(args, "verbose", False):
+        handlers.append(_StderrDebug(prog))
+        pkg_log.setLevel(logging.DEBUG)
+    for h in handlers:
+        pkg_log.addHandler(h)
+    # A training run logs to its train.log (the run folder attaches it while it is held);
+    # the other commands to the user log.
+    user_log = attach_user_log() if args.command != "train" else None
     # tifffile logs its own complaints about a damaged file; the reader turns them into one
     # error line, so they would only be a second, cryptic line on stderr.
     logging.getLogger("tifffile").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except (InputError, CheckpointError, TrainingError) as exc:
-        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(exc, limit=2000)}", file=sys.stderr)
         return 2
     except InterruptedError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
@@ -1011,8 +1103,18 @@ def _main(argv: list[str] | None) -> int:
     except MemoryError:
         print(f"{prog}: error: not enough memory; try a smaller --tile or --batch", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug: one line here, the traceback in a log file
+        if user_log is not None:
+            detach_file_log(user_log)
+            user_log = None
+        print(_unexpected(prog, args, exc), file=sys.stderr)
+        return 1
     finally:
-        pkg_log.removeHandler(handler)
+        if user_log is not None:
+            detach_file_log(user_log)
+        for h in handlers:
+            pkg_log.removeHandler(h)
+        pkg_log.setLevel(saved_level)
 
 
 if __name__ == "__main__":

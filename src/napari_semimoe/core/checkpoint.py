@@ -1,8 +1,9 @@
 """Checkpoints that load without executing code: safetensors tensors + JSON metadata.
 
 One file holds the weights, the optimiser state and a JSON document (config, normalisation
-statistics, training state); it is written to a temporary file and renamed over the old one,
-so a crash or a cancel at any moment leaves the last good checkpoint intact.
+statistics, training state); it is written by :func:`~.atomic.atomic_path` (a temp file
+renamed over the old one), so a crash or a cancel at any moment leaves the last good
+checkpoint intact.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import json
 import logging
 import math
 import os
-import re
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .atomic import atomic_path
+from .atomic import atomic_write_json as atomic_write_json  # where benchmarks import it
+from .atomic import atomic_write_text as atomic_write_text
 from .errors import CheckpointError
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -32,72 +34,6 @@ MAX_WIDTH = 1024
 WIDTH_TENSOR = "model.experts.seg.enc.0.0.weight"
 
 log = logging.getLogger(__name__)
-
-
-#: Temporary files of the atomic writer: ``.NAME.XXXXXXXX.tmp`` next to NAME (the runfolder
-#: module removes the ones an interrupted write left, by this pattern).
-TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
-
-
-def _create_temp(path: Path) -> tuple[str, int]:
-    """A new, empty temp file next to ``path`` and its mode: created 0666, so that the
-    kernel applies the user's umask (mkstemp's 0600 would make shared runs unreadable)."""
-    for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        try:
-            mode = os.fstat(fd).st_mode & 0o777
-        finally:
-            os.close(fd)
-        return str(tmp), mode
-    raise FileExistsError(f"{path.parent}: cannot create a temporary file")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (power loss); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_replace(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp, mode = _create_temp(path)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            if os.fstat(fh.fileno()).st_mode & 0o777 != mode:  # a writer that made its own
-                os.chmod(tmp, mode)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write text via a temp file + rename, so readers never see a half-written file."""
-
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(text)
-
-    _atomic_replace(Path(path), write)
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def save_checkpoint(
@@ -124,13 +60,11 @@ def save_checkpoint(
         opt_meta[name] = scalars
     doc = {"format_version": FORMAT_VERSION, "meta": meta, "optimizers": opt_meta}
 
-    def write(tmp: str) -> None:
+    with atomic_path(path) as tmp:
         try:
-            save_file(tensors, tmp, metadata={"json": json.dumps(doc)})
+            save_file(tensors, str(tmp), metadata={"json": json.dumps(doc)})
         except SafetensorError as exc:  # its I/O errors (disk full) are OSErrors to callers
             raise OSError(f"{Path(path).name}: {exc}") from exc
-
-    _atomic_replace(Path(path), write)
 
 
 def _denied(path: Path) -> CheckpointError:

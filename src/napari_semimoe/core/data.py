@@ -6,7 +6,6 @@ napari plugin hands the trainer tiles cut from slides, the CLI hands it whole im
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -374,14 +373,6 @@ def make_batch(
     if masks is None:
         return x, None
     return x, {k: np.stack(v) for k, v in tgts.items()}
-
-
-def save_split(path: Path, labeled: Sequence[str], unlabeled: Sequence[str]) -> None:
-    from .checkpoint import atomic_write_text
-
-    atomic_write_text(
-        path, json.dumps({"labeled": list(labeled), "unlabeled": list(unlabeled)}, indent=1)
-    )
 
 
 def load_training_set(

@@ -16,11 +16,9 @@ import math
 import os
 import re
 import tempfile
-import uuid
 import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from .atomic import atomic_path
 from .errors import InputError
+from .validate import tile_problem
 
 log = logging.getLogger(__name__)
 
@@ -854,18 +854,8 @@ def resolution_tags(mpp: float | None) -> dict[str, Any]:
     return {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
 
 
-@contextmanager
-def _atomic(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp path next to ``path``; move it into place only if writing succeeded."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+#: predict.py still imports the writer by this name; new code imports core.atomic.
+_atomic = atomic_path
 
 
 def write_tiff(
@@ -898,7 +888,8 @@ def write_tiff(
     if tile:
         kwargs["tile"] = (tile, tile)
     kwargs.update(resolution_tags(mpp))
-    with _atomic(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=a.nbytes > 2**31, ome=False) as tw:
+    big = a.nbytes > 2**31
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=big, ome=False) as tw:
         tw.write(a, **kwargs)
 
 
@@ -950,11 +941,12 @@ def _write_levels(
     """Write level 0 from ``band0`` and level k >= 1 from ``sinks[k - 1]`` (filled on the way)."""
     import tifffile
 
-    if tile % 16 or tile < 16:
-        raise ValueError(f"tile must be a multiple of 16, got {tile}")
+    bad = tile_problem(tile, hi=2**30)  # any multiple of 16: the file's tiles, not a model's
+    if bad:
+        raise ValueError(f"tile {bad}")
     raw = sum(h * w * 3 for h, w in shapes)
     H0, W0 = shapes[0]
-    with _atomic(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=raw > 2**31, ome=subifds) as tw:
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=raw > 2**31, ome=subifds) as tw:
         for k, (h, w) in enumerate(shapes):
             if k == 0:
                 get_band = band0
