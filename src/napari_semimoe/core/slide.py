@@ -868,6 +868,9 @@ def _atomic(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp.unlink()
 
 
+atomic_path = _atomic  # public name: core.inference.writers writes its outputs with it
+
+
 def write_tiff(
     path: str | os.PathLike[str],
     array: np.ndarray,
