@@ -179,3 +179,40 @@ def test_summary_family(capsys):
     assert main(["summary", "--family", "nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown model family 'nope'; known: semimoe" in err
+
+
+class ToyWithPenalty(ToyFamily):
+    """The toy family plus an extra loss term (as a load-balancing term would be added)."""
+
+    name = "toy-penalty"
+
+    def loss_terms(self, model, sup, uns, lam, config, extras=None):
+        assert set(extras) == {"logits"}  # what the pass saw reaches the family
+        terms = super().loss_terms(model, sup, uns, lam, config, extras)
+        terms["penalty"] = 100.0 + 0 * model.conv1.weight.sum()
+        return terms
+
+
+def test_a_family_adds_loss_terms_without_a_trainer_edit(tmp_path):
+    register_family(ToyWithPenalty())
+    try:
+        images, masks = synthetic_tiles(2, size=32, seed=2)
+        totals = {}
+        for name in ("toy-penalty", "semimoe"):
+            cfg = TrainConfig(
+                family=name,
+                width=4,
+                iterations=1,
+                threads=1,
+                precision="fp32",
+                supervised_only=True,
+                geometry=Geometry(input_size=32).to_dict(),
+            )
+            tr = Trainer(cfg, TrainingSet(images, masks, []), tmp_path / name)
+            tr.run()
+            totals[name] = tr.history[-1]["losses"]
+        toy = totals["toy-penalty"]
+        assert toy["total"] == pytest.approx(toy["sup_fg"] + 100.0, rel=1e-6)
+        assert "s_seg" in totals["semimoe"] and "s_fg" not in toy  # no learnt task weights
+    finally:
+        unregister_family("toy-penalty")

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 FORMAT_VERSION = 1
@@ -28,9 +28,6 @@ FORMAT_VERSION = 1
 RUN_JSON = ("config.json", "history.json", "split.json")
 #: Widest model a checkpoint may declare (upstream is 64); beyond it the metadata is absurd.
 MAX_WIDTH = 1024
-#: The Semi-MoE tensor whose first axis is the model's base width (each family names its
-#: own: ``Family.width_tensor``).
-WIDTH_TENSOR = "model.experts.seg.enc.0.0.weight"
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +227,10 @@ def model_meta(
 
     A width, geometry or normalisation that is missing, absurd or inconsistent with the
     tensors is a :class:`CheckpointError`, never a giant allocation; a width or geometry
-    missing from ``meta`` is recovered from the tensors or the saved config (and logged)."""
-    from .errors import InputError
-    from .families import DEFAULT_FAMILY, get_family
+    missing from ``meta`` is recovered from the tensors or the saved config (and logged).
+    ``meta["family"]`` names the model family; checkpoints from before families have none
+    and are Semi-MoE; an unknown family is one line listing the known ones."""
+    from .families import DEFAULT_FAMILY, get_family  # they import the model, not this
 
     meta = dict(doc["meta"])
     cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}

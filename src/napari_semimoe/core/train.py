@@ -5,6 +5,10 @@ The model, its targets and its loss come from the run's family (:mod:`.families`
 trainer asks it for the network, the per-task targets and the training pass (whose loss is
 the sum of the family's loss terms), so a new family needs no edit here.
 
+Over 500 lines on purpose: the Trainer is one state machine (samplers, RNG streams, prefetch,
+checkpoint + resume, stop/pause, snapshots) whose resume-exactness invariants hold only
+together; its config and events are small and live beside it.
+
 It is a plain object driven by ``run()``; the CLI calls it directly and the napari plugin
 runs it in a child process and forwards its events through a queue.
 """

@@ -59,6 +59,14 @@ class Task:
     style: MapStyle = field(default_factory=MapStyle)
 
 
+def _sum(values) -> torch.Tensor:
+    values = list(values)
+    total = values[0]
+    for v in values[1:]:
+        total = total + v
+    return total
+
+
 def softmax_foreground(logits: torch.Tensor) -> torch.Tensor:
     """Probability of class 1 of 2-class logits, (N, 2, H, W) -> (N, H, W)."""
     return torch.softmax(logits.float(), 1)[:, 1]
@@ -96,7 +104,8 @@ class Family:
     tasks: tuple[Task, ...] = ()
     #: Map thresholded into the mask (``mask``, ``instances`` are made from it).
     mask_from: str = "prob"
-    #: Checkpoint tensor whose first axis is the model's width (checked before building).
+    #: Checkpoint tensor (``model.`` + a state-dict key) of the first 3x3 convolution on the
+    #: RGB input, shape (width, 3, 3, 3): checked against the metadata before building.
     width_tensor: str = ""
     #: Shape of one tile's gate weights (per-tile gates files); (0,) when the model has none.
     gate_shape: tuple[int, ...] = (0,)
@@ -158,9 +167,9 @@ class Family:
     ) -> dict[str, torch.Tensor]:
         """Named scalar terms whose sum (in this order) is the training loss. Extra terms
         (load balancing, ...) go here; ``extras`` carries what the pass saw (gate weights)."""
-        terms = {"supervised": sum(sup.values())}
+        terms = {"supervised": _sum(sup.values())}
         if uns:
-            terms["unsupervised"] = lam * sum(uns.values())
+            terms["unsupervised"] = lam * _sum(uns.values())
         return terms
 
     def pseudo_labels(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -179,8 +188,10 @@ class Family:
         if xu is not None:
             pl = self.pseudo_labels({k: v[nl:].detach() for k, v in logits.items()})
             uns = {t.name: t.loss(logits[t.name][nl:], pl[t.name]) for t in self.tasks if pl}
-        terms = self.loss_terms(m, sup, uns, lam, trainer.config)
-        total = sum(terms.values())
+        terms = list(self.loss_terms(m, sup, uns, lam, trainer.config, {"logits": logits}).values())
+        total = terms[0]
+        for term in terms[1:]:
+            total = total + term
         total.backward()
         return total.detach(), sup, uns
 

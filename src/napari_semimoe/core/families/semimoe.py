@@ -137,7 +137,11 @@ class SemiMoEFamily(Family):
         return {t.name: t.loss(expert[t.name], pl[t.name]) for t in self.tasks}
 
     def loss_terms(self, model, sup, uns, lam, config, extras=None):
-        """Eq. 11 on the supervised losses, plus λ(t) x Eq. 11 on the unsupervised ones."""
+        """Eq. 11 on the supervised losses, plus λ(t) x Eq. 11 on the unsupervised ones.
+
+        ``extras["gates"]``: the gate weights per task (B, 3) of the pass's tiles (pooled:
+        labeled then unlabeled; per-half: labeled), for terms such as load balancing; the
+        reference pass asks once for its unsupervised and once for its supervised half."""
         terms = {}
         if sup:
             terms["supervised"] = adaptive_loss(sup, model.loss_s, config.gamma)
@@ -156,13 +160,13 @@ class SemiMoEFamily(Family):
         halves = self._halves(trainer)
         (feats_l, exp_l), (feats_u, exp_u) = halves.forward(xl, xu)
         with autocast(trainer.device, trainer.amp):
-            gated_l, _ = m.mgp(feats_l)
+            gated_l, gates_l = m.mgp(feats_l)
             # Pseudo-labels are detached: the gates get no gradient from the unsupervised term.
             with torch.no_grad():
                 gated_u, _ = m.mgp(feats_u)
         sup = self.supervised(exp_l, gated_l, y)
         uns = self.unsupervised(exp_u, gated_u)
-        total = _total(self.loss_terms(m, sup, uns, lam, cfg))
+        total = _total(self.loss_terms(m, sup, uns, lam, cfg, {"gates": gates_l}))
         halves.backward(total)
         return total.detach(), sup, uns
 
@@ -179,14 +183,14 @@ class SemiMoEFamily(Family):
             # the small gated logits instead of the b-channel features keeps the backward in
             # one memory layout. Pseudo-labels are detached: the gates get no gradient from
             # the unsupervised term.
-            gated, _ = m.mgp(feats)
+            gated, gates = m.mgp(feats)
             gated_l = {t: v[:nl] for t, v in gated.items()}
             gated_u = {t: v[nl:].detach() for t, v in gated.items()}
         sup = self.supervised({t: v[:nl] for t, v in expert.items()}, gated_l, y)
         uns: dict[str, torch.Tensor] = {}
         if xu is not None:
             uns = self.unsupervised({t: v[nl:] for t, v in expert.items()}, gated_u)
-        total = _total(self.loss_terms(m, sup, uns, lam, cfg))
+        total = _total(self.loss_terms(m, sup, uns, lam, cfg, {"gates": gates}))
         total.backward()
         return total.detach(), sup, uns
 
@@ -199,13 +203,13 @@ class SemiMoEFamily(Family):
             with autocast(trainer.device, trainer.amp):
                 out = m(xu)
             uns = self.unsupervised(out.expert, out.gated)
-            lu = _total(self.loss_terms(m, {}, uns, lam, cfg))
+            lu = _total(self.loss_terms(m, {}, uns, lam, cfg, {"gates": out.gates}))
             lu.backward()
             total = total + lu.detach()
         with autocast(trainer.device, trainer.amp):
             out = m(xl)
         sup = self.supervised(out.expert, out.gated, y)
-        ls = _total(self.loss_terms(m, sup, {}, lam, cfg))
+        ls = _total(self.loss_terms(m, sup, {}, lam, cfg, {"gates": out.gates}))
         ls.backward()
         return total + ls.detach(), sup, uns
 
