@@ -10,14 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-
-if TYPE_CHECKING:  # the trainer imports the families, not the other way round
-    from ..train import Trainer
 
 
 @dataclass(frozen=True)
@@ -95,7 +92,9 @@ class Family:
 
     Subclass it, set ``name`` and ``tasks``, implement :meth:`build` (and override what your
     model does differently), then :func:`~napari_semimoe.core.families.register_family` an
-    instance. The defaults fit a plain network whose ``forward`` returns one logits tensor
+    instance. The training hooks get the :class:`~napari_semimoe.core.train.Trainer` as
+    ``trainer`` (typed Any: the trainer imports the families, never the other way round). The
+    defaults fit a plain network whose ``forward`` returns one logits tensor
     per task (a dict, or a tensor when there is one task): one pass over all tiles, the sum
     of :meth:`loss_terms`, maps by each task's ``activate``.
     """
@@ -176,7 +175,7 @@ class Family:
         """Detached targets for the unlabeled tiles; none: the family is supervised only."""
         return {}
 
-    def train_pass(self, trainer: Trainer, xl, y, xu, lam: float) -> Losses:
+    def train_pass(self, trainer: Any, xl, y, xu, lam: float) -> Losses:
         """One forward + backward over labeled (and unlabeled) tiles; returns the total loss
         (detached) and the per-task supervised and unsupervised losses for the log."""
         m = trainer.model
@@ -195,11 +194,11 @@ class Family:
         total.backward()
         return total.detach(), sup, uns
 
-    def fast_pass(self, trainer: Trainer, xl, y, xu, lam: float) -> Losses:
+    def fast_pass(self, trainer: Any, xl, y, xu, lam: float) -> Losses:
         """The fast path's pass (channels-last, autocast); by default the plain one."""
         return self.train_pass(trainer, xl, y, xu, lam)
 
-    def reference_pass(self, trainer: Trainer, xl, y, xu, lam: float) -> Losses:
+    def reference_pass(self, trainer: Any, xl, y, xu, lam: float) -> Losses:
         """The reference path's pass (fp32, upstream's order); by default the plain one."""
         return self.train_pass(trainer, xl, y, xu, lam)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,9 +33,6 @@ from ..losses import (
 from ..model import TASKS, SemiMoE, count_parameters, run_experts
 from ..targets import boundary_band, signed_distance
 from .base import Family, Inference, Losses, MapStyle, Task, softmax_foreground, tanh_map
-
-if TYPE_CHECKING:
-    from ..train import Trainer
 
 
 def _seg_target(mask: np.ndarray, config: Any) -> np.ndarray:
@@ -116,7 +113,7 @@ class SemiMoEFamily(Family):
 
     # ------------------------------------------------------------------ training
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, trainer: Any) -> None:
         experts = trainer.model.run_experts
         trainer.state["experts"] = (
             torch.compile(experts, dynamic=False) if trainer.want_compile() else experts
@@ -149,7 +146,7 @@ class SemiMoEFamily(Family):
             terms["unsupervised"] = lam * adaptive_loss(uns, model.loss_s, config.gamma)
         return terms
 
-    def fast_pass(self, trainer: Trainer, xl, y, xu, lam: float) -> Losses:
+    def fast_pass(self, trainer: Any, xl, y, xu, lam: float) -> Losses:
         """Channels-last, autocast; per-half passes run side by side on a multi-core CPU."""
         cfg, m = trainer.config, trainer.model
         if xu is None or cfg.batch_norm == "pooled":
@@ -170,7 +167,7 @@ class SemiMoEFamily(Family):
         halves.backward(total)
         return total.detach(), sup, uns
 
-    def train_pass(self, trainer: Trainer, xl, y, xu, lam: float) -> Losses:
+    def train_pass(self, trainer: Any, xl, y, xu, lam: float) -> Losses:
         """All tiles through each expert in one pass (batch norm over labeled + unlabeled)."""
         cfg, m = trainer.config, trainer.model
         nl = xl.shape[0]
@@ -194,7 +191,7 @@ class SemiMoEFamily(Family):
         total.backward()
         return total.detach(), sup, uns
 
-    def reference_pass(self, trainer: Trainer, xl, y, xu, lam: float) -> Losses:
+    def reference_pass(self, trainer: Any, xl, y, xu, lam: float) -> Losses:
         """Upstream order: unsupervised forward/backward, then supervised; fp32 unless asked."""
         cfg, m = trainer.config, trainer.model
         total = torch.zeros((), device=trainer.device)
@@ -213,11 +210,11 @@ class SemiMoEFamily(Family):
         ls.backward()
         return total + ls.detach(), sup, uns
 
-    def halves_side_by_side(self, trainer: Trainer) -> bool:
+    def halves_side_by_side(self, trainer: Any) -> bool:
         runner = trainer.state.get("halves")
         return bool(runner and runner.parallel)
 
-    def _halves(self, trainer: Trainer) -> _Halves:
+    def _halves(self, trainer: Any) -> _Halves:
         if trainer.state.get("halves") is None:
             threads = torch.get_num_threads()
             experts = trainer.state["experts"]
