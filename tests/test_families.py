@@ -216,3 +216,17 @@ def test_a_family_adds_loss_terms_without_a_trainer_edit(tmp_path):
         assert "s_seg" in totals["semimoe"] and "s_fg" not in toy  # no learnt task weights
     finally:
         unregister_family("toy-penalty")
+
+
+def test_layer_names_come_from_the_tasks(toy):
+    assert get_family("semimoe").layer_names() == {
+        "instances": "Semi-MoE segmentation",
+        "prob": "Semi-MoE gland probability",
+        "sdf": "Semi-MoE SDF",
+        "boundary": "Semi-MoE boundary",
+        "gates": "Semi-MoE gates",
+        "expert_prob": "Expert: segmentation",
+        "expert_sdf": "Expert: SDF",
+        "expert_boundary": "Expert: boundary",
+    }
+    assert toy.layer_names()["toyprob"] == "toy toyprob"

@@ -54,6 +54,10 @@ class Task:
     collate: Callable[[np.ndarray], np.ndarray] = lambda a: a.astype(np.int64)
     fill: float = 0.0
     style: MapStyle = field(default_factory=MapStyle)
+    #: Words for the map in layer names (default: ``output``), and for the task's own
+    #: expert's map where the family has one per task.
+    title: str = ""
+    expert_title: str = ""
 
 
 def _sum(values) -> torch.Tensor:
@@ -100,6 +104,8 @@ class Family:
     """
 
     name: str = ""
+    #: The family in words, in front of its layers' names (default: ``name``).
+    label: str = ""
     tasks: tuple[Task, ...] = ()
     #: Map thresholded into the mask (``mask``, ``instances`` are made from it).
     mask_from: str = "prob"
@@ -213,6 +219,12 @@ class Family:
 
     def styles(self) -> dict[str, MapStyle]:
         return {t.output: t.style for t in self.tasks}
+
+    def layer_names(self) -> dict[str, str]:
+        """napari layer name of each output (maps, ``instances``, ``gates``)."""
+        label = self.label or self.name
+        names = {t.output: f"{label} {t.title or t.output}" for t in self.tasks}
+        return names | {"instances": f"{label} objects", "gates": f"{label} gates"}
 
     def infer(self, model: nn.Module, x: torch.Tensor, experts: bool, embeddings: bool):
         """Maps of one batch of normalised tiles (no gradient)."""

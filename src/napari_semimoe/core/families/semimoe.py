@@ -53,7 +53,17 @@ PROB_STYLE = MapStyle("viridis", (0.0, 1.0), "additive")
 BOUNDARY_STYLE = MapStyle("magma", (0.0, 1.0), "additive")
 
 SEMIMOE_TASKS: tuple[Task, ...] = (
-    Task("seg", 2, _seg_target, seg_dice_loss, softmax_foreground, "prob", style=PROB_STYLE),
+    Task(
+        "seg",
+        2,
+        _seg_target,
+        seg_dice_loss,
+        softmax_foreground,
+        "prob",
+        style=PROB_STYLE,
+        title="gland probability",
+        expert_title="segmentation",
+    ),
     Task(
         "sdf",
         1,
@@ -64,6 +74,8 @@ SEMIMOE_TASKS: tuple[Task, ...] = (
         collate=lambda a: a[:, None],
         fill=-1.0,
         style=SDF_STYLE,
+        title="SDF",
+        expert_title="SDF",
     ),
     Task(
         "bnd",
@@ -73,6 +85,8 @@ SEMIMOE_TASKS: tuple[Task, ...] = (
         softmax_foreground,
         "boundary",
         style=BOUNDARY_STYLE,
+        title="boundary",
+        expert_title="boundary",
     ),
 )
 assert tuple(t.name for t in SEMIMOE_TASKS) == TASKS
@@ -92,6 +106,7 @@ def _total(terms: dict[str, torch.Tensor]) -> torch.Tensor:
 
 class SemiMoEFamily(Family):
     name = "semimoe"
+    label = "Semi-MoE"
     tasks = SEMIMOE_TASKS
     width_tensor = "model.experts.seg.enc.0.0.weight"
     gate_shape = (len(TASKS), len(TASKS))  # task x expert
@@ -242,6 +257,11 @@ class SemiMoEFamily(Family):
     def styles(self) -> dict[str, MapStyle]:
         base = super().styles()
         return base | {EXPERT_PREFIX + k: v for k, v in base.items()}
+
+    def layer_names(self) -> dict[str, str]:
+        """As the plugin has always named them (instances: "Semi-MoE segmentation")."""
+        names = super().layer_names() | {"instances": "Semi-MoE segmentation"}
+        return names | {EXPERT_PREFIX + t.output: f"Expert: {t.expert_title}" for t in self.tasks}
 
     def infer(self, model, x, experts: bool, embeddings: bool) -> Inference:
         out = model(x)
