@@ -31,7 +31,7 @@ from scipy.stats import spearmanr
 
 from napari_semimoe.core.checkpoint import atomic_write_json
 from napari_semimoe.core.data import Geometry, TrainingSet, channel_stats, scan_folder
-from napari_semimoe.core.predict import PredictOptions, Predictor, load_model
+from napari_semimoe.core.inference import PredictOptions, Predictor, load_model
 from napari_semimoe.core.slide import read_image, read_mask
 from napari_semimoe.core.train import TrainConfig, Trainer
 from napari_semimoe.core.uncertainty import (

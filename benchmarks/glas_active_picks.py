@@ -22,7 +22,7 @@ import numpy as np
 from glas_active import dice, image_candidate, load
 from napari_semimoe.core.checkpoint import atomic_write_json
 from napari_semimoe.core.data import Geometry
-from napari_semimoe.core.predict import PredictOptions, Predictor, load_model
+from napari_semimoe.core.inference import PredictOptions, Predictor, load_model
 
 
 def per_image(run: Path, tr: dict, threads: int | None) -> dict[str, dict[str, float]]:

@@ -24,7 +24,7 @@ import numpy as np
 from glas_active import evaluate, load, train
 from napari_semimoe.core.checkpoint import atomic_write_json
 from napari_semimoe.core.data import Geometry, channel_stats
-from napari_semimoe.core.predict import PredictOptions, Predictor, load_model
+from napari_semimoe.core.inference import PredictOptions, Predictor, load_model
 
 
 def main() -> int:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from napari_semimoe.core.checkpoint import read_checkpoint
 from napari_semimoe.core.evaluate import evaluate_folder
+from napari_semimoe.core.inference import PredictOptions, Predictor, load_model
 from napari_semimoe.core.metrics import format_table
-from napari_semimoe.core.predict import PredictOptions, Predictor, load_model
 
 
 def evaluate(path: Path, test: Path, precision: str, hausdorff: bool = True) -> dict:

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 from napari_semimoe.core.data import scan_folder
+from napari_semimoe.core.inference import PredictOptions, Predictor, load_model
 from napari_semimoe.core.metrics import PixelAccumulator
-from napari_semimoe.core.predict import PredictOptions, Predictor, load_model
 from napari_semimoe.core.slide import read_image, read_mask
 
 

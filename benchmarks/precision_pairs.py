@@ -49,8 +49,8 @@ def _seeds(spec: str) -> list[int]:
 def evaluate(run: Path, test: Path, device: str, precision: str, hausdorff: bool) -> dict:
     """GlaS metrics of one checkpoint at the masks' (native) resolution, threshold 0.5."""
     from napari_semimoe.core.data import scan_folder
+    from napari_semimoe.core.inference import PredictOptions, Predictor, load_model, resample
     from napari_semimoe.core.metrics import evaluate_pairs
-    from napari_semimoe.core.predict import PredictOptions, Predictor, load_model, resample
     from napari_semimoe.core.slide import read_image, read_mask
 
     pred = Predictor(load_model(run, device), PredictOptions(precision=precision))

@@ -20,8 +20,8 @@ import torch
 from napari_semimoe.core.bench import synthetic_tiles
 from napari_semimoe.core.data import Geometry
 from napari_semimoe.core.device import resolve_device
+from napari_semimoe.core.inference import LoadedModel, PredictOptions, Predictor
 from napari_semimoe.core.model import SemiMoE
-from napari_semimoe.core.predict import LoadedModel, PredictOptions, Predictor
 
 
 def main() -> int:

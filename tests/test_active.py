@@ -11,8 +11,8 @@ import torch
 
 from napari_semimoe.core.active import pseudo_label_tiles
 from napari_semimoe.core.data import Geometry
+from napari_semimoe.core.inference import LoadedModel, PredictOptions, Predictor
 from napari_semimoe.core.model import SemiMoE
-from napari_semimoe.core.predict import LoadedModel, PredictOptions, Predictor
 from napari_semimoe.core.slide import Slide
 from napari_semimoe.plugin.project import (
     TRAINSET_FILE,

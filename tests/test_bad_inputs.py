@@ -582,7 +582,7 @@ def test_damaged_run_json_next_to_a_good_checkpoint_is_reported_not_fatal(ws, tm
 
 
 def test_missing_width_and_geometry_are_recovered_from_the_checkpoint(tmp_path, capsys):
-    from napari_semimoe.core.predict import load_model
+    from napari_semimoe.core.inference import load_model
 
     meta = {k: v for k, v in GOOD_META.items() if k not in ("width", "geometry")}
     meta["config"] = {"geometry": GOOD_META["geometry"]}

@@ -382,7 +382,7 @@ def test_evaluate_scores_binary_masks_per_gland_and_says_so(tmp_path, capsys, mo
     from PIL import Image
 
     from napari_semimoe.cli import main
-    from napari_semimoe.core.predict import Predictor
+    from napari_semimoe.core.inference import Predictor
     from test_bad_inputs import write_ckpt
 
     data = tmp_path / "data"

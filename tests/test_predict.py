@@ -9,9 +9,7 @@ from scipy import ndimage as ndi
 
 from napari_semimoe.core.data import Geometry
 from napari_semimoe.core.errors import InputError
-from napari_semimoe.core.instances import label_instances
-from napari_semimoe.core.model import SemiMoE
-from napari_semimoe.core.predict import (
+from napari_semimoe.core.inference import (
     LoadedModel,
     PredictOptions,
     Predictor,
@@ -21,6 +19,8 @@ from napari_semimoe.core.predict import (
     resample,
     resample_band,
 )
+from napari_semimoe.core.instances import label_instances
+from napari_semimoe.core.model import SemiMoE
 from napari_semimoe.core.slide import open_slide, write_pyramid
 
 
@@ -229,7 +229,7 @@ def test_large_outputs_are_pyramids_that_the_reader_opens_in_microns(loaded, tmp
     multiscale, in µm, as labels or styled images."""
     import tifffile
 
-    from napari_semimoe.core import predict as P
+    from napari_semimoe.core.inference import writers as P
     from napari_semimoe.plugin.reader import get_reader
 
     monkeypatch.setattr(P, "PYRAMID_MIN_SIDE", 128)
@@ -284,12 +284,12 @@ def _slide_file(tmp_path):
 def test_a_failed_prediction_leaves_nothing_in_out(loaded, tmp_path, monkeypatch, fail):
     """An error (or Ctrl-C) while the outputs are written leaves neither the scratch folder
     nor a half set of outputs: the older outputs of the same name stay as they were."""
-    from napari_semimoe.core import predict as pr
+    from napari_semimoe.core.inference import writers as pr
 
     out = tmp_path / "out"
     out.mkdir()
     (out / "s_mask.tif").write_bytes(b"older")
-    real, calls = pr._write_tiled, []
+    real, calls = pr.write_tiled, []
 
     def write_then_fail(path, *a, **k):
         calls.append(path)
@@ -297,7 +297,7 @@ def test_a_failed_prediction_leaves_nothing_in_out(loaded, tmp_path, monkeypatch
             raise fail
         return real(path, *a, **k)
 
-    monkeypatch.setattr(pr, "_write_tiled", write_then_fail)
+    monkeypatch.setattr(pr, "write_tiled", write_then_fail)
     p = Predictor(loaded, PredictOptions(precision="fp32"))
     with open_slide(_slide_file(tmp_path)) as slide, pytest.raises(type(fail)):
         predict_slide(p, slide, out, "s")
@@ -306,7 +306,7 @@ def test_a_failed_prediction_leaves_nothing_in_out(loaded, tmp_path, monkeypatch
 
 
 def test_scratch_of_a_killed_prediction_is_removed_next_time(loaded, tmp_path):
-    from napari_semimoe.core.predict import SCRATCH_PREFIX, _host
+    from napari_semimoe.core.inference.slide_job import SCRATCH_PREFIX, _host
 
     out = tmp_path / "out"
     dead = subprocess_pid_that_has_exited()

@@ -202,11 +202,16 @@ def _tqdm_progress(desc: str, unit: str = "tile"):
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .core.model import SemiMoE, count_parameters
+    from .core.families import get_family
+    from .core.train import TrainConfig
 
+    family = get_family(args.family)  # an unknown name: one line listing the known ones
     _check_width(args.width)
-    counts = count_parameters(SemiMoE(args.width))
+    counts = family.parameter_counts(
+        family.build(TrainConfig(width=args.width, family=family.name))
+    )
     counts["width"] = args.width
+    counts["family"] = family.name
     print(json.dumps(counts, indent=1))
     return 0
 
@@ -752,6 +757,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("summary", help="print the model's parameter counts as JSON")
     s.add_argument("--width", type=WIDTH, default=16, help="base width b (16 default, 64 upstream)")
+    s.add_argument(
+        "--family",
+        default="semimoe",
+        help="model family (default semimoe; an unknown one lists them)",
+    )
     s.set_defaults(func=cmd_summary)
 
     t = sub.add_parser(

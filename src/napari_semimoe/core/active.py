@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .predict import Predictor, working_reader, working_tissue
+from .inference import Predictor, working_reader, working_tissue
 from .slide import Slide
 from .uncertainty import STRATEGIES, TileScore, binary_entropy, score_tiles, suggest
 

@@ -17,8 +17,7 @@ import torch
 
 from .data import Geometry, TrainingSet
 from .device import cpu_bf16_units, cpu_has_fast_bf16
-from .model import SemiMoE
-from .predict import LoadedModel, PredictOptions, Predictor
+from .inference import LoadedModel, PredictOptions, Predictor
 from .train import TrainConfig, Trainer
 
 
@@ -120,7 +119,7 @@ def run_bench(
     big = np.clip(big.astype(np.int16) + rng.integers(-5, 6, big.shape), 0, 255).astype(np.uint8)
     model = trainers["fast"].model
     dev = trainers["fast"].device
-    ref_model = SemiMoE(width).to(dev)
+    ref_model = trainers["fast"].family.build(trainers["fast"].config).to(dev)
     ref_model.load_state_dict(model.state_dict())
     ref_model.literal = True
     g = Geometry(scale=1.0, tile=tile)

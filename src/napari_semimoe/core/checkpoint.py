@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from .atomic import atomic_path
 from .atomic import atomic_write_json as atomic_write_json  # where benchmarks import it
 from .atomic import atomic_write_text as atomic_write_text
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 FORMAT_VERSION = 1
@@ -30,8 +30,6 @@ FORMAT_VERSION = 1
 RUN_JSON = ("config.json", "history.json", "split.json")
 #: Widest model a checkpoint may declare (upstream is 64); beyond it the metadata is absurd.
 MAX_WIDTH = 1024
-#: The tensor whose first axis is the model's base width.
-WIDTH_TENSOR = "model.experts.seg.enc.0.0.weight"
 
 log = logging.getLogger(__name__)
 
@@ -163,14 +161,26 @@ def model_meta(
 
     A width, geometry or normalisation that is missing, absurd or inconsistent with the
     tensors is a :class:`CheckpointError`, never a giant allocation; a width or geometry
-    missing from ``meta`` is recovered from the tensors or the saved config (and logged)."""
+    missing from ``meta`` is recovered from the tensors or the saved config (and logged).
+    ``meta["family"]`` names the model family; checkpoints from before families have none
+    and are Semi-MoE; an unknown family is one line listing the known ones."""
+    from .families import DEFAULT_FAMILY, get_family  # they import the model, not this
+
     meta = dict(doc["meta"])
     cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    if WIDTH_TENSOR not in tensors:
-        raise CheckpointError(f"{p}: holds no model weights ({WIDTH_TENSOR} missing)")
-    shape = tuple(tensors[WIDTH_TENSOR].shape)
+    # Checkpoints saved before families existed name none: they are all Semi-MoE.
+    name = meta.get("family", cfg.get("family", DEFAULT_FAMILY))
+    try:
+        family = get_family(name if isinstance(name, str) else repr(name))
+    except InputError as exc:
+        raise CheckpointError(f"{p}: {exc}") from None
+    meta["family"] = family.name
+    width_tensor = family.width_tensor
+    if width_tensor not in tensors:
+        raise CheckpointError(f"{p}: holds no model weights ({width_tensor} missing)")
+    shape = tuple(tensors[width_tensor].shape)
     if len(shape) != 4 or shape[1:] != (3, 3, 3):
-        raise CheckpointError(f"{p}: its weights are damaged ({WIDTH_TENSOR} has shape {shape})")
+        raise CheckpointError(f"{p}: its weights are damaged ({width_tensor} has shape {shape})")
     real = int(shape[0])
     width = meta.get("width", cfg.get("width"))
     if width is None:

@@ -6,8 +6,9 @@ napari plugin hands the trainer tiles cut from slides, the CLI hands it whole im
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -355,9 +356,13 @@ def make_batch(
     std: Sequence[float],
     per_instance_boundary: bool = False,
     augment_data: bool = True,
+    targets: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
-    """Augment and normalise the chosen samples; targets are computed after augmentation."""
-    xs, tgts = [], {"seg": [], "sdf": [], "bnd": []}
+    """Augment and normalise the chosen samples; targets are computed after augmentation,
+    by ``targets(mask)`` (the model family's) or, by default, Semi-MoE's."""
+    if targets is None:
+        targets = functools.partial(make_targets, per_instance_boundary=per_instance_boundary)
+    xs, tgts = [], {}
     for i in idx:
         m = None if masks is None else masks[i]
         if augment_data:
@@ -367,8 +372,8 @@ def make_batch(
             m = None if m is None else _pad_to(m, tile)[:tile, :tile]
         xs.append(normalise(im, mean, std))
         if m is not None:
-            for k, v in make_targets(m, per_instance_boundary).items():
-                tgts[k].append(v)
+            for k, v in targets(m).items():
+                tgts.setdefault(k, []).append(v)
     x = np.stack(xs)
     if masks is None:
         return x, None

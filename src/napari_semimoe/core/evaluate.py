@@ -10,8 +10,8 @@ import numpy as np
 
 from .data import scan_folder
 from .errors import InputError, plural
+from .inference import Predictor
 from .metrics import evaluate_pairs, instances_from_mask
-from .predict import Predictor
 from .slide import read_image, read_mask
 
 log = logging.getLogger(__name__)

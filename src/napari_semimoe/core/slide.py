@@ -854,10 +854,6 @@ def resolution_tags(mpp: float | None) -> dict[str, Any]:
     return {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
 
 
-#: predict.py still imports the writer by this name; new code imports core.atomic.
-_atomic = atomic_path
-
-
 def write_tiff(
     path: str | os.PathLike[str],
     array: np.ndarray,

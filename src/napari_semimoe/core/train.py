@@ -1,5 +1,13 @@
-"""The Semi-MoE trainer: labeled + unlabeled sampling, adaptive multi-objective loss, λ ramp,
-warm-up + step decay, atomic checkpoints, pause / stop / resume, and progress events.
+"""The trainer of every model family: labeled + unlabeled sampling, λ ramp, warm-up + step
+decay, atomic checkpoints, pause / stop / resume, and progress events.
+
+The model, its targets and its loss come from the run's family (:mod:`.families`): the
+trainer asks it for the network, the per-task targets and the training pass (whose loss is
+the sum of the family's loss terms), so a new family needs no edit here.
+
+Over 500 lines on purpose: the Trainer is one state machine (samplers, RNG streams, prefetch,
+checkpoint + resume, stop/pause, snapshots) whose resume-exactness invariants hold only
+together; its config and events are small and live beside it.
 
 It is a plain object driven by ``run()``; the CLI calls it directly and the napari plugin
 runs it in a child process and forwards its events through a queue.
@@ -8,7 +16,6 @@ runs it in a child process and forwards its events through a queue.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import time
@@ -29,10 +36,9 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .data import CyclicSampler, Geometry, TrainingSet, channel_stats, make_batch
-from .device import autocast, autocast_dtype, enable_determinism, resolve_device, set_threads
+from .device import autocast_dtype, enable_determinism, resolve_device, set_threads
 from .errors import CheckpointError, InputError, plural
-from .losses import adaptive_loss, pseudo_labels, task_loss
-from .model import TASKS, SemiMoE, run_experts
+from .families import DEFAULT_FAMILY, get_family
 from .runfolder import RunFolder
 
 
@@ -50,6 +56,8 @@ class TrainConfig:
     """Every setting of a run. Schedules are in iterations (interactive runs have no epochs)."""
 
     width: int = 16
+    #: The model family (:func:`.families.families`); ``semimoe`` is the product's model.
+    family: str = DEFAULT_FAMILY
     iterations: int = 1000
     labeled_batch: int = 2
     unlabeled_batch: int = 2
@@ -104,8 +112,10 @@ class TrainConfig:
     def validate(self) -> None:
         if self.iterations < 1:
             raise InputError("iterations must be >= 1")
-        if self.width < 2 or self.width % 2:
-            raise InputError(f"model width must be an even integer >= 2, got {self.width}")
+        try:
+            get_family(self.family).check_width(self.width)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         if self.checkpoint_every < 1:
             raise InputError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.snapshot_every < 0:
@@ -155,121 +165,6 @@ class Flag(Protocol):
 EventCallback = Callable[[ProgressEvent], None]
 #: Called before each iteration; may call ``trainer.replace_data`` (tiles added / rejected).
 IterationHook = Callable[["Trainer", int], None]
-
-
-def _fix_thread_count(n: int) -> None:
-    torch.set_num_threads(n)
-    torch.get_num_threads()  # locks this thread's OpenMP team size in
-
-
-class _Halves:
-    """The experts' passes over the labeled and the unlabeled half of an iteration.
-
-    As upstream, each half is its own pass, so batch norm normalises with that half's
-    statistics, and the running statistics are updated by the unlabeled half, then by the
-    labeled one. With ``threads >= 2`` (CPU) the halves run at the same time, the unlabeled
-    one on a helper thread with its own copy of the batch-norm buffers (parameters shared),
-    each with half of the threads: this network's convolutions scale poorly over intra-op
-    threads (1.26x from 1 to 2 threads) while two independent passes scale ~1.7x (measured,
-    ``docs/benchmarks.md``).
-    The helper's buffer updates are then merged exactly as if it had run first. Forward
-    returns detached leaves; ``backward`` runs the loss's (cheap) backward to them, then both
-    halves' backward passes side by side. Each shared parameter gets one gradient from each
-    half, and a sum of two is the same in either order, so runs stay reproducible.
-    """
-
-    def __init__(
-        self,
-        model: SemiMoE,
-        experts: Callable[[torch.Tensor], Any],
-        device: torch.device,
-        amp: torch.dtype | None,
-        threads: int,
-    ) -> None:
-        self.model, self.experts, self.device, self.amp = model, experts, device, amp
-        self.threads = threads
-        bns = [m for m in model.experts.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        momenta = {m.momentum for m in bns}
-        self.parallel = threads >= 2 and len(momenta) == 1 and None not in momenta
-        if not self.parallel:
-            return
-        self.momentum = float(momenta.pop())
-        # Parameters map to themselves, so only modules and buffers are copied.
-        self.shadow = copy.deepcopy(model.experts, memo={id(p): p for p in model.parameters()})
-        sbns = [m for m in self.shadow.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        self.bufs = [b for m in bns for b in (m.running_mean, m.running_var)]
-        self.shadow_bufs = [b for m in sbns for b in (m.running_mean, m.running_var)]
-        self.counters = [m.num_batches_tracked for m in bns]
-        self.own = max(1, threads // 2)
-        # A plain function as initializer: a bound method would keep this object (and the
-        # model) alive for as long as the thread lives.
-        self.pool = ThreadPoolExecutor(
-            1,
-            thread_name_prefix="semimoe-half",
-            initializer=_fix_thread_count,
-            initargs=(threads - self.own,),
-        )
-        self.pool.submit(lambda: None).result()  # the helper's thread count is now fixed
-        torch.set_num_threads(threads)
-        self._pending: tuple[list[torch.Tensor], ...] | None = None
-        self.start: list[torch.Tensor] = []  # the buffers before this iteration's updates
-
-    def _side_by_side(self, main: Callable[[], Any], helper: Callable[[], Any]):
-        fut = self.pool.submit(helper)
-        torch.set_num_threads(self.own)
-        try:
-            a = main()
-        finally:
-            torch.set_num_threads(self.threads)
-        return a, fut.result()
-
-    def _run(self, experts: Callable[[torch.Tensor], Any], x: torch.Tensor):
-        with autocast(self.device, self.amp):  # autocast is per thread
-            return experts(x)
-
-    def forward(self, xl: torch.Tensor, xu: torch.Tensor):
-        """((feats_l, logits_l), (feats_u, logits_u)) of the experts."""
-        if not self.parallel:
-            out_u = self._run(self.experts, xu)  # upstream's order: unlabeled first
-            return self._run(self.experts, xl), out_u
-        torch._foreach_copy_(self.shadow_bufs, self.bufs)
-        self.start = [b.clone() for b in self.bufs]
-        self.shadow.train(self.model.training)
-        out_l, out_u = self._side_by_side(
-            lambda: self._run(self.experts, xl),
-            lambda: self._run(lambda x: run_experts(self.shadow, x), xu),
-        )
-        leaves = []
-        for feats, logits in (out_l, out_u):
-            lf = [f.detach().requires_grad_() for f in feats]
-            lp = {t: v.detach().requires_grad_() for t, v in logits.items()}
-            leaves.append((lf, lp))
-        self._pending = (
-            [*out_l[0], *out_l[1].values()],
-            [*out_u[0], *out_u[1].values()],
-            [*leaves[0][0], *leaves[0][1].values()],
-            [*leaves[1][0], *leaves[1][1].values()],
-        )
-        return leaves[0], leaves[1]
-
-    def backward(self, total: torch.Tensor) -> None:
-        total.backward()
-        if not self.parallel:
-            return
-        outs_l, outs_u, leaves_l, leaves_u = self._pending
-        self._pending = None
-
-        def back(outs: list[torch.Tensor], leaves: list[torch.Tensor]) -> None:
-            pairs = [(o, v.grad) for o, v in zip(outs, leaves) if v.grad is not None]
-            if pairs:
-                torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
-
-        self._side_by_side(lambda: back(outs_l, leaves_l), lambda: back(outs_u, leaves_u))
-        # Merged after the backward, which reads the buffers' versions. Both updates in
-        # sequence = the labeled-only update + (1 - momentum) x the unlabeled change.
-        torch._foreach_sub_(self.shadow_bufs, self.start)
-        torch._foreach_add_(self.bufs, self.shadow_bufs, alpha=1.0 - self.momentum)
-        torch._foreach_add_(self.counters, 1)
 
 
 class Trainer:
@@ -340,24 +235,27 @@ class Trainer:
         # other and a resume is exact.
         self._gpu_ids = [self.device.index or 0] if self.device.type == "cuda" else []
         self.gpu_rng: torch.Tensor | None = None
+        self.family = get_family(config.family)
         with torch.random.fork_rng(devices=self._gpu_ids):
             torch.manual_seed(config.seed)
-            self.model = SemiMoE(config.width).to(self.device)
+            self.model = self.family.build(config).to(self.device)
             self._keep_rng()
         # Channels-last pays with bf16 (oneDNN); in fp32 its batch norm is slower on CPU.
         self.channels_last = config.fast and self.amp is not None
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if not config.fast:
+        if not config.fast and hasattr(self.model, "literal"):
             self.model.literal = True
+        network, weights = self.family.parameter_groups(self.model)
         self.opt = torch.optim.SGD(
-            self.model.network_parameters(),
+            network,
             lr=config.lr,
             momentum=config.momentum,
             weight_decay=config.weight_decay,
             foreach=True,  # one fused update over all tensors (CPU defaults to a loop)
         )
-        self.opt_s = torch.optim.Adam([self.model.loss_s], lr=config.s_lr, foreach=True)
+        #: The learnt loss weights' optimiser (None: the family learns none).
+        self.opt_s = torch.optim.Adam(weights, lr=config.s_lr, foreach=True) if weights else None
         self.rng = np.random.default_rng(config.seed)
         self.data = data
         self.lab_sampler = CyclicSampler(len(data.labeled_images), self.rng)
@@ -375,6 +273,11 @@ class Trainer:
             if init_from is not None:
                 t, d = read_checkpoint(init_from)
                 cfg = d["meta"]["config"]
+                other = d["meta"].get("family", DEFAULT_FAMILY)
+                if other != self.family.name:
+                    raise CheckpointError(
+                        f"{init_from} is a {other} model, this run trains {self.family.name}"
+                    )
                 if int(cfg["width"]) != config.width:
                     raise CheckpointError(
                         f"{init_from} has model width {cfg['width']}, this run asks for "
@@ -384,9 +287,6 @@ class Trainer:
             self.mean, self.std = stats or channel_stats(
                 list(data.labeled_images) + list(data.unlabeled_images)
             )
-        self._experts = self.model.run_experts
-        if self._want_compile():
-            self._experts = torch.compile(self.model.run_experts, dynamic=False)
         self._step_times: deque[float] = deque(maxlen=20)
         #: Build the next batch (augmentation, SDF/boundary targets: ~90 ms of numpy at
         #: 256^2) in a thread while this iteration computes, as a DataLoader worker would.
@@ -396,7 +296,11 @@ class Trainer:
         #: Run the labeled and unlabeled halves side by side on a CPU with >= 2 threads
         #: (see :class:`_Halves`); False runs them one after the other, same function.
         self.parallel_halves = True
-        self._halves_runner: _Halves | None = None
+        #: The family's own per-run state (compiled parts, helper threads, ...).
+        self.state: dict[str, Any] = {}
+        setup = getattr(self.family, "setup", None)
+        if setup is not None:
+            setup(self)
 
     # ------------------------------------------------------------------ state
 
@@ -405,7 +309,7 @@ class Trainer:
         if self._gpu_ids:
             self.gpu_rng = torch.cuda.get_rng_state(self._gpu_ids[0])
 
-    def _want_compile(self) -> bool:
+    def want_compile(self) -> bool:
         # Only on request ("auto" = off): measured no faster (docs/benchmarks.md): on this
         # 2-core CPU inductor compiled for minutes and ran slower; on an H100 a compiled
         # b = 16 step took 62.5 vs 56.8 ms eager.
@@ -415,7 +319,8 @@ class Trainer:
         meta = doc["meta"]
         load_model_state(self.model, tensors)
         load_optimizer_state(self.opt, "sgd", tensors, doc)
-        load_optimizer_state(self.opt_s, "adam", tensors, doc)
+        if self.opt_s is not None:
+            load_optimizer_state(self.opt_s, "adam", tensors, doc)
         st = meta["state"]
         self.iteration = int(st["iteration"])
         self.elapsed = float(st.get("elapsed", 0.0))
@@ -432,11 +337,11 @@ class Trainer:
     def meta(self) -> dict[str, Any]:
         """Everything prediction needs, plus the training state needed to resume."""
         return {
+            "family": self.family.name,
             "config": dataclasses.asdict(self.config),
             "mean": list(map(float, self.mean)),
             "std": list(map(float, self.std)),
             "geometry": self.geometry.to_dict(),
-            "width": self.config.width,
             "labeled_names": list(self.data.labeled_names),
             "state": {
                 "iteration": self.iteration,
@@ -457,7 +362,7 @@ class Trainer:
                 self.ckpt_path,
                 self.model,
                 self.meta(),
-                {"sgd": self.opt, "adam": self.opt_s},
+                {"sgd": self.opt} | ({"adam": self.opt_s} if self.opt_s else {}),
                 extra={"rng.torch": self.torch_rng}
                 | ({"rng.cuda": self.gpu_rng} if self.gpu_rng is not None else {}),
             )
@@ -539,7 +444,7 @@ class Trainer:
             tile,
             self.mean,
             self.std,
-            cfg.per_instance_boundary,
+            targets=self._targets,
         )
         xu = None
         if self._semi_supervised():
@@ -548,10 +453,9 @@ class Trainer:
         dev = self.device
         # Conversions in numpy: this runs in the prefetch thread, where a torch op would
         # start a second OpenMP team next to the training's.
-        yl["seg"] = yl["seg"].astype(np.int64)
-        yl["bnd"] = yl["bnd"].astype(np.int64)
-        yl["sdf"] = yl["sdf"][:, None]
-        targets = {k: torch.from_numpy(v).to(dev) for k, v in yl.items()}
+        targets = {
+            t.name: torch.from_numpy(t.collate(yl[t.name])).to(dev) for t in self.family.tasks
+        }
         xl_t = torch.from_numpy(xl).to(dev)
         xu_t = None if xu is None else torch.from_numpy(xu).to(dev)
         return xl_t, targets, xu_t
@@ -562,8 +466,8 @@ class Trainer:
             not c.supervised_only and c.unlabeled_batch > 0 and len(self.data.unlabeled_images) > 0
         )
 
-    def _supervised_losses(self, expert, gated, y) -> dict[str, torch.Tensor]:
-        return {t: task_loss(t, expert[t], y[t]) + task_loss(t, gated[t], y[t]) for t in TASKS}
+    def _targets(self, mask: np.ndarray) -> dict[str, np.ndarray]:
+        return self.family.targets(mask, self.config)
 
     def step(self) -> dict[str, float]:
         """One optimiser step; returns the per-task losses, total, λ and lr."""
@@ -573,13 +477,11 @@ class Trainer:
         f = cfg.lr_factor(it)
         for group in self.opt.param_groups:
             group["lr"] = cfg.lr * f
-        for group in self.opt_s.param_groups:
+        for group in self.opt_s.param_groups if self.opt_s is not None else ():
             group["lr"] = cfg.s_lr * f
         self.model.train()
         xl, y, xu = self._next_batch()
-        self.opt.zero_grad(set_to_none=True)
-        self.opt_s.zero_grad(set_to_none=True)
-        s = self.model.loss_s
+        self._zero_grad()
         with torch.random.fork_rng(devices=self._gpu_ids):
             torch.set_rng_state(self.torch_rng)
             if self.gpu_rng is not None:
@@ -590,110 +492,42 @@ class Trainer:
                 total, sup, uns = self._reference_pass(xl, y, xu, lam)
             self._keep_rng()
         if not torch.isfinite(total):
-            self.opt.zero_grad(set_to_none=True)
-            self.opt_s.zero_grad(set_to_none=True)
+            self._zero_grad()
             raise TrainingError(
                 f"the loss became {float(total)} at iteration {it + 1}; training stopped, "
                 f"{self.last_good()} (try a lower learning rate)"
             )
         self.opt.step()
-        self.opt_s.step()
+        if self.opt_s is not None:
+            self.opt_s.step()
         self.iteration += 1
         out = {f"sup_{t}": float(v.detach()) for t, v in sup.items()}
         out.update({f"unsup_{t}": float(v.detach()) for t, v in uns.items()})
         out["total"] = float(total)
         out["lambda"] = lam
         out["lr"] = cfg.lr * f
-        out.update({f"s_{t}": float(s[i].detach()) for i, t in enumerate(TASKS)})
+        weights = self.family.loss_weights(self.model)
+        out.update({f"s_{t}": float(v.detach()) for t, v in weights.items()})
         return out
 
-    def _fast_pass(self, xl, y, xu, lam):
-        """Channels-last, autocast; per-half passes run side by side on a multi-core CPU."""
-        cfg, m = self.config, self.model
-        if xu is None or cfg.batch_norm == "pooled":
-            return self._pooled_pass(xl, y, xu, lam)
-        if self.channels_last:
-            xl = xl.contiguous(memory_format=torch.channels_last)
-            xu = xu.contiguous(memory_format=torch.channels_last)
-        halves = self._halves()
-        (feats_l, exp_l), (feats_u, exp_u) = halves.forward(xl, xu)
-        with autocast(self.device, self.amp):
-            gated_l, _ = m.mgp(feats_l)
-            # Pseudo-labels are detached: the gates get no gradient from the unsupervised term.
-            with torch.no_grad():
-                gated_u, _ = m.mgp(feats_u)
-        sup = self._supervised_losses(exp_l, gated_l, y)
-        pl = pseudo_labels(gated_u)
-        uns = {t: task_loss(t, exp_u[t], pl[t]) for t in TASKS}
-        total = adaptive_loss(sup, m.loss_s, cfg.gamma)
-        total = total + lam * adaptive_loss(uns, m.loss_s, cfg.gamma)
-        halves.backward(total)
-        return total.detach(), sup, uns
+    def _zero_grad(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        if self.opt_s is not None:
+            self.opt_s.zero_grad(set_to_none=True)
 
-    def _pooled_pass(self, xl, y, xu, lam):
-        """All tiles through each expert in one pass (batch norm over labeled + unlabeled)."""
-        cfg, m = self.config, self.model
-        nl = xl.shape[0]
-        x = xl if xu is None else torch.cat([xl, xu])
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.amp):
-            feats, expert = self._experts(x)
-            # The gates run once on all tiles (per-image, so the halves do not mix); slicing
-            # the small gated logits instead of the b-channel features keeps the backward in
-            # one memory layout. Pseudo-labels are detached: the gates get no gradient from
-            # the unsupervised term.
-            gated, _ = m.mgp(feats)
-            gated_l = {t: v[:nl] for t, v in gated.items()}
-            gated_u = {t: v[nl:].detach() for t, v in gated.items()}
-        sup = self._supervised_losses({t: v[:nl] for t, v in expert.items()}, gated_l, y)
-        total = adaptive_loss(sup, m.loss_s, cfg.gamma)
-        uns: dict[str, torch.Tensor] = {}
-        if xu is not None:
-            pl = pseudo_labels(gated_u)
-            uns = {t: task_loss(t, expert[t][nl:], pl[t]) for t in TASKS}
-            total = total + lam * adaptive_loss(uns, m.loss_s, cfg.gamma)
-        total.backward()
-        return total.detach(), sup, uns
+    def _fast_pass(self, xl, y, xu, lam):
+        """The family's fast pass (channels-last, autocast)."""
+        return self.family.fast_pass(self, xl, y, xu, lam)
+
+    def _reference_pass(self, xl, y, xu, lam):
+        """The family's reference pass (upstream's order, fp32 unless asked)."""
+        return self.family.reference_pass(self, xl, y, xu, lam)
 
     @property
     def halves_side_by_side(self) -> bool:
         """Whether the semi-supervised steps run their two halves on two threads."""
-        return bool(self._halves_runner and self._halves_runner.parallel)
-
-    def _halves(self) -> _Halves:
-        if self._halves_runner is None:
-            threads = torch.get_num_threads()
-            parallel = (
-                self.parallel_halves
-                and self.device.type == "cpu"
-                and self._experts == self.model.run_experts  # not compiled
-                and threads >= 2
-            )
-            self._halves_runner = _Halves(
-                self.model, self._experts, self.device, self.amp, threads if parallel else 1
-            )
-        return self._halves_runner
-
-    def _reference_pass(self, xl, y, xu, lam):
-        """Upstream order: unsupervised forward/backward, then supervised; fp32 unless asked."""
-        cfg, m = self.config, self.model
-        total = torch.zeros((), device=self.device)
-        uns: dict[str, torch.Tensor] = {}
-        if xu is not None:
-            with autocast(self.device, self.amp):
-                out = m(xu)
-            pl = pseudo_labels(out.gated)
-            uns = {t: task_loss(t, out.expert[t], pl[t]) for t in TASKS}
-            lu = lam * adaptive_loss(uns, m.loss_s, cfg.gamma)
-            lu.backward()
-            total = total + lu.detach()
-        with autocast(self.device, self.amp):
-            out = m(xl)
-        sup = self._supervised_losses(out.expert, out.gated, y)
-        ls = adaptive_loss(sup, m.loss_s, cfg.gamma)
-        ls.backward()
-        return total + ls.detach(), sup, uns
+        side = getattr(self.family, "halves_side_by_side", None)
+        return bool(side and side(self))
 
     # ------------------------------------------------------------------ the loop
 
@@ -788,7 +622,7 @@ class Trainer:
         amp = "bf16 autocast" if self.amp == torch.bfloat16 else "fp32"
         mode = "supervised-only" if not self._semi_supervised() else "semi-supervised"
         return (
-            f"{mode} Semi-MoE b={self.config.width} on {self.device} ({amp}, "
+            f"{mode} {self.family.describe(self.config.width)} on {self.device} ({amp}, "
             f"{'fast' if self.config.fast else 'reference'} path); "
             f"{len(self.data.labeled_images)} labeled, "
             f"{len(self.data.unlabeled_images)} unlabeled"
@@ -808,7 +642,7 @@ class Trainer:
             iteration=self.iteration,
             total=cfg.iterations,
             losses={k: v for k, v in losses.items() if not k.startswith(("s_", "lambda", "lr"))},
-            s=[float(v) for v in self.model.loss_s.detach().cpu()],
+            s=[float(v.detach()) for v in self.family.loss_weights(self.model).values()],
             lam=cfg.lambda_at(max(0, self.iteration - 1)) if self._semi_supervised() else 0.0,
             lr=cfg.lr * cfg.lr_factor(max(0, self.iteration - 1)),
             elapsed=self.elapsed,

@@ -1,6 +1,7 @@
 """npe2 reader: PNG/JPG/BMP/TIFF tiles and pyramidal slides, opened lazily as multiscale, and
 the maps ``napari-semimoe predict`` writes (``NAME_mask.tif``, ``NAME_prob.tif``, ...), shown
-as the plugin shows them and in the slide's physical units."""
+as the plugin shows them and in the slide's physical units. The map names and their styles
+come from the registered model families' tasks."""
 
 from __future__ import annotations
 
@@ -45,26 +46,15 @@ def _layer(path: str) -> LayerData:
     return slide_layer(path)
 
 
-#: What ``predict`` writes, as NAME_<key>.tif; longest first (expert_prob before prob).
-PREDICTION_KEYS = (
-    "expert_boundary",
-    "expert_prob",
-    "expert_sdf",
-    "instances",
-    "boundary",
-    "mask",
-    "prob",
-    "sdf",
-)
-
-
 def prediction_key(path: str | Path) -> str | None:
     """``slide_prob.tif`` -> ``"prob"``; None for anything that is not a prediction map."""
+    from .layer_styles import prediction_keys
+
     name = Path(path).name.lower()
     for ext in (".tif", ".tiff"):
         if name.endswith(ext):
             stem = name[: -len(ext)]
-            return next((k for k in PREDICTION_KEYS if stem.endswith("_" + k)), None)
+            return next((k for k in prediction_keys() if stem.endswith("_" + k)), None)
     return None
 
 

@@ -1,0 +1,44 @@
+"""Inference in parts: ``tiling`` (where tiles go, blend window), ``merge`` (where tile
+outputs are summed: memory, memory-mapped files, zarr), ``resample`` (working scale <->
+native), ``predictor`` (a loaded model run over tiles), ``slide_job`` (a whole slide into
+outputs, atomically) and ``writers`` (TIFF maps, gates)."""
+
+from __future__ import annotations
+
+from .merge import InMemoryMerger, MemmapMerger, Merger, ZarrMerger, make_merger
+from .predictor import LoadedModel, PredictOptions, Predictor, WorkingPrediction, load_model
+from .resample import resample, resample_band
+from .slide_job import (
+    SCRATCH_PREFIX,
+    predict_slide,
+    remove_stale_scratch,
+    scratch_prefix,
+    working_reader,
+    working_tissue,
+)
+from .tiling import TileGrid, blend_window
+from .writers import map_level_shapes
+
+__all__ = [
+    "SCRATCH_PREFIX",
+    "InMemoryMerger",
+    "LoadedModel",
+    "MemmapMerger",
+    "Merger",
+    "PredictOptions",
+    "Predictor",
+    "TileGrid",
+    "WorkingPrediction",
+    "ZarrMerger",
+    "blend_window",
+    "load_model",
+    "make_merger",
+    "map_level_shapes",
+    "predict_slide",
+    "remove_stale_scratch",
+    "resample",
+    "resample_band",
+    "scratch_prefix",
+    "working_reader",
+    "working_tissue",
+]
