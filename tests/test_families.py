@@ -230,3 +230,20 @@ def test_layer_names_come_from_the_tasks(toy):
         "expert_boundary": "Expert: boundary",
     }
     assert toy.layer_names()["toyprob"] == "toy toyprob"
+
+
+def test_train_family_from_the_cli_trains_the_registered_family(toy, tiny_dataset, tmp_path, capsys):
+    """`train --family NAME` builds the registered family; its checkpoint names it, predict
+    opens it by that name; an unknown family is one line before any image is read."""
+    from napari_semimoe.cli import main
+
+    run = tmp_path / "run"
+    tiny = ["--width", "4", "--input-size", "32", "--threads", "1", "--precision", "fp32"]
+    args = ["train", "--data", str(tiny_dataset), "--iterations", "2", *tiny]
+    assert main([*args, "--family", "toy", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert load_model(run).meta["family"] == "toy"
+    assert main([*args, "--family", "nope", "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown model family 'nope'" in err[0]
+    assert not (tmp_path / "r2").exists()

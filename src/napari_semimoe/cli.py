@@ -222,6 +222,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 #: so giving one with --resume is refused instead of silently ignored. Their defaults are
 #: the run config's (:func:`run_defaults`).
 RUN_OPTIONS = (
+    "family",
     "width",
     "labeled",
     "labeled_fraction",
@@ -250,6 +251,7 @@ def run_defaults() -> dict[str, object]:
 
     c, g = _config_defaults(), Geometry()
     defaults: dict[str, object] = {
+        "family": c.family,
         "width": c.width,
         "labeled": None,  # every image with a mask
         "labeled_fraction": None,
@@ -373,6 +375,7 @@ def _start_training(args: argparse.Namespace, folder):
     """Check the run folder and the data, read the images, build the trainer."""
     from .core.data import choose_labeled, load_training_set, scan_folder
     from .core.device import resolve_device
+    from .core.families import get_family
     from .core.train import TrainConfig, Trainer
 
     out = folder.path
@@ -387,6 +390,7 @@ def _start_training(args: argparse.Namespace, folder):
         plan = None
         if folder.has_checkpoint():
             raise InputError(f"{out} already holds a run; use --resume {out} or another --out")
+        family = get_family(args.family).name  # an unknown name: one line, before any image
         geometry = _geometry(args)
         data_dir = Path(args.data)
         unlabeled_dirs = [str(Path(d).resolve()) for d in (args.unlabeled or [])]
@@ -394,6 +398,7 @@ def _start_training(args: argparse.Namespace, folder):
         labeled, unlabeled = choose_labeled(items, args.labeled, args.labeled_fraction, args.seed)
         unlabeled += _unlabeled_items(args.unlabeled or [])
         config = TrainConfig(
+            family=family,
             width=args.width,
             iterations=args.iterations,
             lr=args.lr,
@@ -799,6 +804,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=COUNT,
         help="iterations in total; with --resume, continue up to this many (the warm-up, lr "
         "decay and λ ramp are spread over the total, so extending a run stretches them)",
+    )
+    t.add_argument(
+        "--family",
+        help=f"model family (default {D['family']}; `summary --family X` shows one)",
+        **run_opt,
     )
     t.add_argument(
         "--width", type=WIDTH, help=f"base width b (default {D['width']}; upstream 64)", **run_opt
