@@ -232,7 +232,7 @@ def test_layer_names_come_from_the_tasks(toy):
     assert toy.layer_names()["toyprob"] == "toy toyprob"
 
 
-def test_train_family_from_the_cli_trains_the_registered_family(toy, tiny_dataset, tmp_path, capsys):
+def test_train_family_from_the_cli_trains_that_family(toy, tiny_dataset, tmp_path, capsys):
     """`train --family NAME` builds the registered family; its checkpoint names it, predict
     opens it by that name; an unknown family is one line before any image is read."""
     from napari_semimoe.cli import main
