@@ -548,7 +548,7 @@ def _remember_data(folder, config, data_dir: Path, unlabeled_dirs: list[str]) ->
 
 
 def _predictor(args: argparse.Namespace):
-    from .core.predict import PredictOptions, Predictor, load_model
+    from .core.inference import PredictOptions, Predictor, load_model
 
     _check_threads(args.threads)
     bad = None if args.tile is None else tile_problem(args.tile)
@@ -570,7 +570,7 @@ def _predictor(args: argparse.Namespace):
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict every input; one that cannot be read does not stop the others: each failure
     is one line on stderr at the end, and the exit status is 2 if any failed."""
-    from .core.predict import predict_slide
+    from .core.inference import predict_slide
     from .core.slide import open_slide
 
     names = _output_names(args.images)

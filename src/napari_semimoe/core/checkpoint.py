@@ -23,13 +23,12 @@ from .atomic import atomic_path
 from .atomic import atomic_write_json as atomic_write_json  # where benchmarks import it
 from .atomic import atomic_write_text as atomic_write_text
 from .errors import CheckpointError, InputError
+from .validate import MAX_WIDTH
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 FORMAT_VERSION = 1
 #: JSON files of a run folder besides the checkpoint (prediction needs none of them).
 RUN_JSON = ("config.json", "history.json", "split.json")
-#: Widest model a checkpoint may declare (upstream is 64); beyond it the metadata is absurd.
-MAX_WIDTH = 1024
 
 log = logging.getLogger(__name__)
 

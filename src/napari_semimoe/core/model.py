@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .validate import width_problem
+
 #: Tasks in a fixed order; every per-task tensor or dict in the package uses it.
 TASKS: tuple[str, str, str] = ("seg", "sdf", "bnd")
 #: Output channels of each task's head: 2-class logits, 1 SDF logit, 2-class logits.
@@ -317,8 +319,9 @@ class SemiMoE(nn.Module):
 
     def __init__(self, width: int = 16, in_channels: int = 3) -> None:
         super().__init__()
-        if width < 2 or width % 2:
-            raise ValueError(f"model width must be an even integer >= 2, got {width}")
+        bad = width_problem(width)
+        if bad:
+            raise ValueError(f"model width {bad}")
         self.width = width
         self.in_channels = in_channels
         self.experts = nn.ModuleDict(

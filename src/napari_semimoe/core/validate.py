@@ -19,6 +19,8 @@ TILE_MULTIPLE = 16
 MIN_TILE = 16
 MAX_TILE = 8192
 MAX_SCALE = 1e4
+#: Widest model base width accepted anywhere (upstream uses 64; 1024 is already ~27 G params).
+MAX_WIDTH = 1024
 
 
 def is_int(v: Any) -> bool:
@@ -30,7 +32,7 @@ def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def width_problem(width: Any, hi: int = 1024) -> str | None:
+def width_problem(width: Any, hi: int = MAX_WIDTH) -> str | None:
     """What is wrong with a model base width (an even integer from 2 to ``hi``)."""
     if not is_int(width) or not 2 <= width <= hi or width % 2:
         return f"must be an even integer from 2 to {hi}, got {width!r}"

@@ -122,9 +122,13 @@ class Family:
         raise NotImplementedError
 
     def check_width(self, width: int) -> None:
-        """Raise ValueError for a width this family cannot build."""
-        if width < 2 or width % 2:
-            raise ValueError(f"model width must be an even integer >= 2, got {width}")
+        """Raise ValueError for a width this family cannot build (the one width rule of
+        :mod:`..validate` unless a family needs another)."""
+        from ..validate import width_problem
+
+        bad = width_problem(width)
+        if bad:
+            raise ValueError(f"model width {bad}")
 
     def task_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tasks)
