@@ -31,7 +31,9 @@ def test_suggestions_take_the_tile_from_the_model_not_the_form(ui, qtbot):
 
 
 def test_accept_after_a_new_training_changed_the_scale_uses_the_models(
-    ui, qtbot, tiny_checkpoint  # noqa: F811 (the fixture imported above)
+    ui,
+    qtbot,
+    tiny_checkpoint,  # noqa: F811 (the fixture imported above)
 ):
     """The issue's case: a prediction made by the scale-4 model, then Start with scale 2
     (project.state.scale becomes 2, the new run has no checkpoint yet), then Accept: the
