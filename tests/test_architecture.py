@@ -122,3 +122,11 @@ def test_the_training_child_imports_no_plugin_module(tmp_path):
     allowed = {"napari_semimoe.plugin", "napari_semimoe.plugin.training_process"}
     assert "napari_semimoe.plugin.training_process" in loaded
     assert set(loaded) <= allowed, loaded  # no Qt, no napari, no other plugin module
+
+
+def test_panels_never_import_each_other():
+    graph = import_graph()
+    panels = {m for m in graph if m.startswith("napari_semimoe.plugin.panels.")}
+    assert len(panels) >= 4
+    for m in panels:
+        assert not (graph[m] & panels), (m, graph[m] & panels)

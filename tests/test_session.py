@@ -117,3 +117,22 @@ def test_the_working_geometry_is_the_models_not_the_forms(session):
     assert session.geometry == Geometry(scale=4.0, tile=64)  # ... the model is still 4 / 64
     _checkpoint(run2, 2.0, 128)  # the new run's first checkpoint
     assert session.geometry == Geometry(scale=2.0, tile=128)
+
+
+def test_a_failed_job_is_one_line_naming_the_log_and_a_traceback_in_it(session, tmp_path, caplog):
+    from napari_semimoe.core.errors import InputError
+
+    said = []
+    session.message.connect(said.append)
+    session.log_path = tmp_path / "napari.log"
+    try:
+        raise RuntimeError("out of memory")
+    except RuntimeError as exc:
+        line = session.report("prediction", exc)
+    assert (
+        line == f"prediction failed: RuntimeError: out of memory (details: {tmp_path}/napari.log)"
+    )
+    assert said == [line] and "\n" not in line
+    rec = [r for r in caplog.records if r.levelname == "ERROR"][-1]
+    assert rec.exc_info and rec.exc_info[0] is RuntimeError  # the traceback goes to the log
+    assert session.report("suggestions", InputError("no image")) == "suggestions failed: no image"

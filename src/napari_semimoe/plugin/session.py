@@ -101,6 +101,18 @@ class Session:
     def say(self, msg: str) -> None:
         self.message.emit(msg)
 
+    def report(self, what: str, exc: BaseException) -> str:
+        """A failed job: its traceback into the session log, one readable line (naming the
+        log) in the status; returns that line (for a notification)."""
+        if isinstance(exc, InputError):
+            line = f"{what} failed: {exc}"
+            log.warning(line)
+        else:
+            line = f"{what} failed: {type(exc).__name__}: {exc}{self.log_hint()}"
+            log.error("%s failed", what, exc_info=exc)
+        self.say(line)
+        return line
+
     def log_hint(self) -> str:
         """' (details: LOG)' for a one-line error whose traceback went to the log."""
         return "" if self.log_path is None else f" (details: {self.log_path})"

@@ -170,7 +170,7 @@ class ActivePanel:
     def _model(self):
         return self.session.require_model()
 
-    def _run(self, fn, on_done, bar: QProgressBar, cancel_btn: QPushButton) -> None:
+    def _run(self, fn, on_done, bar: QProgressBar, cancel_btn: QPushButton, what: str) -> None:
         from napari.qt.threading import thread_worker
 
         from ...core.device import releasing_memory
@@ -187,7 +187,7 @@ class ActivePanel:
                 b.setEnabled(True)
 
         worker.returned.connect(on_done)
-        worker.errored.connect(lambda e: _notify(f"failed: {e}", "error"))
+        worker.errored.connect(lambda e: _notify(self.session.report(what, e), "error"))
         worker.finished.connect(finished)
         worker.start()
 
@@ -291,7 +291,9 @@ class ActivePanel:
                 out.append(Candidate(p.y0, p.x0, p.size0, p.score, p.components, inst))
             return out
 
-        self._run(work, self._show_suggestions, self.suggest_progress, self.suggest_cancel)
+        self._run(
+            work, self._show_suggestions, self.suggest_progress, self.suggest_cancel, "suggestions"
+        )
 
     def _show_suggestions(self, picks: list[Candidate] | None) -> None:
         if picks is None:
@@ -402,7 +404,7 @@ class ActivePanel:
         def done(res) -> None:
             self._show_pseudo(res, s)
 
-        self._run(work, done, self.qa_progress, self.qa_cancel)
+        self._run(work, done, self.qa_progress, self.qa_cancel, "pseudo-label view")
 
     def _show_pseudo(self, res: list[tuple[int, int, Any]] | None, s: float) -> None:
         from ...core.instances import label_instances

@@ -239,7 +239,7 @@ class ReviewPanel(QWidget):
             self._set_predict_ui(True)
 
         worker.returned.connect(self._show_prediction)
-        worker.errored.connect(lambda e: _notify(f"Prediction failed: {e}", "error"))
+        worker.errored.connect(lambda e: _notify(self.session.report("prediction", e), "error"))
         worker.finished.connect(finished)
         worker.start()
 
