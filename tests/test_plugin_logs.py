@@ -64,3 +64,24 @@ def test_the_trainers_warning_is_shown_in_the_dock(ui):
     assert tp.warning_label.isVisibleTo(tp) and msg in tp.warning_label.text()
     assert "warning" in (widget.session.log_path.read_text().lower())
     assert tp.eta_label.text() == "training finished"
+
+
+def test_two_docks_of_one_session_share_the_log_and_closing_releases_it(tmp_path):
+    import logging
+
+    from napari_semimoe.plugin.session_log import SessionLog
+
+    root = logging.getLogger("napari_semimoe")
+    before = len(root.handlers)
+    a, b = SessionLog(), SessionLog()
+    pa, pb = a.open_in(tmp_path), b.open_in(tmp_path)
+    assert pa == pb and pa.parent == tmp_path / "logs" and pa.name.startswith("napari-")
+    assert len(root.handlers) == before + 1  # one handler: no line written twice
+    root.info("one line")
+    a.close()
+    root.info("still logged")
+    b.close()
+    assert len(root.handlers) == before
+    root.info("not logged")
+    text = pa.read_text()
+    assert text.count("one line") == 1 and "still logged" in text and "not logged" not in text

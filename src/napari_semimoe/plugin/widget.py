@@ -108,7 +108,7 @@ class SemiMoEWidget(QWidget):
         # layers first), and stop training gracefully when the application quits.
         qt_window = getattr(getattr(viewer, "window", None), "_qt_window", None)
         if qt_window is not None:
-            self._close_watcher = _CloseWatcher(self.project_panel.save_now, self)
+            self._close_watcher = _CloseWatcher(self._window_closed, self)
             qt_window.installEventFilter(self._close_watcher)
         from qtpy.QtWidgets import QApplication
 
@@ -142,6 +142,10 @@ class SemiMoEWidget(QWidget):
 
     def _project_opened(self, project) -> None:
         self.session.log_path = self.log.open_in(project.root)
+
+    def _window_closed(self) -> None:
+        self.project_panel.save_now()
+        self.log.close()
 
     def _toolbox_review(self) -> None:
         self.toolbox.setCurrentIndex(2)
