@@ -20,19 +20,23 @@ def main() -> int:
 
     pump(1)
     viewer.screenshot(str(OUT / "01-sample-slide.png"), canvas_only=False)
-    widget.iter_spin.setValue(int(sys.argv[1]) if len(sys.argv) > 1 else 120)
-    widget.start_training()
-    while widget.progress.value() < widget.iter_spin.value() // 2:
+    widget.train_panel.iter_spin.setValue(int(sys.argv[1]) if len(sys.argv) > 1 else 120)
+    widget.train_panel.start_training()
+    while widget.train_panel.progress.value() < widget.train_panel.iter_spin.value() // 2:
         pump(0.5)
     viewer.screenshot(str(OUT / "02-training-mid-run.png"), canvas_only=False)
-    while widget.job is None or not widget.job.finished or widget._poll.isActive():
+    while (
+        widget.train_panel.job is None
+        or not widget.train_panel.job.finished
+        or widget.train_panel._poll.isActive()
+    ):
         pump(0.5)
     viewer.screenshot(str(OUT / "03-training-done.png"), canvas_only=False)
     widget._toolbox_review()
-    widget.predict("image")
+    widget.review_panel.predict("image")
     while (
-        widget.cancel_btn.isEnabled()
-        or widget.showing_prediction
+        widget.review_panel.cancel_btn.isEnabled()
+        or widget.review_panel.showing_prediction
         or ("Semi-MoE segmentation" not in viewer.layers)
     ):
         pump(0.5)

@@ -22,9 +22,15 @@ def main() -> int:
             pump(0.3)
         pump(1)
 
-    widget.iter_spin.setValue(int(sys.argv[1]) if len(sys.argv) > 1 else 150)
-    widget.start_training()
-    wait(lambda: widget.job is not None and widget.job.finished and not widget._poll.isActive())
+    widget.train_panel.iter_spin.setValue(int(sys.argv[1]) if len(sys.argv) > 1 else 150)
+    widget.train_panel.start_training()
+    wait(
+        lambda: (
+            widget.train_panel.job is not None
+            and widget.train_panel.job.finished
+            and not widget.train_panel._poll.isActive()
+        )
+    )
     panel = widget.active
 
     widget.toolbox.setCurrentIndex(3)

@@ -46,7 +46,7 @@ def main() -> int:
     from napari_semimoe.plugin.widget import camera
 
     viewer, widget, _pump = open_session("semimoe-ui-")
-    widget.iter_spin.setValue(args.iterations)
+    widget.train_panel.iter_spin.setValue(args.iterations)
     app = QApplication.instance()
 
     gaps: list[float] = []
@@ -75,13 +75,15 @@ def main() -> int:
             busy.append((gc_start[0], time.perf_counter(), f"gc gen{info['generation']}"))
 
     gc.callbacks.append(on_gc)
-    widget._poll.timeout.disconnect()
-    widget._poll.timeout.connect(timed(widget._poll_training, "training poll"))
+    widget.train_panel._poll.timeout.disconnect()
+    widget.train_panel._poll.timeout.connect(
+        timed(widget.train_panel._poll_training, "training poll")
+    )
 
     def tick() -> None:
         now = time.perf_counter()
         gaps.append(now - last[0])
-        when.append((now - t_phase[0], widget.eta_label.text()[:40]))
+        when.append((now - t_phase[0], widget.train_panel.eta_label.text()[:40]))
         last[0] = now
 
     timer = QTimer()
@@ -152,20 +154,24 @@ def main() -> int:
     t_end = time.perf_counter() + args.idle_seconds
     idle = "idle (timer only)" if args.no_interact else "idle (pan/zoom/paint only)"
     results = [measure(idle, lambda: time.perf_counter() > t_end)]
-    widget.start_training()
+    widget.train_panel.start_training()
     results.append(
         measure(
             f"training {args.iterations} iterations in the child process",
-            lambda: widget.job is not None and widget.job.finished and not widget._poll.isActive(),
+            lambda: (
+                widget.train_panel.job is not None
+                and widget.train_panel.job.finished
+                and not widget.train_panel._poll.isActive()
+            ),
         )
     )
-    widget.predict("image")
+    widget.review_panel.predict("image")
     results.append(
         measure(
             "predicting the whole sample slide (thread worker)",
             lambda: (
-                not widget.cancel_btn.isEnabled()
-                and not widget.showing_prediction
+                not widget.review_panel.cancel_btn.isEnabled()
+                and not widget.review_panel.showing_prediction
                 and "prediction shown" in widget.status.text()
             ),
         )

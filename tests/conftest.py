@@ -65,19 +65,22 @@ def ui(make_napari_viewer, qtbot, tmp_path):
     viewer.window.add_dock_widget(widget)
     widget.set_project(tmp_path / "proj")
     # Small and fast: width 4, 64 px tiles at working scale 4.
-    widget.width_spin.setValue(4)
-    widget.scale_spin.setValue(4.0)
-    widget.tile_spin.setValue(64)
-    widget.threads_spin.setValue(1)
-    widget.precision_combo.setCurrentText("fp32")
+    widget.train_panel.width_spin.setValue(4)
+    widget.project_panel.scale_spin.setValue(4.0)
+    widget.project_panel.tile_spin.setValue(64)
+    widget.train_panel.threads_spin.setValue(1)
+    widget.train_panel.precision_combo.setCurrentText("fp32")
     yield viewer, widget, tmp_path / "proj"
-    if widget.job is not None and not widget.job.finished:
-        widget.job.kill()
+    if widget.train_panel.job is not None and not widget.train_panel.job.finished:
+        widget.train_panel.job.kill()
 
 
 def wait_training(qtbot, widget, timeout=240_000):
-    qtbot.waitUntil(lambda: widget.job is not None and widget.job.finished, timeout=timeout)
-    qtbot.waitUntil(lambda: not widget._poll.isActive(), timeout=5000)
+    qtbot.waitUntil(
+        lambda: widget.train_panel.job is not None and widget.train_panel.job.finished,
+        timeout=timeout,
+    )
+    qtbot.waitUntil(lambda: not widget.train_panel._poll.isActive(), timeout=5000)
 
 
 def glas_or_skip() -> Path:

@@ -13,13 +13,9 @@ from napari_semimoe.core.active import pseudo_label_tiles
 from napari_semimoe.core.data import Geometry
 from napari_semimoe.core.inference import LoadedModel, PredictOptions, Predictor
 from napari_semimoe.core.model import SemiMoE
+from napari_semimoe.core.project import Project
 from napari_semimoe.core.slide import Slide
-from napari_semimoe.plugin.project import (
-    TRAINSET_FILE,
-    Project,
-    load_trainset,
-    parse_pool_name,
-)
+from napari_semimoe.core.trainset import TRAINSET_FILE, load_trainset, parse_pool_name
 from napari_semimoe.plugin.sample import sample_annotations, synthetic_he
 
 

@@ -9,12 +9,12 @@ import pytest
 from qtpy.QtCore import Qt
 
 from conftest import wait_training
-from napari_semimoe.plugin.active_panel import (
+from napari_semimoe.core.trainset import TRAINSET_FILE, load_trainset, parse_pool_name
+from napari_semimoe.plugin.panels.active import (
     PSEUDO_LAYER,
     PSEUDO_TILES_LAYER,
     SUGGEST_LAYER,
 )
-from napari_semimoe.plugin.project import TRAINSET_FILE, load_trainset, parse_pool_name
 
 pytestmark = [pytest.mark.viewer, pytest.mark.slow]
 
@@ -27,10 +27,10 @@ def overlaps(a, b) -> bool:
 
 def trained(ui, qtbot, iterations=4):
     viewer, widget, proj = ui
-    widget.iter_spin.setValue(iterations)
-    widget.start_training()
+    widget.train_panel.iter_spin.setValue(iterations)
+    widget.train_panel.start_training()
     wait_training(qtbot, widget)
-    assert widget.job.last["kind"] == "exit", widget.job.last
+    assert widget.train_panel.job.last["kind"] == "exit", widget.train_panel.job.last
     return viewer, widget, proj
 
 
@@ -80,7 +80,7 @@ def test_suggestions_list_navigate_and_label(ui, qtbot):
     assert panel.suggest_list.count() == n - 1  # it left the list
     ts = load_trainset(proj / TRAINSET_FILE)  # the trainer's data already has the new tile
     assert len(ts.labeled_images) == len(tiles)
-    widget.undo_accept()
+    widget.review_panel.undo_accept()
     assert np.array_equal(labels.data, before)
 
 
@@ -135,13 +135,15 @@ def test_running_training_picks_up_a_rejection(ui, qtbot):
     panel = widget.active
     panel.show_pseudo_labels()
     wait_panel(qtbot, panel)
-    widget.iter_spin.setValue(10_000)
-    widget.start_training(continue_from=True)
-    qtbot.waitUntil(lambda: widget.job is not None, timeout=30_000)  # tiles cut, job started
-    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=180_000)  # it trains
+    widget.train_panel.iter_spin.setValue(10_000)
+    widget.train_panel.start_training(continue_from=True)
+    qtbot.waitUntil(
+        lambda: widget.train_panel.job is not None, timeout=30_000
+    )  # tiles cut, job started
+    qtbot.waitUntil(lambda: widget.train_panel.progress.value() >= 1, timeout=180_000)  # it trains
     panel.qa_list.setCurrentRow(0)
     panel.reject_selected()
     qtbot.waitUntil(lambda: "picked up" in widget.status.text(), timeout=60_000)
-    widget.stop_training()
+    widget.train_panel.stop_training()
     wait_training(qtbot, widget)
-    assert widget.job.last["result"] == "stopped"
+    assert widget.train_panel.job.last["result"] == "stopped"

@@ -8,11 +8,11 @@ import time
 import numpy as np
 import tifffile
 
-from napari_semimoe.plugin.project import BackgroundWriter, Project
+from napari_semimoe.core.project import BackgroundWriter, Project
 
 
 def test_background_save_returns_at_once_and_the_latest_snapshot_lands(tmp_path, monkeypatch):
-    import napari_semimoe.plugin.project as project_mod
+    import napari_semimoe.core.project as project_mod
 
     real = project_mod.write_tiff
     started = threading.Event()
@@ -37,7 +37,7 @@ def test_background_save_returns_at_once_and_the_latest_snapshot_lands(tmp_path,
 
 
 def test_a_synchronous_save_is_never_overtaken_by_an_older_background_one(tmp_path, monkeypatch):
-    import napari_semimoe.plugin.project as project_mod
+    import napari_semimoe.core.project as project_mod
 
     real = project_mod.write_tiff
 
@@ -69,7 +69,7 @@ def test_a_failed_background_write_is_reported():
 
 def test_load_pool_reads_only_the_chosen_pool_tiles(tmp_path):
     from napari_semimoe.core.data import TrainingSet
-    from napari_semimoe.plugin.project import load_pool, save_trainset
+    from napari_semimoe.core.trainset import load_pool, save_trainset
 
     img = lambda v: np.full((16, 16, 3), v, np.uint8)  # noqa: E731
     ts = TrainingSet(
@@ -86,7 +86,7 @@ def test_load_pool_reads_only_the_chosen_pool_tiles(tmp_path):
 
 
 def _paint_forever(root, ready) -> None:  # the child: saves as napari's autosave does
-    import napari_semimoe.plugin.project as P
+    import napari_semimoe.core.project as P
 
     P.HISTORY_EVERY_S = 0.0  # a version at every save: kills land in history writes too
     p = P.Project(root)
@@ -113,7 +113,7 @@ def test_kill_during_annotation_writes_loses_nothing_saved(tmp_path):
     import random
     import signal
 
-    from napari_semimoe.plugin.project import HISTORY_KEEP
+    from napari_semimoe.core.project import HISTORY_KEEP
 
     root = tmp_path / "p"
     p = Project(root)

@@ -47,13 +47,13 @@ def install(widget, checkpoint: Path) -> None:
     """As if the user had trained once: the project's run-001 holds the checkpoint."""
     run = widget.project.new_run_dir()
     shutil.copy(checkpoint, run / checkpoint.name)
-    widget._set_training_ui(False)
+    widget.train_panel._set_training_ui(False)
 
 
 def predict(qtbot, widget, button) -> None:
     qtbot.mouseClick(button, Qt.LeftButton)
     qtbot.waitUntil(lambda: "prediction shown" in widget.status.text(), timeout=60_000)
-    qtbot.waitUntil(lambda: not widget.showing_prediction, timeout=30_000)
+    qtbot.waitUntil(lambda: not widget.review_panel.showing_prediction, timeout=30_000)
 
 
 def click(qtbot, button) -> None:
@@ -80,7 +80,7 @@ def test_accept_after_predict_view_keeps_every_painted_pixel(ui, qtbot, tiny_che
     cam = camera(viewer)
     cam.center = (t1.y + gy, t1.x + gx)  # zoomed onto a painted gland of the first tile
     cam.zoom = 6.0
-    predict(qtbot, widget, widget.pred_view_btn)
+    predict(qtbot, widget, widget.review_panel.pred_view_btn)
     seg = viewer.layers[OUT["seg"]]
     cov = seg.metadata[COVERED]
     assert 0 < cov.mean() < 0.5  # the view covered part of the slide only
@@ -102,7 +102,7 @@ def test_accept_after_predict_view_keeps_every_painted_pixel(ui, qtbot, tiny_che
     seg.data[ty, tx] = 9  # a predicted gland on a painted one
     seg.refresh()
 
-    click(qtbot, widget.accept_btn)  # default: add
+    click(qtbot, widget.review_panel.accept_btn)  # default: add
     after = labels.data.copy()
     keep = painted > 0
     assert np.array_equal(after[keep], painted[keep]), "a painted pixel changed"
@@ -116,12 +116,12 @@ def test_accept_after_predict_view_keeps_every_painted_pixel(ui, qtbot, tiny_che
     outside[t1.y : t1.y + t1.h, t1.x : t1.x + t1.w] = False
     assert np.array_equal(after[outside], painted[outside])
 
-    click(qtbot, widget.undo_btn)  # one Accept is one undo step
+    click(qtbot, widget.review_panel.undo_btn)  # one Accept is one undo step
     assert np.array_equal(labels.data, painted)
-    assert not widget.undo_btn.isEnabled()
+    assert not widget.review_panel.undo_btn.isEnabled()
 
-    widget.accept_mode.setCurrentIndex(1)  # Replace, chosen explicitly
-    click(qtbot, widget.accept_btn)
+    widget.review_panel.accept_mode.setCurrentIndex(1)  # Replace, chosen explicitly
+    click(qtbot, widget.review_panel.accept_btn)
     after = labels.data
     full = np.kron(cov, np.ones((4, 4), bool))[: after.shape[0], : after.shape[1]]
     in_t1 = np.zeros(after.shape, bool)
@@ -131,7 +131,7 @@ def test_accept_after_predict_view_keeps_every_painted_pixel(ui, qtbot, tiny_che
     assert np.array_equal(after[where] > 0, pred[where])  # the prediction there
     assert np.array_equal(after[~where], painted[~where])  # nothing else touched
     assert (painted[where] > 0).any()  # it did overwrite painting (the test is not empty)
-    click(qtbot, widget.undo_btn)
+    click(qtbot, widget.review_panel.undo_btn)
     assert np.array_equal(labels.data, painted)
 
 
@@ -142,52 +142,55 @@ def test_history_is_restored_in_a_fresh_viewer_and_restore_is_undoable(
     versions kept on disk; restoring one is itself undoable and kept in the history."""
     import tifffile
 
-    from napari_semimoe.plugin.project import HISTORY_KEEP
+    from napari_semimoe.core.project import HISTORY_KEEP
     from napari_semimoe.plugin.widget import OUT, SemiMoEWidget
 
     viewer, widget, proj = ui
     install(widget, tiny_checkpoint)
     labels = viewer.layers["annotations"]
-    predict(qtbot, widget, widget.pred_tiles_btn)
+    predict(qtbot, widget, widget.review_panel.pred_tiles_btn)
     seg = viewer.layers[OUT["seg"]]
     seg.data[:] = 0  # a model that finds no gland in the tiles
     seg.refresh()
     painted = labels.data.copy()
-    widget.accept_mode.setCurrentIndex(1)
-    click(qtbot, widget.accept_btn)  # the mistake: replaces the painting in the tile
+    widget.review_panel.accept_mode.setCurrentIndex(1)
+    click(qtbot, widget.review_panel.accept_btn)  # the mistake: replaces the painting in the tile
     accepted = labels.data.copy()
     assert not np.array_equal(accepted, painted)
-    widget._save_now()
+    widget.project_panel.save_now()
     viewer.close()  # napari closed: its undo is gone
 
     v2 = make_napari_viewer()
     v2.open_sample("napari-semimoe", "he-sample")
     w2 = SemiMoEWidget(v2)
     qtbot.addWidget(w2)
-    w2.project_edit.setText(str(proj))
-    qtbot.keyClick(w2.project_edit, Qt.Key_Return)
+    w2.project_panel.project_edit.setText(str(proj))
+    qtbot.keyClick(w2.project_panel.project_edit, Qt.Key_Return)
     lab2 = v2.layers["annotations"]
     assert np.array_equal(lab2.data, accepted)
     w2.toolbox.setCurrentIndex(2)
-    items = [w2.history_combo.itemText(i) for i in range(w2.history_combo.count())]
+    items = [
+        w2.review_panel.history_combo.itemText(i)
+        for i in range(w2.review_panel.history_combo.count())
+    ]
     assert any("before replace" in t for t in items), items
     i = next(i for i, t in enumerate(items) if "before replace" in t)
-    w2.history_combo.setCurrentIndex(i)
-    click(qtbot, w2.restore_btn)
+    w2.review_panel.history_combo.setCurrentIndex(i)
+    click(qtbot, w2.review_panel.restore_btn)
     assert np.array_equal(lab2.data, painted)
-    w2._save_now()
+    w2.project_panel.save_now()
     ann = w2.project.annotations_path(w2.entry)
     assert np.array_equal(tifffile.imread(ann), painted)  # on disk too
     versions = w2.project.versions(w2.entry)
     assert versions[0][2] == "before restore"  # what the restore replaced is kept
     assert np.array_equal(w2.project.load_version(w2.entry, versions[0][0]), accepted)
-    click(qtbot, w2.undo_btn)  # and the restore itself is one undo step
+    click(qtbot, w2.review_panel.undo_btn)  # and the restore itself is one undo step
     assert np.array_equal(lab2.data, accepted)
     assert len(versions) <= HISTORY_KEEP
 
 
 def test_history_keeps_the_last_versions_pruned_and_readable(tmp_path, monkeypatch):
-    import napari_semimoe.plugin.project as P
+    import napari_semimoe.core.project as P
 
     monkeypatch.setattr(P, "HISTORY_EVERY_S", 0.0)  # a version at every save
     p = P.Project(tmp_path)
@@ -222,28 +225,28 @@ def test_typed_project_path_opens_it_and_without_one_nothing_is_editable(
     assert not viewer.layers["training tiles"].editable
     assert "project folder first" in w.status.text() and NO_PROJECT in w.status.text()
     n = len(viewer.layers["training tiles"].data)
-    w.add_tile_at_center()
+    w.project_panel.add_tile_at_center()
     assert len(viewer.layers["training tiles"].data) == n  # blocked with the prompt
     assert "project folder first" in w.status.text()
 
     # Typing a path and Enter opens (creates) it.
     target = tmp_path / "typed" / "proj"
-    qtbot.keyClicks(w.project_edit, str(target))
-    qtbot.keyClick(w.project_edit, Qt.Key_Return)
+    qtbot.keyClicks(w.project_panel.project_edit, str(target))
+    qtbot.keyClick(w.project_panel.project_edit, Qt.Key_Return)
     assert w.project is not None and w.project.root == target
     assert (target / "project.json").exists()
     assert viewer.layers["annotations"].editable and viewer.layers["training tiles"].editable
-    w.add_tile_at_center()
+    w.project_panel.add_tile_at_center()
     doc = json.loads((target / "project.json").read_text())
     assert len(doc["images"][0]["tiles"]) == n + 1
 
     # A path that cannot be a project: one line, the open project stays.
     (tmp_path / "afile").write_text("x")
-    w.project_edit.setText(str(tmp_path / "afile"))
-    qtbot.keyClick(w.project_edit, Qt.Key_Return)
+    w.project_panel.project_edit.setText(str(tmp_path / "afile"))
+    qtbot.keyClick(w.project_panel.project_edit, Qt.Key_Return)
     assert w.project.root == target
     assert "cannot use as a project folder" in w.status.text()
-    assert w.project_edit.text() == str(target)
+    assert w.project_panel.project_edit.text() == str(target)
 
 
 # ---------------------------------------------------------------------- 3 · tiles on reopen
@@ -255,9 +258,9 @@ def test_reopened_tiles_look_as_before_closing(ui, qtbot, make_napari_viewer):
     viewer, widget, proj = ui
     cam = camera(viewer)
     cam.center = (1530, 1530)  # a tile on the slide's border
-    widget.add_tile_at_center()
+    widget.project_panel.add_tile_at_center()
     cam.center = (700, 700)
-    widget.add_tile_at_center()
+    widget.project_panel.add_tile_at_center()
     tiles = viewer.layers["training tiles"]
 
     def look(layer):
@@ -272,7 +275,7 @@ def test_reopened_tiles_look_as_before_closing(ui, qtbot, make_napari_viewer):
 
     before = look(tiles)
     assert len(before[0]) == 4 and any(max(np.max(d, 0)) == 1536 for d in tiles.data)
-    widget._save_now()
+    widget.project_panel.save_now()
     viewer.close()
     for keep_sample_tiles in (True, False):
         v2 = make_napari_viewer()
@@ -290,8 +293,8 @@ def test_reopened_tiles_look_as_before_closing(ui, qtbot, make_napari_viewer):
 
 
 def test_pool_follows_the_tiles_and_an_empty_pool_is_said(ui, qtbot, tiny_checkpoint):
-    from napari_semimoe.plugin.active_panel import NO_POOL
-    from napari_semimoe.plugin.project import TRAINSET_FILE, trainset_names
+    from napari_semimoe.core.trainset import TRAINSET_FILE, trainset_names
+    from napari_semimoe.plugin.panels.active import NO_POOL
     from napari_semimoe.plugin.widget import _rect
 
     viewer, widget, proj = ui
@@ -344,33 +347,33 @@ def test_empty_pool_progress_bar_stops(qapp):
 def test_continue_needs_a_training_reaps_the_process_and_keeps_the_chart(ui, qtbot):
     viewer, widget, proj = ui
     widget.toolbox.setCurrentIndex(1)
-    assert not widget.continue_btn.isEnabled()  # nothing to continue from yet
-    widget.iter_spin.setValue(3)
-    click(qtbot, widget.start_btn)
+    assert not widget.train_panel.continue_btn.isEnabled()  # nothing to continue from yet
+    widget.train_panel.iter_spin.setValue(3)
+    click(qtbot, widget.train_panel.start_btn)
     wait_training(qtbot, widget)
-    assert widget.job.last["kind"] == "exit", widget.job.last
-    pid = widget.job._proc.pid
+    assert widget.train_panel.job.last["kind"] == "exit", widget.train_panel.job.last
+    pid = widget.train_panel.job._proc.pid
     # joined: no zombie left until the next job
     qtbot.waitUntil(lambda: not Path(f"/proc/{pid}").exists(), timeout=20_000)
-    assert widget.continue_btn.isEnabled()
-    first = list(widget.chart.series["total"])
+    assert widget.train_panel.continue_btn.isEnabled()
+    first = list(widget.train_panel.chart.series["total"])
     assert [x for x, _ in first] == [1, 2, 3]
-    widget.iter_spin.setValue(2)
-    click(qtbot, widget.continue_btn)
+    widget.train_panel.iter_spin.setValue(2)
+    click(qtbot, widget.train_panel.continue_btn)
     wait_training(qtbot, widget)
-    xs = [x for x, _ in widget.chart.series["total"]]
+    xs = [x for x, _ in widget.train_panel.chart.series["total"]]
     assert xs == [1, 2, 3, 4, 5]  # the previous run's history kept, the new one after it
-    assert widget.chart.series["total"][:3] == first
-    assert widget.chart.boundaries == [3]
+    assert widget.train_panel.chart.series["total"][:3] == first
+    assert widget.train_panel.chart.boundaries == [3]
     assert (proj / "runs" / "run-002" / "checkpoint.safetensors").exists()
 
 
 def test_continue_is_enabled_when_a_project_with_a_run_opens(ui, tiny_checkpoint, tmp_path):
     viewer, widget, proj = ui
-    assert not widget.continue_btn.isEnabled()
+    assert not widget.train_panel.continue_btn.isEnabled()
     install(widget, tiny_checkpoint)
     widget.set_project(proj)  # reopened
-    assert widget.continue_btn.isEnabled()
+    assert widget.train_panel.continue_btn.isEnabled()
 
 
 # ---------------------------------------------------------------------- 6 · security
@@ -390,7 +393,7 @@ def test_continue_is_enabled_when_a_project_with_a_run_opens(ui, tiny_checkpoint
 )
 def test_a_project_file_that_leaves_the_folder_is_refused(tmp_path, edit, says):
     from napari_semimoe.core.errors import InputError
-    from napari_semimoe.plugin.project import Project
+    from napari_semimoe.core.project import Project
 
     p = Project(tmp_path / "p")
     p.entry("slide")
@@ -406,7 +409,7 @@ def test_a_project_file_that_leaves_the_folder_is_refused(tmp_path, edit, says):
 
 def test_runs_outside_the_project_are_ignored_with_a_warning(tmp_path):
     from napari_semimoe.core.checkpoint import CHECKPOINT_NAME
-    from napari_semimoe.plugin.project import Project
+    from napari_semimoe.core.project import Project
 
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -428,8 +431,8 @@ def test_a_bad_project_in_the_widget_is_one_line(ui, qtbot, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "project.json").write_text(json.dumps({"images": [{"name": "a", "id": "../../x"}]}))
-    widget.project_edit.setText(str(bad))
-    qtbot.keyClick(widget.project_edit, Qt.Key_Return)
+    widget.project_panel.project_edit.setText(str(bad))
+    qtbot.keyClick(widget.project_panel.project_edit, Qt.Key_Return)
     assert widget.project.root == proj  # still the good one
     assert "unsafe or repeated id" in widget.status.text()
     assert not list(tmp_path.glob("x*"))
@@ -437,7 +440,8 @@ def test_a_bad_project_in_the_widget_is_one_line(ui, qtbot, tmp_path):
 
 def test_project_files_follow_the_users_umask(tmp_path):
     from napari_semimoe.core.data import TrainingSet
-    from napari_semimoe.plugin.project import Project, save_trainset
+    from napari_semimoe.core.project import Project
+    from napari_semimoe.core.trainset import save_trainset
 
     old = os.umask(0o022)
     try:
@@ -474,7 +478,7 @@ def test_autosave_fires_while_the_user_keeps_painting(ui, qtbot):
     labels.brush_size = 6
     path = widget.project.annotations_path(widget.entry)
     widget.project.writer.flush(10)
-    interval = widget._autosave.interval() / 1000
+    interval = widget.project_panel._autosave.interval() / 1000
     t0 = time.monotonic()
     saved_at = None
     for i in range(20):  # 4 s of strokes

@@ -22,7 +22,7 @@ def test_full_loop(ui, qtbot, tmp_path):
     qtbot.waitUntil(ann_file.exists, timeout=10_000)  # written in the background
 
     # Add a tile and paint a gland in it: both are saved as the user works.
-    widget.add_tile_at_center()
+    widget.project_panel.add_tile_at_center()
     qtbot.waitUntil(
         lambda: len(json.loads((proj / "project.json").read_text())["images"][0]["tiles"]) == 3
     )
@@ -34,19 +34,21 @@ def test_full_loop(ui, qtbot, tmp_path):
     qtbot.waitUntil(lambda: (tifffile.imread(ann_file) == 99).sum() == 1600, timeout=5000)
 
     # Train a few iterations in the child process.
-    widget.iter_spin.setValue(4)
-    widget.start_training()
-    assert not widget.start_btn.isEnabled()  # the tiles are cut in a thread, then it starts
-    qtbot.waitUntil(lambda: widget.job is not None, timeout=30_000)
+    widget.train_panel.iter_spin.setValue(4)
+    widget.train_panel.start_training()
+    assert (
+        not widget.train_panel.start_btn.isEnabled()
+    )  # the tiles are cut in a thread, then it starts
+    qtbot.waitUntil(lambda: widget.train_panel.job is not None, timeout=30_000)
     wait_training(qtbot, widget)
-    assert widget.job.last["kind"] == "exit", widget.job.last
-    assert widget.progress.value() == 4
-    assert len(widget.chart.series["total"]) == 4
+    assert widget.train_panel.job.last["kind"] == "exit", widget.train_panel.job.last
+    assert widget.train_panel.progress.value() == 4
+    assert len(widget.train_panel.chart.series["total"]) == 4
     assert (proj / "runs" / "run-001" / "checkpoint.safetensors").exists()
-    assert widget.start_btn.isEnabled()
+    assert widget.train_panel.start_btn.isEnabled()
 
     # Predict the training tiles; layers appear aligned with the slide.
-    widget.predict("tiles")
+    widget.review_panel.predict("tiles")
     qtbot.waitUntil(lambda: "prediction shown" in widget.status.text(), timeout=120_000)
     seg = viewer.layers["Semi-MoE segmentation"]
     sdf = viewer.layers["Semi-MoE SDF"]
@@ -58,17 +60,21 @@ def test_full_loop(ui, qtbot, tmp_path):
     assert prob.data.min() >= 0 and prob.data.max() <= 1
     assert "Semi-MoE uncertainty" in viewer.layers and "Semi-MoE gates" in viewer.layers
     n_layers = len(viewer.layers)
-    widget.predict("tiles")  # again: layers are updated in place, not piled up
+    widget.review_panel.predict("tiles")  # again: layers are updated in place, not piled up
     qtbot.waitUntil(
-        lambda: widget.worker is not None and not widget.cancel_btn.isEnabled(), timeout=120_000
+        lambda: (
+            widget.review_panel.worker is not None
+            and not widget.review_panel.cancel_btn.isEnabled()
+        ),
+        timeout=120_000,
     )
-    qtbot.waitUntil(lambda: not widget.showing_prediction, timeout=30_000)
+    qtbot.waitUntil(lambda: not widget.review_panel.showing_prediction, timeout=30_000)
     assert len(viewer.layers) == n_layers
 
     # Accept into the annotations (Replace: the prediction there), then one undo.
     before = labels.data.copy()
-    widget.accept_mode.setCurrentIndex(1)
-    widget.accept_prediction()
+    widget.review_panel.accept_mode.setCurrentIndex(1)
+    widget.review_panel.accept_prediction()
     for t in widget.entry.train_tiles()[:2]:  # the sample's tiles: on the 4 px grid
         sl = (slice(t.y, t.y + t.h), slice(t.x, t.x + t.w))
         expected = np.kron(
@@ -76,30 +82,30 @@ def test_full_loop(ui, qtbot, tmp_path):
             np.ones((4, 4), seg.data.dtype),
         )
         assert np.array_equal(labels.data[sl] > 0, expected > 0)
-    widget.undo_accept()  # one step for all the tiles
+    widget.review_panel.undo_accept()  # one step for all the tiles
     assert np.array_equal(labels.data, before)
 
     # Continue training from the checkpoint into a new run.
-    widget.start_training(continue_from=True)
+    widget.train_panel.start_training(continue_from=True)
     wait_training(qtbot, widget)
     assert (proj / "runs" / "run-002" / "checkpoint.safetensors").exists()
 
 
 def test_pause_resume_stop(ui, qtbot):
     viewer, widget, proj = ui
-    widget.iter_spin.setValue(10_000)
-    widget.start_training()
-    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=180_000)
-    widget.toggle_pause()
-    qtbot.waitUntil(lambda: "paused at" in widget.eta_label.text(), timeout=60_000)
-    paused_at = widget.progress.value()
+    widget.train_panel.iter_spin.setValue(10_000)
+    widget.train_panel.start_training()
+    qtbot.waitUntil(lambda: widget.train_panel.progress.value() >= 1, timeout=180_000)
+    widget.train_panel.toggle_pause()
+    qtbot.waitUntil(lambda: "paused at" in widget.train_panel.eta_label.text(), timeout=60_000)
+    paused_at = widget.train_panel.progress.value()
     qtbot.wait(1500)
-    assert widget.progress.value() == paused_at  # nothing runs while paused
-    widget.toggle_pause()
-    qtbot.waitUntil(lambda: widget.progress.value() > paused_at, timeout=60_000)
-    widget.stop_training()
+    assert widget.train_panel.progress.value() == paused_at  # nothing runs while paused
+    widget.train_panel.toggle_pause()
+    qtbot.waitUntil(lambda: widget.train_panel.progress.value() > paused_at, timeout=60_000)
+    widget.train_panel.stop_training()
     wait_training(qtbot, widget)
-    assert widget.job.last["result"] == "stopped"
+    assert widget.train_panel.job.last["result"] == "stopped"
     from napari_semimoe.core.checkpoint import read_checkpoint
 
     _, doc = read_checkpoint(proj / "runs" / "run-001")
@@ -113,17 +119,17 @@ def test_predict_view_covers_only_what_is_shown(ui):
     cam = camera(viewer)
     cam.center = (400, 500)
     cam.zoom = 4.0
-    ((y, x, h, w),) = widget._region("view")
+    ((y, x, h, w),) = widget.review_panel._region("view")
     assert 0 < h < 1536 and 0 < w < 1536
     assert y <= 400 <= y + h and x <= 500 <= x + w
-    assert widget._region("image") == [(0, 0, 1536, 1536)]
+    assert widget.review_panel._region("image") == [(0, 0, 1536, 1536)]
 
 
 def test_reopen_restores_annotations_and_tiles(make_napari_viewer, qtbot, ui):
     viewer, widget, proj = ui
-    widget.add_tile_at_center()
+    widget.project_panel.add_tile_at_center()
     viewer.layers["annotations"].data[10:20, 10:20] = 5
-    widget.save_annotations()
+    widget.session.save_annotations()
     from napari_semimoe.plugin.widget import SemiMoEWidget
 
     v2 = make_napari_viewer()
@@ -138,27 +144,30 @@ def test_reopen_restores_annotations_and_tiles(make_napari_viewer, qtbot, ui):
 def test_user_errors_are_messages_not_tracebacks(ui, qtbot):
     viewer, widget, proj = ui
     viewer.layers["training tiles"].data = []
-    widget.start_training()
+    widget.train_panel.start_training()
     qtbot.waitUntil(lambda: "no training tile" in widget.status.text(), timeout=90_000)
-    qtbot.waitUntil(lambda: widget.start_btn.isEnabled(), timeout=5000)  # UI recovers
-    widget.add_tile_at_center()
+    qtbot.waitUntil(lambda: widget.train_panel.start_btn.isEnabled(), timeout=5000)  # UI recovers
+    widget.project_panel.add_tile_at_center()
     viewer.layers["annotations"].data[:] = 0
-    widget.start_training()
+    widget.train_panel.start_training()
     qtbot.waitUntil(lambda: "no painted gland" in widget.status.text(), timeout=90_000)
-    assert widget.job is None and widget.start_btn.isEnabled()
-    widget.predict("view")  # nothing trained: a warning, no worker
-    assert widget.worker is None
+    assert widget.train_panel.job is None and widget.train_panel.start_btn.isEnabled()
+    widget.review_panel.predict("view")  # nothing trained: a warning, no worker
+    assert widget.review_panel.worker is None
 
 
 def test_training_process_crash_is_reported(ui, qtbot):
     viewer, widget, proj = ui
-    widget.iter_spin.setValue(10_000)
-    widget.start_training()
-    qtbot.waitUntil(lambda: widget.job is not None and widget.job.is_alive(), timeout=30_000)
-    widget.job.kill()
+    widget.train_panel.iter_spin.setValue(10_000)
+    widget.train_panel.start_training()
+    qtbot.waitUntil(
+        lambda: widget.train_panel.job is not None and widget.train_panel.job.is_alive(),
+        timeout=30_000,
+    )
+    widget.train_panel.job.kill()
     wait_training(qtbot, widget)
     assert "ended unexpectedly" in widget.status.text()
-    assert widget.start_btn.isEnabled()
+    assert widget.train_panel.start_btn.isEnabled()
 
 
 def test_gui_command_opens_sample_with_widget_docked(qtbot, tmp_path):
@@ -171,7 +180,7 @@ def test_gui_command_opens_sample_with_widget_docked(qtbot, tmp_path):
         assert names[:3] == ["sample H&E slide", "annotations", "training tiles"]
         assert "Semi-MoE" in viewer.window.dock_widgets
         assert widget.project is not None and widget.project.state.scale == 2.0
-        assert widget.image_combo.currentText() == "sample H&E slide"
+        assert widget.project_panel.image_combo.currentText() == "sample H&E slide"
     finally:
         viewer.close()
 
@@ -208,12 +217,12 @@ def test_first_start_takes_most_of_the_screen(qapp, monkeypatch):
 
 
 def test_annotations_from_several_images_train_one_model(ui, qtbot):
-    from napari_semimoe.plugin.project import load_trainset
+    from napari_semimoe.core.trainset import load_trainset
 
     viewer, widget, proj = ui
     first = viewer.layers["sample H&E slide"]
     viewer.add_image(np.ascontiguousarray(first.data[:768, :768]), name="second", rgb=True)
-    widget.image_combo.setCurrentText("second")
+    widget.project_panel.image_combo.setCurrentText("second")
     assert widget.entry.name == "second"
     assert len(viewer.layers["training tiles"].data) == 0  # its own, empty, tiles
     assert viewer.layers["annotations"].data.shape == (768, 768)
@@ -221,15 +230,18 @@ def test_annotations_from_several_images_train_one_model(ui, qtbot):
     from napari_semimoe.plugin.widget import camera
 
     camera(viewer).center = (384, 384)
-    widget.add_tile_at_center()
+    widget.project_panel.add_tile_at_center()
     viewer.layers["annotations"].data[300:340, 300:340] = 1
-    widget.save_annotations()
-    widget.image_combo.setCurrentText("sample H&E slide")  # back: the first image's work
+    widget.session.save_annotations()
+    widget.project_panel.image_combo.setCurrentText(
+        "sample H&E slide"
+    )  # back: the first image's work
     assert len(viewer.layers["training tiles"].data) == 2
     assert viewer.layers["annotations"].data.shape == (1536, 1536)
     assert viewer.layers["annotations"].data.max() > 1
     widget.project.build_training_set(
-        widget._slide_of, lambda e: viewer.layers["annotations"].data if e is widget.entry else None
+        widget.layers.slide_of,
+        lambda e: viewer.layers["annotations"].data if e is widget.entry else None,
     )
     ts = load_trainset(proj / "trainset.npz")
     owners = {n.split("/")[0] for n in ts.labeled_names}
@@ -240,7 +252,7 @@ def test_annotations_from_several_images_train_one_model(ui, qtbot):
 def test_painting_is_saved_in_the_background_and_a_failed_save_is_reported(ui, qtbot, monkeypatch):
     import tifffile
 
-    import napari_semimoe.plugin.project as project_mod
+    import napari_semimoe.core.project as project_mod
 
     viewer, widget, _ = ui
     labels = viewer.layers["annotations"]
@@ -282,12 +294,12 @@ def test_quitting_napari_stops_training_with_a_checkpoint(ui, qtbot):
     from napari_semimoe.core.checkpoint import read_checkpoint
 
     viewer, widget, proj = ui
-    widget.iter_spin.setValue(10_000)
-    widget.start_training()
-    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=180_000)
+    widget.train_panel.iter_spin.setValue(10_000)
+    widget.train_panel.start_training()
+    qtbot.waitUntil(lambda: widget.train_panel.progress.value() >= 1, timeout=180_000)
     widget.shutdown()  # what QApplication.aboutToQuit runs
-    exits = [e for e in widget.job.poll() if e["kind"] == "exit"]
+    exits = [e for e in widget.train_panel.job.poll() if e["kind"] == "exit"]
     assert exits and exits[-1]["result"] == "stopped"  # asked to stop, not killed
-    assert widget.job.finished
+    assert widget.train_panel.job.finished
     _, doc = read_checkpoint(proj / "runs" / "run-001")
     assert doc["meta"]["state"]["iteration"] >= 1  # stopped, not killed: progress was saved

@@ -1,9 +1,13 @@
 """Training in a child process: the GUI stays responsive (no shared GIL) and GPU memory is
-returned when the process ends. Qt-free; the widget polls :class:`TrainingJob`."""
+returned when the process ends. Qt-free; the widget polls :class:`TrainingJob`.
+
+Signals go through the process's own channels: ``stop``, ``pause`` and ``reload`` events one
+way, an event queue the other (progress, warnings, log records, errors with tracebacks)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing as mp
 import os
 import queue as queue_mod
@@ -13,27 +17,37 @@ from typing import Any
 
 
 def _entry(
-    config: dict, trainset: str, run_dir: str, resume: bool, init_from: str | None, q, stop, pause
+    config: dict,
+    trainset: str,
+    run_dir: str,
+    resume: bool,
+    init_from: str | None,
+    q,
+    stop,
+    pause,
+    reload,
 ) -> None:
-    """Child process: train, stream events as dicts, report errors as one readable line."""
+    """Child process: train, stream events as dicts, report errors as one readable line
+    (with the full traceback in the event, for the GUI's log). The child imports core only
+    (tests/test_architecture.py checks it). Its log records travel as 'log' events."""
     _lower_priority()
+    _log_to_queue(q)
     try:
         from ..core.errors import InputError
         from ..core.train import TrainConfig, Trainer, TrainingError
-        from .project import load_trainset
+        from ..core.trainset import load_trainset
 
         path = Path(trainset)
         data = load_trainset(path)
-        seen = [path.stat().st_mtime_ns]
         trainer = Trainer(
             TrainConfig.from_dict(config), data, run_dir, resume=resume, init_from=init_from
         )
 
         def hook(tr, it: int) -> None:
-            # The user added, promoted or rejected tiles: pick them up without a restart.
-            m = path.stat().st_mtime_ns
-            if m != seen[0]:
-                seen[0] = m
+            # The user added, promoted or rejected tiles: the GUI re-cut the set and set
+            # ``reload`` (the file is data only, never a signal): pick it up without a restart.
+            if reload.is_set():
+                reload.clear()
                 tr.replace_data(load_trainset(path))
                 q.put(
                     {
@@ -49,7 +63,7 @@ def _entry(
         )
         q.put({"kind": "exit", "result": result, "run_dir": run_dir})
     except (InputError, TrainingError) as exc:
-        q.put({"kind": "error", "message": str(exc)})
+        q.put({"kind": "error", "message": str(exc), "traceback": traceback.format_exc()})
     except Exception as exc:  # noqa: BLE001 - everything must reach the user
         q.put(
             {
@@ -58,6 +72,32 @@ def _entry(
                 "traceback": traceback.format_exc(),
             }
         )
+
+
+class _QueueLogHandler(logging.Handler):
+    """The child's log records as 'log' events: the GUI writes them to its session log."""
+
+    def __init__(self, q) -> None:
+        super().__init__(logging.INFO)
+        self.q = q
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+            if record.exc_info:
+                msg += "\n" + "".join(traceback.format_exception(*record.exc_info))
+            self.q.put(
+                {"kind": "log", "level": record.levelno, "name": record.name, "message": msg}
+            )
+        except Exception:  # noqa: BLE001 - logging must never stop training
+            self.handleError(record)
+
+
+def _log_to_queue(q) -> None:
+    root = logging.getLogger()
+    root.addHandler(_QueueLogHandler(q))
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
 
 
 def _lower_priority(pid: int = 0) -> None:
@@ -89,6 +129,7 @@ class TrainingJob:
         self._q = ctx.Queue()
         self._stop = ctx.Event()
         self._pause = ctx.Event()
+        self._reload = ctx.Event()
         self.run_dir = Path(run_dir)
         self._proc = ctx.Process(
             target=_entry,
@@ -101,6 +142,7 @@ class TrainingJob:
                 self._q,
                 self._stop,
                 self._pause,
+                self._reload,
             ),
             daemon=True,
             name="semimoe-training",
@@ -113,6 +155,10 @@ class TrainingJob:
         # At once, from here: the child's interpreter start-up and imports (torch) take a
         # second of CPU before its own call could lower its priority.
         _lower_priority(self._proc.pid)
+
+    def reload(self) -> None:
+        """The training set file was re-cut: the trainer reloads it before its next step."""
+        self._reload.set()
 
     def pause(self) -> None:
         self._pause.set()

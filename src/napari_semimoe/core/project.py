@@ -1,6 +1,7 @@
 """A project folder: what the user made (annotations, tiles, settings) and the runs.
 
-Qt-free, so the training process and tests use it too. Every write is atomic and happens
+Qt-free (core): the plugin, tests and scripts use it; the training process needs only
+:mod:`.trainset`. Every write is atomic and happens
 as the user works, so a crash of napari or of training loses nothing::
 
     project/
@@ -9,6 +10,11 @@ as the user works, so a crash of napari or of training loses nothing::
       annotations/history/ID/  the last HISTORY_KEEP earlier versions of each image's labels
       trainset.npz        labeled tiles + unlabeled pool, as the trainer sees them
       runs/run-001/       checkpoint.safetensors, history.json, log.jsonl, config.json
+      logs/napari-*.log   one log per napari session (full tracebacks)
+
+Over 500 lines for a reason: :class:`Project` is the one owner of the project folder's files
+(project.json, annotations and their history, the training set it cuts, the runs list), and
+keeping them in one class is what makes that ownership checkable.
 """
 
 from __future__ import annotations
@@ -28,17 +34,17 @@ from typing import Any
 
 import numpy as np
 
-from ..core.checkpoint import CHECKPOINT_NAME
-from ..core.data import TrainingSet
-from ..core.errors import InputError
-from ..core.slide import Slide, tissue_mask, write_tiff
+from .checkpoint import CHECKPOINT_NAME
+from .data import TrainingSet
+from .errors import InputError
+from .slide import Slide, tissue_mask, write_tiff
+from .trainset import TRAINSET_FILE, _atomic_write, pool_name, save_trainset
 
 log = logging.getLogger(__name__)
 
 PROJECT_FILE = "project.json"
 ANNOTATIONS_DIR = "annotations"
 HISTORY_DIR = "history"
-TRAINSET_FILE = "trainset.npz"
 #: Earlier versions of an image's annotations kept on disk (an accept, an erase or a bad
 #: stroke can be undone after napari was closed), and how often painting adds one.
 HISTORY_KEEP = 20
@@ -469,29 +475,6 @@ def _excludes(t: Tile, y: int, x: int, side: int) -> bool:
     return oy * ox > 0.5 * side * side
 
 
-def pool_name(y: int, x: int) -> str:
-    """Name of an unlabeled pool tile by its working-scale origin."""
-    return f"pool-{y}-{x}"
-
-
-def is_pool_tile_of(name: str, image: str) -> bool:
-    """Whether ``name`` is an unlabeled pool tile of the image named ``image``."""
-    parsed = parse_pool_name(name)
-    return parsed is not None and parsed[0] == image
-
-
-def parse_pool_name(name: str) -> tuple[str, int, int] | None:
-    """'<image>/pool-<y>-<x>' -> (image, y, x) in working-scale px; None for other names."""
-    image, _, tail = name.rpartition("/")
-    parts = tail.split("-")
-    if len(parts) != 3 or parts[0] != "pool":
-        return None
-    try:
-        return image, int(parts[1]), int(parts[2])
-    except ValueError:
-        return None
-
-
 def pool_candidates(e: ImageEntry, slide: Slide, s: float, T: int) -> list[tuple[int, int]]:
     """All tissue tiles (working-scale origins, half-overlapping) of an image."""
     tissue = tissue_mask(slide, s)
@@ -508,7 +491,7 @@ def pool_candidates(e: ImageEntry, slide: Slide, s: float, T: int) -> list[tuple
 def _crop_labels(
     labels: np.ndarray, t: Tile, labels_scale: float, shape: tuple[int, int]
 ) -> np.ndarray:
-    from ..core.predict import resample
+    from .predict import resample
 
     ls = labels_scale
     y0, x0 = round(t.y / ls), round(t.x / ls)
@@ -519,33 +502,6 @@ def _crop_labels(
     if sy1 > sy0 and sx1 > sx0:
         crop[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = labels[sy0:sy1, sx0:sx1]
     return resample(crop, shape, nearest=True)
-
-
-def save_trainset(path: Path, ts: TrainingSet) -> None:
-    """npz without pickles (object arrays are refused on load), written atomically."""
-    arrays = {}
-    for i, (im, m) in enumerate(zip(ts.labeled_images, ts.labeled_masks)):
-        arrays[f"li_{i}"], arrays[f"lm_{i}"] = im, m
-    for i, im in enumerate(ts.unlabeled_images):
-        arrays[f"ui_{i}"] = im
-    arrays["names"] = np.array(json.dumps([ts.labeled_names, ts.unlabeled_names]))
-    _atomic_write(path, lambda fh: np.savez(fh, **arrays))
-
-
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    """``write(binary file)`` to a temp file next to ``path``, synced, then renamed over it.
-    The file gets the user's umask (a colleague can read a shared project), unlike
-    mkstemp's 0600."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _process_alive(pid: int, temp: Path) -> bool:
@@ -602,32 +558,3 @@ def _check_state(st: ProjectState) -> str | None:
             if t.kind not in ("train", "rejected"):
                 return f"image {e.name!r}: tile {t.id!r} has an unknown kind {t.kind!r}"
     return None
-
-
-def trainset_names(path: str | Path) -> tuple[list[str], list[str]]:
-    """(labeled, unlabeled) tile names of a saved training set, without reading its images."""
-    with np.load(path, allow_pickle=False) as z:
-        ln, un = json.loads(str(z["names"]))
-    return ln, un
-
-
-def load_pool(path: str | Path, keep: Callable[[str], bool]) -> list[tuple[str, np.ndarray]]:
-    """The unlabeled pool tiles whose name passes ``keep``, read without loading the rest
-    of the file (npz members are read on access)."""
-    with np.load(path, allow_pickle=False) as z:
-        _, un = json.loads(str(z["names"]))
-        return [(n, z[f"ui_{i}"]) for i, n in enumerate(un) if keep(n)]
-
-
-def load_trainset(path: str | Path) -> TrainingSet:
-    with np.load(path, allow_pickle=False) as z:
-        nl = sum(1 for k in z.files if k.startswith("li_"))
-        nu = sum(1 for k in z.files if k.startswith("ui_"))
-        ln, un = json.loads(str(z["names"]))
-        return TrainingSet(
-            [z[f"li_{i}"] for i in range(nl)],
-            [z[f"lm_{i}"] for i in range(nl)],
-            [z[f"ui_{i}"] for i in range(nu)],
-            ln,
-            un,
-        )

@@ -7,8 +7,13 @@
   (:func:`core.active.pseudo_label_tiles`) with a confidence per tile; reject a tile (out of
   the pool from the trainer's next iteration) or promote it to a training tile.
 
-Both rebuild ``trainset.npz``; a running training process reloads it between iterations.
-Heavy work runs in ``thread_worker``s; layers are only touched on the main thread.
+Both rebuild ``trainset.npz`` (through the session's cutter; a running training reloads it
+between iterations). Heavy work runs in ``thread_worker``s; layers are only touched on the
+main thread.
+
+Over 500 lines for a reason: the two pages share one model job at a time (one worker, one
+busy state), the candidate lists and their navigation, and *promote*; splitting them would
+put that shared half in a third module both import.
 """
 
 from __future__ import annotations
@@ -30,12 +35,16 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.errors import InputError
-from .jobs import ProgressJob
-from .widget import _notify, _rect
+from ...core.errors import InputError
+from ..common import camera, canvas_size
+from ..common import notify as _notify
+from ..common import rect as _rect
+from ..jobs import ProgressJob
 
 if TYPE_CHECKING:
-    from .widget import SemiMoEWidget
+    from ..cutter import TrainsetCutter
+    from ..layers import NapariLayers
+    from ..session import Session
 
 SUGGEST_LAYER = "suggested tiles"
 PSEUDO_LAYER = "Semi-MoE pseudo-labels"
@@ -60,16 +69,19 @@ class Candidate:
 
 
 class ActivePanel:
-    """Builds the two toolbox pages and their behaviour for a :class:`SemiMoEWidget`."""
+    """Builds the two toolbox pages and their behaviour over a :class:`Session`."""
 
-    def __init__(self, main: SemiMoEWidget) -> None:
-        self.w = main
+    def __init__(self, session: Session, layers: NapariLayers, cutter: TrainsetCutter) -> None:
+        self.session, self.layers, self.cutter = session, layers, cutter
         self.suggestions: list[Candidate] = []
         self.pseudo: list[Candidate] = []
         self.worker = None
         self._job: ProgressJob | None = None
         self.suggest_page = self._build_suggest()
         self.qa_page = self._build_qa()
+        session.pool_changed.connect(self.pool_changed)
+        # suggestions and pseudo-labels belong to the image they were made on
+        session.image_changed.connect(lambda _entry: layers.remove(LAYERS))
 
     # ================================================================== pages
 
@@ -156,20 +168,14 @@ class ActivePanel:
     # ================================================================== shared
 
     def _model(self):
-        w = self.w
-        ckpt = None if w.project is None else w.project.last_checkpoint()
-        if ckpt is None:
-            raise InputError("no trained model yet: train first (2 · Train)")
-        if w.entry is None:
-            raise InputError("no image: open a slide first")
-        return ckpt
+        return self.session.require_model()
 
-    def _run(self, fn, on_done, bar: QProgressBar, cancel_btn: QPushButton) -> None:
+    def _run(self, fn, on_done, bar: QProgressBar, cancel_btn: QPushButton, what: str) -> None:
         from napari.qt.threading import thread_worker
 
-        from ..core.device import releasing_memory
+        from ...core.device import releasing_memory
 
-        job = self._job = ProgressJob(bar, cancel_btn, self.w)
+        job = self._job = ProgressJob(bar, cancel_btn, self.suggest_page)
         worker = self.worker = thread_worker(releasing_memory(fn), ignore_errors=True)(job)
         job.start()
         for b in (self.suggest_btn, self.qa_btn):
@@ -181,7 +187,7 @@ class ActivePanel:
                 b.setEnabled(True)
 
         worker.returned.connect(on_done)
-        worker.errored.connect(lambda e: _notify(f"failed: {e}", "error"))
+        worker.errored.connect(lambda e: _notify(self.session.report(what, e), "error"))
         worker.finished.connect(finished)
         worker.start()
 
@@ -201,15 +207,11 @@ class ActivePanel:
 
     def go_to(self, y0: float, x0: float, side: float) -> None:
         """Centre the view on a tile (level-0 px) and zoom so it fills about half the view."""
-        from .widget import camera
-
-        base = self.w._base_scale()
-        cam = camera(self.w.viewer)
+        base = self.layers.base_scale()
+        cam = camera(self.layers.viewer)
         cam.center = ((y0 + side / 2) * base[0], (x0 + side / 2) * base[1])
-        try:
-            view = float(min(self.w.viewer.window._qt_viewer.canvas.size))
-        except AttributeError:  # no public accessor for the canvas size
-            view = 600.0
+        size = canvas_size(self.layers.viewer)
+        view = 600.0 if size is None else float(min(size))
         cam.zoom = 0.5 * view / (side * float(base[0]))
 
     def _selected(self, items: list[Candidate], lst: QListWidget) -> Candidate | None:
@@ -222,11 +224,10 @@ class ActivePanel:
     def promote(self, c: Candidate, then=None) -> None:
         """Make ``c`` a training tile whose annotation starts from the model's prediction;
         the training data is re-cut in the background, then ``then(pool_size)`` runs."""
-        from ..core.predict import resample
+        from ...core.predict import resample
 
-        w = self.w
-        labels = w.labels_layer(create=True)
-        ls = w.entry.labels_scale
+        labels = self.layers.labels(create=True)
+        ls = self.session.entry.labels_scale
         H, W = labels.data.shape
         y0, x0 = round(c.y0 / ls), round(c.x0 / ls)
         y1, x1 = min(H, round((c.y0 + c.side) / ls)), min(W, round((c.x0 + c.side) / ls))
@@ -239,38 +240,33 @@ class ActivePanel:
             # what the user already painted there wins over the prediction
             pasted = np.where(new > 0, new + offset, 0)
             merged = np.where(old > 0, old, pasted).astype(labels.data.dtype)
-            w._edit_labels([(sl, merged)], "label-tile")  # one undo step, history kept
-        tiles = w.tiles_layer(create=True)
-        tiles.add_rectangles(
-            [_rect(c.y0, c.x0, c.side, c.side)],
-            edge_color="yellow",
-            face_color="transparent",
-            edge_width=6,
-        )
-        w._sync_tiles()
+            self.session.edit_labels([(sl, merged)], "label-tile")  # one undo step, history kept
+        self.layers.add_tile(_rect(c.y0, c.x0, c.side, c.side))
+        self.session.sync_tiles()
         c.status = "promoted"
-        w.viewer.layers.selection.active = labels
+        self.layers.viewer.layers.selection.active = labels
         self.go_to(c.y0, c.x0, c.side)
-        w.rebuild_trainset(then=then)
+        self.cutter.rebuild(then=then)
 
     # ================================================================== suggestions
 
     def suggest(self) -> None:
-        from ..core.active import suggest_tiles
-        from ..core.instances import label_instances
-        from ..core.predict import PredictOptions, Predictor, load_model
+        from ...core.active import suggest_tiles
+        from ...core.instances import label_instances
+        from ...core.predict import PredictOptions, Predictor, load_model
 
-        w = self.w
         try:
             ckpt = self._model()
-            slide = w._slide()
+            slide = self.layers.slide()
         except InputError as exc:
             _notify(str(exc), "warning")
             return
-        w._sync_tiles()
-        exclude = [(t.y, t.x, t.h, t.w) for t in w.entry.train_tiles()]
-        tile, top = w.tile_spin.value(), self.top_spin.value()
-        scratch = w.project.root / "cache"
+        self.session.sync_tiles()
+        exclude = [(t.y, t.x, t.h, t.w) for t in self.session.entry.train_tiles()]
+        # The side comes from the model's own geometry (its checkpoint), never from the form's
+        # tile box, which is what the NEXT training will use.
+        top = self.top_spin.value()
+        scratch = self.session.project.root / "cache"
 
         def work(job: ProgressJob):
             pred = Predictor(load_model(ckpt, "auto"), PredictOptions(experts=True))
@@ -278,7 +274,6 @@ class ActivePanel:
             picks, maps = suggest_tiles(
                 pred,
                 slide,
-                tile=tile,
                 top=top,
                 exclude=exclude,
                 scratch=scratch,
@@ -296,16 +291,18 @@ class ActivePanel:
                 out.append(Candidate(p.y0, p.x0, p.size0, p.score, p.components, inst))
             return out
 
-        self._run(work, self._show_suggestions, self.suggest_progress, self.suggest_cancel)
+        self._run(
+            work, self._show_suggestions, self.suggest_progress, self.suggest_cancel, "suggestions"
+        )
 
     def _show_suggestions(self, picks: list[Candidate] | None) -> None:
         if picks is None:
-            self.w._say("suggestion cancelled")
+            self.session.say("suggestion cancelled")
             return
         self.suggestions = picks
         self._fill_list(self.suggest_list, picks, "score")
         self._draw_suggestions()
-        self.w._say(
+        self.session.say(
             f"{len(picks)} tiles suggested (most uncertain first); click one to go to it"
             if picks
             else "no unlabeled tissue tile left to suggest"
@@ -328,7 +325,7 @@ class ActivePanel:
         lst.blockSignals(False)
 
     def _draw_suggestions(self) -> None:
-        v = self.w.viewer
+        v = self.layers.viewer
         open_ = [c for c in self.suggestions if c.status == "open"]
         rects = [_rect(c.y0, c.x0, c.side, c.side) for c in open_]
         labels = [f"#{i + 1}  {c.score:.2f}" for i, c in enumerate(open_)]
@@ -340,7 +337,7 @@ class ActivePanel:
 
     def _show_boxes(self, name, rects, labels, edge_color, edge_width, size, text_color) -> None:
         """A Shapes layer of labelled tile outlines (level-0 px); painting stays selected."""
-        v = self.w.viewer
+        v = self.layers.viewer
         v.add_shapes(
             rects,
             shape_type="rectangle",
@@ -348,11 +345,11 @@ class ActivePanel:
             edge_color=edge_color,
             face_color="transparent",
             edge_width=edge_width,
-            scale=tuple(self.w._base_scale()),
+            scale=tuple(self.layers.base_scale()),
             features={"label": labels},
             text={"string": "{label}", "size": size, "color": text_color, "anchor": "upper_left"},
         )
-        v.layers.selection.active = self.w.labels_layer() or v.layers[name]
+        v.layers.selection.active = self.layers.labels() or v.layers[name]
 
     def label_suggestion(self) -> None:
         c = self._selected(self.suggestions, self.suggest_list)
@@ -361,14 +358,14 @@ class ActivePanel:
         self.promote(c)
         self._fill_list(self.suggest_list, self.suggestions, "score")
         self._draw_suggestions()
-        self.w._say("new training tile from the suggestion: correct the glands with the brush")
+        self.session.say("new training tile from the suggestion: correct the glands with the brush")
 
     # ================================================================== pseudo-label QA
 
     def show_pseudo_labels(self) -> None:
-        from ..core.active import pseudo_label_tiles
-        from ..core.predict import Predictor, load_model
-        from .project import (
+        from ...core.active import pseudo_label_tiles
+        from ...core.predict import Predictor, load_model
+        from ...core.trainset import (
             TRAINSET_FILE,
             is_pool_tile_of,
             load_pool,
@@ -376,17 +373,16 @@ class ActivePanel:
             trainset_names,
         )
 
-        w = self.w
         try:
             ckpt = self._model()
         except InputError as exc:
             _notify(str(exc), "warning")
             return
-        path = w.project.root / TRAINSET_FILE
-        if not path.exists() or w.cutting:  # cut the pool first, then come back
-            w.rebuild_trainset(then=lambda _n: self.show_pseudo_labels())
+        path = self.session.project.root / TRAINSET_FILE
+        if not path.exists() or self.cutter.busy:  # cut the pool first, then come back
+            self.cutter.rebuild(then=lambda _n: self.show_pseudo_labels())
             return
-        name, s = w.entry.name, w.project.state.scale
+        name, s = self.session.entry.name, self.session.project.state.scale
         if not any(is_pool_tile_of(n, name) for n in trainset_names(path)[1]):
             self._show_pseudo([], s)  # nothing to predict: no job, no busy bar
             return
@@ -408,16 +404,16 @@ class ActivePanel:
         def done(res) -> None:
             self._show_pseudo(res, s)
 
-        self._run(work, done, self.qa_progress, self.qa_cancel)
+        self._run(work, done, self.qa_progress, self.qa_cancel, "pseudo-label view")
 
     def _show_pseudo(self, res: list[tuple[int, int, Any]] | None, s: float) -> None:
-        from ..core.instances import label_instances
+        from ...core.instances import label_instances
 
         if res is None:
-            self.w._say("pseudo-label view cancelled")
+            self.session.say("pseudo-label view cancelled")
             return
-        w, v = self.w, self.w.viewer
-        H, W = w._slide_shape()
+        v = self.layers.viewer
+        H, W = self.layers.slide_shape()
         hs, ws = round(H / s), round(W / s)
         seg = np.zeros((hs, ws), np.uint8)
         sdf = np.full((hs, ws), -1.0, np.float32)
@@ -443,12 +439,12 @@ class ActivePanel:
             )
         items.sort(key=lambda c: c.score)  # least confident first
         self.pseudo = items
-        base = w._base_scale()
+        base = self.layers.base_scale()
         kw = dict(scale=tuple(base * s), translate=tuple(base * (s - 1) / 2))
         for layer in (PSEUDO_LAYER, PSEUDO_SDF_LAYER):
             if layer in v.layers:
                 v.layers.remove(layer)
-        from .layer_styles import sdf_colormap
+        from ..layer_styles import sdf_colormap
 
         v.add_image(
             sdf,
@@ -470,7 +466,7 @@ class ActivePanel:
             pass
         self._fill_list(self.qa_list, self.pseudo, "confidence")
         self._draw_pseudo_tiles()
-        w._say(
+        self.session.say(
             f"pseudo-labels of {len(items)} unlabeled tiles (green gland, magenta boundary); "
             "least confident first"
             if items
@@ -478,7 +474,7 @@ class ActivePanel:
         )
 
     def _draw_pseudo_tiles(self) -> None:
-        v = self.w.viewer
+        v = self.layers.viewer
         rects, colors, text = [], [], []
         for c in self.pseudo:
             if c.status in ("promoted", "out"):
@@ -499,15 +495,16 @@ class ActivePanel:
 
     def _pool_text(self) -> str:
         """What the pool means for training, from the saved training set."""
-        from .project import TRAINSET_FILE, is_pool_tile_of, trainset_names
+        from ...core.trainset import TRAINSET_FILE, is_pool_tile_of, trainset_names
 
-        path = self.w.project.root / TRAINSET_FILE
+        path = self.session.project.root / TRAINSET_FILE
         if not path.exists():
             return "unlabeled pool: cut at the next Start or pseudo-label view"
         pool = trainset_names(path)[1]
         if not pool:
             return NO_POOL
-        mine = sum(is_pool_tile_of(n, self.w.entry.name) for n in pool) if self.w.entry else 0
+        entry = self.session.entry
+        mine = sum(is_pool_tile_of(n, entry.name) for n in pool) if entry else 0
         return f"unlabeled pool: {len(pool)} tissue tiles ({mine} on this image)"
 
     def pool_changed(self, n: int) -> None:
@@ -517,7 +514,7 @@ class ActivePanel:
         self.pool_label.setText(text)
         self.pool_label.setStyleSheet("color: #ffb347" if n == 0 else "")
         if n == 0:
-            self.w._say(NO_POOL)
+            self.session.say(NO_POOL)
         if self.pseudo:
             added = self._sync_with_pool()
             self._fill_list(self.qa_list, self.pseudo, "confidence")
@@ -531,8 +528,7 @@ class ActivePanel:
         c = self._selected(self.pseudo, self.qa_list)
         if c is None:
             return
-        w = self.w
-        w.project.add_tile(w.entry, c.y0, c.x0, c.side, "rejected")
+        self.session.project.add_tile(self.session.entry, c.y0, c.x0, c.side, "rejected")
         c.status = "rejected"
         self._fill_list(self.qa_list, self.pseudo, "confidence")
         self._draw_pseudo_tiles()
@@ -541,23 +537,23 @@ class ActivePanel:
             added = self._sync_with_pool()
             self._fill_list(self.qa_list, self.pseudo, "confidence")
             self._draw_pseudo_tiles()
-            w._say(
+            self.session.say(
                 f"tile at y {c.y0}, x {c.x0} rejected: out of the unlabeled pool"
-                + (" from the trainer's next iteration" if w.training else "")
+                + (" from the trainer's next iteration" if self.session.training else "")
                 + f"; the pool has {n} tiles"
                 + (f" ({added} new: press 'Show pseudo-labels' to see them)" if added else "")
             )
 
-        w.rebuild_trainset(then=done)
+        self.cutter.rebuild(then=done)
 
     def _sync_with_pool(self) -> int:
         """Drop listed tiles that left the pool; return how many pool tiles are not shown."""
-        from .project import TRAINSET_FILE, is_pool_tile_of, trainset_names
+        from ...core.trainset import TRAINSET_FILE, is_pool_tile_of, trainset_names
 
-        path = self.w.project.root / TRAINSET_FILE
+        path = self.session.project.root / TRAINSET_FILE
         if not path.exists():
             return 0
-        image = self.w.entry.name
+        image = self.session.entry.name
         pool = {n for n in trainset_names(path)[1] if is_pool_tile_of(n, image)}
         for c in self.pseudo:
             if c.status == "open" and c.name not in pool:
@@ -577,4 +573,4 @@ class ActivePanel:
         self.promote(c, then=done)
         self._fill_list(self.qa_list, self.pseudo, "confidence")  # c is no longer open
         self._draw_pseudo_tiles()
-        self.w._say("promoted to a training tile: correct its pseudo-label with the brush")
+        self.session.say("promoted to a training tile: correct its pseudo-label with the brush")

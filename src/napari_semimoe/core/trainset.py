@@ -1,0 +1,101 @@
+"""The training-set file (trainset.npz): labeled tiles + unlabeled pool, as the trainer sees
+them. Written by the GUI process, read by the training child process (which imports core only),
+by the QA page and by tests. It is data only: "the set changed" is signalled through the
+training process's event (:class:`TrainingJob.reload`), never by the file's time stamp.
+
+Pool tiles are named ``<image>/pool-<y>-<x>`` (working-scale origin).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import TrainingSet
+
+TRAINSET_FILE = "trainset.npz"
+
+
+def pool_name(y: int, x: int) -> str:
+    """Name of an unlabeled pool tile by its working-scale origin."""
+    return f"pool-{y}-{x}"
+
+
+def is_pool_tile_of(name: str, image: str) -> bool:
+    """Whether ``name`` is an unlabeled pool tile of the image named ``image``."""
+    parsed = parse_pool_name(name)
+    return parsed is not None and parsed[0] == image
+
+
+def parse_pool_name(name: str) -> tuple[str, int, int] | None:
+    """'<image>/pool-<y>-<x>' -> (image, y, x) in working-scale px; None for other names."""
+    image, _, tail = name.rpartition("/")
+    parts = tail.split("-")
+    if len(parts) != 3 or parts[0] != "pool":
+        return None
+    try:
+        return image, int(parts[1]), int(parts[2])
+    except ValueError:
+        return None
+
+
+def save_trainset(path: Path, ts: TrainingSet) -> None:
+    """npz without pickles (object arrays are refused on load), written atomically."""
+    arrays = {}
+    for i, (im, m) in enumerate(zip(ts.labeled_images, ts.labeled_masks)):
+        arrays[f"li_{i}"], arrays[f"lm_{i}"] = im, m
+    for i, im in enumerate(ts.unlabeled_images):
+        arrays[f"ui_{i}"] = im
+    arrays["names"] = np.array(json.dumps([ts.labeled_names, ts.unlabeled_names]))
+    _atomic_write(path, lambda fh: np.savez(fh, **arrays))
+
+
+def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
+    """``write(binary file)`` to a temp file next to ``path``, synced, then renamed over it.
+    The file gets the user's umask (a colleague can read a shared project), unlike
+    mkstemp's 0600."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def trainset_names(path: str | Path) -> tuple[list[str], list[str]]:
+    """(labeled, unlabeled) tile names of a saved training set, without reading its images."""
+    with np.load(path, allow_pickle=False) as z:
+        ln, un = json.loads(str(z["names"]))
+    return ln, un
+
+
+def load_pool(path: str | Path, keep: Callable[[str], bool]) -> list[tuple[str, np.ndarray]]:
+    """The unlabeled pool tiles whose name passes ``keep``, read without loading the rest
+    of the file (npz members are read on access)."""
+    with np.load(path, allow_pickle=False) as z:
+        _, un = json.loads(str(z["names"]))
+        return [(n, z[f"ui_{i}"]) for i, n in enumerate(un) if keep(n)]
+
+
+def load_trainset(path: str | Path) -> TrainingSet:
+    with np.load(path, allow_pickle=False) as z:
+        nl = sum(1 for k in z.files if k.startswith("li_"))
+        nu = sum(1 for k in z.files if k.startswith("ui_"))
+        ln, un = json.loads(str(z["names"]))
+        return TrainingSet(
+            [z[f"li_{i}"] for i in range(nl)],
+            [z[f"lm_{i}"] for i in range(nl)],
+            [z[f"ui_{i}"] for i in range(nu)],
+            ln,
+            un,
+        )

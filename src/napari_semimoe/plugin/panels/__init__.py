@@ -1,0 +1,1 @@
+"""The dock's pages, each over the shared session."""

@@ -1,0 +1,480 @@
+"""Page 3 · Review and correct: predict the view, the tiles or the image in a worker thread,
+show the output maps (one canvas per output at working scale, updated in place), Accept the
+predicted glands into the annotations (add / replace, one undo step through the session),
+Undo, and the on-disk annotation history with Restore.
+
+*Predict view* reads the canvas size through :func:`..common.canvas_size` (public
+``viewer.canvas.size`` where napari has it); without any, the whole image is predicted.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ...core.errors import InputError
+from ..common import camera, canvas_size, notify
+from ..jobs import ProgressJob
+from ..layer_styles import LABEL_OPACITY, map_style
+from ..layers import NapariLayers
+from ..session import Session
+
+_notify = notify
+
+#: Metadata of the segmentation layer: where a prediction exists (working-scale bool
+#: canvas) and its scale; Accept never touches pixels outside it.
+COVERED = "semimoe_covered"
+PRED_SCALE = "semimoe_pred_scale"
+ACCEPT_MODES = ("add: my painting wins", "replace my painting")
+OUT = {
+    "seg": "Semi-MoE segmentation",
+    "prob": "Semi-MoE gland probability",
+    "sdf": "Semi-MoE SDF",
+    "boundary": "Semi-MoE boundary",
+    "uncertainty": "Semi-MoE uncertainty",
+    "gates": "Semi-MoE gates",
+    "expert_prob": "Expert: segmentation",
+    "expert_sdf": "Expert: SDF",
+    "expert_boundary": "Expert: boundary",
+}
+
+
+class _FreshCombo(QComboBox):
+    """A combo box that refills itself (``refill()``) each time its list opens."""
+
+    def __init__(self, refill) -> None:
+        super().__init__()
+        self.refill = refill
+
+    def showPopup(self) -> None:  # noqa: N802 (Qt API)
+        self.refill()
+        super().showPopup()
+
+
+class ReviewPanel(QWidget):
+    def __init__(self, session: Session, layers: NapariLayers) -> None:
+        super().__init__()
+        self.session, self.layers = session, layers
+        self.viewer = layers.viewer
+        self.worker = None
+        self._last_pred: dict[str, Any] | None = None
+        self._pending_ops: list = []
+        self._pred_job: ProgressJob | None = None
+        self._build()
+        session.undo_changed.connect(lambda on: self.undo_btn.setEnabled(on))
+        session.labels_edited.connect(lambda why: why != "undo" and self.fill_history())
+        session.image_changed.connect(self._image_changed)
+
+    def _image_changed(self, _entry) -> None:
+        """Predictions belong to the previous image; the history is the new one's."""
+        self.layers.remove(OUT.values())
+        self.fill_history()
+
+    def _build(self) -> None:
+        v = QVBoxLayout(self)
+        row = QHBoxLayout()
+        self.pred_view_btn = QPushButton("Predict view")
+        self.pred_view_btn.clicked.connect(lambda: self.predict("view"))
+        self.pred_tiles_btn = QPushButton("Predict tiles")
+        self.pred_tiles_btn.clicked.connect(lambda: self.predict("tiles"))
+        self.pred_all_btn = QPushButton("Predict image")
+        self.pred_all_btn.clicked.connect(lambda: self.predict("image"))
+        for b in (self.pred_view_btn, self.pred_tiles_btn, self.pred_all_btn):
+            row.addWidget(b)
+        v.addLayout(row)
+        self.experts_check = QCheckBox("also show each expert's outputs")
+        v.addWidget(self.experts_check)
+        prow = QHBoxLayout()
+        self.pred_progress = QProgressBar()
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.cancel_prediction)
+        prow.addWidget(self.pred_progress)
+        prow.addWidget(self.cancel_btn)
+        v.addLayout(prow)
+        self.accept_mode = QComboBox()
+        self.accept_mode.addItems(ACCEPT_MODES)
+        self.accept_mode.setToolTip(
+            "only where a prediction exists, inside the training tiles: 'add' never changes "
+            "a painted pixel; 'replace' overwrites your painting there"
+        )
+        # long texts must not widen the page past the dock (it then scrolls sideways)
+        self.accept_mode.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        mrow = QFormLayout()
+        mrow.addRow("Accept mode", self.accept_mode)
+        v.addLayout(mrow)
+        arow = QHBoxLayout()
+        self.accept_btn = QPushButton("Accept prediction in tiles")
+        self.accept_btn.setToolTip(
+            "put the predicted glands into the annotations inside the training tiles "
+            "(one undo step; the annotations before are kept in the history)"
+        )
+        self.accept_btn.clicked.connect(self.accept_prediction)
+        self.undo_btn = QPushButton("Undo")
+        self.undo_btn.setToolTip("undo the last accept, restore or 'Label this tile'")
+        self.undo_btn.clicked.connect(self.undo_accept)
+        self.undo_btn.setEnabled(False)
+        arow.addWidget(self.accept_btn)
+        arow.addWidget(self.undo_btn)
+        v.addLayout(arow)
+        hbox = QGroupBox("Annotation history (kept on disk)")
+        hrow = QHBoxLayout(hbox)
+        self.history_combo = _FreshCombo(self.fill_history)
+        self.history_combo.setToolTip(
+            "earlier versions of this image's annotations: before each accept or restore, "
+            "and one a minute while you paint (the last 20)"
+        )
+        self.history_combo.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.history_combo.setPlaceholderText("no earlier version yet")
+        self.restore_btn = QPushButton("Restore")
+        self.restore_btn.setToolTip("put this version back (undoable; today's is kept first)")
+        self.restore_btn.clicked.connect(self.restore_version)
+        hrow.addWidget(self.history_combo, 1)
+        hrow.addWidget(self.restore_btn)
+        v.addWidget(hbox)
+        v.addStretch(1)
+
+    def _region(self, mode: str) -> list[tuple[int, int, int, int]]:
+        """Level-0 boxes to predict for 'view', 'tiles' or 'image'."""
+        H, W = self.layers.slide_shape()
+        if mode == "image":
+            return [(0, 0, H, W)]
+        if mode == "tiles":
+            if self.session.entry is None or not self.session.entry.train_tiles():
+                raise InputError("no training tiles on this image to predict")
+            return [(t.y, t.x, t.h, t.w) for t in self.session.entry.train_tiles()]
+        corners = np.asarray(self.viewer.layers.extent.world)[:, -2:]
+        size = canvas_size(self.viewer)
+        if size is None:
+            self.session.say("could not read the view's size; predicting the whole image")
+        else:
+            half = np.asarray(size) / 2 / camera(self.viewer).zoom
+            c = np.asarray(camera(self.viewer).center[-2:])
+            corners = np.stack([c - half, c + half])
+        b = corners / self.layers.base_scale()
+        y0, x0 = np.clip(np.floor(b[0]), 0, [H, W]).astype(int)
+        y1, x1 = np.clip(np.ceil(b[1]), 0, [H, W]).astype(int)
+        if y1 - y0 < 16 or x1 - x0 < 16:
+            raise InputError("the view does not show the slide; pan to the tissue")
+        return [(int(y0), int(x0), int(y1 - y0), int(x1 - x0))]
+
+    def predict(self, mode: str = "view") -> None:
+        from napari.qt.threading import thread_worker
+
+        from ...core.device import releasing_memory
+        from ...core.predict import PredictOptions, Predictor, load_model
+        from ...core.uncertainty import uncertainty_map
+
+        try:
+            ckpt = self.session.checkpoint()
+            if ckpt is None:
+                raise InputError("no trained model yet: train first (2 · Train)")
+            boxes = self._region(mode)
+            slide = self.layers.slide()
+        except InputError as exc:
+            _notify(str(exc), "warning")
+            return
+        experts = self.experts_check.isChecked()
+        job = self._pred_job = ProgressJob(self.pred_progress, self.cancel_btn, self)
+
+        @thread_worker(ignore_errors=True)  # errors become a notification below
+        @releasing_memory  # the GPU's cache back to the driver once the model is gone
+        def work():
+            loaded = load_model(ckpt, "auto")
+            # Expert maps are always computed: the uncertainty map needs the seg expert.
+            pred = Predictor(loaded, PredictOptions(experts=True))
+            s = loaded.geometry.scale
+            t = pred.tile
+            sizes = [(max(16, round(h / s)), max(16, round(w / s))) for _, _, h, w in boxes]
+            from ...core.predict import TileGrid
+
+            counts = [len(TileGrid(sz, t, pred.overlap)) for sz in sizes]
+            total = sum(counts)
+            results = []
+            for i, ((y, x, _h, _w), (hs, ws)) in enumerate(zip(boxes, sizes)):
+                base = sum(counts[:i])  # tiles of the regions before this one
+                ys, xs = round(y / s), round(x / s)
+                wp = pred.predict_region_reader(
+                    lambda yy, xx, hh, ww, ys=ys, xs=xs: slide.read_scaled(
+                        ys + yy, xs + xx, hh, ww, s
+                    ),
+                    (hs, ws),
+                    progress=lambda d, _t, base=base: job.progress(base + d, total),
+                    cancel=lambda: job.cancelled,
+                )
+                if wp.cancelled:
+                    return None
+                maps = {k: np.asarray(v) for k, v in wp.maps.items()}
+                maps["mask"] = (maps["prob"] >= 0.5).astype(np.uint8)
+                maps["instances"] = pred.instances(maps)
+                maps["uncertainty"] = uncertainty_map(maps)
+                if not experts:
+                    for k in [k for k in maps if k.startswith("expert_")]:
+                        del maps[k]
+                results.append(((ys, xs, hs, ws), maps, wp))
+            return {"scale": s, "results": results}
+
+        worker = work()
+        self.worker = worker
+        job.start()
+        self._set_predict_ui(False)
+
+        def finished() -> None:
+            job.finish()
+            self._set_predict_ui(True)
+
+        worker.returned.connect(self._show_prediction)
+        worker.errored.connect(lambda e: _notify(self.session.report("prediction", e), "error"))
+        worker.finished.connect(finished)
+        worker.start()
+
+    def _set_predict_ui(self, enabled: bool) -> None:
+        for b in (self.pred_view_btn, self.pred_tiles_btn, self.pred_all_btn, self.accept_btn):
+            b.setEnabled(enabled)
+
+    def cancel_prediction(self) -> None:
+        if self._pred_job is not None:
+            self._pred_job.cancel()
+
+    def _show_prediction(self, out: dict | None) -> None:
+        """Main thread: build or update the output layers (never pile up new ones)."""
+        if out is None:
+            self.session.say("prediction cancelled")
+            return
+        s = out["scale"]
+        base = self.layers.base_scale()
+        H, W = self.layers.slide_shape()
+        hs, ws = round(H / s), round(W / s)
+        # One canvas per output at working scale, so predicting again updates in place.
+        # Creating a napari layer blocks the event loop ~0.25 s, so layers are built one
+        # per event-loop turn: the UI keeps painting in between.
+        ops = []
+        for (ys, xs, _h, _w), maps, _wp in out["results"]:
+            for key in (
+                "instances",
+                "prob",
+                "sdf",
+                "boundary",
+                "uncertainty",
+                *(k for k in maps if k.startswith("expert_")),
+            ):
+                name = OUT["seg" if key == "instances" else key]
+                ops.append(partial(self._paste, name, key, maps[key], (ys, xs), (hs, ws), s, base))
+        ops.append(partial(self._show_gates, out, base))
+        ops.append(
+            partial(self.session.say, f"prediction shown for {len(out['results'])} region(s)")
+        )
+        self._last_pred = out
+        self._pending_ops = ops
+        self._drain_ops()
+
+    @property
+    def showing_prediction(self) -> bool:
+        """True while output layers are still being built or updated."""
+        return bool(self._pending_ops)
+
+    def _drain_ops(self) -> None:
+        if self._pending_ops:
+            self._pending_ops.pop(0)()
+            QTimer.singleShot(30, self._drain_ops)  # let paint and input events run between
+
+    def _paste(self, name: str, key: str, val, origin, shape, s: float, base) -> None:
+        ys, xs = origin
+        h, w = val.shape
+        scale = tuple(base * s)
+        translate = tuple(base * (s - 1) / 2)
+        if (
+            name in self.viewer.layers
+            and self.viewer.layers[name].data.shape == shape
+            and (key != "instances" or self.viewer.layers[name].metadata.get(PRED_SCALE) == s)
+        ):
+            layer = self.viewer.layers[name]
+            if key == "instances":  # fresh ids per region so pasted regions don't collide
+                val = np.where(val > 0, val + int(layer.data.max()), 0)
+                self._cover(layer, ys, xs, h, w)
+            layer.data[ys : ys + h, xs : xs + w] = val[: shape[0] - ys, : shape[1] - xs]
+            layer.refresh()
+            return
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        dtype = np.int32 if key == "instances" else np.float32
+        fill = -1.0 if "sdf" in key else 0
+        canvas = np.full(shape, fill, dtype)
+        canvas[ys : ys + h, xs : xs + w] = val[: shape[0] - ys, : shape[1] - xs]
+        kw = dict(name=name, scale=scale, translate=translate)
+        if key == "instances":
+            layer = self.viewer.add_labels(canvas, opacity=LABEL_OPACITY[key], **kw)
+            layer.metadata[PRED_SCALE] = s
+            layer.metadata[COVERED] = np.zeros(shape, bool)
+            self._cover(layer, ys, xs, h, w)
+        else:
+            self.viewer.add_image(canvas, visible=False, **map_style(key), **kw)
+
+    @staticmethod
+    def _cover(layer, ys: int, xs: int, h: int, w: int) -> None:
+        """Mark a predicted region (working-scale px) in the segmentation layer."""
+        cov = layer.metadata.get(COVERED)
+        if cov is not None:
+            cov[max(0, ys) : ys + h, max(0, xs) : xs + w] = True
+
+    def _show_gates(self, out: dict, base) -> None:
+        """Per-tile gate weights as text at tile centres (task rows, expert columns)."""
+        pts, text = [], []
+        s = out["scale"]
+        for (ys, xs, _, _), _maps, wp in out["results"]:
+            for (y, x, h, w), g in zip(wp.tiles, wp.gates):
+                pts.append(((ys + y + h / 2) * s, (xs + x + w / 2) * s))
+                text.append("seg " + "/".join(f"{v:.2f}" for v in g[0]))
+        if not pts:
+            return
+        if OUT["gates"] in self.viewer.layers:  # update in place: re-adding costs ~0.5 s
+            layer = self.viewer.layers[OUT["gates"]]
+            layer.data = np.asarray(pts)
+            layer.features = {"label": text}
+            return
+        self.viewer.add_points(
+            np.asarray(pts),
+            name=OUT["gates"],
+            size=8,
+            face_color="cyan",
+            scale=tuple(base),
+            features={"label": text},
+            text={
+                "string": "{label}",
+                "size": 9,
+                "color": "cyan",
+                "anchor": "upper_left",
+                "translation": [-24.0, 8.0],
+            },
+            visible=False,
+        )
+
+    def accept_prediction(self) -> None:
+        """Put the predicted glands into the annotations inside the training tiles, and only
+        where a prediction exists (a *Predict view* covers part of the tiles: the rest is
+        left alone). 'add' (the default) never changes a painted pixel: it adds the predicted
+        glands that touch none; 'replace' overwrites the painting where predicted. One undo
+        step; the annotations before are kept in the on-disk history."""
+        labels = self.layers.labels()
+        seg = self.viewer.layers[OUT["seg"]] if OUT["seg"] in self.viewer.layers else None  # noqa: SIM401
+        cov = None if seg is None else seg.metadata.get(COVERED)
+        if labels is None or cov is None or self.session.entry is None:
+            _notify("predict first, then accept", "warning")
+            return
+        replace = self.accept_mode.currentIndex() == 1
+        ls, s = self.session.entry.labels_scale, float(seg.metadata[PRED_SCALE])
+        H, W = labels.data.shape
+        parts = []  # (region, painted, predicted ids, where the prediction may go)
+        for t in self.session.entry.train_tiles():
+            y0, x0 = max(0, round(t.y / ls)), max(0, round(t.x / ls))
+            y1, x1 = min(H, round((t.y + t.h) / ls)), min(W, round((t.x + t.w) / ls))
+            if y1 <= y0 or x1 <= x0:
+                continue
+            # nearest working-scale pixel of each annotation pixel (centre to centre)
+            rows = np.floor((np.arange(y0, y1) + 0.5) * ls / s).astype(int)
+            cols = np.floor((np.arange(x0, x1) + 0.5) * ls / s).astype(int)
+            inside = (rows < cov.shape[0])[:, None] & (cols < cov.shape[1])[None, :]
+            rows, cols = np.minimum(rows, cov.shape[0] - 1), np.minimum(cols, cov.shape[1] - 1)
+            here = cov[np.ix_(rows, cols)] & inside
+            if not here.any():
+                continue
+            sl = (slice(y0, y1), slice(x0, x1))
+            pred = np.where(here, np.asarray(seg.data)[np.ix_(rows, cols)], 0)
+            painted = labels.data[sl]
+            if replace:
+                parts.append((sl, painted, pred, here))
+            else:  # a predicted gland that touches a painted pixel is the user's: skip it
+                touched = np.unique(pred[painted > 0])
+                pred = np.where(np.isin(pred, touched[touched > 0]), 0, pred)
+                parts.append((sl, painted, pred, here & (painted == 0) & (pred > 0)))
+        ids = np.unique(np.concatenate([p[np.where(w)] for _, _, p, w in parts] or [[]]))
+        ids = ids[ids > 0].astype(np.int64)
+        first = int(labels.data.max()) + 1  # fresh ids: no predicted gland merges with one
+        if ids.size and first + ids.size - 1 > np.iinfo(labels.data.dtype).max:
+            _notify("too many gland ids for the annotations layer's type", "error")
+            return
+        patches = []
+        for sl, painted, pred, where in parts:
+            fresh = np.where(pred > 0, first + np.searchsorted(ids, pred), 0)
+            new = np.where(where, fresh, painted).astype(labels.data.dtype)
+            if not np.array_equal(new, painted):
+                patches.append((sl, new))
+        covered = len(parts)
+        if not self.session.edit_labels(patches, "replace" if replace else "accept"):
+            self.session.say(
+                "nothing to accept: no prediction in the training tiles yet"
+                if not covered
+                else "nothing to accept: every predicted gland there is already painted"
+            )
+            return
+        self.session.say(
+            f"accepted the prediction in {len(patches)} tile(s)"
+            + (" (your painting there replaced)" if replace else " (your painting kept)")
+            + "; Undo or correct it with the brush"
+        )
+
+    def undo_accept(self) -> None:
+        """Undo the last accept, restore or 'Label this tile' (all its tiles at once)."""
+        if self.session.undo():
+            self.session.say("undone")
+
+    def fill_history(self) -> None:
+        """List the kept versions of the current image's annotations, newest first."""
+        import datetime as dt
+
+        combo = self.history_combo
+        keep = combo.currentData()
+        combo.clear()
+        if self.session.project is None or self.session.entry is None:
+            return
+        today = dt.date.today()
+        for path, t, reason in self.session.project.versions(self.session.entry, wait=False):
+            when = dt.datetime.fromtimestamp(t)
+            day = "today" if when.date() == today else when.strftime("%Y-%m-%d")
+            combo.addItem(f"{day} {when:%H:%M:%S} · {reason}", str(path))
+        i = combo.findData(keep)
+        combo.setCurrentIndex(max(0, i))
+
+    def restore_version(self) -> None:
+        """Put the chosen earlier version of the annotations back (one undo step; the
+        annotations replaced are kept in the history first)."""
+        labels = self.layers.labels()
+        path = self.history_combo.currentData()
+        if self.session.project is None or self.session.entry is None or labels is None or not path:
+            _notify("no earlier version of this image's annotations yet", "warning")
+            return
+        try:
+            old = self.session.project.load_version(self.session.entry, path)
+        except InputError as exc:
+            _notify(str(exc), "warning")
+            self.session.say(str(exc))
+            return
+        if old.shape != labels.data.shape:
+            msg = f"that version is {old.shape[1]} x {old.shape[0]} px, the annotations are not"
+            _notify(msg, "warning")
+            self.session.say(msg)
+            return
+        diff = np.argwhere(old != labels.data)
+        if diff.size == 0:
+            self.session.say("that version is what the annotations are now")
+            return
+        (y0, x0), (y1, x1) = diff.min(0), diff.max(0) + 1  # only the changed box is kept
+        sl = (slice(int(y0), int(y1)), slice(int(x0), int(x1)))
+        what = self.history_combo.currentText()
+        self.session.edit_labels([(sl, old[sl].astype(labels.data.dtype))], "restore")
+        self.session.say(f"restored the annotations of {what}; Undo puts back the ones before")

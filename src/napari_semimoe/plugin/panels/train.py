@@ -1,0 +1,371 @@
+"""Page 2 · Train: the settings form, Start / Pause / Stop / Continue, progress and the loss
+chart, over a training child process (:class:`..training_process.TrainingJob`) polled by a
+QTimer on the GUI thread.
+
+The form's fields and their defaults come from :class:`core.train.TrainConfig` (the one
+source of defaults, shared with the CLI's ``RUN_DEFAULTS``); the dock overrides only what
+makes its runs interactive (:data:`DOCK_OVERRIDES`). The child's events are shown here:
+progress, 'warning' (e.g. supervised only), errors (one line in the dock, the traceback in
+the session log), and its log records (written to the session log).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ...core.errors import InputError
+from ...core.train import TrainConfig
+from ...core.trainset import TRAINSET_FILE
+from ..chart import LossChart
+from ..common import notify
+from ..cutter import TrainsetCutter
+from ..jobs import fmt_time
+from ..session import Session
+from ..training_process import TrainingJob
+
+log = logging.getLogger(__name__)
+child_log = logging.getLogger("napari_semimoe.training")
+
+#: The dock's runs are interactive: shorter than the CLI's, and checkpointed often (Predict
+#: and Continue read the checkpoint while the user labels).
+DOCK_OVERRIDES = {"iterations": 500, "checkpoint_every": 25}
+
+
+def form_defaults() -> dict:
+    """The form's defaults: TrainConfig's, with the dock's overrides."""
+    return {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **DOCK_OVERRIDES}
+
+
+DEFAULTS = form_defaults()
+
+
+class TrainPanel(QWidget):
+    def __init__(self, session: Session, cutter: TrainsetCutter) -> None:
+        super().__init__()
+        self.session, self.cutter = session, cutter
+        self.job: TrainingJob | None = None
+        self._pending_its: list[dict] = []  # iteration events not drawn yet
+        self._last_draw = 0.0
+        self._t_start = 0.0
+        self._supervised = False  # the running training has no unlabeled pool (no λ)
+        self._supervised_cfg = False
+        self._build()
+        self._poll = QTimer(self)
+        self._poll.setInterval(100)
+        self._poll.timeout.connect(self._poll_training)
+        session.project_changed.connect(self._project_opened)
+        session.pool_changed.connect(self._pool_changed)
+        self._set_training_ui(False)
+
+    # ------------------------------------------------------------------ form
+
+    def _build(self) -> None:
+        d = DEFAULTS
+        v = QVBoxLayout(self)
+        f = QFormLayout()
+        self.width_spin = _spin(4, 64, d["width"], step=4)
+        f.addRow("Model width b", self.width_spin)
+        self.iter_spin = _spin(1, 1_000_000, d["iterations"])
+        f.addRow("Iterations", self.iter_spin)
+        self.lr_spin = _dspin(0.001, 5.0, d["lr"], 3)
+        f.addRow("Learning rate", self.lr_spin)
+        self.gamma_spin = _dspin(0.0, 5.0, d["gamma"], 2)
+        f.addRow("γ (task weights)", self.gamma_spin)
+        self.lambda_spin = _dspin(0.0, 10.0, d["lambda_max"], 2)
+        f.addRow("λ max (unlabeled)", self.lambda_spin)
+        self.device_combo = _combo(["auto", "cpu", "cuda"], d["device"])
+        f.addRow("Device", self.device_combo)
+        v.addLayout(f)
+        adv = QGroupBox("Advanced")
+        adv.setCheckable(True)
+        adv.setChecked(False)
+        af = QFormLayout(adv)
+        self.threads_spin = _spin(0, 256, d["threads"] or 0)
+        self.threads_spin.setSpecialValueText("all")
+        af.addRow("CPU threads", self.threads_spin)
+        self.precision_combo = _combo(["auto", "bf16", "fp32"], d["precision"])
+        af.addRow("Precision", self.precision_combo)
+        self.seed_spin = _spin(0, 2**31 - 1, d["seed"])
+        af.addRow("Seed", self.seed_spin)
+        self.semi_check = QCheckBox("use unlabeled tissue (semi-supervised)")
+        self.semi_check.setChecked(not d["supervised_only"])
+        af.addRow(self.semi_check)
+        adv.toggled.connect(lambda on: [c.setVisible(on) for c in adv.findChildren(QWidget)])
+        for c in adv.findChildren(QWidget):
+            c.setVisible(False)
+        v.addWidget(adv)
+        row = QHBoxLayout()
+        self.start_btn = QPushButton("Start")
+        self.start_btn.clicked.connect(lambda: self.start_training(continue_from=False))
+        self.pause_btn = QPushButton("Pause")
+        self.pause_btn.clicked.connect(self.toggle_pause)
+        self.stop_btn = QPushButton("Stop")
+        self.stop_btn.clicked.connect(self.stop_training)
+        self.continue_btn = QPushButton("Continue")
+        self.continue_btn.setToolTip(
+            "fine-tune from the last checkpoint with the current tiles (after a first Start)"
+        )
+        self.continue_btn.clicked.connect(lambda: self.start_training(continue_from=True))
+        for b in (self.start_btn, self.pause_btn, self.stop_btn, self.continue_btn):
+            row.addWidget(b)
+        v.addLayout(row)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m iterations")
+        v.addWidget(self.progress)
+        self.eta_label = QLabel("idle")
+        # its text changes every poll: keep it from resizing (re-laying out) the dock
+        self.eta_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        v.addWidget(self.eta_label)
+        self.warning_label = QLabel("")
+        self.warning_label.setWordWrap(True)
+        self.warning_label.setStyleSheet("color: #ffb347")
+        self.warning_label.setVisible(False)
+        v.addWidget(self.warning_label)
+        self.chart = LossChart()
+        v.addWidget(self.chart, 1)
+
+    def _project_opened(self, project) -> None:
+        st = project.state.settings
+        for key, widget in (("width", self.width_spin), ("iterations", self.iter_spin)):
+            if key in st:
+                widget.setValue(int(st[key]))
+        self._set_training_ui(self.training)
+
+    def config(self) -> dict:
+        """The form as a validated TrainConfig dict (geometry: the project page's form)."""
+        cfg = TrainConfig(
+            **{
+                **DOCK_OVERRIDES,
+                "width": self.width_spin.value(),
+                "iterations": self.iter_spin.value(),
+                "lr": self.lr_spin.value(),
+                "gamma": self.gamma_spin.value(),
+                "lambda_max": self.lambda_spin.value(),
+                "device": self.device_combo.currentText(),
+                "threads": self.threads_spin.value() or None,
+                "precision": self.precision_combo.currentText(),
+                "seed": self.seed_spin.value(),
+                "supervised_only": not self.semi_check.isChecked(),
+                "geometry": self.session.train_geometry.to_dict(),
+            }
+        )
+        cfg.validate()
+        return dataclasses.asdict(cfg)
+
+    # ------------------------------------------------------------------ control
+
+    @property
+    def training(self) -> bool:
+        return self.job is not None and not self.job.finished
+
+    def start_training(self, continue_from: bool = False) -> None:
+        """Cut the tiles (in a thread), then train in a child process; ``continue_from``
+        fine-tunes from the last checkpoint into a new run."""
+        s = self.session
+        try:
+            if s.project is None:
+                raise InputError("choose a project folder first (1 · Project and tiles)")
+            if self.training or self.cutter.busy:
+                raise InputError("training is already running")
+            if s.layers.labels() is None:
+                raise InputError("no annotations layer: add a training tile and paint glands")
+            init = s.project.last_checkpoint() if continue_from else None
+            if continue_from and init is None:
+                raise InputError("no checkpoint to continue from yet: press Start first")
+            config = self.config()
+        except InputError as exc:
+            notify(str(exc), "warning")
+            s.say(str(exc))
+            return
+        self.job = None  # the previous run's job (finished) is let go
+        project = s.project
+        st = project.state
+        # What the training set is cut at; the MODEL's geometry (s.geometry) stays the last
+        # checkpoint's until the new run writes one.
+        st.scale, st.tile = s.train_geometry.scale, s.train_geometry.tile
+        st.settings.update(width=self.width_spin.value(), iterations=self.iter_spin.value())
+        self._set_training_ui(True)
+        self.stop_btn.setEnabled(False)
+        self.pause_btn.setEnabled(False)
+        self.eta_label.setText("cutting the training tiles…")
+        self.warning_label.setVisible(False)
+
+        def launch(n: int) -> None:
+            run_dir = project.new_run_dir()
+            log.info("training %s (%s) with %s", run_dir, "continue" if init else "new", config)
+            self.job = TrainingJob(config, project.root / TRAINSET_FILE, run_dir, init_from=init)
+            self.job.start()
+            s.training = True
+            self._supervised_cfg = bool(config["supervised_only"])
+            self._supervised = self._supervised_cfg or n == 0
+            if continue_from:  # the chart goes on where the last run ended
+                self.chart.new_run()
+            else:
+                self.chart.clear()
+            self._pending_its = []
+            self.progress.setRange(0, config["iterations"])
+            self.progress.setValue(0)
+            self._t_start = time.monotonic()
+            self.eta_label.setText("starting the training process…")
+            if n == 0 and not config["supervised_only"]:
+                s.say("no unlabeled tissue: training is supervised only")
+            self._set_training_ui(True)
+            self._poll.start()
+
+        def failed(_msg: str) -> None:
+            self.eta_label.setText("idle")
+            self._set_training_ui(False)
+
+        self.cutter.rebuild(then=launch, failed=failed)
+
+    def _pool_changed(self, n: int) -> None:
+        """The set was re-cut: a running trainer reloads it (told through its process's
+        event, not the file), and λ means something or not."""
+        if self.training:
+            self._supervised = self._supervised_cfg or n == 0
+            self.job.reload()
+
+    def toggle_pause(self) -> None:
+        if self.job is None or self.job.finished:
+            return
+        if self.job.paused:
+            self.job.resume()
+            self.pause_btn.setText("Pause")
+        else:
+            self.job.pause()
+            self.pause_btn.setText("Resume")
+            self.eta_label.setText("pausing after this iteration…")
+
+    def stop_training(self) -> None:
+        if self.job is not None and not self.job.finished:
+            self.job.stop()
+            self.eta_label.setText("stopping: saving the checkpoint…")
+
+    def shutdown(self) -> None:
+        """napari closes: stop training so that it saves its checkpoint (else killed)."""
+        if self.job is not None and not self.job.finished:
+            self.job.stop()
+            self.job.join(10)
+            self.job.kill()
+
+    # ------------------------------------------------------------------ events
+
+    def _poll_training(self) -> None:
+        """Drain the training events every 100 ms; redraw the progress and chart at most
+        twice a second (each redraw recomposes the window, which is what costs the UI)."""
+        if self.job is None:
+            return
+        s = self.session
+        events = self.job.poll()
+        self._pending_its += [e for e in events if e["kind"] == "iteration"]
+        now = time.monotonic()
+        force = self.job.finished or any(e["kind"] not in ("iteration", "log") for e in events)
+        if self._pending_its and (force or now - self._last_draw >= 0.5):
+            self._last_draw = now
+            its, self._pending_its = self._pending_its, []
+            for e in its:
+                self.chart.add(e, show_lambda=not self._supervised)
+            e = its[-1]
+            self.progress.setValue(e["iteration"])
+            eta = e.get("eta")
+            lo = e["losses"].get("total", float("nan"))
+            lam = " · supervised only" if self._supervised else f" · λ {e['lam']:.2f}"
+            self.eta_label.setText(
+                f"iteration {e['iteration']}/{e['total']} · loss {lo:.3f}{lam}"
+                + (f" · ETA {fmt_time(eta)}" if eta is not None else "")
+            )
+        for e in events:
+            kind = e["kind"]
+            if kind == "log":  # the child's log records, into this session's log file
+                child_log.log(int(e.get("level", logging.INFO)), "%s: %s", e["name"], e["message"])
+            elif kind == "start":
+                s.say(e.get("message", ""))
+            elif kind == "warning":
+                log.warning("training: %s", e.get("message", ""))
+                self.warning_label.setText(f"⚠ {e.get('message', '')}")
+                self.warning_label.setVisible(True)
+                s.say(f"training: {e.get('message', '')}")
+            elif kind == "data":
+                s.say(f"training picked up the changed tiles at iteration {e['iteration']}")
+            elif kind == "paused":
+                self.eta_label.setText(f"paused at iteration {e['iteration']} (checkpoint saved)")
+            elif kind == "error":
+                tb = e.get("traceback")
+                log.error("training failed: %s%s", e["message"], f"\n{tb}" if tb else "")
+                notify(f"Training failed: {e['message']}", "error")
+                s.say(f"training failed: {e['message']}{s.log_hint()}")
+            elif kind == "exit":
+                log.info("training %s: %s", e["result"], e.get("run_dir"))
+                msg = (
+                    "training finished"
+                    if e["result"] == "done"
+                    else "training stopped; checkpoint saved"
+                )
+                # the status line, not a pop-up: a napari notification blocks the UI ~0.2 s
+                self.eta_label.setText(msg)
+                s.say(f"{msg}: predict in 3 · Review, or label more and Continue")
+        if self.job.finished:
+            self._poll.stop()
+            s.training = False
+            self._reap(self.job, time.monotonic())
+            self._set_training_ui(False)
+
+    def _reap(self, job: TrainingJob, since: float) -> None:
+        """Join the finished process without blocking the UI on its teardown: poll until it
+        is gone (no zombie until the next job); one that hangs 30 s is terminated."""
+        job.join(0)
+        if job.is_alive():
+            if time.monotonic() - since > 30:
+                job.kill()
+            QTimer.singleShot(200, lambda: self._reap(job, since))
+
+    def _set_training_ui(self, running: bool) -> None:
+        self.start_btn.setEnabled(not running)
+        # Continue fine-tunes a checkpoint: none before a first training.
+        self.continue_btn.setEnabled(not running and self.session.checkpoint() is not None)
+        self.pause_btn.setEnabled(running)
+        self.stop_btn.setEnabled(running)
+        self.pause_btn.setText("Pause")
+
+
+def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
+    sp = QSpinBox()
+    sp.setRange(lo, hi)
+    sp.setSingleStep(step)
+    sp.setValue(value)
+    return sp
+
+
+def _dspin(lo: float, hi: float, value: float, decimals: int) -> QDoubleSpinBox:
+    sp = QDoubleSpinBox()
+    sp.setRange(lo, hi)
+    sp.setDecimals(decimals)
+    sp.setSingleStep(10 ** -(decimals - 1))
+    sp.setValue(value)
+    return sp
+
+
+def _combo(items: list[str], value: str) -> QComboBox:
+    c = QComboBox()
+    c.addItems(items)
+    c.setCurrentText(value)
+    return c
