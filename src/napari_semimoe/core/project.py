@@ -34,11 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_write, remove_stale_temps
 from .checkpoint import CHECKPOINT_NAME
 from .data import TrainingSet
 from .errors import InputError
 from .slide import Slide, tissue_mask, write_tiff
-from .trainset import TRAINSET_FILE, _atomic_write, pool_name, save_trainset
+from .trainset import TRAINSET_FILE, pool_name, save_trainset
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,6 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SAFE_RUN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 _VERSION = re.compile(r"(\d{19})_([a-z-]{1,32})\.tif")
 _MAX_SIDE = 2**20  # level-0 px: no tile of a real slide is larger
-#: Temp files of atomic writes (ours and core.slide.write_tiff's): .NAME.PID.HEX.tmp
-_TEMP = re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp")
 
 
 @dataclass
@@ -205,15 +204,12 @@ class Project:
             *(d for d in (hist.iterdir() if hist.is_dir() else []) if d.is_dir()),
         ]
         for d in dirs:
-            for p in d.glob(".*.tmp"):
-                m = _TEMP.fullmatch(p.name)
-                if m and not _process_alive(int(m[1]), p):
-                    p.unlink(missing_ok=True)
+            remove_stale_temps(d)
         for d in dirs[2:]:  # a kill between keeping a version and pruning
             self._prune(d)
 
     def save(self) -> None:
-        _atomic_write(
+        atomic_write(
             self.root / PROJECT_FILE,
             lambda fh: fh.write(json.dumps(asdict(self.state), indent=1).encode()),
         )
@@ -320,7 +316,7 @@ class Project:
         try:
             os.link(path, dst)  # the next write replaces the file: the link keeps this one
         except OSError:  # no hard links here (some network or FAT drives): copy
-            _atomic_write(dst, lambda fh: shutil.copyfileobj(path.open("rb"), fh))
+            atomic_write(dst, lambda fh: shutil.copyfileobj(path.open("rb"), fh))
         self._prune(d)
 
     @staticmethod
@@ -491,7 +487,7 @@ def pool_candidates(e: ImageEntry, slide: Slide, s: float, T: int) -> list[tuple
 def _crop_labels(
     labels: np.ndarray, t: Tile, labels_scale: float, shape: tuple[int, int]
 ) -> np.ndarray:
-    from .predict import resample
+    from .inference.resample import resample
 
     ls = labels_scale
     y0, x0 = round(t.y / ls), round(t.x / ls)
@@ -502,23 +498,6 @@ def _crop_labels(
     if sy1 > sy0 and sx1 > sx0:
         crop[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = labels[sy0:sy1, sx0:sx1]
     return resample(crop, shape, nearest=True)
-
-
-def _process_alive(pid: int, temp: Path) -> bool:
-    """Could process ``pid`` still be writing ``temp``? (Another napari may have the
-    project open.) Windows has no harmless signal 0: there, a temp file counts as stale
-    after an hour."""
-    if pid == os.getpid():
-        return True
-    if os.name == "nt":
-        return time.time() - temp.stat().st_mtime < 3600
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def _check_state(st: ProjectState) -> str | None:

@@ -9,14 +9,12 @@ Pool tiles are named ``<image>/pool-<y>-<x>`` (working-scale origin).
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_write
 from .data import TrainingSet
 
 TRAINSET_FILE = "trainset.npz"
@@ -53,23 +51,7 @@ def save_trainset(path: Path, ts: TrainingSet) -> None:
     for i, im in enumerate(ts.unlabeled_images):
         arrays[f"ui_{i}"] = im
     arrays["names"] = np.array(json.dumps([ts.labeled_names, ts.unlabeled_names]))
-    _atomic_write(path, lambda fh: np.savez(fh, **arrays))
-
-
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    """``write(binary file)`` to a temp file next to ``path``, synced, then renamed over it.
-    The file gets the user's umask (a colleague can read a shared project), unlike
-    mkstemp's 0600."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def trainset_names(path: str | Path) -> tuple[list[str], list[str]]:

@@ -224,7 +224,7 @@ class ActivePanel:
     def promote(self, c: Candidate, then=None) -> None:
         """Make ``c`` a training tile whose annotation starts from the model's prediction;
         the training data is re-cut in the background, then ``then(pool_size)`` runs."""
-        from ...core.predict import resample
+        from ...core.inference import resample
 
         labels = self.layers.labels(create=True)
         ls = self.session.entry.labels_scale
@@ -252,8 +252,8 @@ class ActivePanel:
 
     def suggest(self) -> None:
         from ...core.active import suggest_tiles
+        from ...core.inference import PredictOptions, Predictor, load_model
         from ...core.instances import label_instances
-        from ...core.predict import PredictOptions, Predictor, load_model
 
         try:
             ckpt = self._model()
@@ -364,7 +364,7 @@ class ActivePanel:
 
     def show_pseudo_labels(self) -> None:
         from ...core.active import pseudo_label_tiles
-        from ...core.predict import Predictor, load_model
+        from ...core.inference import Predictor, load_model
         from ...core.trainset import (
             TRAINSET_FILE,
             is_pool_tile_of,

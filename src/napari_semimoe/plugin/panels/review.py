@@ -177,7 +177,7 @@ class ReviewPanel(QWidget):
         from napari.qt.threading import thread_worker
 
         from ...core.device import releasing_memory
-        from ...core.predict import PredictOptions, Predictor, load_model
+        from ...core.inference import PredictOptions, Predictor, load_model
         from ...core.uncertainty import uncertainty_map
 
         try:
@@ -201,7 +201,7 @@ class ReviewPanel(QWidget):
             s = loaded.geometry.scale
             t = pred.tile
             sizes = [(max(16, round(h / s)), max(16, round(w / s))) for _, _, h, w in boxes]
-            from ...core.predict import TileGrid
+            from ...core.inference import TileGrid
 
             counts = [len(TileGrid(sz, t, pred.overlap)) for sz in sizes]
             total = sum(counts)
