@@ -31,7 +31,8 @@ import numpy as np
 from ..core.checkpoint import CHECKPOINT_NAME
 from ..core.data import TrainingSet
 from ..core.errors import InputError
-from ..core.slide import Slide, tissue_mask, write_tiff
+from ..core.slide import Slide, tissue_mask
+from ..core.tiff_writer import write_tiff
 
 log = logging.getLogger(__name__)
 
