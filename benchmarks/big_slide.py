@@ -31,7 +31,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from napari_semimoe.core.data import Geometry, TrainingSet
-    from napari_semimoe.core.slide import open_slide, write_pyramid_tiles
+    from napari_semimoe.core.slide import open_slide
+    from napari_semimoe.core.tiff_writer import write_pyramid_tiles
     from napari_semimoe.core.train import TrainConfig, Trainer
     from napari_semimoe.plugin.sample import synthetic_he
 

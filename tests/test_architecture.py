@@ -1,105 +1,12 @@
-"""The layout's rules: no import cycle in the package, and the training child process (which
-runs the trainer) imports core only, never the plugin (Qt, napari)."""
+"""The processes' rules: the training child process (which runs the trainer) imports core
+only, never the plugin (Qt, napari); the plugin's panels never import each other."""
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
-from pathlib import Path
 
-import napari_semimoe
-
-PKG = Path(napari_semimoe.__file__).parent
-
-
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(PKG.parent).with_suffix("")
-    parts = list(rel.parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def import_graph() -> dict[str, set[str]]:
-    """module -> package modules it imports (module level and inside functions alike;
-    ``if TYPE_CHECKING:`` blocks excluded: they never run)."""
-    modules = {_module_name(p): p for p in PKG.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        tree = ast.parse(path.read_text())
-        skip = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                skip |= {id(n) for b in node.body for n in ast.walk(b)}
-        pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        deps = set()
-        for node in ast.walk(tree):
-            if id(node) in skip:
-                continue
-            targets = []
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    up = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
-                    base = ".".join(up + ([base] if base else []))
-                targets = [base] + [f"{base}.{a.name}" for a in node.names]
-            for t in targets:
-                if t in modules and t != name:
-                    deps.add(t)
-        graph[name] = deps
-    return graph
-
-
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One import cycle of ``graph`` (a package importing its own submodules is none)."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(m: str) -> list[str] | None:
-        state[m] = 1
-        stack.append(m)
-        for d in sorted(graph[m]):
-            if d.startswith(m + "."):
-                continue
-            if state.get(d) == 1:
-                return stack[stack.index(d) :] + [d]
-            if d not in state and (found := visit(d)):
-                return found
-        stack.pop()
-        state[m] = 2
-        return None
-
-    for m in sorted(graph):
-        if m not in state and (found := visit(m)):
-            return found
-    return None
-
-
-def test_the_package_has_no_import_cycle():
-    graph = import_graph()
-    assert "napari_semimoe.plugin.panels.active" in graph["napari_semimoe.plugin.widget"]
-    cycle = find_cycle(graph)
-    assert cycle is None, "import cycle: " + " -> ".join(cycle)
-
-
-def test_the_cycle_check_finds_a_cycle(tmp_path, monkeypatch):
-    """The walker sees function-level imports (the widget <-> panel cycle hid in one)."""
-    pkg = tmp_path / "napari_semimoe"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "a.py").write_text("from . import b\n")
-    (pkg / "b.py").write_text("def f():\n    from .a import x\n")
-    monkeypatch.setattr(sys.modules[__name__], "PKG", pkg)
-    graph = import_graph()
-    assert "napari_semimoe.b" in graph["napari_semimoe.a"]
-    assert "napari_semimoe.a" in graph["napari_semimoe.b"]  # seen inside a function
-    assert find_cycle(graph) in (
-        ["napari_semimoe.a", "napari_semimoe.b", "napari_semimoe.a"],
-        ["napari_semimoe.b", "napari_semimoe.a", "napari_semimoe.b"],
-    )
+from test_layout import _graph
 
 
 def test_the_training_child_imports_no_plugin_module(tmp_path):
@@ -125,8 +32,10 @@ def test_the_training_child_imports_no_plugin_module(tmp_path):
 
 
 def test_panels_never_import_each_other():
-    graph = import_graph()
+    """Panels talk through the session only (the import graph and its cycle check are
+    tests/test_layout.py's)."""
+    graph = _graph()
     panels = {m for m in graph if m.startswith("napari_semimoe.plugin.panels.")}
     assert len(panels) >= 4
     for m in panels:
-        assert not (graph[m] & panels), (m, graph[m] & panels)
+        assert not (set(graph.successors(m)) & panels), (m, set(graph.successors(m)) & panels)

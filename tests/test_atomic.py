@@ -24,7 +24,7 @@ from napari_semimoe.core.atomic import (
     temp_name,
 )
 from napari_semimoe.core.checkpoint import save_checkpoint
-from napari_semimoe.core.slide import write_tiff
+from napari_semimoe.core.tiff_writer import write_tiff
 
 
 def temps(folder: Path) -> list[str]:

@@ -632,7 +632,7 @@ def test_warnings_not_silence(ws, tmp_path, capsys, caplog):
 
 
 def test_ctrl_c_while_starting_up_is_one_line(monkeypatch, capsys):
-    import napari_semimoe.cli as cli
+    import napari_semimoe.cli.app as cli
 
     def interrupted():
         raise KeyboardInterrupt

@@ -27,7 +27,8 @@ from napari_semimoe.core.families import (
 )
 from napari_semimoe.core.inference import PredictOptions, Predictor, load_model, predict_slide
 from napari_semimoe.core.losses import seg_dice_loss
-from napari_semimoe.core.slide import open_slide, write_pyramid
+from napari_semimoe.core.slide import open_slide
+from napari_semimoe.core.tiff_writer import write_pyramid
 from napari_semimoe.core.train import TrainConfig, Trainer
 
 # ----------------------------------------------------------------- the toy family (whole)

@@ -21,7 +21,8 @@ from napari_semimoe.core.inference import (
 )
 from napari_semimoe.core.instances import label_instances
 from napari_semimoe.core.model import SemiMoE
-from napari_semimoe.core.slide import open_slide, write_pyramid
+from napari_semimoe.core.slide import open_slide
+from napari_semimoe.core.tiff_writer import write_pyramid
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_semimoe.core.slide import write_pyramid
+from napari_semimoe.core.tiff_writer import write_pyramid
 from napari_semimoe.plugin.reader import get_reader
 from napari_semimoe.plugin.sample import SAMPLE_TILES, TILE_NATIVE, make_sample_data
 from napari_semimoe.plugin.writer import write_tiff_layer

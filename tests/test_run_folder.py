@@ -377,7 +377,7 @@ def test_sigterm_stops_with_a_checkpoint_like_ctrl_c(tiny_dataset, tmp_path):
 
 def test_ctrl_c_while_the_cli_starts_is_one_line(capsys, monkeypatch):
     """Ctrl-C while torch is being imported (before a command runs): no traceback."""
-    import napari_semimoe.cli as cli_mod
+    import napari_semimoe.cli.app as cli_mod
 
     def interrupted():
         raise KeyboardInterrupt

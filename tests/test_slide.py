@@ -8,6 +8,7 @@ import tifffile
 from PIL import Image
 
 from napari_semimoe.core import slide as sl
+from napari_semimoe.core import tiff_writer as tw
 from napari_semimoe.core.errors import InputError
 from napari_semimoe.core.slide import (
     Slide,
@@ -16,10 +17,8 @@ from napari_semimoe.core.slide import (
     read_mask,
     tissue_mask,
     to_rgb_uint8,
-    write_pyramid,
-    write_pyramid_tiles,
-    write_tiff,
 )
+from napari_semimoe.core.tiff_writer import write_pyramid, write_pyramid_tiles, write_tiff
 
 
 def smooth_rgb(h: int, w: int, y0: int = 0, x0: int = 0) -> np.ndarray:
@@ -269,8 +268,8 @@ def test_write_pyramid_tiles_matches(tmp_path):
             (150, 188),
         ]
         np.testing.assert_array_equal(s.read_region(0, 0, H, W), full)
-        np.testing.assert_array_equal(s.read_region(0, 0, 600, 750, 1), sl._halve(full))
-        lvl2 = sl._halve(sl._halve(full))
+        np.testing.assert_array_equal(s.read_region(0, 0, 600, 750, 1), tw._halve(full))
+        lvl2 = tw._halve(tw._halve(full))
         np.testing.assert_array_equal(s.read_region(0, 0, 300, 375, 2), lvl2)
     assert [p.name for p in tmp_path.iterdir()] == ["big.tif"]  # temp files cleaned up
 

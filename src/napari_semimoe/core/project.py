@@ -38,7 +38,8 @@ from .atomic import atomic_write, remove_stale_temps
 from .checkpoint import CHECKPOINT_NAME
 from .data import TrainingSet
 from .errors import InputError
-from .slide import Slide, tissue_mask, write_tiff
+from .slide import Slide, tissue_mask
+from .tiff_writer import write_tiff
 from .trainset import TRAINSET_FILE, pool_name, save_trainset
 
 log = logging.getLogger(__name__)

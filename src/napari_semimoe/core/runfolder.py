@@ -95,7 +95,7 @@ class ResumePlan:
 def settings_problem(doc: Any) -> str | None:
     """What is wrong with a run's settings (config.json, or the checkpoint's copy): each
     setting must have its type, the geometry must be one, the whole must validate."""
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     if not isinstance(doc, dict):
         return "not a JSON object"

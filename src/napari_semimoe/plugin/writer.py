@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.slide import write_tiff
+from ..core.tiff_writer import write_tiff
 
 
 def write_tiff_layer(path: str, data: Any, meta: dict) -> list[str]:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..atomic import atomic_path
-from ..slide import ome_metadata, resolution_tags, write_tiff
+from ..tiff_writer import ome_metadata, resolution_tags, write_tiff
 from .resample import resample_band
 
 if TYPE_CHECKING:

@@ -1,0 +1,98 @@
+"""The settings of a training run (:class:`TrainConfig`), on their own so that the run folder
+can check a run's settings without importing the trainer (which imports the run folder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .data import Geometry
+from .errors import InputError
+from .families import DEFAULT_FAMILY, get_family
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run. Schedules are in iterations (interactive runs have no epochs)."""
+
+    width: int = 16
+    #: The model family (:func:`.families.families`); ``semimoe`` is the product's model.
+    family: str = DEFAULT_FAMILY
+    iterations: int = 1000
+    labeled_batch: int = 2
+    unlabeled_batch: int = 2
+    lr: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    s_lr: float = 0.05
+    warmup: int | None = None  # default: 10% of iterations (upstream: 20 of 200 epochs)
+    decay_every: int | None = None  # default: 25% of iterations (upstream: every 50 epochs)
+    decay_factor: float = 0.5
+    gamma: float = 0.4
+    lambda_max: float = 0.5
+    supervised_only: bool = False
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | fp32
+    fast: bool = True  # channels-last bf16 passes; False = upstream-style reference path
+    #: Fast path: "pooled" = labeled + unlabeled tiles in one pass (batch norm over all of
+    #: them; the better GlaS results), "per-half" = upstream's two passes, side by side on
+    #: a multi-core CPU (~7 % faster there; see docs/benchmarks.md).
+    batch_norm: str = "pooled"
+    compile: str = "auto"  # auto (= off: measured no faster, docs/benchmarks.md) | on | off
+    #: Bit-for-bit repeatable runs on a GPU too (deterministic kernels, slower there).
+    deterministic: bool = False
+    geometry: dict = field(default_factory=lambda: Geometry().to_dict())
+    per_instance_boundary: bool = False
+    checkpoint_every: int = 100
+    snapshot_every: int = 0  # keep weights every N iterations (learning curves), 0 = never
+
+    @property
+    def warmup_iters(self) -> int:
+        return self.warmup if self.warmup is not None else round(0.1 * self.iterations)
+
+    @property
+    def decay_iters(self) -> int:
+        return self.decay_every if self.decay_every else max(1, round(0.25 * self.iterations))
+
+    def lr_factor(self, it: int) -> float:
+        """Linear warm-up from 0, then x decay_factor every decay_iters (``it`` is 0-based)."""
+        w = self.warmup_iters
+        if w and it < w:
+            return (it + 1) / w
+        return self.decay_factor ** ((it - w) // self.decay_iters) if it >= w else 1.0
+
+    def lambda_at(self, it: int) -> float:
+        """Unsupervised weight: linear ramp from ~0 to lambda_max over the run."""
+        if self.supervised_only:
+            return 0.0
+        return self.lambda_max * (it + 1) / max(1, self.iterations)
+
+    def validate(self) -> None:
+        if self.iterations < 1:
+            raise InputError("iterations must be >= 1")
+        try:
+            get_family(self.family).check_width(self.width)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        if self.checkpoint_every < 1:
+            raise InputError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.snapshot_every < 0:
+            raise InputError(f"snapshot_every must be >= 0 (0 = never), got {self.snapshot_every}")
+        if self.lr <= 0 or self.s_lr <= 0:
+            raise InputError("learning rates must be > 0")
+        if self.labeled_batch < 1 or self.unlabeled_batch < 0:
+            raise InputError("labeled batch must be >= 1 and unlabeled batch >= 0")
+        if self.gamma < 0 or self.lambda_max < 0:
+            raise InputError("gamma and lambda_max must be >= 0")
+        if self.compile not in ("auto", "on", "off"):
+            raise InputError(f"compile must be auto, on or off, got {self.compile!r}")
+        if self.batch_norm not in ("pooled", "per-half"):
+            raise InputError(f"batch_norm must be pooled or per-half, got {self.batch_norm!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
