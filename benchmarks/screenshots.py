@@ -55,6 +55,14 @@ def main() -> int:
     viewer.layers["Semi-MoE gates"].visible = True
     camera(viewer).zoom = camera(viewer).zoom * 2.5
     viewer.screenshot(str(OUT / "07-uncertainty-gates.png"), canvas_only=False)
+    # 3 · Review after one Accept in the default mode (my painting wins): the history lists
+    # the version kept before it; Undo and Restore are at hand.
+    viewer.layers["Semi-MoE uncertainty"].visible = False
+    viewer.layers["Semi-MoE gates"].visible = False
+    viewer.layers["annotations"].visible = True
+    widget.review_panel.accept_prediction()
+    pump(1)
+    viewer.screenshot(str(OUT / "13-accepted-history.png"), canvas_only=False)
     viewer.close()
     print("screenshots in", OUT)
     return 0

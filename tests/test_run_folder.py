@@ -18,27 +18,18 @@ import torch
 import napari_semimoe.core.checkpoint as ck
 from napari_semimoe.cli import main
 from napari_semimoe.core.checkpoint import read_checkpoint
-from napari_semimoe.core.data import Geometry
 from napari_semimoe.core.errors import InputError
 from napari_semimoe.core.runfolder import RunFolder, RunFolderBusy
 from napari_semimoe.core.train import TrainConfig, Trainer
+from test_train import config as train_config
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = ["--width", "4", "--input-size", "32", "--threads", "1", "--precision", "fp32"]
 
 
 def config(**kw) -> TrainConfig:
-    base = dict(
-        width=4,
-        iterations=6,
-        geometry=Geometry(input_size=32).to_dict(),
-        compile="off",
-        checkpoint_every=2,
-        precision="fp32",
-        threads=1,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    """test_train's tiny config, saving every 2 iterations."""
+    return train_config(**{"checkpoint_every": 2, **kw})
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:

@@ -270,6 +270,16 @@ def cmyk_to_rgb(cmyk: np.ndarray) -> np.ndarray:
     return (rgb * 255.0 + 0.5).astype(np.uint8)
 
 
+def _yxc_key(key: Any) -> tuple[Any, Any, Any]:
+    """A numpy index of a (y, x, c) view as three parts (Ellipsis and missing axes filled)."""
+    key = key if isinstance(key, tuple) else (key,)
+    if any(k is Ellipsis for k in key):
+        i = key.index(Ellipsis)
+        key = key[:i] + (slice(None),) * (3 - len(key) + 1) + key[i + 1 :]
+    key = key + (slice(None),) * (3 - len(key))
+    return key[0], key[1], key[2]
+
+
 class _CMYKasRGB:
     """Read-only (H, W, 3) uint8 RGB view of a CMYK level, converting only what is indexed."""
 
@@ -284,12 +294,7 @@ class _CMYKasRGB:
         return self.shape[0]
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        if any(k is Ellipsis for k in key):
-            i = key.index(Ellipsis)
-            key = key[:i] + (slice(None),) * (3 - len(key) + 1) + key[i + 1 :]
-        key = key + (slice(None),) * (3 - len(key))
-        ky, kx, kc = key
+        ky, kx, kc = _yxc_key(key)
         return cmyk_to_rgb(np.asarray(self._a[ky, kx]))[..., kc]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -351,12 +356,7 @@ class _ChannelsLast:
         return self.shape[0]
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        if any(k is Ellipsis for k in key):
-            i = key.index(Ellipsis)
-            key = key[:i] + (slice(None),) * (3 - len(key) + 1) + key[i + 1 :]
-        key = key + (slice(None),) * (3 - len(key))
-        ky, kx, kc = key
+        ky, kx, kc = _yxc_key(key)
         out = np.asarray(self._a[kc, ky, kx])
         kept = [d for d, k in zip("cyx", (kc, ky, kx)) if not isinstance(k, (int, np.integer))]
         order = [kept.index(d) for d in "yxc" if d in kept]
