@@ -279,19 +279,8 @@ class ReviewPanel(QWidget):
         keys = ("instances", *family.output_maps(), "uncertainty", *family.output_maps(True))
         for (ys, xs, _h, _w), maps, _wp in out["results"]:
             for key in (k for k in keys if k in maps):
-                ops.append(
-                    partial(
-                        self._paste,
-                        names[key],
-                        key,
-                        maps[key],
-                        (ys, xs),
-                        (hs, ws),
-                        s,
-                        base,
-                        fills.get(key, 0.0),
-                    )
-                )
+                at = ((ys, xs), (hs, ws), s, base, fills.get(key, 0.0))
+                ops.append(partial(self._paste, names[key], key, maps[key], *at))
         if family.gate_shape and np.prod(family.gate_shape) > 0:
             ops.append(partial(self._show_gates, out, base, names["gates"]))
         ops.append(
@@ -311,9 +300,7 @@ class ReviewPanel(QWidget):
             self._pending_ops.pop(0)()
             QTimer.singleShot(30, self._drain_ops)  # let paint and input events run between
 
-    def _paste(
-        self, name: str, key: str, val, origin, shape, s: float, base, fill: float = 0.0
-    ) -> None:
+    def _paste(self, name: str, key: str, val, origin, shape, s: float, base, fill=0.0) -> None:
         ys, xs = origin
         h, w = val.shape
         scale = tuple(base * s)
