@@ -35,6 +35,9 @@ from scipy import ndimage as ndi
 
 #: Selection strategies of :func:`suggest`; the first is the default (docs/benchmarks.md).
 STRATEGIES = ("coverage", "uncertain")
+#: The maps the signals are made of (Semi-MoE's; ``expert_prob`` is optional): a model
+#: family without them has no uncertainty map and no suggestions.
+SIGNAL_MAPS = ("prob", "sdf", "boundary")
 PIXEL_SIGNALS = ("entropy", "disagreement", "sdf_consistency", "boundary_consistency")
 #: Weights of the combined score (pixel signals averaged, then the tile's gate entropy).
 WEIGHTS = {
@@ -44,6 +47,11 @@ WEIGHTS = {
     "boundary_consistency": 0.0,  # unstable sign across models: shown, not scored
     "gate_entropy": 0.5,
 }
+
+
+def supports(maps) -> bool:
+    """True when ``maps`` (names of a model's output maps) has what the signals need."""
+    return set(SIGNAL_MAPS) <= set(maps)
 
 
 def binary_entropy(p: np.ndarray) -> np.ndarray:

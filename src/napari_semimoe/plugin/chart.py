@@ -8,27 +8,53 @@ from qtpy.QtCore import QPointF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-COLORS = {
-    "total": "#f0f0f0",
-    "seg": "#e8a33d",
-    "sdf": "#4cb5f5",
-    "bnd": "#b05cd6",
-    "unsup": "#7bd389",
-    "lambda": "#ff6b6b",
-}
+#: Colours of the task curves, in the family's task order (Semi-MoE: seg, sdf, bnd).
+TASK_COLORS = ("#e8a33d", "#4cb5f5", "#b05cd6", "#f5d547", "#5ad1c8", "#e86d9e")
+#: Colours of the curves every run has.
+COLORS = {"total": "#f0f0f0", "unsup": "#7bd389", "lambda": "#ff6b6b"}
 
 
 class LossChart(QWidget):
-    """Loss curves per task (supervised), total, unsupervised total and λ (right axis 0-1)."""
+    """Loss curves per task (supervised), total, unsupervised total and λ (right axis 0-1).
+
+    The tasks are the run's model family's (:meth:`set_tasks`), read from its loss log
+    (``sup_<task>``, ``unsup_<task>``); a task the family did not name that appears in the
+    log gets a curve of its own, so no family is drawn wrong."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setMinimumHeight(150)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        self.series: dict[str, list[tuple[float, float]]] = {k: [] for k in COLORS}
+        self.tasks: dict[str, str] = {}  # task name -> its title (the tooltip)
+        self.series: dict[str, list[tuple[float, float]]] = {}
+        self.colors: dict[str, str] = {}
+        self.set_tasks([])
         self.total_iterations = 1
         self.offset = 0  # iterations of the earlier runs shown (Continue appends)
         self.boundaries: list[float] = []  # where each continued run began
+
+    def set_tasks(self, tasks) -> None:
+        """The curves of a family's tasks: ``tasks`` is a sequence of Task-like objects
+        (``name``, ``title``) or of names; the curves drawn so far of those tasks (and the
+        total, unsup and λ) are kept."""
+        self.tasks = {}
+        for t in tasks:
+            name = getattr(t, "name", t)
+            self.tasks[name] = getattr(t, "title", "") or getattr(t, "output", "") or name
+        old = self.series
+        self.series = {k: old.get(k, []) for k in ["total", *self.tasks, "unsup", "lambda"]}
+        names = [k for k in self.series if k not in COLORS]
+        self.colors = {  # legend and drawing order: total, the tasks, unsup, λ
+            k: COLORS[k] if k in COLORS else TASK_COLORS[names.index(k) % len(TASK_COLORS)]
+            for k in self.series
+        }
+        self.setToolTip(
+            "supervised loss per task: "
+            + ", ".join(f"{k} = {v}" for k, v in self.tasks.items())
+            + "; unsup: the unlabeled tiles' loss; λ: its weight"
+            if self.tasks
+            else ""
+        )
 
     def clear(self) -> None:
         for v in self.series.values():
@@ -49,14 +75,14 @@ class LossChart(QWidget):
         it = float(event["iteration"]) + self.offset
         lo = event.get("losses", {})
         self.total_iterations = self.offset + max(1, int(event.get("total", 1)))
+        new = [k[4:] for k in lo if k.startswith("sup_") and k[4:] not in self.series]
+        if new:  # a task the family did not name: a curve of its own
+            self.set_tasks([*self.tasks, *new])
+        unsup = [v for k, v in lo.items() if k.startswith("unsup_")]
         vals = {
             "total": lo.get("total"),
-            "seg": lo.get("sup_seg"),
-            "sdf": lo.get("sup_sdf"),
-            "bnd": lo.get("sup_bnd"),
-            "unsup": sum(lo[k] for k in ("unsup_seg", "unsup_sdf", "unsup_bnd") if k in lo)
-            if "unsup_seg" in lo
-            else None,
+            **{k: lo.get(f"sup_{k}") for k in self.series if k not in COLORS},
+            "unsup": sum(unsup) if unsup else None,
             "lambda": event.get("lam") if show_lambda else None,
         }
         for k, v in vals.items():
@@ -90,7 +116,7 @@ class LossChart(QWidget):
             if len(pts) < 2:
                 continue
             scale = 1.0 if k == "lambda" else ymax
-            pen = QPen(QColor(COLORS[k]), 1.6)
+            pen = QPen(QColor(self.colors[k]), 1.6)
             if k == "lambda":
                 pen.setStyle(Qt.PenStyle.DashLine)
             p.setPen(pen)
@@ -101,16 +127,9 @@ class LossChart(QWidget):
             ]
             p.drawPolyline(poly)
         x = left
-        for k, c in COLORS.items():
+        for k, c in self.colors.items():
             p.setPen(QColor(c))
-            label = {
-                "seg": "seg",
-                "sdf": "sdf",
-                "bnd": "bnd",
-                "unsup": "unsup",
-                "total": "total",
-                "lambda": "λ",
-            }[k]
+            label = "λ" if k == "lambda" else k
             p.drawText(x, h - 3, label)
             x += 8 + 7 * len(label)
         p.end()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from psygnal import Signal
@@ -20,6 +20,9 @@ from psygnal import Signal
 from ..core.data import Geometry
 from ..core.errors import InputError
 from ..core.project import ImageEntry, Project, Tile
+
+if TYPE_CHECKING:
+    from ..core.families import Family
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +48,17 @@ class LayerAccess(Protocol):
 
 def checkpoint_geometry(path: str | Path) -> Geometry:
     """The working geometry a checkpoint was trained at (its checked metadata)."""
+    return _checkpoint_model(path)[0]
+
+
+def _checkpoint_model(path: str | Path) -> tuple[Geometry, Family]:
+    """The geometry and the model family of a checkpoint (its checked metadata)."""
     from ..core.checkpoint import model_meta, read_checkpoint
+    from ..core.families import get_family
 
     tensors, doc = read_checkpoint(path)
-    return Geometry.from_dict(model_meta(path, doc, tensors)["geometry"])
+    meta = model_meta(path, doc, tensors)
+    return Geometry.from_dict(meta["geometry"]), get_family(meta["family"])
 
 
 class Session:
@@ -81,7 +91,7 @@ class Session:
         #: this napari session's log file (in the project), once a project is open
         self.log_path: Path | None = None
         self._undo: list[UndoStep] = []
-        self._geometry: tuple[tuple[str, int], Geometry] | None = None
+        self._geometry: tuple[tuple[str, int], Geometry, Family] | None = None
         self._tile_key: list | None = None
 
     # ------------------------------------------------------------------ state
@@ -128,13 +138,25 @@ class Session:
         """The active model's working geometry, read from its checkpoint (cached while the
         file is unchanged); None before a first checkpoint. A training started with other
         settings changes it only once the new run has written its checkpoint."""
+        model = self._model()
+        return None if model is None else model[0]
+
+    @property
+    def family(self) -> Family | None:
+        """The active model's family (its checkpoint's; Semi-MoE for checkpoints that name
+        none); None before a first checkpoint. Panels ask it which maps, layers and
+        signals this model has instead of naming Semi-MoE's."""
+        model = self._model()
+        return None if model is None else model[1]
+
+    def _model(self) -> tuple[Geometry, Family] | None:
         ckpt = self.checkpoint()
         if ckpt is None:
             return None
         key = (str(ckpt), ckpt.stat().st_mtime_ns)
         if self._geometry is None or self._geometry[0] != key:
-            self._geometry = (key, checkpoint_geometry(ckpt))
-        return self._geometry[1]
+            self._geometry = (key, *_checkpoint_model(ckpt))
+        return self._geometry[1], self._geometry[2]
 
     def require_model(self) -> Path:
         """The active checkpoint, or a one-line InputError saying what to do first."""

@@ -167,8 +167,19 @@ class ActivePanel:
 
     # ================================================================== shared
 
-    def _model(self):
-        return self.session.require_model()
+    def _model(self, what: str):
+        """The active checkpoint; a one-line InputError when there is none, or when its
+        model family lacks the maps that uncertainty and pseudo-labels are made of."""
+        from ...core.uncertainty import SIGNAL_MAPS, supports
+
+        ckpt = self.session.require_model()
+        family = self.session.family
+        if family is not None and not supports(family.output_maps()):
+            raise InputError(
+                f"{what} need a model with {', '.join(SIGNAL_MAPS)} maps; this model "
+                f"({family.label or family.name}) has {', '.join(family.output_maps())}"
+            )
+        return ckpt
 
     def _run(self, fn, on_done, bar: QProgressBar, cancel_btn: QPushButton, what: str) -> None:
         from napari.qt.threading import thread_worker
@@ -256,10 +267,11 @@ class ActivePanel:
         from ...core.instances import label_instances
 
         try:
-            ckpt = self._model()
+            ckpt = self._model("suggestions")
             slide = self.layers.slide()
         except InputError as exc:
             _notify(str(exc), "warning")
+            self.session.say(str(exc))
             return
         self.session.sync_tiles()
         exclude = [(t.y, t.x, t.h, t.w) for t in self.session.entry.train_tiles()]
@@ -374,9 +386,10 @@ class ActivePanel:
         )
 
         try:
-            ckpt = self._model()
+            ckpt = self._model("pseudo-labels")
         except InputError as exc:
             _notify(str(exc), "warning")
+            self.session.say(str(exc))
             return
         path = self.session.project.root / TRAINSET_FILE
         if not path.exists() or self.cutter.busy:  # cut the pool first, then come back

@@ -41,17 +41,18 @@ _notify = notify
 COVERED = "semimoe_covered"
 PRED_SCALE = "semimoe_pred_scale"
 ACCEPT_MODES = ("add: my painting wins", "replace my painting")
-OUT = {
-    "seg": "Semi-MoE segmentation",
-    "prob": "Semi-MoE gland probability",
-    "sdf": "Semi-MoE SDF",
-    "boundary": "Semi-MoE boundary",
-    "uncertainty": "Semi-MoE uncertainty",
-    "gates": "Semi-MoE gates",
-    "expert_prob": "Expert: segmentation",
-    "expert_sdf": "Expert: SDF",
-    "expert_boundary": "Expert: boundary",
-}
+#: The suggestions' uncertainty map (made for families with the maps it needs).
+UNCERTAINTY_LAYER = "Semi-MoE uncertainty"
+
+
+def prediction_layer_names() -> set[str]:
+    """Every layer a prediction may have made: each known family's, and the uncertainty."""
+    from ...core.families import families, get_family
+
+    names = {UNCERTAINTY_LAYER}
+    for n in families():
+        names.update(get_family(n).layer_names().values())
+    return names
 
 
 class _FreshCombo(QComboBox):
@@ -82,7 +83,7 @@ class ReviewPanel(QWidget):
 
     def _image_changed(self, _entry) -> None:
         """Predictions belong to the previous image; the history is the new one's."""
-        self.layers.remove(OUT.values())
+        self.layers.remove(prediction_layer_names())
         self.fill_history()
 
     def _build(self) -> None:
@@ -178,7 +179,7 @@ class ReviewPanel(QWidget):
 
         from ...core.device import releasing_memory
         from ...core.inference import PredictOptions, Predictor, load_model
-        from ...core.uncertainty import uncertainty_map
+        from ...core.uncertainty import supports, uncertainty_map
 
         try:
             ckpt = self.session.checkpoint()
@@ -196,8 +197,11 @@ class ReviewPanel(QWidget):
         @releasing_memory  # the GPU's cache back to the driver once the model is gone
         def work():
             loaded = load_model(ckpt, "auto")
+            family = loaded.family
             # Expert maps are always computed: the uncertainty map needs the seg expert.
             pred = Predictor(loaded, PredictOptions(experts=True))
+            expert_maps = set(family.output_maps(True))
+            uncertain = supports(family.output_maps())
             s = loaded.geometry.scale
             t = pred.tile
             sizes = [(max(16, round(h / s)), max(16, round(w / s))) for _, _, h, w in boxes]
@@ -220,14 +224,15 @@ class ReviewPanel(QWidget):
                 if wp.cancelled:
                     return None
                 maps = {k: np.asarray(v) for k, v in wp.maps.items()}
-                maps["mask"] = (maps["prob"] >= 0.5).astype(np.uint8)
+                maps["mask"] = pred.mask(maps)
                 maps["instances"] = pred.instances(maps)
-                maps["uncertainty"] = uncertainty_map(maps)
+                if uncertain:
+                    maps["uncertainty"] = uncertainty_map(maps)
                 if not experts:
-                    for k in [k for k in maps if k.startswith("expert_")]:
+                    for k in expert_maps & set(maps):
                         del maps[k]
                 results.append(((ys, xs, hs, ws), maps, wp))
-            return {"scale": s, "results": results}
+            return {"scale": s, "results": results, "family": family}
 
         worker = work()
         self.worker = worker
@@ -256,7 +261,14 @@ class ReviewPanel(QWidget):
         if out is None:
             self.session.say("prediction cancelled")
             return
-        s = out["scale"]
+        s, family = out["scale"], out["family"]
+        names = family.layer_names() | {"uncertainty": UNCERTAINTY_LAYER}
+        fills = family.fills()
+        has_experts = bool(family.output_maps(True))
+        self.experts_check.setEnabled(has_experts)
+        self.experts_check.setToolTip(
+            "" if has_experts else f"this model ({family.label or family.name}) has no experts"
+        )
         base = self.layers.base_scale()
         H, W = self.layers.slide_shape()
         hs, ws = round(H / s), round(W / s)
@@ -264,18 +276,13 @@ class ReviewPanel(QWidget):
         # Creating a napari layer blocks the event loop ~0.25 s, so layers are built one
         # per event-loop turn: the UI keeps painting in between.
         ops = []
+        keys = ("instances", *family.output_maps(), "uncertainty", *family.output_maps(True))
         for (ys, xs, _h, _w), maps, _wp in out["results"]:
-            for key in (
-                "instances",
-                "prob",
-                "sdf",
-                "boundary",
-                "uncertainty",
-                *(k for k in maps if k.startswith("expert_")),
-            ):
-                name = OUT["seg" if key == "instances" else key]
-                ops.append(partial(self._paste, name, key, maps[key], (ys, xs), (hs, ws), s, base))
-        ops.append(partial(self._show_gates, out, base))
+            for key in (k for k in keys if k in maps):
+                at = ((ys, xs), (hs, ws), s, base, fills.get(key, 0.0))
+                ops.append(partial(self._paste, names[key], key, maps[key], *at))
+        if family.gate_shape and np.prod(family.gate_shape) > 0:
+            ops.append(partial(self._show_gates, out, base, names["gates"]))
         ops.append(
             partial(self.session.say, f"prediction shown for {len(out['results'])} region(s)")
         )
@@ -293,7 +300,7 @@ class ReviewPanel(QWidget):
             self._pending_ops.pop(0)()
             QTimer.singleShot(30, self._drain_ops)  # let paint and input events run between
 
-    def _paste(self, name: str, key: str, val, origin, shape, s: float, base) -> None:
+    def _paste(self, name: str, key: str, val, origin, shape, s: float, base, fill=0.0) -> None:
         ys, xs = origin
         h, w = val.shape
         scale = tuple(base * s)
@@ -313,7 +320,6 @@ class ReviewPanel(QWidget):
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
         dtype = np.int32 if key == "instances" else np.float32
-        fill = -1.0 if "sdf" in key else 0
         canvas = np.full(shape, fill, dtype)
         canvas[ys : ys + h, xs : xs + w] = val[: shape[0] - ys, : shape[1] - xs]
         kw = dict(name=name, scale=scale, translate=translate)
@@ -332,24 +338,28 @@ class ReviewPanel(QWidget):
         if cov is not None:
             cov[max(0, ys) : ys + h, max(0, xs) : xs + w] = True
 
-    def _show_gates(self, out: dict, base) -> None:
-        """Per-tile gate weights as text at tile centres (task rows, expert columns)."""
+    def _show_gates(self, out: dict, base, name: str) -> None:
+        """Per-tile gate weights as text at tile centres: the first task's weights over
+        the experts (gates of shape task x expert), or the tile's weights (one gate)."""
         pts, text = [], []
         s = out["scale"]
+        first = out["family"].task_names()[0]
         for (ys, xs, _, _), _maps, wp in out["results"]:
             for (y, x, h, w), g in zip(wp.tiles, wp.gates):
+                g = np.asarray(g)
                 pts.append(((ys + y + h / 2) * s, (xs + x + w / 2) * s))
-                text.append("seg " + "/".join(f"{v:.2f}" for v in g[0]))
+                head, row = (f"{first} ", g[0]) if g.ndim == 2 else ("", g.ravel())
+                text.append(head + "/".join(f"{v:.2f}" for v in row))
         if not pts:
             return
-        if OUT["gates"] in self.viewer.layers:  # update in place: re-adding costs ~0.5 s
-            layer = self.viewer.layers[OUT["gates"]]
+        if name in self.viewer.layers:  # update in place: re-adding costs ~0.5 s
+            layer = self.viewer.layers[name]
             layer.data = np.asarray(pts)
             layer.features = {"label": text}
             return
         self.viewer.add_points(
             np.asarray(pts),
-            name=OUT["gates"],
+            name=name,
             size=8,
             face_color="cyan",
             scale=tuple(base),
@@ -371,7 +381,10 @@ class ReviewPanel(QWidget):
         glands that touch none; 'replace' overwrites the painting where predicted. One undo
         step; the annotations before are kept in the on-disk history."""
         labels = self.layers.labels()
-        seg = self.viewer.layers[OUT["seg"]] if OUT["seg"] in self.viewer.layers else None  # noqa: SIM401
+        seg = None  # the objects layer of the last prediction's model
+        if self._last_pred is not None:
+            name = self._last_pred["family"].layer_names()["instances"]
+            seg = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
         cov = None if seg is None else seg.metadata.get(COVERED)
         if labels is None or cov is None or self.session.entry is None:
             _notify("predict first, then accept", "warning")

@@ -141,13 +141,30 @@ class TrainPanel(QWidget):
         self.warning_label.setVisible(False)
         v.addWidget(self.warning_label)
         self.chart = LossChart()
+        self._chart_family(d["family"])
         v.addWidget(self.chart, 1)
+
+    def _chart_family(self, name: str | None) -> None:
+        """The chart's task curves: the family of the run (its config; the last checkpoint's
+        when a project opens). An unknown name keeps the curves the log brings."""
+        from ...core.families import get_family
+
+        try:
+            self.chart.set_tasks(get_family(name).tasks)
+        except InputError:
+            self.chart.set_tasks([])
 
     def _project_opened(self, project) -> None:
         st = project.state.settings
         for key, widget in (("width", self.width_spin), ("iterations", self.iter_spin)):
             if key in st:
                 widget.setValue(int(st[key]))
+        try:
+            family = self.session.family
+        except InputError:  # a damaged checkpoint: Predict says why, not the project opening
+            family = None
+        if family is not None:
+            self.chart.set_tasks(family.tasks)
         self._set_training_ui(self.training)
 
     def config(self) -> dict:
@@ -217,6 +234,7 @@ class TrainPanel(QWidget):
             s.training = True
             self._supervised_cfg = bool(config["supervised_only"])
             self._supervised = self._supervised_cfg or n == 0
+            self._chart_family(config["family"])
             if continue_from:  # the chart goes on where the last run ended
                 self.chart.new_run()
             else:
