@@ -41,7 +41,9 @@ def test_accept_after_a_new_training_changed_the_scale_uses_the_models(
     import numpy as np
 
     from napari_semimoe.core.data import Geometry
-    from napari_semimoe.plugin.widget import OUT
+    from test_trust_widget import semimoe_layers
+
+    OUT = semimoe_layers()
 
     viewer, widget, proj = ui
     install(widget, tiny_checkpoint)

@@ -43,6 +43,15 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return run / CHECKPOINT_NAME
 
 
+def semimoe_layers() -> dict[str, str]:
+    """Semi-MoE's layer names by output (``seg``: its objects layer), from its family."""
+    from napari_semimoe.core.families import get_family
+    from napari_semimoe.plugin.panels.review import UNCERTAINTY_LAYER
+
+    names = get_family("semimoe").layer_names()
+    return {"seg": names["instances"], **names, "uncertainty": UNCERTAINTY_LAYER}
+
+
 def install(widget, checkpoint: Path) -> None:
     """As if the user had trained once: the project's run-001 holds the checkpoint."""
     run = widget.project.new_run_dir()
@@ -68,7 +77,9 @@ def test_accept_after_predict_view_keeps_every_painted_pixel(ui, qtbot, tiny_che
     """Predict view on one tile, then Accept: the other tiles keep their painting, the
     painted glands of the predicted tile win, predicted glands are only added where
     nothing was painted; Replace overwrites only where predicted; one Undo undoes all."""
-    from napari_semimoe.plugin.widget import COVERED, OUT, camera
+    from napari_semimoe.plugin.widget import COVERED, camera
+
+    OUT = semimoe_layers()
 
     viewer, widget, proj = ui
     install(widget, tiny_checkpoint)
@@ -143,7 +154,9 @@ def test_history_is_restored_in_a_fresh_viewer_and_restore_is_undoable(
     import tifffile
 
     from napari_semimoe.core.project import HISTORY_KEEP
-    from napari_semimoe.plugin.widget import OUT, SemiMoEWidget
+    from napari_semimoe.plugin.widget import SemiMoEWidget
+
+    OUT = semimoe_layers()
 
     viewer, widget, proj = ui
     install(widget, tiny_checkpoint)
@@ -294,8 +307,8 @@ def test_reopened_tiles_look_as_before_closing(ui, qtbot, make_napari_viewer):
 
 def test_pool_follows_the_tiles_and_an_empty_pool_is_said(ui, qtbot, tiny_checkpoint):
     from napari_semimoe.core.trainset import TRAINSET_FILE, trainset_names
+    from napari_semimoe.plugin.common import rect as _rect
     from napari_semimoe.plugin.panels.active import NO_POOL
-    from napari_semimoe.plugin.widget import _rect
 
     viewer, widget, proj = ui
     install(widget, tiny_checkpoint)

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QLabel, QToolBox, QVBoxLayout, QWidget
 
-from .common import camera, rect
+from .common import camera
 from .cutter import TrainsetCutter
 from .layers import LABELS_LAYER, TILE_STYLE, TILES_LAYER, NapariLayers
 from .panels.active import ActivePanel
 from .panels.project import NO_PROJECT, ProjectPanel
-from .panels.review import COVERED, PRED_SCALE, UNCERTAINTY_LAYER, ReviewPanel
+from .panels.review import COVERED, PRED_SCALE, ReviewPanel
 from .panels.train import TrainPanel
 from .session import Session
 from .session_log import SessionLog
@@ -51,22 +51,8 @@ __all__ = [
     "TILES_LAYER",
     "TILE_STYLE",
     "SemiMoEWidget",
-    "_rect",
     "camera",
 ]
-_rect = rect  # the tests' and benchmarks' old name for it
-
-
-def __getattr__(name: str):
-    """``OUT``: the default family's (Semi-MoE's) layer names by output, ``"seg"`` for its
-    objects layer, as the tests and screenshot scripts name them. The panels ask the loaded
-    model's family instead; computed on use so that importing the dock loads no torch."""
-    if name == "OUT":
-        from ..core.families import DEFAULT_FAMILY, get_family
-
-        names = get_family(DEFAULT_FAMILY).layer_names()
-        return {"seg": names["instances"], **names, "uncertainty": UNCERTAINTY_LAYER}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _CloseWatcher(QObject):
