@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..core.errors import InputError, plural
+from ..core.errors import InputError, plural, some
 from ..core.validate import tile_problem
 from .options import _check_threads, _terminate_as_interrupt, _tqdm_progress
 
@@ -104,7 +104,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check_masks_folder(args.data)
     no_mask = [it.name for it in scan_folder(args.data) if it.mask_path is None]
     if no_mask:
-        shown = ", ".join(no_mask[:5]) + (", ..." if len(no_mask) > 5 else "")
+        shown = some(no_mask)
         print(
             f"{plural(len(no_mask), 'image')} without a mask not evaluated: {shown}",
             file=sys.stderr,

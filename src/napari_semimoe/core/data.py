@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from skimage.transform import resize
 
-from .errors import InputError, plural
+from .errors import InputError, plural, some
 from .targets import make_targets
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def scan_folder(root: str | Path) -> list[DataItem]:
             and q.stem not in names
         )
         if orphans:
-            shown = ", ".join(orphans[:5]) + (", ..." if len(orphans) > 5 else "")
+            shown = some(orphans)
             log.warning(
                 "%s in %s without an image in %s (ignored): %s",
                 plural(len(orphans), "mask"),
@@ -407,7 +407,7 @@ def load_training_set(
     full = [it.name for it, m in zip(labeled, lm) if m.all()]
     for names, what in ((empty, "no gland (all background)"), (full, "no background (all gland)")):
         if names:
-            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            shown = some(names)
             log.warning(
                 "%s with %s: %s%s",
                 plural(len(names), "mask"),

@@ -12,3 +12,8 @@ class CheckpointError(InputError):
 def plural(n: int, word: str) -> str:
     """``plural(1, "image")`` -> "1 image", ``plural(3, "image")`` -> "3 images"."""
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def some(names: list[str], k: int = 5) -> str:
+    """The first ``k`` names, comma-separated, "..." when there are more (one-line messages)."""
+    return ", ".join(names[:k]) + (", ..." if len(names) > k else "")

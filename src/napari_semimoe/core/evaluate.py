@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import scan_folder
-from .errors import InputError, plural
+from .errors import InputError, plural, some
 from .inference import Predictor
 from .metrics import evaluate_pairs, instances_from_mask
 from .slide import read_image, read_mask
@@ -67,7 +67,7 @@ def iter_predictions(
 
 def _warn_masks(names: list[str], what: str) -> None:
     if names:
-        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        shown = some(names)
         log.warning("%s %s: %s", plural(len(names), "mask"), f"with {what}", shown)
 
 
