@@ -12,8 +12,8 @@ from .options import _check_width
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    from ..core.config import TrainConfig
     from ..core.families import get_family
-    from ..core.train import TrainConfig
 
     family = get_family(args.family)  # an unknown name: one line listing the known ones
     _check_width(args.width)

@@ -86,7 +86,7 @@ def run_defaults() -> dict[str, object]:
 
 @functools.cache
 def _config_defaults():
-    from ..core.train import TrainConfig
+    from ..core.config import TrainConfig
 
     return TrainConfig()
 
@@ -231,8 +231,8 @@ def _start_training(args: argparse.Namespace, folder):
 def _resume_plan(args: argparse.Namespace, folder):
     """What a resume trains on: the run folder's plan (checked there, cheaply, before any
     image is read), its images found in its data folders."""
+    from ..core.config import TrainConfig
     from ..core.data import Geometry, scan_folder
-    from ..core.train import TrainConfig
 
     plan = folder.plan_resume(iterations=args.iterations, data=args.data)
     items = {it.name: it for it in scan_folder(plan.data_dir)}

@@ -35,7 +35,7 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from .config import TrainConfig  # the run's settings; importers keep using .train
+from .config import TrainConfig  # the run's settings (core.config is its home)
 from .data import CyclicSampler, Geometry, TrainingSet, channel_stats, make_batch
 from .device import autocast_dtype, enable_determinism, resolve_device, set_threads
 from .errors import CheckpointError, plural

@@ -47,7 +47,7 @@ def load_model(run: str | Path, device: str = "auto") -> LoadedModel:
 
     The checkpoint's metadata is checked against its tensors before the model is built; the
     run's other JSON files are not needed, so a damaged one is only reported."""
-    from ..train import TrainConfig
+    from ..config import TrainConfig
 
     tensors, doc = read_checkpoint(run)
     meta = model_meta(run, doc, tensors)

@@ -32,8 +32,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ...core.config import TrainConfig
 from ...core.errors import InputError
-from ...core.train import TrainConfig
 from ...core.trainset import TRAINSET_FILE
 from ..chart import LossChart
 from ..common import notify
