@@ -1,0 +1,467 @@
+"""Training on a dask.distributed worker with the ``GPU`` resource, its run folder at home.
+
+The run folder stays on this computer and stays locked here (:class:`RunFolder`) for the
+whole run; the worker trains into a temporary folder of its own with the ordinary
+:class:`~.train.Trainer` and sends home what a local run would have written:
+
+- the training set and the settings go out as data (a scattered :class:`TrainingSet` and a
+  config dict), never as local paths; a resume also ships the checkpoint, history.json and
+  log.jsonl of the local folder (trimmed to the checkpoint here first, as a local resume);
+- the trainer's own event dicts (:meth:`ProgressEvent.to_dict`) come back through a
+  distributed ``Queue``, with each iteration's log record (appended to log.jsonl here);
+- each checkpoint (and any new snapshot, and history.json) comes home as a scattered future
+  put in the queue just before the event that announced it, fetched straight from the
+  worker (not through the scheduler: a width-64 checkpoint is 0.8 GB) and written here
+  atomically in the trainer's order (snapshots, history.json, checkpoint);
+- stop, pause and a new training set go the other way through a second queue, read by a
+  thread on the worker that the trainer's flags mirror; that queue also carries a heartbeat:
+  a worker that hears nothing for :data:`CLIENT_GONE` seconds stops (and saves), so a run
+  whose client died does not hold the GPU for ever.
+
+A lost worker is one line (:class:`~.train.TrainingError`) and the last checkpoint that
+came home stays as it was. Dask would run a lost task again elsewhere; a second start of the
+same job is treated as the loss it is, not as a new run that would overwrite the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import CHECKPOINT_NAME
+from .config import TrainConfig
+from .data import TrainingSet
+from .errors import InputError
+from .logs import FILE_ONLY
+from .runfolder import RunFolder
+from .train import Flag, ProgressEvent, TrainingError
+
+log = logging.getLogger(__name__)
+
+#: The dask resource a training task asks for (``dask worker ADDR --resources GPU=1``).
+GPU = "GPU"
+#: Seconds to wait for a worker with the GPU resource before saying there is none.
+WORKER_TIMEOUT = 30.0
+#: Seconds between the client's heartbeats, and after which a worker that heard none stops.
+HEARTBEAT = 2.0
+CLIENT_GONE = 60.0
+#: Seconds between two looks at a queue (each look is one round trip to the scheduler).
+POLL = 0.1
+#: Events that save the checkpoint (their files come home before them).
+_SAVING = ("checkpoint", "stopped", "paused")
+
+
+def no_gpu_worker(address: str) -> str:
+    return (
+        f"no worker with the {GPU} resource at {address}: start one with "
+        f"`dask worker {address} --resources {GPU}=1`"
+    )
+
+
+def connect(address: str, timeout: float = 10.0):
+    """A dask client of the scheduler at ``address``; unreachable: one-line InputError."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise InputError(f"cannot reach the dask scheduler at {address} ({exc})") from None
+
+
+def wait_for_gpu_worker(client, timeout: float = WORKER_TIMEOUT) -> list[str]:
+    """The addresses of the workers that have the GPU resource, waiting up to ``timeout``
+    seconds for one to join; none: the one-line InputError that says how to start one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        found = [a for a, w in workers.items() if (w.get("resources") or {}).get(GPU, 0) >= 1]
+        if found:
+            return found
+        if time.monotonic() >= deadline:
+            raise InputError(no_gpu_worker(client.scheduler.address))
+        time.sleep(0.25)
+
+
+class RemoteTraining:
+    """One run trained on a GPU worker of ``client`` into the locked local ``folder``.
+
+    It answers what the CLI asks of a :class:`~.train.Trainer` (``config``, ``iteration``,
+    ``elapsed``, ``run(on_event, stop, pause)``), so that the CLI's progress bar, messages
+    and Ctrl-C work alike for both. ``folder`` must be held by the caller."""
+
+    def __init__(
+        self,
+        client,
+        config: TrainConfig,
+        data: TrainingSet,
+        folder: RunFolder,
+        *,
+        resume: bool = False,
+        init_from: str | Path | None = None,
+        worker_timeout: float = WORKER_TIMEOUT,
+    ) -> None:
+        if not folder.held:
+            raise RuntimeError(f"{folder.path}: a remote run needs its folder held")
+        config.validate()
+        self.client, self.config, self.data, self.folder = client, config, data, folder
+        self.resume = resume
+        self.iteration, self.elapsed = 0, 0.0
+        self.worker: str | None = None
+        self.files: dict[str, bytes] = {}
+        if resume:
+            meta = folder.checkpoint_meta()
+            if meta is None:
+                raise InputError(f"{folder.checkpoint_path}: not a readable checkpoint")
+            self.iteration = int(meta["state"]["iteration"])
+            self.elapsed = float(meta["state"].get("elapsed", 0.0))
+            # The iterations after the checkpoint are trained again: as a local resume.
+            folder.trim_log(self.iteration)
+            for name in (CHECKPOINT_NAME, "history.json", "log.jsonl"):
+                p = folder.path / name
+                if p.is_file():
+                    self.files[name] = p.read_bytes()
+        else:
+            folder.prepare_new_run()
+        self.init_from = None if init_from is None else Path(init_from).read_bytes()
+        self.workers = wait_for_gpu_worker(client, worker_timeout)
+        self.job = f"semimoe-train-{uuid.uuid4().hex[:12]}"
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(
+        self,
+        on_event: Callable[[ProgressEvent], None] | None = None,
+        stop: Flag | None = None,
+        pause: Flag | None = None,
+        reload: Callable[[], TrainingSet | None] | None = None,
+        on_message: Callable[[dict[str, Any]], None] | None = None,
+    ) -> str:
+        """Train on the worker until done or stopped; returns 'done' or 'stopped'.
+
+        ``stop`` and ``pause`` are polled here and forwarded; ``reload`` is asked every turn
+        for a new training set (None: no change); ``on_message`` gets the other messages
+        ('remote': which worker, 'data': the worker took the new set)."""
+        from distributed import Queue
+
+        emit = on_event or (lambda e: None)
+        other = on_message or (lambda m: None)
+        client = self.client
+        events = Queue(f"{self.job}-events", client=client)
+        control = Queue(f"{self.job}-control", client=client)
+        data = client.scatter(self.data, hash=False)
+        future = client.submit(
+            _train_on_worker,
+            self.job,
+            _config_dict(self.config),
+            data,
+            self.files,
+            self.resume,
+            self.init_from,
+            key=self.job,
+            resources={GPU: 1},
+            pure=False,
+        )
+        log_fh = self.folder.open_log()
+        sent: tuple[bool, bool] | None = None
+        beat = 0.0
+        alive_check = time.monotonic()
+        try:
+            while True:
+                want = (bool(stop and stop.is_set()), bool(pause and pause.is_set()))
+                now = time.monotonic()
+                if want != sent or now - beat >= HEARTBEAT:
+                    control.put({"stop": want[0], "pause": want[1]})
+                    sent, beat = want, now
+                new = reload() if reload is not None else None
+                if new is not None:
+                    control.put(client.scatter(new, hash=False))
+                if self.worker is not None and now - alive_check >= 1.0:
+                    alive_check = now
+                    if self.worker not in client.nthreads():
+                        raise self._lost()
+                # Polled, not a blocking get: the scheduler logs every get that times out.
+                msgs = events.get(batch=True)
+                for msg in msgs:
+                    result = self._handle(msg, log_fh, emit, other)
+                    if result is not None:
+                        return result
+                if not msgs:
+                    if future.done() and not events.qsize():
+                        raise self._ended(future)
+                    time.sleep(POLL)
+        except BaseException:
+            # Ctrl-C twice, a lost worker, an error: the worker must not train on alone.
+            with contextlib.suppress(Exception):
+                control.put({"stop": True, "pause": False})
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                log_fh.close()
+            with contextlib.suppress(Exception):
+                future.cancel()
+            for q in (events, control):
+                with contextlib.suppress(Exception):
+                    q.close()
+            data.release()
+
+    def _handle(self, msg, log_fh, emit, other) -> str | None:
+        from distributed import Future
+
+        if isinstance(msg, Future):  # the files of the checkpoint event that follows
+            try:
+                files = self.client.gather(msg, direct=True)
+            except Exception:  # noqa: BLE001 - the worker went with its data
+                raise self._lost() from None
+            finally:
+                msg.release()
+            self._write_files(files)
+            return None
+        kind = msg.get("kind")
+        if kind == "remote":
+            if self.worker is not None:  # dask started the job again elsewhere
+                raise self._lost()
+            self.worker = msg["worker"]
+            log.info("training on the worker %s (%s)", self.worker, msg.get("host", "?"))
+            other(msg)
+        elif kind == "log":
+            level = int(msg.get("level", logging.INFO))
+            extra = {FILE_ONLY: True} if level < logging.WARNING else {}
+            log.log(level, "worker: %s: %s", msg["name"], msg["message"], extra=extra)
+        elif kind == "error":
+            tb = msg.get("traceback", "")
+            log.error("the worker failed: %s\n%s", msg["message"], tb, extra={FILE_ONLY: True})
+            if msg.get("type") == "input":
+                raise InputError(msg["message"])
+            if msg.get("type") == "training":
+                raise TrainingError(msg["message"])
+            raise TrainingError(f"on the worker: {msg['message']}; {self.last_good()}")
+        elif kind == "exit":
+            return msg["result"]
+        elif kind in ("data",):
+            other(msg)
+        else:
+            if kind == "start" and msg.get("config_json"):
+                self.folder.write_config(json.loads(msg.pop("config_json")))
+            rec = msg.pop("record", None)
+            if rec is not None:  # the trainer's log.jsonl line, as the worker wrote it
+                log_fh.write(json.dumps(rec) + "\n")
+                log_fh.flush()
+            ev = ProgressEvent(**msg)
+            self.iteration, self.elapsed = ev.iteration, ev.elapsed
+            emit(ev)
+        return None
+
+    def _write_files(self, files: dict[str, bytes]) -> None:
+        """The trainer's order: snapshots, then history.json, then the checkpoint."""
+        order = sorted(files, key=lambda n: (n == CHECKPOINT_NAME, n == "history.json", n))
+        for name in order:
+            self.folder.write_file(name, files[name])
+        if CHECKPOINT_NAME in files:
+            self.saved = self.folder.checkpoint_iteration()
+
+    saved: int | None = None
+
+    def last_good(self) -> str:
+        it = self.saved if self.saved is not None else self.folder.checkpoint_iteration()
+        if it is None:
+            return "no checkpoint had come home yet"
+        return f"the last checkpoint that came home, {self.folder.checkpoint_path} (iteration {it}), was kept"
+
+    def _lost(self) -> TrainingError:
+        return TrainingError(
+            f"the worker {self.worker or '?'} training this run was lost; {self.last_good()}"
+        )
+
+    def _ended(self, future) -> TrainingError:
+        try:
+            future.result(timeout=5)
+        except Exception as exc:  # noqa: BLE001 - said in one line
+            if type(exc).__name__ == "KilledWorker":
+                return self._lost()
+            return TrainingError(f"the remote training failed ({type(exc).__name__}: {exc})")
+        return TrainingError("the remote training ended without a word; " + self.last_good())
+
+
+def _config_dict(config: TrainConfig) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(config)
+
+
+# ---------------------------------------------------------------------- the worker's side
+
+
+class _Control:
+    """The worker's end of the control queue: a thread mirrors stop / pause into the
+    trainer's flags and keeps a new training set for the next iteration."""
+
+    def __init__(self, queue) -> None:
+        self.queue = queue
+        self.stop, self.pause = threading.Event(), threading.Event()
+        self.data: Any = None
+        self._done = threading.Event()
+        self._heard = time.monotonic()
+        self._thread = threading.Thread(target=self._listen, name="semimoe-control", daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._done.wait(POLL):
+            try:
+                msgs = self.queue.get(batch=True)
+            except Exception:  # noqa: BLE001 - the queue is gone with the client
+                msgs = None
+            if msgs is None or time.monotonic() - self._heard > CLIENT_GONE:
+                if not self.stop.is_set():
+                    log.warning("no word from the client: stopping (the checkpoint is saved)")
+                self.stop.set()
+                self.pause.clear()
+                if msgs is None:
+                    return
+            for msg in msgs:
+                self._heard = time.monotonic()
+                if isinstance(msg, dict):
+                    (self.pause.set if msg.get("pause") else self.pause.clear)()
+                    if msg.get("stop"):
+                        self.stop.set()
+                else:  # a future of a new training set
+                    self.data = msg
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(2.0)
+
+
+class _Forward(logging.Handler):
+    """The task thread's log records, as 'log' messages to the client."""
+
+    def __init__(self, put: Callable[[dict], None]) -> None:
+        super().__init__(logging.INFO)
+        self.put, self.thread = put, threading.get_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread:
+            return
+        try:
+            msg = record.getMessage()
+            if record.exc_info:
+                msg += "\n" + "".join(traceback.format_exception(*record.exc_info))
+            self.put({"kind": "log", "level": record.levelno, "name": record.name, "message": msg})
+        except Exception:  # noqa: BLE001 - logging never stops training
+            self.handleError(record)
+
+
+def _train_on_worker(
+    job: str,
+    config: dict,
+    data: TrainingSet,
+    files: dict[str, bytes],
+    resume: bool,
+    init_from: bytes | None,
+) -> str:
+    """The task: train into a temporary folder here, stream events and files home."""
+    from distributed import Queue, get_client, get_worker
+
+    from .train import Trainer
+
+    client, worker = get_client(), get_worker()
+    events = Queue(f"{job}-events", client=client)
+    control = _Control(Queue(f"{job}-control", client=client))
+
+    def put(msg) -> None:
+        try:
+            events.put(msg)
+        except Exception:  # noqa: BLE001 - the client is gone: stop, keep what was saved
+            control.stop.set()
+            control.pause.clear()
+
+    put({"kind": "remote", "worker": worker.address, "host": socket.gethostname()})
+    forward = _Forward(put)
+    pkg = logging.getLogger("napari_semimoe")
+    pkg.addHandler(forward)
+    tmp = Path(tempfile.mkdtemp(prefix="semimoe-remote-", dir=worker.local_directory))
+    try:
+        run = tmp / "run"
+        run.mkdir()
+        for name, blob in files.items():
+            (run / name).write_bytes(blob)
+        init = None
+        if init_from is not None:
+            init = tmp / "init.safetensors"
+            init.write_bytes(init_from)
+        trainer = Trainer(TrainConfig.from_dict(config), data, run, resume=resume, init_from=init)
+        shipped: set[str] = set()
+
+        def on_event(ev: ProgressEvent) -> None:
+            d = ev.to_dict()
+            if ev.kind == "start":
+                d["config_json"] = trainer.folder.config_path.read_text()
+            elif ev.kind == "iteration":
+                d["record"] = trainer.history[-1]
+            if ev.kind in _SAVING:
+                # A list of one: a dict would be scattered value by value.
+                files = [_saved_files(trainer.folder, shipped)]
+                put(client.scatter(files, direct=True, workers=[worker.address], hash=False)[0])
+            put(d)
+
+        def hook(tr, it: int) -> None:
+            fut, control.data = control.data, None
+            if fut is not None:
+                tr.replace_data(fut.result())
+                put({"kind": "data", "message": "training tiles updated", "iteration": it,
+                     "total": tr.config.iterations})  # fmt: skip
+
+        result = trainer.run(on_event=on_event, stop=control.stop, pause=control.pause, hook=hook)
+        put({"kind": "exit", "result": result})
+        return result
+    except BaseException as exc:
+        from .train import TrainingError as _TE
+
+        kind = "input" if isinstance(exc, InputError) else "training" if isinstance(exc, _TE) else ""
+        message = str(exc) if kind else f"{type(exc).__name__}: {exc}"
+        put({"kind": "error", "type": kind, "message": message,
+             "traceback": traceback.format_exc()})  # fmt: skip
+        raise
+    finally:
+        pkg.removeHandler(forward)
+        control.close()
+        for q in (events, control.queue):  # the client's handles keep them until read
+            with contextlib.suppress(Exception):
+                q.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _saved_files(folder: RunFolder, shipped: set[str]) -> dict[str, bytes]:
+    """What a save wrote: the checkpoint, history.json and the snapshots not yet sent."""
+    out = {
+        "history.json": folder.history_path.read_bytes(),
+        CHECKPOINT_NAME: folder.checkpoint_path.read_bytes(),
+    }
+    if folder.snapshot_dir.is_dir():
+        for p in sorted(folder.snapshot_dir.iterdir()):
+            name = f"snapshots/{p.name}"
+            if p.suffix == ".safetensors" and name not in shipped:
+                out[name] = p.read_bytes()
+                shipped.add(name)
+    return out
+
+
+__all__ = [
+    "CLIENT_GONE",
+    "GPU",
+    "WORKER_TIMEOUT",
+    "RemoteTraining",
+    "connect",
+    "no_gpu_worker",
+    "wait_for_gpu_worker",
+]
