@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: The dask resource a training task asks for (``dask worker ADDR --resources GPU=1``).
 GPU = "GPU"
+#: Seconds to wait for the scheduler to answer.
+CONNECT_TIMEOUT = 10.0
 #: Seconds to wait for a worker with the GPU resource before saying there is none.
 WORKER_TIMEOUT = 30.0
 #: Seconds between the client's heartbeats, and after which a worker that heard none stops.
@@ -69,20 +71,24 @@ def no_gpu_worker(address: str) -> str:
     )
 
 
-def connect(address: str, timeout: float = 10.0):
-    """A dask client of the scheduler at ``address``; unreachable: one-line InputError."""
+def connect(address: str, timeout: float | None = None):
+    """A dask client of the scheduler at ``address``; unreachable within ``timeout`` seconds
+    (default :data:`CONNECT_TIMEOUT`): one-line InputError."""
     from distributed import Client
 
     try:
-        return Client(address, timeout=timeout, set_as_default=False)
+        return Client(
+            address, timeout=CONNECT_TIMEOUT if timeout is None else timeout, set_as_default=False
+        )
     except (OSError, TimeoutError) as exc:
         raise InputError(f"cannot reach the dask scheduler at {address} ({exc})") from None
 
 
-def wait_for_gpu_worker(client, timeout: float = WORKER_TIMEOUT) -> list[str]:
+def wait_for_gpu_worker(client, timeout: float | None = None) -> list[str]:
     """The addresses of the workers that have the GPU resource, waiting up to ``timeout``
-    seconds for one to join; none: the one-line InputError that says how to start one."""
-    deadline = time.monotonic() + timeout
+    seconds (default :data:`WORKER_TIMEOUT`) for one to join; none: the one-line InputError
+    that says how to start one."""
+    deadline = time.monotonic() + (WORKER_TIMEOUT if timeout is None else timeout)
     while True:
         workers = client.scheduler_info(n_workers=-1)["workers"]
         found = [a for a, w in workers.items() if (w.get("resources") or {}).get(GPU, 0) >= 1]
@@ -109,7 +115,7 @@ class RemoteTraining:
         *,
         resume: bool = False,
         init_from: str | Path | None = None,
-        worker_timeout: float = WORKER_TIMEOUT,
+        worker_timeout: float | None = None,
     ) -> None:
         if not folder.held:
             raise RuntimeError(f"{folder.path}: a remote run needs its folder held")
@@ -119,6 +125,8 @@ class RemoteTraining:
         self.iteration, self.elapsed = 0, 0.0
         self.worker: str | None = None
         self.files: dict[str, bytes] = {}
+        #: The iteration of the last checkpoint that came home (None: none yet).
+        self.saved: int | None = None
         if resume:
             meta = folder.checkpoint_meta()
             if meta is None:
@@ -270,13 +278,12 @@ class RemoteTraining:
         if CHECKPOINT_NAME in files:
             self.saved = self.folder.checkpoint_iteration()
 
-    saved: int | None = None
-
     def last_good(self) -> str:
         it = self.saved if self.saved is not None else self.folder.checkpoint_iteration()
         if it is None:
             return "no checkpoint had come home yet"
-        return f"the last checkpoint that came home, {self.folder.checkpoint_path} (iteration {it}), was kept"
+        where = self.folder.checkpoint_path
+        return f"the last checkpoint that came home, {where} (iteration {it}), was kept"
 
     def _lost(self) -> TrainingError:
         return TrainingError(
@@ -284,10 +291,15 @@ class RemoteTraining:
         )
 
     def _ended(self, future) -> TrainingError:
+        """The task ended without its last word: its worker went (its data with it, so dask
+        cancels the task), or the task itself failed outside the trainer."""
+        with contextlib.suppress(Exception):
+            if self.worker is not None and self.worker not in self.client.nthreads():
+                return self._lost()
         try:
             future.result(timeout=5)
         except Exception as exc:  # noqa: BLE001 - said in one line
-            if type(exc).__name__ == "KilledWorker":
+            if type(exc).__name__ in ("KilledWorker", "FutureCancelledError"):
                 return self._lost()
             return TrainingError(f"the remote training failed ({type(exc).__name__}: {exc})")
         return TrainingError("the remote training ended without a word; " + self.last_good())
@@ -427,7 +439,9 @@ def _train_on_worker(
     except BaseException as exc:
         from .train import TrainingError as _TE
 
-        kind = "input" if isinstance(exc, InputError) else "training" if isinstance(exc, _TE) else ""
+        kind = (
+            "input" if isinstance(exc, InputError) else "training" if isinstance(exc, _TE) else ""
+        )
         message = str(exc) if kind else f"{type(exc).__name__}: {exc}"
         put({"kind": "error", "type": kind, "message": message,
              "traceback": traceback.format_exc()})  # fmt: skip
