@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import wait_training
 from napari_semimoe.cli import main
 from napari_semimoe.core import remote
 from napari_semimoe.core.checkpoint import read_checkpoint
@@ -210,6 +211,30 @@ def test_bad_settings_on_the_worker_are_one_line(cluster, local_run, tmp_path):
     data, _, _ = local_run
     with pytest.raises(InputError, match="no CUDA GPU is available"):
         train_remote(cluster, data, tmp_path / "r", config(device="cuda"))
+
+
+@pytest.mark.viewer
+def test_the_train_panel_trains_on_the_cluster(ui, qtbot, cluster):
+    """Where: cluster (address) -> the dock's training runs on the GPU worker: progress,
+    chart and status as a local run, the checkpoint in the project's run folder."""
+    viewer, widget, proj = ui
+    panel = widget.train_panel
+    assert panel.where.scheduler() is None  # this computer, by default
+    panel.where.use_cluster("")
+    panel.start_training()
+    assert "scheduler address" in widget.status.text() and panel.job is None
+    panel.where.use_cluster(cluster.scheduler.address)
+    panel.iter_spin.setValue(3)
+    panel.start_training()
+    qtbot.waitUntil(lambda: panel.job is not None, timeout=30_000)
+    wait_training(qtbot, widget, timeout=120_000)
+    assert panel.job.last["kind"] == "exit", panel.job.last
+    assert panel.progress.value() == 3
+    assert len(panel.chart.series["total"]) == 3
+    assert panel.eta_label.text() == "training finished"
+    run = proj / "runs" / "run-001"
+    assert RunFolder(run).checkpoint_iteration() == 3
+    assert len(records(run)) == 3
 
 
 # Last: the worker it kills is replaced by a fresh one, which imports torch again.

@@ -41,6 +41,7 @@ from ..cutter import TrainsetCutter
 from ..jobs import fmt_time
 from ..session import Session
 from ..training_process import TrainingJob
+from ..where import WhereBox
 
 log = logging.getLogger(__name__)
 child_log = logging.getLogger("napari_semimoe.training")
@@ -113,6 +114,8 @@ class TrainPanel(QWidget):
         for c in adv.findChildren(QWidget):
             c.setVisible(False)
         v.addWidget(adv)
+        self.where = WhereBox()  # this computer | cluster (a dask scheduler's address)
+        v.addWidget(self.where)
         row = QHBoxLayout()
         self.start_btn = QPushButton("Start")
         self.start_btn.clicked.connect(lambda: self.start_training(continue_from=False))
@@ -209,6 +212,7 @@ class TrainPanel(QWidget):
             if continue_from and init is None:
                 raise InputError("no checkpoint to continue from yet: press Start first")
             config = self.config()
+            scheduler = self.where.scheduler()
         except InputError as exc:
             notify(str(exc), "warning")
             s.say(str(exc))
@@ -229,7 +233,9 @@ class TrainPanel(QWidget):
         def launch(n: int) -> None:
             run_dir = project.new_run_dir()
             log.info("training %s (%s) with %s", run_dir, "continue" if init else "new", config)
-            self.job = TrainingJob(config, project.root / TRAINSET_FILE, run_dir, init_from=init)
+            self.job = TrainingJob(
+                config, project.root / TRAINSET_FILE, run_dir, init_from=init, scheduler=scheduler
+            )
             self.job.start()
             s.training = True
             self._supervised_cfg = bool(config["supervised_only"])
