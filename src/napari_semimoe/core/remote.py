@@ -18,6 +18,8 @@ whole run; the worker trains into a temporary folder of its own with the ordinar
   a worker that hears nothing for :data:`CLIENT_GONE` seconds stops (and saves), so a run
   whose client died does not hold the GPU for ever.
 
+The worker's side (the task, its control thread) is :mod:`.remote_worker`.
+
 A lost worker is one line (:class:`~.train.TrainingError`) and the last checkpoint that
 came home stays as it was. Dask would run a lost task again elsewhere; a second start of the
 same job is treated as the loss it is, not as a new run that would overwrite the folder.
@@ -28,12 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shutil
-import socket
-import tempfile
-import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +41,7 @@ from .config import TrainConfig
 from .data import TrainingSet
 from .errors import InputError
 from .logs import FILE_ONLY
+from .remote_worker import CLIENT_GONE, POLL, train_on_worker
 from .runfolder import RunFolder
 from .train import Flag, ProgressEvent, TrainingError
 
@@ -55,13 +53,8 @@ GPU = "GPU"
 CONNECT_TIMEOUT = 10.0
 #: Seconds to wait for a worker with the GPU resource before saying there is none.
 WORKER_TIMEOUT = 30.0
-#: Seconds between the client's heartbeats, and after which a worker that heard none stops.
+#: Seconds between the client's heartbeats (a worker that hears none for CLIENT_GONE stops).
 HEARTBEAT = 2.0
-CLIENT_GONE = 60.0
-#: Seconds between two looks at a queue (each look is one round trip to the scheduler).
-POLL = 0.1
-#: Events that save the checkpoint (their files come home before them).
-_SAVING = ("checkpoint", "stopped", "paused")
 
 
 def no_gpu_worker(address: str) -> str:
@@ -167,15 +160,16 @@ class RemoteTraining:
         client = self.client
         events = Queue(f"{self.job}-events", client=client)
         control = Queue(f"{self.job}-control", client=client)
-        data = client.scatter(self.data, hash=False)
+        # Straight to the GPU workers, not through the scheduler (a resume's checkpoint of a
+        # width-64 model is 0.8 GB); a list of one, as a dict would be scattered by value.
+        payload = {"data": self.data, "files": self.files, "init_from": self.init_from}
+        data = self._scatter(payload)
         future = client.submit(
-            _train_on_worker,
+            train_on_worker,
             self.job,
             _config_dict(self.config),
             data,
-            self.files,
             self.resume,
-            self.init_from,
             key=self.job,
             resources={GPU: 1},
             pure=False,
@@ -193,7 +187,7 @@ class RemoteTraining:
                     sent, beat = want, now
                 new = reload() if reload is not None else None
                 if new is not None:
-                    control.put(client.scatter(new, hash=False))
+                    control.put(self._scatter(new))
                 if self.worker is not None and now - alive_check >= 1.0:
                     alive_check = now
                     if self.worker not in client.nthreads():
@@ -223,6 +217,9 @@ class RemoteTraining:
                     q.close()
             data.release()
 
+    def _scatter(self, obj):
+        return self.client.scatter([obj], direct=True, workers=self.workers, hash=False)[0]
+
     def _handle(self, msg, log_fh, emit, other) -> str | None:
         from distributed import Future
 
@@ -248,6 +245,8 @@ class RemoteTraining:
             log.log(level, "worker: %s: %s", msg["name"], msg["message"], extra=extra)
         elif kind == "error":
             tb = msg.get("traceback", "")
+            if msg.get("run"):  # the worker's temporary folder is this run folder here
+                msg["message"] = msg["message"].replace(msg["run"], str(self.folder.path))
             log.error("the worker failed: %s\n%s", msg["message"], tb, extra={FILE_ONLY: True})
             if msg.get("type") == "input":
                 raise InputError(msg["message"])
@@ -274,7 +273,13 @@ class RemoteTraining:
         """The trainer's order: snapshots, then history.json, then the checkpoint."""
         order = sorted(files, key=lambda n: (n == CHECKPOINT_NAME, n == "history.json", n))
         for name in order:
-            self.folder.write_file(name, files[name])
+            try:
+                self.folder.write_file(name, files[name])
+            except OSError as exc:
+                raise TrainingError(
+                    f"could not write {self.folder.path / name} ({exc.strerror or exc}); "
+                    f"{self.last_good()}"
+                ) from None
         if CHECKPOINT_NAME in files:
             self.saved = self.folder.checkpoint_iteration()
 
@@ -309,165 +314,6 @@ def _config_dict(config: TrainConfig) -> dict[str, Any]:
     import dataclasses
 
     return dataclasses.asdict(config)
-
-
-# ---------------------------------------------------------------------- the worker's side
-
-
-class _Control:
-    """The worker's end of the control queue: a thread mirrors stop / pause into the
-    trainer's flags and keeps a new training set for the next iteration."""
-
-    def __init__(self, queue) -> None:
-        self.queue = queue
-        self.stop, self.pause = threading.Event(), threading.Event()
-        self.data: Any = None
-        self._done = threading.Event()
-        self._heard = time.monotonic()
-        self._thread = threading.Thread(target=self._listen, name="semimoe-control", daemon=True)
-        self._thread.start()
-
-    def _listen(self) -> None:
-        while not self._done.wait(POLL):
-            try:
-                msgs = self.queue.get(batch=True)
-            except Exception:  # noqa: BLE001 - the queue is gone with the client
-                msgs = None
-            if msgs is None or time.monotonic() - self._heard > CLIENT_GONE:
-                if not self.stop.is_set():
-                    log.warning("no word from the client: stopping (the checkpoint is saved)")
-                self.stop.set()
-                self.pause.clear()
-                if msgs is None:
-                    return
-            for msg in msgs:
-                self._heard = time.monotonic()
-                if isinstance(msg, dict):
-                    (self.pause.set if msg.get("pause") else self.pause.clear)()
-                    if msg.get("stop"):
-                        self.stop.set()
-                else:  # a future of a new training set
-                    self.data = msg
-
-    def close(self) -> None:
-        self._done.set()
-        self._thread.join(2.0)
-
-
-class _Forward(logging.Handler):
-    """The task thread's log records, as 'log' messages to the client."""
-
-    def __init__(self, put: Callable[[dict], None]) -> None:
-        super().__init__(logging.INFO)
-        self.put, self.thread = put, threading.get_ident()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread != self.thread:
-            return
-        try:
-            msg = record.getMessage()
-            if record.exc_info:
-                msg += "\n" + "".join(traceback.format_exception(*record.exc_info))
-            self.put({"kind": "log", "level": record.levelno, "name": record.name, "message": msg})
-        except Exception:  # noqa: BLE001 - logging never stops training
-            self.handleError(record)
-
-
-def _train_on_worker(
-    job: str,
-    config: dict,
-    data: TrainingSet,
-    files: dict[str, bytes],
-    resume: bool,
-    init_from: bytes | None,
-) -> str:
-    """The task: train into a temporary folder here, stream events and files home."""
-    from distributed import Queue, get_client, get_worker
-
-    from .train import Trainer
-
-    client, worker = get_client(), get_worker()
-    events = Queue(f"{job}-events", client=client)
-    control = _Control(Queue(f"{job}-control", client=client))
-
-    def put(msg) -> None:
-        try:
-            events.put(msg)
-        except Exception:  # noqa: BLE001 - the client is gone: stop, keep what was saved
-            control.stop.set()
-            control.pause.clear()
-
-    put({"kind": "remote", "worker": worker.address, "host": socket.gethostname()})
-    forward = _Forward(put)
-    pkg = logging.getLogger("napari_semimoe")
-    pkg.addHandler(forward)
-    tmp = Path(tempfile.mkdtemp(prefix="semimoe-remote-", dir=worker.local_directory))
-    try:
-        run = tmp / "run"
-        run.mkdir()
-        for name, blob in files.items():
-            (run / name).write_bytes(blob)
-        init = None
-        if init_from is not None:
-            init = tmp / "init.safetensors"
-            init.write_bytes(init_from)
-        trainer = Trainer(TrainConfig.from_dict(config), data, run, resume=resume, init_from=init)
-        shipped: set[str] = set()
-
-        def on_event(ev: ProgressEvent) -> None:
-            d = ev.to_dict()
-            if ev.kind == "start":
-                d["config_json"] = trainer.folder.config_path.read_text()
-            elif ev.kind == "iteration":
-                d["record"] = trainer.history[-1]
-            if ev.kind in _SAVING:
-                # A list of one: a dict would be scattered value by value.
-                files = [_saved_files(trainer.folder, shipped)]
-                put(client.scatter(files, direct=True, workers=[worker.address], hash=False)[0])
-            put(d)
-
-        def hook(tr, it: int) -> None:
-            fut, control.data = control.data, None
-            if fut is not None:
-                tr.replace_data(fut.result())
-                put({"kind": "data", "message": "training tiles updated", "iteration": it,
-                     "total": tr.config.iterations})  # fmt: skip
-
-        result = trainer.run(on_event=on_event, stop=control.stop, pause=control.pause, hook=hook)
-        put({"kind": "exit", "result": result})
-        return result
-    except BaseException as exc:
-        from .train import TrainingError as _TE
-
-        kind = (
-            "input" if isinstance(exc, InputError) else "training" if isinstance(exc, _TE) else ""
-        )
-        message = str(exc) if kind else f"{type(exc).__name__}: {exc}"
-        put({"kind": "error", "type": kind, "message": message,
-             "traceback": traceback.format_exc()})  # fmt: skip
-        raise
-    finally:
-        pkg.removeHandler(forward)
-        control.close()
-        for q in (events, control.queue):  # the client's handles keep them until read
-            with contextlib.suppress(Exception):
-                q.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _saved_files(folder: RunFolder, shipped: set[str]) -> dict[str, bytes]:
-    """What a save wrote: the checkpoint, history.json and the snapshots not yet sent."""
-    out = {
-        "history.json": folder.history_path.read_bytes(),
-        CHECKPOINT_NAME: folder.checkpoint_path.read_bytes(),
-    }
-    if folder.snapshot_dir.is_dir():
-        for p in sorted(folder.snapshot_dir.iterdir()):
-            name = f"snapshots/{p.name}"
-            if p.suffix == ".safetensors" and name not in shipped:
-                out[name] = p.read_bytes()
-                shipped.add(name)
-    return out
 
 
 __all__ = [
