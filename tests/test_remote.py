@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import wait_training
 from napari_semimoe.cli import main
 from napari_semimoe.core import remote
 from napari_semimoe.core.checkpoint import read_checkpoint
@@ -213,28 +212,63 @@ def test_bad_settings_on_the_worker_are_one_line(cluster, local_run, tmp_path):
         train_remote(cluster, data, tmp_path / "r", config(device="cuda"))
 
 
-@pytest.mark.viewer
-def test_the_train_panel_trains_on_the_cluster(ui, qtbot, cluster):
-    """Where: cluster (address) -> the dock's training runs on the GPU worker: progress,
-    chart and status as a local run, the checkpoint in the project's run folder."""
-    viewer, widget, proj = ui
-    panel = widget.train_panel
+class _Cutter:
+    """The dock's cutter, without napari: the training set is written at once."""
+
+    busy = False
+
+    def __init__(self, path: Path, data) -> None:
+        self.path, self.data = path, data
+
+    def rebuild(self, then=None, failed=None, quiet=False) -> None:
+        from napari_semimoe.core.trainset import save_trainset
+
+        save_trainset(self.path, self.data)
+        then(len(self.data.unlabeled_images))
+
+
+def test_the_train_panel_trains_on_the_cluster(qtbot, cluster, local_run, tmp_path):
+    """Where: cluster (address) -> the Train page's training runs on the GPU worker, its
+    child process the client: progress, chart and status as a local run, the checkpoint in
+    the project's run folder. (The page without a napari viewer, to keep the test short.)"""
+    from napari_semimoe.core.project import Project
+    from napari_semimoe.core.trainset import TRAINSET_FILE
+    from napari_semimoe.plugin.panels.train import TrainPanel
+    from napari_semimoe.plugin.session import Session
+    from test_session import FakeLayers
+
+    data, _, _ = local_run
+    session = Session(FakeLayers())
+    session.set_project(Project(tmp_path / "proj"))
+    session.train_geometry = Geometry(input_size=32)
+    said: list[str] = []
+    session.message.connect(said.append)
+    panel = TrainPanel(session, _Cutter(session.project.root / TRAINSET_FILE, data))
+    qtbot.addWidget(panel)
+    panel.width_spin.setValue(4)
+    panel.threads_spin.setValue(1)
+    panel.precision_combo.setCurrentText("fp32")
+    panel.device_combo.setCurrentText("cpu")
+    panel.iter_spin.setValue(3)
+
     assert panel.where.scheduler() is None  # this computer, by default
     panel.where.use_cluster("")
     panel.start_training()
-    assert "scheduler address" in widget.status.text() and panel.job is None
+    assert panel.job is None and "scheduler address" in said[-1]
     panel.where.use_cluster(cluster.scheduler.address)
-    panel.iter_spin.setValue(3)
     panel.start_training()
-    qtbot.waitUntil(lambda: panel.job is not None, timeout=30_000)
-    wait_training(qtbot, widget, timeout=120_000)
+    assert panel.job is not None and not panel.start_btn.isEnabled()
+    qtbot.waitUntil(lambda: panel.job.finished, timeout=120_000)
     assert panel.job.last["kind"] == "exit", panel.job.last
+    qtbot.waitUntil(lambda: not panel._poll.isActive(), timeout=5000)
     assert panel.progress.value() == 3
     assert len(panel.chart.series["total"]) == 3
     assert panel.eta_label.text() == "training finished"
-    run = proj / "runs" / "run-001"
+    assert any(m.startswith("semi-supervised") for m in said)  # the trainer's start line
+    run = session.project.root / "runs" / "run-001"
     assert RunFolder(run).checkpoint_iteration() == 3
     assert len(records(run)) == 3
+    panel.job.join(30)
 
 
 # Last: the worker it kills is replaced by a fresh one, which imports torch again.

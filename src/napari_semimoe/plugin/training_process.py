@@ -26,12 +26,10 @@ def _entry(
     stop,
     pause,
     reload,
-    scheduler: str | None = None,
 ) -> None:
     """Child process: train, stream events as dicts, report errors as one readable line
     (with the full traceback in the event, for the GUI's log). The child imports core only
-    (tests/test_architecture.py checks it). Its log records travel as 'log' events. With a
-    ``scheduler`` address the child is the client of a remote training (same events)."""
+    (tests/test_architecture.py checks it). Its log records travel as 'log' events."""
     _lower_priority()
     _log_to_queue(q)
     try:
@@ -41,12 +39,6 @@ def _entry(
 
         path = Path(trainset)
         data = load_trainset(path)
-        if scheduler is not None:
-            config = TrainConfig.from_dict(config)
-            result = _train_remote(scheduler, config, data, path, run_dir, resume, init_from,
-                                   q, stop, pause, reload)  # fmt: skip
-            q.put({"kind": "exit", "result": result, "run_dir": run_dir})
-            return
         trainer = Trainer(
             TrainConfig.from_dict(config), data, run_dir, resume=resume, init_from=init_from
         )
@@ -80,35 +72,6 @@ def _entry(
                 "traceback": traceback.format_exc(),
             }
         )
-
-
-def _train_remote(
-    scheduler, config, data, path, run_dir, resume, init_from, q, stop, pause, reload
-) -> str:
-    """The child as the client of a training on a cluster's GPU worker: the run folder
-    (here, locked by this process) gets every checkpoint; stop, pause and reload go out."""
-    from ..core.remote import RemoteTraining, connect
-    from ..core.runfolder import RunFolder
-    from ..core.trainset import load_trainset
-
-    def fresh():
-        if not reload.is_set():
-            return None
-        reload.clear()
-        return load_trainset(path)
-
-    def message(msg: dict) -> None:
-        if msg.get("kind") == "data":
-            q.put(msg)
-
-    client = connect(scheduler)
-    try:
-        with RunFolder(run_dir).lock(create=not resume) as folder:
-            job = RemoteTraining(client, config, data, folder, resume=resume, init_from=init_from)
-            return job.run(on_event=lambda e: q.put(e.to_dict()), stop=stop, pause=pause,
-                           reload=fresh, on_message=message)  # fmt: skip
-    finally:
-        client.close()
 
 
 class _QueueLogHandler(logging.Handler):
@@ -161,9 +124,7 @@ class TrainingJob:
         *,
         resume: bool = False,
         init_from: str | Path | None = None,
-        scheduler: str | None = None,
     ) -> None:
-        """``scheduler``: train on a GPU worker of that dask scheduler (None: here)."""
         ctx = mp.get_context("spawn")  # fork would copy Qt and torch state into the child
         self._q = ctx.Queue()
         self._stop = ctx.Event()
@@ -182,7 +143,6 @@ class TrainingJob:
                 self._stop,
                 self._pause,
                 self._reload,
-                scheduler,
             ),
             daemon=True,
             name="semimoe-training",
