@@ -151,22 +151,51 @@ def test_pause_stop_and_resume_remotely(cluster, local_run, tmp_path):
     assert records(run) == records(local)
 
 
-def test_stop_mid_run_keeps_the_checkpoint_of_the_stop(cluster, local_run, tmp_path):
+def test_new_tiles_reach_the_worker_and_a_stop_mid_run_keeps_its_checkpoint(
+    cluster, local_run, tmp_path
+):
     data, _, _ = local_run
     run = tmp_path / "remote"
-    stop = threading.Event()
+    stop, want_new, messages = threading.Event(), threading.Event(), []
+    fewer = type(data)(data.labeled_images[:2], data.labeled_masks[:2], data.unlabeled_images)
 
     def on_event(ev):
-        if ev.kind == "checkpoint":
+        if ev.kind == "iteration" and ev.iteration == 1:
+            want_new.set()  # the user painted: the dock re-cut the training set
+        if ev.kind == "checkpoint" and messages:
             stop.set()
 
+    def reload():
+        if want_new.is_set():
+            want_new.clear()
+            return fewer
+        return None
+
     result, events = train_remote(
-        cluster, data, run, config(iterations=400), stop=stop, on_event=on_event
+        cluster,
+        data,
+        run,
+        config(iterations=400),
+        stop=stop,
+        on_event=on_event,
+        reload=reload,
+        on_message=lambda m: messages.append(m) if m["kind"] == "data" else None,
     )
+    assert [m["message"] for m in messages] == ["training tiles updated"]
     stopped = events[-1]
     assert result == "stopped" and stopped.kind == "stopped" and 3 <= stopped.iteration < 400
     assert RunFolder(run).checkpoint_iteration() == stopped.iteration
     assert len(records(run)) == stopped.iteration
+
+
+def test_only_a_runs_own_files_come_home(tmp_path):
+    with RunFolder(tmp_path / "r").lock() as folder:
+        for name in ("../x.json", "snapshots/../../x", "train.log", ".lock", "snapshots/a.bin"):
+            with pytest.raises(ValueError, match="not a file of a run folder"):
+                folder.write_file(name, b"{}")
+        folder.write_file("snapshots/iter_000003.safetensors", b"x")
+    assert (tmp_path / "r" / "snapshots" / "iter_000003.safetensors").read_bytes() == b"x"
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_cli_trains_on_the_scheduler_and_says_when_no_worker_has_a_gpu(
