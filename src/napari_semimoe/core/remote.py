@@ -43,7 +43,7 @@ from .errors import InputError
 from .logs import FILE_ONLY
 from .remote_worker import CLIENT_GONE, POLL, train_on_worker
 from .runfolder import RunFolder
-from .train import Flag, ProgressEvent, TrainingError
+from .train import Flag, ProgressEvent, TrainingError, resumed_config
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,8 @@ class RemoteTraining:
             meta = folder.checkpoint_meta()
             if meta is None:
                 raise InputError(f"{folder.checkpoint_path}: not a readable checkpoint")
+            # What the worker's trainer will train with (the CLI's bar shows its total).
+            self.config = config = resumed_config(meta["config"], config)
             self.iteration = int(meta["state"]["iteration"])
             self.elapsed = float(meta["state"].get("elapsed", 0.0))
             # The iterations after the checkpoint are trained again: as a local resume.
