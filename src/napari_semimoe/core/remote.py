@@ -77,14 +77,19 @@ def connect(address: str, timeout: float | None = None):
         raise InputError(f"cannot reach the dask scheduler at {address} ({exc})") from None
 
 
+def gpu_workers(client) -> list[str]:
+    """The addresses of the scheduler's workers that have the GPU resource now."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return [a for a, w in workers.items() if (w.get("resources") or {}).get(GPU, 0) >= 1]
+
+
 def wait_for_gpu_worker(client, timeout: float | None = None) -> list[str]:
     """The addresses of the workers that have the GPU resource, waiting up to ``timeout``
     seconds (default :data:`WORKER_TIMEOUT`) for one to join; none: the one-line InputError
     that says how to start one."""
     deadline = time.monotonic() + (WORKER_TIMEOUT if timeout is None else timeout)
     while True:
-        workers = client.scheduler_info(n_workers=-1)["workers"]
-        found = [a for a, w in workers.items() if (w.get("resources") or {}).get(GPU, 0) >= 1]
+        found = gpu_workers(client)
         if found:
             return found
         if time.monotonic() >= deadline:
@@ -120,6 +125,8 @@ class RemoteTraining:
         self.files: dict[str, bytes] = {}
         #: The iteration of the last checkpoint that came home (None: none yet).
         self.saved: int | None = None
+        self._said_waiting = False  # "waiting for a GPU worker", said once
+        self._none_since: float | None = None  # since when no GPU worker is left
         if resume:
             meta = folder.checkpoint_meta()
             if meta is None:
@@ -179,7 +186,7 @@ class RemoteTraining:
         log_fh = self.folder.open_log()
         sent: tuple[bool, bool] | None = None
         beat = 0.0
-        alive_check = time.monotonic()
+        alive_check = started = time.monotonic()
         try:
             while True:
                 want = (bool(stop and stop.is_set()), bool(pause and pause.is_set()))
@@ -190,9 +197,11 @@ class RemoteTraining:
                 new = reload() if reload is not None else None
                 if new is not None:
                     control.put(self._scatter(new))
-                if self.worker is not None and now - alive_check >= 1.0:
+                if now - alive_check >= 1.0:
                     alive_check = now
-                    if self.worker not in client.nthreads():
+                    if self.worker is None:
+                        self._waiting(now - started)
+                    elif self.worker not in client.nthreads():
                         raise self._lost()
                 # Polled, not a blocking get: the scheduler logs every get that times out.
                 msgs = events.get(batch=True)
@@ -218,6 +227,19 @@ class RemoteTraining:
                 with contextlib.suppress(Exception):
                     q.close()
             data.release()
+
+    def _waiting(self, waited: float) -> None:
+        """Not started yet: the GPU workers are busy (the run waits), or none is left."""
+        now = time.monotonic()
+        if gpu_workers(self.client):
+            self._none_since = None
+        elif self._none_since is None:
+            self._none_since = now
+        elif now - self._none_since >= WORKER_TIMEOUT:
+            raise InputError(no_gpu_worker(self.client.scheduler.address))
+        if waited >= 15 and not self._said_waiting:
+            self._said_waiting = True
+            log.warning("waiting for a GPU worker (busy with another job, or still starting)")
 
     def _scatter(self, obj):
         return self.client.scatter([obj], direct=True, workers=self.workers, hash=False)[0]
@@ -324,6 +346,7 @@ __all__ = [
     "WORKER_TIMEOUT",
     "RemoteTraining",
     "connect",
+    "gpu_workers",
     "no_gpu_worker",
     "wait_for_gpu_worker",
 ]
