@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
     t.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="train on a dask worker with the GPU resource of this scheduler (e.g. "
+        "tcp://host:8786); the run folder stays here",
+    )
+    t.add_argument(
         "--lr",
         type=float_option(0, 100, lo_open=True),
         help=f"SGD learning rate (default {D['lr']})",

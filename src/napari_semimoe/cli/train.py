@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -145,13 +146,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         _check_width(args.width)
         _geometry(args)
     folder = RunFolder(args.resume or args.out)
-    with _Signals() as signals:
+    with _Signals() as signals, _cluster(getattr(args, "scheduler", None)) as client:
         try:
             # Locked first: a second train on the same folder fails at once, naming the first.
             with folder.lock(create=not args.resume):
                 args.log_file = folder.train_log_path  # where a failure's traceback goes
                 _log.info("%s", _invocation(args), extra={FILE_ONLY: True})
-                trainer = _start_training(args, folder)
+                trainer = _start_training(args, folder, client)
                 signals.training = True
                 return _run_training(trainer, folder, signals)
         except KeyboardInterrupt:
@@ -161,8 +162,25 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise InterruptedError(f"interrupted before training started; {said}") from None
 
 
-def _start_training(args: argparse.Namespace, folder):
-    """Check the run folder and the data, read the images, build the trainer."""
+@contextlib.contextmanager
+def _cluster(address: str | None):
+    """``--scheduler``: a client of it, with a GPU worker known before any image is read."""
+    if address is None:
+        yield None
+        return
+    from ..core.remote import connect, wait_for_gpu_worker
+
+    client = connect(address)
+    try:
+        wait_for_gpu_worker(client)
+        yield client
+    finally:
+        client.close()
+
+
+def _start_training(args: argparse.Namespace, folder, client=None):
+    """Check the run folder and the data, read the images, build the trainer (with a
+    dask ``client``: the remote one, which trains on its GPU worker)."""
     from ..core.data import choose_labeled, load_training_set, scan_folder
     from ..core.device import resolve_device
     from ..core.families import get_family
@@ -209,14 +227,21 @@ def _start_training(args: argparse.Namespace, folder):
             snapshot_every=args.snapshot_every,
         )
     config.validate()
-    resolve_device(config.device)  # a missing GPU is said before any image is read
+    if client is None:
+        resolve_device(config.device)  # a missing GPU is said before any image is read
+    where = "" if client is None else f" (trained on a GPU worker of {args.scheduler})"
     print(
         f"{plural(len(labeled), 'labeled image')}, {plural(len(unlabeled), 'unlabeled image')}"
-        f" -> {out}",
+        f" -> {out}{where}",
         file=sys.stderr,
     )
     data = load_training_set(labeled, unlabeled, geometry, _tqdm_progress("reading", "img"))
-    trainer = Trainer(config, data, folder, resume=bool(args.resume))
+    if client is None:
+        trainer = Trainer(config, data, folder, resume=bool(args.resume))
+    else:
+        from ..core.remote import RemoteTraining
+
+        trainer = RemoteTraining(client, config, data, folder, resume=bool(args.resume))
     if not args.resume or plan.unlabeled is None:
         # Only once the images have been read and the trainer built: a run folder whose
         # first training could not start holds no split to resume from (a damaged one is
@@ -240,8 +265,7 @@ def _resume_plan(args: argparse.Namespace, folder):
     missing = [n for n in plan.labeled if n not in items]
     if missing:
         raise InputError(
-            f"labeled images of this run are missing from {plan.data_dir}: "
-            f"{', '.join(missing[:5])}"
+            f"labeled images of this run are missing from {plan.data_dir}: {', '.join(missing[:5])}"
         )
     labeled = [items[n] for n in plan.labeled]
     if plan.unlabeled is None:  # split.json was damaged: the run's other images, as at start

@@ -37,7 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .atomic import LEGACY_TEMP_PATTERN, TEMP_PATTERN, atomic_write_json, atomic_write_text
+from .atomic import (
+    LEGACY_TEMP_PATTERN,
+    TEMP_PATTERN,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 from .checkpoint import CHECKPOINT_NAME
 from .errors import CheckpointError, InputError, plural
 from .logs import attach_file_log, detach_file_log, log_failure
@@ -396,6 +402,18 @@ class RunFolder:
     def write_json(self, name: str, obj: Any) -> None:
         self._require_lock()
         atomic_write_json(self.path / name, obj)
+
+    def write_file(self, name: str, data: bytes) -> None:
+        """Write one of the run's own files whole (the checkpoint, history.json, a snapshot),
+        as another writer made it: a remote trainer's files come home through here. Any
+        other name is refused, so that bytes from elsewhere cannot land outside the run."""
+        self._require_lock()
+        top, _, rest = name.partition("/")
+        if not (name in _ROOT_FILES or (top == "snapshots" and _SNAPSHOT.match(rest))):
+            raise ValueError(f"{name!r} is not a file of a run folder")
+        if top == "snapshots":
+            self.snapshot_dir.mkdir(exist_ok=True)
+        atomic_write_bytes(self.path / name, data)
 
     def write_config(self, settings: dict[str, Any]) -> None:
         """Write config.json: the run's settings, keeping what callers recorded beside them

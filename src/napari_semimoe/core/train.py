@@ -130,13 +130,7 @@ class Trainer:
         self.saved_iteration: int | None = None
         if resume:
             tensors, doc = read_checkpoint(self.ckpt_path)
-            saved = TrainConfig.from_dict(doc["meta"]["config"])
-            # A resumed run keeps its schedule; only the run-time settings may change.
-            for k in ("device", "threads", "checkpoint_every", "snapshot_every", "compile"):
-                setattr(saved, k, getattr(config, k))
-            if config.iterations > saved.iterations:
-                saved.iterations = config.iterations
-            config = saved
+            config = resumed_config(doc["meta"]["config"], config)
         config.validate()
         self.config = config
         self.geometry = Geometry.from_dict(config.geometry)
@@ -566,6 +560,16 @@ class Trainer:
         )
 
 
+def resumed_config(saved: dict[str, Any], given: TrainConfig) -> TrainConfig:
+    """The settings a resume trains with: the checkpoint's (a resumed run keeps its
+    schedule), with this invocation's run-time settings and, if more, its iterations."""
+    config = TrainConfig.from_dict(saved)
+    for k in ("device", "threads", "checkpoint_every", "snapshot_every", "compile"):
+        setattr(config, k, getattr(given, k))
+    config.iterations = max(config.iterations, given.iterations)
+    return config
+
+
 def lr_schedule(config: TrainConfig) -> list[float]:
     """The lr at every iteration (for docs and tests)."""
     return [config.lr * config.lr_factor(i) for i in range(config.iterations)]
@@ -578,4 +582,5 @@ __all__ = [
     "Trainer",
     "TrainingError",
     "lr_schedule",
+    "resumed_config",
 ]

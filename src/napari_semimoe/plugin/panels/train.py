@@ -39,8 +39,10 @@ from ..chart import LossChart
 from ..common import notify
 from ..cutter import TrainsetCutter
 from ..jobs import fmt_time
+from ..remote_job import RemoteTrainingJob
 from ..session import Session
 from ..training_process import TrainingJob
+from ..where import WhereBox
 
 log = logging.getLogger(__name__)
 child_log = logging.getLogger("napari_semimoe.training")
@@ -62,7 +64,7 @@ class TrainPanel(QWidget):
     def __init__(self, session: Session, cutter: TrainsetCutter) -> None:
         super().__init__()
         self.session, self.cutter = session, cutter
-        self.job: TrainingJob | None = None
+        self.job: TrainingJob | RemoteTrainingJob | None = None
         self._pending_its: list[dict] = []  # iteration events not drawn yet
         self._last_draw = 0.0
         self._t_start = 0.0
@@ -113,6 +115,8 @@ class TrainPanel(QWidget):
         for c in adv.findChildren(QWidget):
             c.setVisible(False)
         v.addWidget(adv)
+        self.where = WhereBox()  # this computer | cluster (a dask scheduler's address)
+        v.addWidget(self.where)
         row = QHBoxLayout()
         self.start_btn = QPushButton("Start")
         self.start_btn.clicked.connect(lambda: self.start_training(continue_from=False))
@@ -209,6 +213,7 @@ class TrainPanel(QWidget):
             if continue_from and init is None:
                 raise InputError("no checkpoint to continue from yet: press Start first")
             config = self.config()
+            scheduler = self.where.scheduler()
         except InputError as exc:
             notify(str(exc), "warning")
             s.say(str(exc))
@@ -229,7 +234,13 @@ class TrainPanel(QWidget):
         def launch(n: int) -> None:
             run_dir = project.new_run_dir()
             log.info("training %s (%s) with %s", run_dir, "continue" if init else "new", config)
-            self.job = TrainingJob(config, project.root / TRAINSET_FILE, run_dir, init_from=init)
+            trainset = project.root / TRAINSET_FILE
+            if scheduler is None:
+                self.job = TrainingJob(config, trainset, run_dir, init_from=init)
+            else:  # a cluster's GPU worker trains; a thread here is its client
+                self.job = RemoteTrainingJob(
+                    config, trainset, run_dir, init_from=init, scheduler=scheduler
+                )
             self.job.start()
             s.training = True
             self._supervised_cfg = bool(config["supervised_only"])
@@ -347,7 +358,7 @@ class TrainPanel(QWidget):
             self._reap(self.job, time.monotonic())
             self._set_training_ui(False)
 
-    def _reap(self, job: TrainingJob, since: float) -> None:
+    def _reap(self, job: TrainingJob | RemoteTrainingJob, since: float) -> None:
         """Join the finished process without blocking the UI on its teardown: poll until it
         is gone (no zombie until the next job); one that hangs 30 s is terminated."""
         job.join(0)
