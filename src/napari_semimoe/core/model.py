@@ -151,14 +151,35 @@ class _Interleave(torch.autograd.Function):
         return gy
 
 
+def interleave_phases(y: torch.Tensor) -> torch.Tensor:
+    """What :class:`_Interleave` computes, in plain tensor ops (slices, stack, reshape) that
+    a tracer (ONNX, OpenVINO) can follow; no custom backward, so for inference only."""
+    n, c4, h1, w1 = y.shape
+    c, h, w = c4 // 4, h1 - 1, w1 - 1
+    parts = [y[:, p * c : (p + 1) * c, p // 2 : p // 2 + h, p % 2 : p % 2 + w] for p in range(4)]
+    s = torch.stack(parts, 2).reshape(n, c, 2, 2, h, w)
+    return s.permute(0, 1, 4, 2, 5, 3).reshape(n, c, 2 * h, 2 * w)
+
+
 def upsampled_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """``conv(nearest_upsample_x2(x))`` for a 3x3, padding-1 convolution, computed at the
-    input's resolution (:func:`phase_kernels`): 0.44x the multiply-adds, no upsampled copy."""
+    input's resolution (:func:`phase_kernels`): 0.44x the multiply-adds, no upsampled copy.
+
+    An inference copy of the model may hold the phase kernels and bias precomputed on the
+    convolution (``phase_weight``, ``phase_bias``: ``core.inference.optimize``), summed in
+    fp32 once instead of at every call (and in bf16 when the weights are bf16)."""
     if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1):
         raise ValueError("upsampled_conv needs a 3x3 convolution with padding 1 and stride 1")
-    k = phase_kernels(conv.weight)
-    bias = None if conv.bias is None else conv.bias.repeat(4)
-    return _Interleave.apply(F.conv2d(x, k, bias, padding=1))
+    k = getattr(conv, "phase_weight", None)
+    if k is None:
+        k = phase_kernels(conv.weight)
+        bias = None if conv.bias is None else conv.bias.repeat(4)
+    else:
+        bias = getattr(conv, "phase_bias", None)
+    y = F.conv2d(x, k, bias, padding=1)
+    if torch.jit.is_tracing():
+        return interleave_phases(y)
+    return _Interleave.apply(y)
 
 
 def concat_conv(parts: list[torch.Tensor], conv: nn.Conv2d) -> torch.Tensor:
