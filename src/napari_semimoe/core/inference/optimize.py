@@ -88,8 +88,10 @@ def fold_batchnorm_(model: nn.Module) -> int:
 
 
 def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
-    """A folded copy of ``model`` (left as it is) and the number of batch norms folded."""
-    folded = copy.deepcopy(model).eval()
+    """A folded copy of the eval-mode ``model`` (left as it is) and how many were folded."""
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode (call .eval() first)")
+    folded = copy.deepcopy(model)
     return folded, fold_batchnorm_(folded)
 
 
@@ -114,7 +116,7 @@ def cast_weights_(model: nn.Module, dtype: torch.dtype) -> int:
     n = 0
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            for name, t in list(m._parameters.items()) + list(m._buffers.items()):
+            for t in [*m._parameters.values(), *m._buffers.values()]:
                 if t is not None and t.is_floating_point():
                     t.data = t.data.to(dtype)
             n += 1
