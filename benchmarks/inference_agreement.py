@@ -36,12 +36,14 @@ def main() -> int:
     ap.add_argument("run")
     ap.add_argument("folder", help="a folder of images, or one with an images/ subfolder")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--limit", type=int, default=None, help="the first N images only")
     ap.add_argument("--json")
     args = ap.parse_args()
     folder = Path(args.folder)
     if (folder / "images").is_dir():
         folder = folder / "images"
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".tif", ".bmp"))
+    files = files[: args.limit]
     preds = {
         k: Predictor(load_model(args.run, "cpu"), PredictOptions(threads=args.threads, **o))
         for k, o in PATHS.items()
