@@ -143,7 +143,7 @@ def test_bf16_weights_only_under_bf16_autocast(model):
 def test_bench_reports_each_path_and_its_ratio(model):
     r = predict_bench(
         model, get_family(), [0.5] * 3, [0.2] * 3, torch.device("cpu"), _texture(64, 64),
-        rounds=1, predict_size=64, tile=64, log=lambda s: None, openvino=False,
+        rounds=1, predict_size=64, tile=64, log=lambda s: None,
     )  # fmt: skip
     paths = r["predict_paths"]
     assert set(paths) == {"today", "fold", "optimized", "reference"}

@@ -21,7 +21,7 @@ import torch
 from .data import Geometry, TrainingSet
 from .device import cpu_bf16_units, cpu_has_fast_bf16, resolve_device
 from .inference import LoadedModel, PredictOptions, Predictor
-from .inference.optimize import inference_model, openvino_available
+from .inference.optimize import inference_model
 from .train import TrainConfig, Trainer
 
 
@@ -173,13 +173,12 @@ def run_bench(
     }
 
 
-def predict_variants(loaded: LoadedModel, openvino: bool | None = None) -> dict[str, Predictor]:
+def predict_variants(loaded: LoadedModel) -> dict[str, Predictor]:
     """The prediction paths ``bench`` compares, each a step on from the one before.
 
     ``today``: the network as trained, bf16 autocast where the CPU has bf16 units,
     channels-last (the default before :mod:`.inference.optimize`); ``fold``: + batch norm
     folded, phase kernels precomputed; ``optimized`` (the default): + bf16 weights;
-    ``openvino``: the folded network compiled by OpenVINO, when it is installed;
     ``reference``: fp32, NCHW, literal layers (upstream's way).
     """
     ref_model = copy.deepcopy(loaded.model)
@@ -197,8 +196,6 @@ def predict_variants(loaded: LoadedModel, openvino: bool | None = None) -> dict[
         loaded.model, amp=fold.amp, channels_last=fold.channels_last, bf16_weights=False
     )
     fold.net, fold.steps = net.model, net.steps
-    if (openvino_available() if openvino is None else openvino) and loaded.device.type == "cpu":
-        preds["openvino"] = Predictor(loaded, PredictOptions(precision="auto", backend="openvino"))
     return preds
 
 
@@ -214,7 +211,6 @@ def predict_bench(
     predict_size: int = 1024,
     tile: int = 256,
     log: Callable[[str], None] = print,
-    openvino: bool | None = None,
 ) -> dict:
     """Prediction throughput of each path of :func:`predict_variants`, in interleaved rounds
     (one image of ``predict_size``^2 at working scale, tiles of ``tile``, overlap tile / 4),
@@ -226,7 +222,7 @@ def predict_bench(
     loaded = LoadedModel(
         model.eval(), Geometry(scale=1.0, tile=tile), mean, std, {}, device, family
     )
-    preds = predict_variants(loaded, openvino)
+    preds = predict_variants(loaded)
     outs = {
         k: p.predict_image(big[: 2 * tile, : 2 * tile], instances=False) for k, p in preds.items()
     }

@@ -151,16 +151,6 @@ class _Interleave(torch.autograd.Function):
         return gy
 
 
-def interleave_phases(y: torch.Tensor) -> torch.Tensor:
-    """What :class:`_Interleave` computes, in plain tensor ops (slices, stack, reshape) that
-    a tracer (ONNX, OpenVINO) can follow; no custom backward, so for inference only."""
-    n, c4, h1, w1 = y.shape
-    c, h, w = c4 // 4, h1 - 1, w1 - 1
-    parts = [y[:, p * c : (p + 1) * c, p // 2 : p // 2 + h, p % 2 : p % 2 + w] for p in range(4)]
-    s = torch.stack(parts, 2).reshape(n, c, 2, 2, h, w)
-    return s.permute(0, 1, 4, 2, 5, 3).reshape(n, c, 2 * h, 2 * w)
-
-
 def upsampled_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """``conv(nearest_upsample_x2(x))`` for a 3x3, padding-1 convolution, computed at the
     input's resolution (:func:`phase_kernels`): 0.44x the multiply-adds, no upsampled copy.
@@ -176,10 +166,7 @@ def upsampled_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         bias = None if conv.bias is None else conv.bias.repeat(4)
     else:
         bias = getattr(conv, "phase_bias", None)
-    y = F.conv2d(x, k, bias, padding=1)
-    if torch.jit.is_tracing():
-        return interleave_phases(y)
-    return _Interleave.apply(y)
+    return _Interleave.apply(F.conv2d(x, k, bias, padding=1))
 
 
 def concat_conv(parts: list[torch.Tensor], conv: nn.Conv2d) -> torch.Tensor:

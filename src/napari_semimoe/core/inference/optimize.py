@@ -13,9 +13,9 @@ caller may still train the model it handed over):
 - **channels-last** memory format (oneDNN's fast layout on a CPU).
 - **bf16 weights** when prediction runs under bf16 autocast: the convolutions' and linear
   layers' weights are stored in bf16 once, instead of being cast at every call.
-- **backend** ``openvino`` (optional, never a dependency): the folded fp32 network traced
-  and compiled by OpenVINO (bf16 inference precision where autocast is bf16), one compiled
-  model per input shape. Measured in ``docs/inference-speed.md``.
+
+OpenVINO (bf16) was measured as a candidate backend and left out: 1.09x over this copy, for
+a large optional dependency and a conversion per input shape (``docs/inference-speed.md``).
 """
 
 from __future__ import annotations
@@ -23,18 +23,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import InputError
 from ..model import UpStep, phase_kernels
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("torch", "openvino")
 
 
 def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -131,9 +126,8 @@ def remaining_batchnorms(model: nn.Module) -> int:
 class InferenceNet:
     """The network a predictor runs, and what was done to it (for logs and ``bench``)."""
 
-    model: Callable[[torch.Tensor], Any]
+    model: nn.Module
     steps: list[str]
-    backend: str = "torch"
 
 
 def inference_model(
@@ -143,16 +137,12 @@ def inference_model(
     channels_last: bool = True,
     fold: bool = True,
     bf16_weights: bool = True,
-    backend: str = "torch",
-    threads: int | None = None,
 ) -> InferenceNet:
     """The fast inference copy of an eval-mode ``model`` (which is not modified).
 
     ``amp``: the autocast dtype the caller runs it under (None: fp32); bf16 weights are
-    stored only then. ``backend="openvino"`` compiles the folded network with OpenVINO.
+    stored only then.
     """
-    if backend not in BACKENDS:
-        raise InputError(f"unknown inference backend {backend!r}: use {', '.join(BACKENDS)}")
     net = copy.deepcopy(model).eval()
     for p in net.parameters():
         p.requires_grad_(False)
@@ -163,8 +153,6 @@ def inference_model(
         left = remaining_batchnorms(net)
         if left:
             log.debug("%d batch norms not after a convolution in a Sequential: kept", left)
-    if backend == "openvino":
-        return InferenceNet(OpenVINONet(net, amp, threads), [*steps, "openvino"], "openvino")
     if precompute_phase_kernels_(net):
         steps.append("phase kernels")
     if channels_last:
@@ -174,96 +162,3 @@ def inference_model(
         cast_weights_(net, torch.bfloat16)
         steps.append("bf16 weights")
     return InferenceNet(net, steps)
-
-
-# ----------------------------------------------------------------------------- OpenVINO
-
-
-def openvino_available() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _flatten(obj: Any, leaves: list[torch.Tensor]) -> Any:
-    """``obj`` with every tensor replaced by its index in ``leaves`` (a spec to rebuild it)."""
-    if isinstance(obj, torch.Tensor):
-        leaves.append(obj)
-        return len(leaves) - 1
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        fields = {f.name: _flatten(getattr(obj, f.name), leaves) for f in dataclasses.fields(obj)}
-        return (type(obj), fields)
-    if isinstance(obj, dict):
-        return {k: _flatten(v, leaves) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_flatten(v, leaves) for v in obj)
-    return ("const", obj)
-
-
-def _unflatten(spec: Any, leaves: list[torch.Tensor]) -> Any:
-    if isinstance(spec, int):
-        return leaves[spec]
-    if isinstance(spec, tuple) and len(spec) == 2 and spec[0] == "const":
-        return spec[1]
-    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], type):
-        cls, fields = spec
-        return cls(**{k: _unflatten(v, leaves) for k, v in fields.items()})
-    if isinstance(spec, dict):
-        return {k: _unflatten(v, leaves) for k, v in spec.items()}
-    return type(spec)(_unflatten(v, leaves) for v in spec)
-
-
-class _Flat(nn.Module):
-    """The network with its outputs flattened to a tuple of tensors, for tracing."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.spec: Any = None
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        leaves: list[torch.Tensor] = []
-        self.spec = _flatten(self.net(x), leaves)
-        return tuple(leaves)
-
-
-class OpenVINONet:
-    """Callable like the network (same outputs, as torch tensors), run by OpenVINO."""
-
-    def __init__(self, net: nn.Module, amp: torch.dtype | None, threads: int | None) -> None:
-        try:
-            import openvino as ov
-        except ImportError:
-            raise InputError(
-                "the openvino backend needs the openvino package: pip install openvino"
-            ) from None
-        self.ov = ov
-        self.flat = _Flat(net.float())
-        self.precision = "bf16" if amp == torch.bfloat16 else "f32"
-        self.threads = int(threads or torch.get_num_threads())
-        self.compiled: dict[tuple[int, ...], tuple[Any, Any, int]] = {}
-
-    def _compile(self, x: torch.Tensor):
-        # Traced in fp32 outside the caller's autocast and inference mode (the compiled
-        # model's precision is OpenVINO's hint).
-        with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False):
-            om = self.ov.convert_model(self.flat, example_input=torch.zeros(x.shape))
-        config = {
-            "INFERENCE_PRECISION_HINT": self.precision,
-            "INFERENCE_NUM_THREADS": self.threads,
-            "PERFORMANCE_HINT": "LATENCY",
-        }
-        cm = self.ov.Core().compile_model(om, "CPU", config)
-        return cm.create_infer_request(), self.flat.spec, len(cm.outputs)
-
-    def __call__(self, x: torch.Tensor) -> Any:
-        x = x.float().contiguous()
-        key = tuple(x.shape)
-        if key not in self.compiled:
-            self.compiled[key] = self._compile(x)
-        req, spec, n = self.compiled[key]
-        req.infer({0: x.numpy()})
-        leaves = [torch.from_numpy(req.get_output_tensor(i).data.copy()) for i in range(n)]
-        return _unflatten(spec, leaves)

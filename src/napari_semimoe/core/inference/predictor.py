@@ -90,8 +90,6 @@ class PredictOptions:
     #: bf16 weights under bf16 autocast; :mod:`.optimize`): the same function, faster.
     #: False = the loaded network as trained (the benchmark's "today" path).
     optimize: bool = True
-    #: "torch", or "openvino" (optional package; see docs/inference-speed.md).
-    backend: str = "torch"
     #: Where tile outputs are merged: None = memory (or memory-mapped files with a folder),
     #: "memory", "memmap" or "zarr" (see :mod:`.merge`).
     merger: str | None = None
@@ -139,16 +137,8 @@ class Predictor:
         if self.batch < 1:
             raise InputError(f"batch must be at least 1, got {self.batch}")
         self.channels_last = self.opt.fast and loaded.device.type == "cpu"
-        if self.opt.backend != "torch" and loaded.device.type != "cpu":
-            raise InputError(f"the {self.opt.backend} backend runs on the CPU only")
-        if self.opt.optimize or self.opt.backend != "torch":
-            fast = inference_model(
-                loaded.model,
-                amp=self.amp,
-                channels_last=self.channels_last,
-                backend=self.opt.backend,
-                threads=self.opt.threads,
-            )
+        if self.opt.optimize:
+            fast = inference_model(loaded.model, amp=self.amp, channels_last=self.channels_last)
             self.net, self.steps = fast.model, fast.steps
             log.debug("inference network: %s", ", ".join(fast.steps))
         else:
