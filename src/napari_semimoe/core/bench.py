@@ -146,7 +146,7 @@ def run_bench(
         trainers["fast"].std,
         trainers["fast"].device,
         images[0],
-        rounds=max(3, repeats // 2),
+        rounds=max(1, repeats // 2),  # --repeats 7: 3 rounds
         predict_size=predict_size,
         tile=tile,
         log=log,
@@ -223,9 +223,7 @@ def predict_bench(
         model.eval(), Geometry(scale=1.0, tile=tile), mean, std, {}, device, family
     )
     preds = predict_variants(loaded)
-    outs = {
-        k: p.predict_image(big[: 2 * tile, : 2 * tile], instances=False) for k, p in preds.items()
-    }
+    outs = {k: p.predict_image(big[:tile, :tile], instances=False) for k, p in preds.items()}
     ptimes: dict[str, list[float]] = {k: [] for k in preds}
     for r in range(rounds):
         for k, p in preds.items():
