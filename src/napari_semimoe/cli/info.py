@@ -39,6 +39,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         log=lambda s: print(s, file=sys.stderr),
         device=args.device,
+        predict_only=args.predict_only,
+        predict_size=args.predict_size,
     )
     print(json.dumps(result, indent=1))
     if args.json:

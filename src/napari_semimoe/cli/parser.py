@@ -279,6 +279,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--threads", type=THREADS)
     b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    b.add_argument(
+        "--predict-only",
+        action="store_true",
+        help="time only prediction: today's path, each inference optimisation, the reference",
+    )
+    b.add_argument(
+        "--predict-size",
+        type=SIZE,
+        default=1024,
+        help="side of the image predicted, in working-scale pixels (default 1024)",
+    )
     b.add_argument("--json", type=out_file)
     b.set_defaults(func=cmd_bench)
     for q in sub.choices.values():  # -v after the command too

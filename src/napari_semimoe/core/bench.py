@@ -1,4 +1,5 @@
-"""Speed of the default (fast) path against a plain fp32 reference, measured in one run.
+"""Speed of the default (fast) path against a plain fp32 reference, measured in one run;
+for prediction also against today's path before the inference optimisations, step by step.
 
 Both paths are stepped in turn (interleaved), so a noisy, shared machine slows both alike
 and the ratios stay meaningful. Medians are reported.
@@ -7,6 +8,8 @@ and the ratios stay meaningful. Medians are reported.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import platform
 import tempfile
 import time
@@ -16,8 +19,9 @@ import numpy as np
 import torch
 
 from .data import Geometry, TrainingSet
-from .device import cpu_bf16_units, cpu_has_fast_bf16
+from .device import cpu_bf16_units, cpu_has_fast_bf16, resolve_device
 from .inference import LoadedModel, PredictOptions, Predictor
+from .inference.optimize import inference_model
 from .train import TrainConfig, Trainer
 
 
@@ -65,11 +69,34 @@ def run_bench(
     predict_size: int = 1024,
     tile: int = 256,
     device: str = "auto",
+    predict_only: bool = False,
 ) -> dict:
-    """Time the fast and the reference path, stepped in turn in one process, on ``device``."""
+    """Time the fast and the reference path, stepped in turn in one process, on ``device``.
+
+    ``predict_only``: only the prediction paths, with an untrained network of ``width``
+    (speed does not depend on the weights)."""
     if threads:
         torch.set_num_threads(threads)
     images, masks = synthetic_tiles(8, size=tile)
+    if predict_only:
+        from .families import get_family
+
+        family = get_family()
+        dev = resolve_device(device)
+        model = family.build(TrainConfig(width=width)).to(dev)
+        pred = predict_bench(
+            model, family, [0.5] * 3, [0.25] * 3, dev, images[0],
+            rounds=max(3, repeats), predict_size=predict_size, tile=tile, log=log,
+        )  # fmt: skip
+        return {
+            "width": width,
+            "device": str(dev),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            **cpu_description(),
+            "bf16_units": cpu_has_fast_bf16(),
+            **pred,
+        }
     data = TrainingSet(images[:4], masks[:4], images[4:])
     geo = Geometry(input_size=tile).to_dict()
     common = dict(
@@ -112,40 +139,19 @@ def run_bench(
             "train_iteration_compiled_s_all": [round(t, 4) for t in times["compiled"]],
         }
 
-    # Prediction: a predict_size^2 working-scale image, tiles of `tile`, overlap tile / 4.
-    rng = np.random.default_rng(1)
-    reps = max(1, predict_size // tile)
-    big = np.tile(images[0], (reps, reps, 1))
-    big = np.clip(big.astype(np.int16) + rng.integers(-5, 6, big.shape), 0, 255).astype(np.uint8)
-    model = trainers["fast"].model
+    pred = predict_bench(
+        trainers["fast"].model,
+        trainers["fast"].family,
+        trainers["fast"].mean,
+        trainers["fast"].std,
+        trainers["fast"].device,
+        images[0],
+        rounds=max(1, repeats // 2),  # --repeats 7: 3 rounds
+        predict_size=predict_size,
+        tile=tile,
+        log=log,
+    )
     dev = trainers["fast"].device
-    ref_model = trainers["fast"].family.build(trainers["fast"].config).to(dev)
-    ref_model.load_state_dict(model.state_dict())
-    ref_model.literal = True
-    g = Geometry(scale=1.0, tile=tile)
-    mean, std = trainers["fast"].mean, trainers["fast"].std
-    preds = {
-        "fast": Predictor(
-            LoadedModel(model.eval(), g, mean, std, {}, dev), PredictOptions(precision="auto")
-        ),
-        "reference": Predictor(
-            LoadedModel(ref_model.eval(), g, mean, std, {}, dev),
-            PredictOptions(precision="fp32", fast=False),
-        ),
-    }
-    for p in preds.values():
-        p.predict_image(big[:tile, :tile], instances=False)
-    ptimes: dict[str, list[float]] = {k: [] for k in preds}
-    for r in range(max(3, repeats // 2)):
-        for k, p in preds.items():
-            t = time.perf_counter()
-            p.predict_image(big, instances=False)
-            ptimes[k].append(time.perf_counter() - t)
-        log(
-            f"predict repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in ptimes.items())
-        )
-    mpx = big.shape[0] * big.shape[1] / 1e6
-    pf, pr = mpx / float(np.median(ptimes["fast"])), mpx / float(np.median(ptimes["reference"]))
     return {
         "width": width,
         "device": str(dev),
@@ -163,10 +169,97 @@ def run_bench(
         "train_iteration_s_all": [round(t, 4) for t in times["fast"]],
         "train_iteration_reference_s_all": [round(t, 4) for t in times["reference"]],
         **extra,
-        "predict_mpx_per_s": round(pf, 4),
-        "predict_reference_mpx_per_s": round(pr, 4),
-        "predict_speedup": round(pf / pr, 2),
+        **pred,
+    }
+
+
+def predict_variants(loaded: LoadedModel) -> dict[str, Predictor]:
+    """The prediction paths ``bench`` compares, each a step on from the one before.
+
+    ``today``: the network as trained, bf16 autocast where the CPU has bf16 units,
+    channels-last (the default before :mod:`.inference.optimize`); ``fold``: + batch norm
+    folded, phase kernels precomputed; ``optimized`` (the default): + bf16 weights;
+    ``reference``: fp32, NCHW, literal layers (upstream's way).
+    """
+    ref_model = copy.deepcopy(loaded.model)
+    ref_model.literal = True
+    ref = dataclasses.replace(loaded, model=ref_model)
+    today = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
+    preds = {
+        "today": Predictor(today, PredictOptions(precision="auto", optimize=False)),
+        "fold": Predictor(loaded, PredictOptions(precision="auto")),
+        "optimized": Predictor(loaded, PredictOptions(precision="auto")),
+        "reference": Predictor(ref, PredictOptions(precision="fp32", fast=False, optimize=False)),
+    }
+    fold = preds["fold"]
+    net = inference_model(
+        loaded.model, amp=fold.amp, channels_last=fold.channels_last, bf16_weights=False
+    )
+    fold.net, fold.steps = net.model, net.steps
+    return preds
+
+
+def predict_bench(
+    model: torch.nn.Module,
+    family,
+    mean: list[float],
+    std: list[float],
+    device: torch.device,
+    tile_image: np.ndarray,
+    *,
+    rounds: int = 3,
+    predict_size: int = 1024,
+    tile: int = 256,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Prediction throughput of each path of :func:`predict_variants`, in interleaved rounds
+    (one image of ``predict_size``^2 at working scale, tiles of ``tile``, overlap tile / 4),
+    medians; ratios against ``today`` and against the fp32 reference."""
+    rng = np.random.default_rng(1)
+    reps = max(1, predict_size // tile)
+    big = np.tile(tile_image, (reps, reps, 1))
+    big = np.clip(big.astype(np.int16) + rng.integers(-5, 6, big.shape), 0, 255).astype(np.uint8)
+    loaded = LoadedModel(
+        model.eval(), Geometry(scale=1.0, tile=tile), mean, std, {}, device, family
+    )
+    preds = predict_variants(loaded)
+    outs = {k: p.predict_image(big[:tile, :tile], instances=False) for k, p in preds.items()}
+    ptimes: dict[str, list[float]] = {k: [] for k in preds}
+    for r in range(rounds):
+        for k, p in preds.items():
+            t = time.perf_counter()
+            out = p.predict_image(big, instances=False)
+            _sync(device)
+            ptimes[k].append(time.perf_counter() - t)
+            outs[k] = out
+        log(f"predict round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in ptimes.items()))
+    mpx = big.shape[0] * big.shape[1] / 1e6
+    n_tiles = len(outs["today"]["tiles"])
+    med = {k: float(np.median(v)) for k, v in ptimes.items()}
+    mask_from = family.mask_from
+    steps = {
+        k: {
+            "mpx_per_s": round(mpx / med[k], 4),
+            "tiles_per_s": round(n_tiles / med[k], 3),
+            "speedup_vs_today": round(med["today"] / med[k], 3),
+            "steps": preds[k].steps,
+            "max_prob_diff_vs_today": float(
+                np.abs(outs[k][mask_from] - outs["today"][mask_from]).max()
+            ),
+            "mask_agreement_vs_today": float((outs[k]["mask"] == outs["today"]["mask"]).mean()),
+            "seconds_all": [round(t, 4) for t in ptimes[k]],
+        }
+        for k in preds
+    }
+    return {
+        "predict_mpx_per_s": steps["optimized"]["mpx_per_s"],
+        "predict_today_mpx_per_s": steps["today"]["mpx_per_s"],
+        "predict_reference_mpx_per_s": steps["reference"]["mpx_per_s"],
+        "predict_speedup": round(med["reference"] / med["optimized"], 2),
+        "predict_speedup_vs_today": steps["optimized"]["speedup_vs_today"],
+        "predict_paths": steps,
         "predict_image": list(big.shape[:2]),
         "predict_tile": tile,
         "predict_overlap": tile // 4,
+        "predict_tiles": n_tiles,
     }

@@ -153,11 +153,19 @@ class _Interleave(torch.autograd.Function):
 
 def upsampled_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """``conv(nearest_upsample_x2(x))`` for a 3x3, padding-1 convolution, computed at the
-    input's resolution (:func:`phase_kernels`): 0.44x the multiply-adds, no upsampled copy."""
+    input's resolution (:func:`phase_kernels`): 0.44x the multiply-adds, no upsampled copy.
+
+    An inference copy of the model may hold the phase kernels and bias precomputed on the
+    convolution (``phase_weight``, ``phase_bias``: ``core.inference.optimize``), summed in
+    fp32 once instead of at every call (and in bf16 when the weights are bf16)."""
     if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1):
         raise ValueError("upsampled_conv needs a 3x3 convolution with padding 1 and stride 1")
-    k = phase_kernels(conv.weight)
-    bias = None if conv.bias is None else conv.bias.repeat(4)
+    k = getattr(conv, "phase_weight", None)
+    if k is None:
+        k = phase_kernels(conv.weight)
+        bias = None if conv.bias is None else conv.bias.repeat(4)
+    else:
+        bias = getattr(conv, "phase_bias", None)
     return _Interleave.apply(F.conv2d(x, k, bias, padding=1))
 
 
