@@ -69,10 +69,14 @@ def family_title(name: str) -> str:
 
 
 def form_row(form: QFormLayout, text: str, widget: QWidget, tip: str) -> None:
-    """A form row whose label and field both carry the tooltip."""
+    """A form row whose label and field both carry the tooltip; a combo box's long words
+    must not widen the page past the dock (it then scrolls sideways)."""
     label = QLabel(text)
     label.setToolTip(tip)
     widget.setToolTip(tip)
+    if isinstance(widget, QComboBox):
+        widget.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        widget.setMinimumContentsLength(8)
     form.addRow(label, widget)
 
 

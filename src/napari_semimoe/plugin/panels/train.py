@@ -385,10 +385,14 @@ class TrainPanel(QWidget):
             self.progress.setValue(e["iteration"])
             eta = e.get("eta")
             lo = e["losses"].get("total", float("nan"))
-            lam = " · supervised only" if self._supervised else f" · λ {e['lam']:.2f}"
+            lam = (
+                " · only your painting"
+                if self._supervised
+                else f" · unlabeled tissue weight {e['lam']:.2f}"
+            )
             self.eta_label.setText(
-                f"iteration {e['iteration']}/{e['total']} · loss {lo:.3f}{lam}"
-                + (f" · ETA {fmt_time(eta)}" if eta is not None else "")
+                f"step {e['iteration']} of {e['total']} · loss {lo:.3f}{lam}"
+                + (f" · {fmt_time(eta)} left" if eta is not None else "")
             )
         for e in events:
             kind = e["kind"]
