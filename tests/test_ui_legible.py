@@ -46,7 +46,7 @@ def test_map_styles_are_see_through_with_words_and_prediction_is_no_annotation_c
     pred = transform_color(ls.PREDICTION_COLOR)[0]
     np.testing.assert_allclose(cmap.map(np.array([1, 7, 300]))[:, :3], [pred[:3]] * 3)
     assert cmap.map(np.array([0]))[0, 3] == 0
-    assert ls.label_style("instances")["contour"] >= 1  # outlines, not a filled layer
+    assert ls.LABEL_STYLES["instances"]["contour"] >= 1  # outlines, not a filled layer
     # One place for the annotation colours: a special label (e.g. background) gets its own.
     monkeypatch.setitem(ls.SPECIAL_LABEL_COLORS, 40, "#808080")
     colors = ls.annotation_colors()
@@ -111,6 +111,7 @@ def test_prediction_is_outlined_legends_follow_and_the_brush_is_at_hand(
 
     # Predicting again keeps the annotations on top and selected.
     viewer.layers.selection.active = viewer.layers[names["prob"]]
+    widget.status.setText("")
     predict(qtbot, widget, widget.review_panel.pred_tiles_btn)
     assert viewer.layers.selection.active is labels and viewer.layers[-1] is labels
 

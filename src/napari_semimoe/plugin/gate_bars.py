@@ -23,6 +23,8 @@ class GateBars:
     rects: list[np.ndarray] = field(default_factory=list)
     colors: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    #: Text size in level-0 px (the text zooms with the bars, so it always fits them).
+    text_size: float = 10.0
 
     def add(self, y0: float, x0: float, y1: float, x1: float, color: str, text: str = "") -> None:
         self.rects.append(np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float))
@@ -49,8 +51,9 @@ def gate_bars(
         row = g[0] if g.ndim == 2 else g.ravel()
         k = len(row)
         Y, X, H, W = y * scale, x * scale, h * scale, w * scale
-        left, width = X + 0.2 * W, 0.6 * W
-        line = 0.075 * H  # one bar's height; bars 1.4 lines apart
+        left, width = X + 0.25 * W, 0.5 * W
+        line = 0.06 * H  # one bar's height; bars 1.4 lines apart
+        out.text_size = 0.5 * line
         top = Y + H / 2 - line * (1.4 * (k + 1)) / 2
         pad = 0.2 * line
         out.add(top - pad, left - pad, top + 1.4 * line * (k + 1), left + width + pad, PANEL_COLOR)
@@ -93,6 +96,7 @@ def show_gate_bars(viewer, out: dict, base, name: str) -> None:
         layer.data = []
         layer.add_rectangles(bars.rects, face_color=bars.colors, edge_width=0)
         layer.features = {"label": bars.texts}
+        layer.text.size = bars.text_size
         layer.metadata[LEGEND] = legend
         return
     layer = viewer.add_shapes(
@@ -103,7 +107,14 @@ def show_gate_bars(viewer, out: dict, base, name: str) -> None:
         edge_width=0,
         scale=tuple(base),
         features={"label": bars.texts},
-        text={"string": "{label}", "size": 10, "color": "white", "anchor": "center"},
+        text={
+            "string": "{label}",
+            "size": bars.text_size,  # in the layer's data px: the text zooms with the bars
+            "scaling": True,
+            "color": "white",
+            "anchor": "center",
+        },
+        opacity=1.0,
         visible=False,
     )
     layer.metadata[LEGEND] = legend

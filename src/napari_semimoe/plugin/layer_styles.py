@@ -48,13 +48,14 @@ TASK_COLORS = ("#e8a33d", "#4cb5f5", "#b05cd6", "#f5d547", "#5ad1c8", "#e86d9e")
 
 #: The annotations layer: filled, half-transparent, so the tissue shows through.
 ANNOTATION_OPACITY = 0.55
-#: How each predicted label map is drawn: outlines (``contour`` px at working scale).
+#: How each predicted label map is drawn in the dock: outlines (``contour`` px at working
+#: scale); ``filled_opacity``: where no outline can be asked for (a reader's layer data).
 LABEL_STYLES: dict[str, dict[str, Any]] = {
-    "instances": {"opacity": 1.0, "contour": 1},
-    "mask": {"opacity": 1.0, "contour": 1},
+    "instances": {"opacity": 1.0, "contour": 1, "filled_opacity": 0.4},
+    "mask": {"opacity": 1.0, "contour": 1, "filled_opacity": 0.35},
 }
-#: Kept for callers that only need the opacity (the reader).
-LABEL_OPACITY = {k: v["opacity"] for k, v in LABEL_STYLES.items()}
+#: The label maps' opacity in the reader, which sets no colours (kept as it was).
+LABEL_OPACITY = {"instances": 0.6, "mask": 0.5}
 
 #: Alpha-ramp colormaps: (position, RGBA) controls; clear at "nothing", opaque at "much".
 RAMPS: dict[str, tuple[tuple[float, tuple[float, float, float, float]], ...]] = {
@@ -150,13 +151,24 @@ def map_words(key: str) -> dict[str, str]:
     }
 
 
-def label_style(key: str) -> dict[str, Any]:
-    """Labels-layer keyword arguments of a predicted label map (``instances``, ``mask``):
-    outlines in :data:`PREDICTION_COLOR`."""
+def label_style(key: str, filled: bool = False) -> dict[str, Any]:
+    """``add_labels`` keyword arguments of a predicted label map (``instances``, ``mask``):
+    every object in :data:`PREDICTION_COLOR`; :func:`outline` then draws them as outlines
+    (napari takes ``contour`` only as a layer property). ``filled``: see-through filled
+    objects instead, for layer data that cannot set the outline (a reader)."""
     from napari.utils.colormaps import DirectLabelColormap
 
     cmap = DirectLabelColormap(color_dict={0: (0, 0, 0, 0), None: PREDICTION_COLOR})
-    return {**LABEL_STYLES[key], "colormap": cmap}
+    st = LABEL_STYLES[key]
+    return {"opacity": st["filled_opacity" if filled else "opacity"], "colormap": cmap}
+
+
+def outline(layer, key: str) -> None:
+    """Draw a predicted label layer as outlines, with its legend."""
+    layer.contour = LABEL_STYLES[key]["contour"]
+    layer.metadata[LEGEND] = legend_of(
+        "outline", key, items=[(PREDICTION_COLOR, "the model's glands")]
+    )
 
 
 def annotation_colors(n: int | None = None) -> list[str]:

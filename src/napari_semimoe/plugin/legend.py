@@ -118,9 +118,11 @@ class LegendWidget(QGroupBox):
     def refresh(self) -> None:
         """Rebuild the rows from the layers (a handful: cheap)."""
         while self._box.count():
-            item = self._box.takeAt(0)
-            if item.widget() is not None:
-                item.widget().deleteLater()
+            w = self._box.takeAt(0).widget()
+            if w is not None:  # off the page now: a deferred delete waits for the event loop
+                w.hide()
+                w.setParent(None)
+                w.deleteLater()
         self.rows = {}
         active = self.viewer.layers.selection.active
         for layer in reversed(list(self.viewer.layers)):
@@ -130,18 +132,22 @@ class LegendWidget(QGroupBox):
             self.rows[layer.name] = leg.get("help", "")
             title = QLabel(("▶ " if layer is active else "") + layer.name)
             title.setStyleSheet("font-weight: bold")
-            self._box.addWidget(title)
+            self._add(title)
             drawing = self._drawing(layer, leg)
             if drawing is not None:
-                self._box.addWidget(drawing)
+                self._add(drawing)
             help_line = QLabel(leg.get("help", ""))
             help_line.setWordWrap(True)
             help_line.setStyleSheet("color: #b0b4bc")
-            self._box.addWidget(help_line)
+            self._add(help_line)
         if not self.rows:
             empty = QLabel(NOTHING_SHOWN)
             empty.setWordWrap(True)
-            self._box.addWidget(empty)
+            self._add(empty)
+
+    def _add(self, w: QWidget) -> None:
+        self._box.addWidget(w)
+        w.show()  # a child added to a shown widget is hidden until shown
 
     @staticmethod
     def _drawing(layer, leg: dict) -> QWidget | None:

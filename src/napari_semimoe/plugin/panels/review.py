@@ -31,7 +31,7 @@ from ...core.errors import InputError
 from ..common import camera, canvas_size, notify
 from ..gate_bars import show_gate_bars
 from ..jobs import ProgressJob
-from ..layer_styles import LEGEND, PREDICTION_COLOR, label_style, legend_of, map_style
+from ..layer_styles import LEGEND, label_style, legend_of, map_style, outline
 from ..layers import NapariLayers
 from ..legend import LegendWidget
 from ..session import Session
@@ -334,9 +334,7 @@ class ReviewPanel(QWidget):
             layer = self.viewer.add_labels(canvas, **label_style(key), **kw)
             layer.metadata[PRED_SCALE] = s
             layer.metadata[COVERED] = np.zeros(shape, bool)
-            layer.metadata[LEGEND] = legend_of(
-                "outline", key, items=[(PREDICTION_COLOR, "the model's glands")]
-            )
+            outline(layer, key)
             self._cover(layer, ys, xs, h, w)
         else:
             layer = self.viewer.add_image(canvas, visible=False, **map_style(key), **kw)
