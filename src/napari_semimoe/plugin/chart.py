@@ -161,7 +161,7 @@ class LossChart(QWidget):
             p.save()
             p.translate(w - 2, top + ph / 2)
             p.rotate(90)
-            p.drawText(QRectF(-ph / 2, 0, ph, lh), centre, "λ weight")
+            p.drawText(QRectF(-ph / 2, 0, ph, lh), centre, "unlabeled weight")
             p.restore()
         p.setPen(QPen(QColor("#5a5f6a"), 1, Qt.PenStyle.DotLine))
         for b in self.boundaries:  # where Continue started a new run

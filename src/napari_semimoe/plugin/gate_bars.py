@@ -51,9 +51,9 @@ def gate_bars(
         row = g[0] if g.ndim == 2 else g.ravel()
         k = len(row)
         Y, X, H, W = y * scale, x * scale, h * scale, w * scale
-        left, width = X + 0.25 * W, 0.5 * W
-        line = 0.06 * H  # one bar's height; bars 1.4 lines apart
-        out.text_size = 0.5 * line
+        left, width = X + 0.29 * W, 0.42 * W
+        line = 0.05 * H  # one bar's height; bars 1.4 lines apart
+        out.text_size = 0.3 * line  # napari's text size: about a third of its height
         top = Y + H / 2 - line * (1.4 * (k + 1)) / 2
         pad = 0.2 * line
         out.add(top - pad, left - pad, top + 1.4 * line * (k + 1), left + width + pad, PANEL_COLOR)

@@ -75,8 +75,8 @@ RAMPS: dict[str, tuple[tuple[float, tuple[float, float, float, float]], ...]] = 
     "semimoe-uncertainty": (
         (0.0, (1.0, 0.9, 0.0, 0.0)),
         (0.15, (1.0, 0.9, 0.0, 0.35)),
-        (0.5, (1.0, 0.5, 0.0, 0.75)),
-        (1.0, (0.9, 0.0, 0.0, 0.95)),
+        (0.5, (1.0, 0.5, 0.0, 0.6)),
+        (1.0, (0.9, 0.0, 0.0, 0.75)),  # the tissue still shows under the reddest
     ),
     # signed distance: blue outside, white edge, red inside (translucent throughout)
     "semimoe-sdf": (
