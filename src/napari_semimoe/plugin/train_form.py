@@ -17,7 +17,7 @@ QUALITIES = (
     ("balanced", 16),
     ("best quality: large model (slow on a CPU)", 32),
 )
-CUSTOM = "custom (see advanced settings)"
+CUSTOM = "custom (advanced)"
 
 #: Every field's tooltip: what it does in plain words, then the technical term.
 TIPS = {

@@ -388,7 +388,7 @@ class TrainPanel(QWidget):
             lam = (
                 " · only your painting"
                 if self._supervised
-                else f" · unlabeled tissue weight {e['lam']:.2f}"
+                else f" · unlabeled weight {e['lam']:.2f}"
             )
             self.eta_label.setText(
                 f"step {e['iteration']} of {e['total']} · loss {lo:.3f}{lam}"
