@@ -240,7 +240,8 @@ def _resume_plan(args: argparse.Namespace, folder):
     missing = [n for n in plan.labeled if n not in items]
     if missing:
         raise InputError(
-            f"labeled images of this run are missing from {plan.data_dir}: {', '.join(missing[:5])}"
+            f"labeled images of this run are missing from {plan.data_dir}: "
+            f"{', '.join(missing[:5])}"
         )
     labeled = [items[n] for n in plan.labeled]
     if plan.unlabeled is None:  # split.json was damaged: the run's other images, as at start
