@@ -1,6 +1,8 @@
 """Screenshots for docs/ from a real run under Xvfb: slide + widget mid-training, overlays.
 
-xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/screenshots.py
+xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/screenshots.py [ITERATIONS]
+(SEMIMOE_SHOTS_DIR=folder writes them there instead of docs/images; SEMIMOE_SHOTS_WIDTH=8
+trains a smaller model, to try the looks out on a busy machine.)
 """
 
 from __future__ import annotations
@@ -12,59 +14,74 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
 
 
 def main() -> int:
+    import os
+
     from gui_session import open_session
+    from napari_semimoe.core.families import get_family
     from napari_semimoe.plugin.widget import camera
 
-    OUT.mkdir(parents=True, exist_ok=True)
+    out = Path(os.environ.get("SEMIMOE_SHOTS_DIR", OUT))  # e.g. /tmp/ui-shots/after
+    out.mkdir(parents=True, exist_ok=True)
+    names = get_family().layer_names() | {"uncertainty": "Semi-MoE uncertainty"}
     viewer, widget, pump = open_session("semimoe-shots-")
 
+    def shot(name: str) -> None:
+        pump(0.5)
+        viewer.screenshot(str(out / name), canvas_only=False)
+
+    def show(*keys: str) -> None:
+        """Only these prediction layers visible (and the tiles)."""
+        for k, n in names.items():
+            if n in viewer.layers:
+                viewer.layers[n].visible = k in keys
+
     pump(1)
-    viewer.screenshot(str(OUT / "01-sample-slide.png"), canvas_only=False)
-    widget.train_panel.iter_spin.setValue(int(sys.argv[1]) if len(sys.argv) > 1 else 120)
-    widget.train_panel.start_training()
-    while widget.train_panel.progress.value() < widget.train_panel.iter_spin.value() // 2:
+    shot("01-sample-slide.png")
+    tp = widget.train_panel
+    tp.iter_spin.setValue(int(sys.argv[1]) if len(sys.argv) > 1 else 120)
+    if os.environ.get("SEMIMOE_SHOTS_WIDTH"):  # a quicker model for trying the looks out
+        tp.width_spin.setValue(int(os.environ["SEMIMOE_SHOTS_WIDTH"]))
+    tp.start_training()
+    while tp.progress.value() < tp.iter_spin.value() // 2:
         pump(0.5)
-    viewer.screenshot(str(OUT / "02-training-mid-run.png"), canvas_only=False)
-    while (
-        widget.train_panel.job is None
-        or not widget.train_panel.job.finished
-        or widget.train_panel._poll.isActive()
-    ):
+    shot("02-training-mid-run.png")
+    while tp.job is None or not tp.job.finished or tp._poll.isActive():
         pump(0.5)
-    viewer.screenshot(str(OUT / "03-training-done.png"), canvas_only=False)
+    shot("03-training-done.png")
+    tp.advanced_check.setChecked(True)  # the second level of the settings
+    shot("14-train-advanced.png")
+    tp.advanced_check.setChecked(False)
     widget._toolbox_review()
     widget.review_panel.predict("image")
     while (
         widget.review_panel.cancel_btn.isEnabled()
         or widget.review_panel.showing_prediction
-        or ("Semi-MoE segmentation" not in viewer.layers)
+        or (names["instances"] not in viewer.layers)
     ):
         pump(0.5)
     pump(1)
-    viewer.layers["annotations"].visible = False
+    # The model's glands (cyan outlines) over the user's painting (filled), both shown.
     viewer.layers["training tiles"].visible = True
-    viewer.screenshot(str(OUT / "04-gated-segmentation.png"), canvas_only=False)
-    viewer.layers["Semi-MoE segmentation"].visible = False
-    viewer.layers["Semi-MoE SDF"].visible = True
-    viewer.screenshot(str(OUT / "05-sdf.png"), canvas_only=False)
-    viewer.layers["Semi-MoE SDF"].visible = False
-    viewer.layers["Semi-MoE boundary"].visible = True
-    viewer.screenshot(str(OUT / "06-boundary.png"), canvas_only=False)
-    viewer.layers["Semi-MoE boundary"].visible = False
-    viewer.layers["Semi-MoE uncertainty"].visible = True
-    viewer.layers["Semi-MoE gates"].visible = True
+    shot("04-gated-segmentation.png")
+    viewer.layers["annotations"].visible = False
+    show("prob")
+    shot("15-probability.png")
+    show("sdf")
+    shot("05-sdf.png")
+    show("boundary")
+    shot("06-boundary.png")
+    show("uncertainty", "gates")
     camera(viewer).zoom = camera(viewer).zoom * 2.5
-    viewer.screenshot(str(OUT / "07-uncertainty-gates.png"), canvas_only=False)
+    shot("07-uncertainty-gates.png")
     # 3 · Review after one Accept in the default mode (my painting wins): the history lists
     # the version kept before it; Undo and Restore are at hand.
-    viewer.layers["Semi-MoE uncertainty"].visible = False
-    viewer.layers["Semi-MoE gates"].visible = False
+    show("instances")
     viewer.layers["annotations"].visible = True
     widget.review_panel.accept_prediction()
     pump(1)
-    viewer.screenshot(str(OUT / "13-accepted-history.png"), canvas_only=False)
+    shot("13-accepted-history.png")
     viewer.close()
-    print("screenshots in", OUT)
+    print("screenshots in", out)
     return 0
 
 

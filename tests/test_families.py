@@ -220,14 +220,14 @@ def test_a_family_adds_loss_terms_without_a_trainer_edit(tmp_path):
 
 
 def test_layer_names_come_from_the_tasks(toy):
-    assert get_family("semimoe").layer_names() == {
-        "instances": "Semi-MoE segmentation",
+    assert get_family("semimoe").layer_names() == {  # plain words (issue 19)
+        "instances": "Semi-MoE predicted glands",
         "prob": "Semi-MoE gland probability",
-        "sdf": "Semi-MoE SDF",
-        "boundary": "Semi-MoE boundary",
-        "gates": "Semi-MoE gates",
+        "sdf": "Semi-MoE distance to gland edge",
+        "boundary": "Semi-MoE gland edges",
+        "gates": "Semi-MoE expert weights",
         "expert_prob": "Expert: segmentation",
-        "expert_sdf": "Expert: SDF",
+        "expert_sdf": "Expert: distance map",
         "expert_boundary": "Expert: boundary",
     }
     assert toy.layer_names()["toyprob"] == "toy toyprob"

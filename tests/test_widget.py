@@ -50,15 +50,15 @@ def test_full_loop(ui, qtbot, tmp_path):
     # Predict the training tiles; layers appear aligned with the slide.
     widget.review_panel.predict("tiles")
     qtbot.waitUntil(lambda: "prediction shown" in widget.status.text(), timeout=120_000)
-    seg = viewer.layers["Semi-MoE segmentation"]
-    sdf = viewer.layers["Semi-MoE SDF"]
+    seg = viewer.layers["Semi-MoE predicted glands"]
+    sdf = viewer.layers["Semi-MoE distance to gland edge"]
     prob = viewer.layers["Semi-MoE gland probability"]
     assert seg.data.shape == (384, 384)
     np.testing.assert_allclose(seg.scale, (4.0, 4.0))
     assert sdf.contrast_limits == [-1.0, 1.0]
     assert sdf.data.min() >= -1 and sdf.data.max() <= 1
     assert prob.data.min() >= 0 and prob.data.max() <= 1
-    assert "Semi-MoE uncertainty" in viewer.layers and "Semi-MoE gates" in viewer.layers
+    assert "Semi-MoE uncertainty" in viewer.layers and "Semi-MoE expert weights" in viewer.layers
     n_layers = len(viewer.layers)
     widget.review_panel.predict("tiles")  # again: layers are updated in place, not piled up
     qtbot.waitUntil(

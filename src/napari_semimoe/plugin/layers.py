@@ -14,11 +14,13 @@ import numpy as np
 from ..core.errors import InputError
 from ..core.project import ImageEntry
 from ..core.slide import Slide
+from .layer_styles import LEGEND, legend_of, style_annotations
 
 TILES_LAYER = "training tiles"
 LABELS_LAYER = "annotations"
 #: How training tiles are drawn, wherever they come from (added, restored, the sample's).
 TILE_STYLE = {"edge_color": "yellow", "face_color": "transparent", "edge_width": 6}
+TILES_LEGEND = legend_of("swatches", TILES_LAYER, items=[("yellow", "training tile")])
 
 
 class NapariLayers:
@@ -41,26 +43,48 @@ class NapariLayers:
         return e.labels_scale if e is not None else 1.0
 
     def labels(self, create: bool = False):
+        """The annotations layer (made when ``create``), in the annotation colours whoever
+        made it (the sample, a file the user opened)."""
         if LABELS_LAYER in self.viewer.layers:
-            return self.viewer.layers[LABELS_LAYER]
+            layer = self.viewer.layers[LABELS_LAYER]
+            if LEGEND not in layer.metadata:
+                style_annotations(layer)
+            return layer
         if not create or self.image() is None:
             return None
         data = np.zeros(self.labels_shape(), np.uint16)
-        return self.viewer.add_labels(
-            data,
-            name=LABELS_LAYER,
-            opacity=0.5,
-            scale=tuple(self.base_scale() * self.labels_scale()),
+        layer = self.viewer.add_labels(
+            data, name=LABELS_LAYER, scale=tuple(self.base_scale() * self.labels_scale())
         )
+        style_annotations(layer)
+        return layer
+
+    def select_annotations(self) -> None:
+        """Put the annotations on top and select them with the brush at hand (after a
+        prediction added its layers, which napari selects as they come)."""
+        layer = self.labels()
+        if layer is None:
+            return
+        layers = self.viewer.layers
+        for top in (self.tiles(), layer):  # the tiles under the annotations, both on top
+            if top is not None and layers.index(top) != len(layers) - 1:
+                layers.move(layers.index(top), len(layers))
+        layers.selection.active = layer
+        if layer.editable and layer.visible:
+            layer.mode = "paint"
 
     def tiles(self, create: bool = False):
         if TILES_LAYER in self.viewer.layers:
-            return self.viewer.layers[TILES_LAYER]
+            layer = self.viewer.layers[TILES_LAYER]
+            layer.metadata.setdefault(LEGEND, TILES_LEGEND)
+            return layer
         if not create:
             return None
-        return self.viewer.add_shapes(
+        layer = self.viewer.add_shapes(
             name=TILES_LAYER, shape_type="rectangle", scale=tuple(self.base_scale()), **TILE_STYLE
         )
+        layer.metadata[LEGEND] = TILES_LEGEND
+        return layer
 
     def tile_rects(self) -> list[np.ndarray] | None:
         """The drawn tiles (level-0 px corners); None when there is no tiles layer or the

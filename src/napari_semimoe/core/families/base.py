@@ -19,13 +19,22 @@ from torch import nn
 
 @dataclass(frozen=True)
 class MapStyle:
-    """How an output map is shown in napari (image layers); ``colormap`` is a napari name or
-    ``"semimoe-sdf"`` (the diverging map of :mod:`napari_semimoe.plugin.layer_styles`)."""
+    """How an output map is shown in napari (image layers) and what its colours mean.
+
+    ``colormap`` is a napari name or one of the see-through ramps of
+    :mod:`napari_semimoe.plugin.layer_styles` (``"semimoe-prob"``, ``"semimoe-sdf"``, ...).
+    ``low`` / ``mid`` / ``high``: the words at the ends (and middle) of the map's legend;
+    ``help``: one line saying what the map shows, for someone who never trained a model.
+    Translucent by default: additive blending tints the whole slide."""
 
     colormap: str = "viridis"
     contrast_limits: tuple[float, float] = (0.0, 1.0)
-    blending: str = "additive"
+    blending: str = "translucent"
     opacity: float | None = None
+    low: str = ""
+    mid: str = ""
+    high: str = ""
+    help: str = ""
 
     def to_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"colormap": self.colormap, "contrast_limits": self.contrast_limits}

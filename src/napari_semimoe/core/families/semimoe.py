@@ -47,10 +47,39 @@ def _bnd_target(mask: np.ndarray, config: Any) -> np.ndarray:
     return boundary_band(mask, per_instance=bool(getattr(config, "per_instance_boundary", False)))
 
 
-#: The diverging SDF map (blue outside, white edge, red inside) and the probability maps.
-SDF_STYLE = MapStyle("semimoe-sdf", (-1.0, 1.0), "translucent", 0.7)
-PROB_STYLE = MapStyle("viridis", (0.0, 1.0), "additive")
-BOUNDARY_STYLE = MapStyle("magma", (0.0, 1.0), "additive")
+#: How the maps look and what they mean (plugin/layer_styles.py draws the "semimoe-*" ramps:
+#: clear where the map says "nothing"; the SDF: blue outside, white edge, red inside).
+PROB_STYLE = MapStyle(
+    "semimoe-prob",
+    (0.0, 1.0),
+    "translucent",
+    low="not gland",
+    mid="undecided",
+    high="gland",
+    help="How sure the model is that each pixel is gland (gland probability): clear = "
+    "surely not, pale blue = undecided, deep blue = surely gland.",
+)
+SDF_STYLE = MapStyle(
+    "semimoe-sdf",
+    (-1.0, 1.0),
+    "translucent",
+    0.8,
+    low="outside glands",
+    mid="gland edge",
+    high="deep inside",
+    help="Distance to the nearest gland edge (signed distance field, SDF): red inside a "
+    "gland, white on its edge, blue outside; the model uses it to split touching glands.",
+)
+BOUNDARY_STYLE = MapStyle(
+    "semimoe-boundary",
+    (0.0, 1.0),
+    "translucent",
+    low="no edge",
+    mid="",
+    high="gland edge",
+    help="Where the model sees the outer edge of a gland (boundary probability): green = "
+    "surely an edge; it keeps touching glands apart.",
+)
 
 SEMIMOE_TASKS: tuple[Task, ...] = (
     Task(
@@ -74,8 +103,8 @@ SEMIMOE_TASKS: tuple[Task, ...] = (
         collate=lambda a: a[:, None],
         fill=-1.0,
         style=SDF_STYLE,
-        title="SDF",
-        expert_title="SDF",
+        title="distance to gland edge",
+        expert_title="distance map",
     ),
     Task(
         "bnd",
@@ -85,7 +114,7 @@ SEMIMOE_TASKS: tuple[Task, ...] = (
         softmax_foreground,
         "boundary",
         style=BOUNDARY_STYLE,
-        title="boundary",
+        title="gland edges",
         expert_title="boundary",
     ),
 )
@@ -259,8 +288,11 @@ class SemiMoEFamily(Family):
         return base | {EXPERT_PREFIX + k: v for k, v in base.items()}
 
     def layer_names(self) -> dict[str, str]:
-        """As the plugin has always named them (instances: "Semi-MoE segmentation")."""
-        names = super().layer_names() | {"instances": "Semi-MoE segmentation"}
+        """In words a pathologist reads (the technical terms are in the legend's help line)."""
+        names = super().layer_names() | {
+            "instances": "Semi-MoE predicted glands",
+            "gates": "Semi-MoE expert weights",
+        }
         return names | {EXPERT_PREFIX + t.output: f"Expert: {t.expert_title}" for t in self.tasks}
 
     def infer(self, model, x, experts: bool, embeddings: bool) -> Inference:

@@ -29,9 +29,11 @@ from qtpy.QtWidgets import (
 
 from ...core.errors import InputError
 from ..common import camera, canvas_size, notify
+from ..gate_bars import show_gate_bars
 from ..jobs import ProgressJob
-from ..layer_styles import LABEL_OPACITY, map_style
+from ..layer_styles import LEGEND, label_style, legend_of, map_style, outline
 from ..layers import NapariLayers
+from ..legend import LegendWidget
 from ..session import Session
 
 _notify = notify
@@ -148,6 +150,8 @@ class ReviewPanel(QWidget):
         hrow.addWidget(self.history_combo, 1)
         hrow.addWidget(self.restore_btn)
         v.addWidget(hbox)
+        self.legend = LegendWidget(self.viewer)  # follows the layers shown
+        v.addWidget(self.legend)
         v.addStretch(1)
 
     def _region(self, mode: str) -> list[tuple[int, int, int, int]]:
@@ -282,7 +286,10 @@ class ReviewPanel(QWidget):
                 at = ((ys, xs), (hs, ws), s, base, fills.get(key, 0.0))
                 ops.append(partial(self._paste, names[key], key, maps[key], *at))
         if family.gate_shape and np.prod(family.gate_shape) > 0:
-            ops.append(partial(self._show_gates, out, base, names["gates"]))
+            ops.append(partial(show_gate_bars, self.viewer, out, base, names["gates"]))
+        # napari selects each layer it adds: the annotations go back on top, selected, with
+        # the brush at hand (correcting is the next step)
+        ops.append(self.layers.select_annotations)
         ops.append(
             partial(self.session.say, f"prediction shown for {len(out['results'])} region(s)")
         )
@@ -324,12 +331,15 @@ class ReviewPanel(QWidget):
         canvas[ys : ys + h, xs : xs + w] = val[: shape[0] - ys, : shape[1] - xs]
         kw = dict(name=name, scale=scale, translate=translate)
         if key == "instances":
-            layer = self.viewer.add_labels(canvas, opacity=LABEL_OPACITY[key], **kw)
+            layer = self.viewer.add_labels(canvas, **label_style(key), **kw)
             layer.metadata[PRED_SCALE] = s
             layer.metadata[COVERED] = np.zeros(shape, bool)
+            outline(layer, key)
             self._cover(layer, ys, xs, h, w)
         else:
-            self.viewer.add_image(canvas, visible=False, **map_style(key), **kw)
+            layer = self.viewer.add_image(canvas, visible=False, **map_style(key), **kw)
+            layer.metadata[LEGEND] = legend_of("map", key)
+            layer.colorbar.visible = True  # napari's own bar on the canvas, while shown
 
     @staticmethod
     def _cover(layer, ys: int, xs: int, h: int, w: int) -> None:
@@ -337,42 +347,6 @@ class ReviewPanel(QWidget):
         cov = layer.metadata.get(COVERED)
         if cov is not None:
             cov[max(0, ys) : ys + h, max(0, xs) : xs + w] = True
-
-    def _show_gates(self, out: dict, base, name: str) -> None:
-        """Per-tile gate weights as text at tile centres: the first task's weights over
-        the experts (gates of shape task x expert), or the tile's weights (one gate)."""
-        pts, text = [], []
-        s = out["scale"]
-        first = out["family"].task_names()[0]
-        for (ys, xs, _, _), _maps, wp in out["results"]:
-            for (y, x, h, w), g in zip(wp.tiles, wp.gates):
-                g = np.asarray(g)
-                pts.append(((ys + y + h / 2) * s, (xs + x + w / 2) * s))
-                head, row = (f"{first} ", g[0]) if g.ndim == 2 else ("", g.ravel())
-                text.append(head + "/".join(f"{v:.2f}" for v in row))
-        if not pts:
-            return
-        if name in self.viewer.layers:  # update in place: re-adding costs ~0.5 s
-            layer = self.viewer.layers[name]
-            layer.data = np.asarray(pts)
-            layer.features = {"label": text}
-            return
-        self.viewer.add_points(
-            np.asarray(pts),
-            name=name,
-            size=8,
-            face_color="cyan",
-            scale=tuple(base),
-            features={"label": text},
-            text={
-                "string": "{label}",
-                "size": 9,
-                "color": "cyan",
-                "anchor": "upper_left",
-                "translation": [-24.0, 8.0],
-            },
-            visible=False,
-        )
 
     def accept_prediction(self) -> None:
         """Put the predicted glands into the annotations inside the training tiles, and only

@@ -19,7 +19,6 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -27,13 +26,13 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSizePolicy,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from ...core.config import TrainConfig
 from ...core.errors import InputError
+from ...core.families import families
 from ...core.trainset import TRAINSET_FILE
 from ..chart import LossChart
 from ..common import notify
@@ -41,6 +40,17 @@ from ..cutter import TrainsetCutter
 from ..jobs import fmt_time
 from ..remote_job import RemoteTrainingJob
 from ..session import Session
+from ..train_form import (
+    CUSTOM,
+    DURATIONS,
+    QUALITIES,
+    TIPS,
+    combo,
+    dspin,
+    family_title,
+    form_row,
+    spin,
+)
 from ..training_process import TrainingJob
 from ..where import WhereBox
 
@@ -70,6 +80,9 @@ class TrainPanel(QWidget):
         self._t_start = 0.0
         self._supervised = False  # the running training has no unlabeled pool (no λ)
         self._supervised_cfg = False
+        self._speed: dict[int, float] = {}  # model width -> measured seconds per step
+        self._first_it: tuple[int, float] | None = None
+        self._run_width = 0
         self._build()
         self._poll = QTimer(self)
         self._poll.setInterval(100)
@@ -83,57 +96,86 @@ class TrainPanel(QWidget):
     def _build(self) -> None:
         d = DEFAULTS
         v = QVBoxLayout(self)
+        # The simple level: what, how long, speed vs quality (they set the advanced fields).
         f = QFormLayout()
-        self.width_spin = _spin(4, 64, d["width"], step=4)
-        f.addRow("Model width b", self.width_spin)
-        self.iter_spin = _spin(1, 1_000_000, d["iterations"])
-        f.addRow("Iterations", self.iter_spin)
-        self.lr_spin = _dspin(0.001, 5.0, d["lr"], 3)
-        f.addRow("Learning rate", self.lr_spin)
-        self.gamma_spin = _dspin(0.0, 5.0, d["gamma"], 2)
-        f.addRow("γ (task weights)", self.gamma_spin)
-        self.lambda_spin = _dspin(0.0, 10.0, d["lambda_max"], 2)
-        f.addRow("λ max (unlabeled)", self.lambda_spin)
-        self.device_combo = _combo(["auto", "cpu", "cuda"], d["device"])
-        f.addRow("Device", self.device_combo)
+        self.family_combo = QComboBox()
+        for name in families():
+            self.family_combo.addItem(family_title(name), name)
+        self.family_combo.setCurrentIndex(max(0, self.family_combo.findData(d["family"])))
+        form_row(f, "What to segment", self.family_combo, TIPS["family"])
+        self.duration_combo = QComboBox()
+        for text, _its in DURATIONS:
+            self.duration_combo.addItem(text)
+        self.duration_combo.addItem(CUSTOM)
+        form_row(f, "How long to train", self.duration_combo, TIPS["duration"])
+        self.quality_combo = QComboBox()
+        for text, _w in QUALITIES:
+            self.quality_combo.addItem(text)
+        self.quality_combo.addItem(CUSTOM)
+        form_row(f, "Speed or quality", self.quality_combo, TIPS["quality"])
         v.addLayout(f)
-        adv = QGroupBox("Advanced")
-        adv.setCheckable(True)
-        adv.setChecked(False)
+        self.estimate_label = QLabel("")
+        self.estimate_label.setWordWrap(True)
+        self.estimate_label.setStyleSheet("color: #b0b4bc")
+        v.addWidget(self.estimate_label)
+        self.advanced_check = QCheckBox("Show advanced settings")
+        self.advanced_check.setToolTip(TIPS["advanced"])
+        v.addWidget(self.advanced_check)
+        # The advanced level: today's parameters, plain names, the technical term in the tip.
+        adv = self.advanced_box = QGroupBox("Advanced settings")
         af = QFormLayout(adv)
-        self.threads_spin = _spin(0, 256, d["threads"] or 0)
+        self.width_spin = spin(4, 64, d["width"], step=4)
+        form_row(af, "Model size", self.width_spin, TIPS["width"])
+        self.iter_spin = spin(1, 1_000_000, d["iterations"])
+        form_row(af, "Training steps", self.iter_spin, TIPS["iterations"])
+        self.lr_spin = dspin(0.001, 5.0, d["lr"], 3)
+        form_row(af, "Learning step size", self.lr_spin, TIPS["lr"])
+        self.gamma_spin = dspin(0.0, 5.0, d["gamma"], 2)
+        form_row(af, "Balance of the tasks", self.gamma_spin, TIPS["gamma"])
+        self.lambda_spin = dspin(0.0, 10.0, d["lambda_max"], 2)
+        form_row(af, "Weight of unlabeled tissue", self.lambda_spin, TIPS["lambda_max"])
+        self.device_combo = combo(["auto", "cpu", "cuda"], d["device"])
+        form_row(af, "Run on", self.device_combo, TIPS["device"])
+        self.threads_spin = spin(0, 256, d["threads"] or 0)
         self.threads_spin.setSpecialValueText("all")
-        af.addRow("CPU threads", self.threads_spin)
-        self.precision_combo = _combo(["auto", "bf16", "fp32"], d["precision"])
-        af.addRow("Precision", self.precision_combo)
-        self.seed_spin = _spin(0, 2**31 - 1, d["seed"])
-        af.addRow("Seed", self.seed_spin)
-        self.semi_check = QCheckBox("use unlabeled tissue (semi-supervised)")
+        form_row(af, "CPU threads", self.threads_spin, TIPS["threads"])
+        self.precision_combo = combo(["auto", "bf16", "fp32"], d["precision"])
+        form_row(af, "Number precision", self.precision_combo, TIPS["precision"])
+        self.seed_spin = spin(0, 2**31 - 1, d["seed"])
+        form_row(af, "Random seed", self.seed_spin, TIPS["seed"])
+        self.semi_check = QCheckBox("also learn from unlabeled tissue (semi-supervised)")
         self.semi_check.setChecked(not d["supervised_only"])
+        self.semi_check.setToolTip(TIPS["semi"])
         af.addRow(self.semi_check)
-        adv.toggled.connect(lambda on: [c.setVisible(on) for c in adv.findChildren(QWidget)])
-        for c in adv.findChildren(QWidget):
-            c.setVisible(False)
+        adv.setVisible(False)
+        self.advanced_check.toggled.connect(adv.setVisible)
         v.addWidget(adv)
+        self.duration_combo.currentIndexChanged.connect(self._duration_chosen)
+        self.quality_combo.currentIndexChanged.connect(self._quality_chosen)
+        self.width_spin.valueChanged.connect(self._sync_presets)
+        self.iter_spin.valueChanged.connect(self._sync_presets)
+        self._sync_presets()
         self.where = WhereBox()  # this computer | cluster (a dask scheduler's address)
         v.addWidget(self.where)
         row = QHBoxLayout()
         self.start_btn = QPushButton("Start")
+        self.start_btn.setToolTip(TIPS["start"])
         self.start_btn.clicked.connect(lambda: self.start_training(continue_from=False))
         self.pause_btn = QPushButton("Pause")
+        self.pause_btn.setToolTip(TIPS["pause"])
         self.pause_btn.clicked.connect(self.toggle_pause)
         self.stop_btn = QPushButton("Stop")
+        self.stop_btn.setToolTip(TIPS["stop"])
         self.stop_btn.clicked.connect(self.stop_training)
         self.continue_btn = QPushButton("Continue")
-        self.continue_btn.setToolTip(
-            "fine-tune from the last checkpoint with the current tiles (after a first Start)"
-        )
+        self.continue_btn.setToolTip(TIPS["continue"])
         self.continue_btn.clicked.connect(lambda: self.start_training(continue_from=True))
         for b in (self.start_btn, self.pause_btn, self.stop_btn, self.continue_btn):
             row.addWidget(b)
         v.addLayout(row)
         self.progress = QProgressBar()
-        self.progress.setFormat("%v / %m iterations")
+        self.progress.setFormat("%v / %m training steps")
+        self.progress.setToolTip("training steps done of the run's total")
         v.addWidget(self.progress)
         self.eta_label = QLabel("idle")
         # its text changes every poll: keep it from resizing (re-laying out) the dock
@@ -147,6 +189,39 @@ class TrainPanel(QWidget):
         self.chart = LossChart()
         self._chart_family(d["family"])
         v.addWidget(self.chart, 1)
+
+    def _duration_chosen(self, i: int) -> None:
+        if i < len(DURATIONS):
+            self.iter_spin.setValue(DURATIONS[i][1])
+
+    def _quality_chosen(self, i: int) -> None:
+        if i < len(QUALITIES):
+            self.width_spin.setValue(QUALITIES[i][1])
+
+    def _sync_presets(self, _value=None) -> None:
+        """The simple choices show what the advanced fields say ('custom' when no preset
+        matches), and the time estimate."""
+        for box, presets, value in (
+            (self.duration_combo, DURATIONS, self.iter_spin.value()),
+            (self.quality_combo, QUALITIES, self.width_spin.value()),
+        ):
+            i = next((k for k, (_t, n) in enumerate(presets) if n == value), len(presets))
+            box.blockSignals(True)
+            box.setCurrentIndex(i)
+            box.blockSignals(False)
+        self.estimate_label.setText(self._estimate())
+
+    def _estimate(self) -> str:
+        """How long the chosen training takes, from the last run's measured speed at the
+        same model size in this session (nothing is guessed before one ran)."""
+        its, width = self.iter_spin.value(), self.width_spin.value()
+        speed = self._speed.get(width)
+        if speed is None:
+            return (
+                f"{its} training steps, model size {width}; the time is shown here once a "
+                "training at this size has run on this computer"
+            )
+        return f"about {fmt_time(its * speed)} on this computer ({its} steps at {speed:.2f} s each)"
 
     def _chart_family(self, name: str | None) -> None:
         """The chart's task curves: the family of the run (its config; the last checkpoint's
@@ -176,6 +251,7 @@ class TrainPanel(QWidget):
         cfg = TrainConfig(
             **{
                 **DOCK_OVERRIDES,
+                "family": self.family_combo.currentData() or DEFAULTS["family"],
                 "width": self.width_spin.value(),
                 "iterations": self.iter_spin.value(),
                 "lr": self.lr_spin.value(),
@@ -251,6 +327,8 @@ class TrainPanel(QWidget):
             else:
                 self.chart.clear()
             self._pending_its = []
+            self._first_it = None  # (iteration, elapsed) of the first step seen: the speed
+            self._run_width = int(config["width"])
             self.progress.setRange(0, config["iterations"])
             self.progress.setValue(0)
             self._t_start = time.monotonic()
@@ -314,13 +392,18 @@ class TrainPanel(QWidget):
             for e in its:
                 self.chart.add(e, show_lambda=not self._supervised)
             e = its[-1]
+            self._measure(its[0], e)
             self.progress.setValue(e["iteration"])
             eta = e.get("eta")
             lo = e["losses"].get("total", float("nan"))
-            lam = " · supervised only" if self._supervised else f" · λ {e['lam']:.2f}"
+            lam = (
+                " · only your painting"
+                if self._supervised
+                else f" · unlabeled weight {e['lam']:.2f}"
+            )
             self.eta_label.setText(
-                f"iteration {e['iteration']}/{e['total']} · loss {lo:.3f}{lam}"
-                + (f" · ETA {fmt_time(eta)}" if eta is not None else "")
+                f"step {e['iteration']} of {e['total']} · loss {lo:.3f}{lam}"
+                + (f" · {fmt_time(eta)} left" if eta is not None else "")
             )
         for e in events:
             kind = e["kind"]
@@ -358,6 +441,17 @@ class TrainPanel(QWidget):
             self._reap(self.job, time.monotonic())
             self._set_training_ui(False)
 
+    def _measure(self, first: dict, last: dict) -> None:
+        """Seconds per step of this run (its model size), for the form's time estimate;
+        from the trainer's own clock, from the first step seen (not the start-up)."""
+        if self._first_it is None:
+            self._first_it = (first["iteration"], float(first.get("elapsed", 0.0)))
+        it0, t0 = self._first_it
+        if last["iteration"] > it0 and float(last.get("elapsed", 0.0)) > t0:
+            steps = last["iteration"] - it0
+            self._speed[self._run_width] = (float(last["elapsed"]) - t0) / steps
+            self.estimate_label.setText(self._estimate())
+
     def _reap(self, job: TrainingJob | RemoteTrainingJob, since: float) -> None:
         """Join the finished process without blocking the UI on its teardown: poll until it
         is gone (no zombie until the next job); one that hangs 30 s is terminated."""
@@ -374,27 +468,3 @@ class TrainPanel(QWidget):
         self.pause_btn.setEnabled(running)
         self.stop_btn.setEnabled(running)
         self.pause_btn.setText("Pause")
-
-
-def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
-    sp = QSpinBox()
-    sp.setRange(lo, hi)
-    sp.setSingleStep(step)
-    sp.setValue(value)
-    return sp
-
-
-def _dspin(lo: float, hi: float, value: float, decimals: int) -> QDoubleSpinBox:
-    sp = QDoubleSpinBox()
-    sp.setRange(lo, hi)
-    sp.setDecimals(decimals)
-    sp.setSingleStep(10 ** -(decimals - 1))
-    sp.setValue(value)
-    return sp
-
-
-def _combo(items: list[str], value: str) -> QComboBox:
-    c = QComboBox()
-    c.addItems(items)
-    c.setCurrentText(value)
-    return c
