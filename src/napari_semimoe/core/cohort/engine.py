@@ -180,7 +180,6 @@ def run_cohort(
         if dest.exists() and not opt.resume:
             raise InputError(f"{dest} exists; --resume completes it, or choose another --out")
         states.append(_Slide(SlideResult(n, str(p), out=str(dest)), dest))
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     # ome-zarr takes seconds to import; it is needed only at a slide's end: meanwhile.
     threading.Thread(target=_preload, daemon=True).start()
@@ -193,6 +192,7 @@ def run_cohort(
             client, cluster = start_client(opt)
             own = True
         ex = Dask(client)
+    out.mkdir(parents=True, exist_ok=True)  # once the cluster is there
     driver = _Driver(ex, spec, states, block, opt, progress, stop, t0, tiling)
     try:
         stopped = driver.run()
@@ -464,6 +464,8 @@ CSV_FIELDS = (
     "seconds",
     "tiles",
     "blocks",
+    "resumed_blocks",
+    "network_seconds",
     "tissue_mm2",
     "gland_count",
     "gland_area_mm2",
