@@ -102,13 +102,17 @@ class Dask:
         self.ac.clear()
 
 
+def _has_bokeh() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None
+
+
 def _dashboard(client) -> str | None:
     """The dashboard's address; None when there is none (bokeh missing here for a local
     cluster)."""
-    import importlib.util
-
     try:
-        if client.cluster is not None and importlib.util.find_spec("bokeh") is None:
+        if client.cluster is not None and not _has_bokeh():
             return None
         return client.dashboard_link
     except Exception:  # noqa: BLE001 - no dashboard is not an error
@@ -139,7 +143,8 @@ def start_client(options: Any):
         n_workers=n,
         threads_per_worker=1,  # one task at a time; torch gets threads_per_worker threads
         processes=True,
-        dashboard_address=options.dashboard_address,
+        # no bokeh, no dashboard: its HTTP port is then any free one (no "port in use" noise)
+        dashboard_address=options.dashboard_address if _has_bokeh() else ":0",
         silence_logs=logging.CRITICAL,  # a failed task is reported per slide
     )
     return Client(cluster), cluster
