@@ -18,7 +18,7 @@ zarr = pytest.importorskip("zarr")
 from napari_semimoe.core.cohort import CohortOptions, is_complete, run_cohort  # noqa: E402
 from napari_semimoe.core.cohort import blocks as cohort_blocks  # noqa: E402
 
-SLIDE = (448, 512)  # native px; working scale 2 -> 224 x 256: 2 x 2 blocks of 128
+SLIDE = (320, 384)  # native px; working scale 2 -> 160 x 192: 2 x 2 blocks of 128
 OPT = {"block": 128, "chunk": 64, "tissue_only": False}
 
 
@@ -138,7 +138,7 @@ def test_cohort_equals_single_slide_predictions_and_a_corrupt_slide_fails_alone(
             np.testing.assert_allclose(image[c], ref[k], atol=1e-5, err_msg=k)
         np.testing.assert_array_equal(np.asarray(g["labels/mask/0"][:]), ref["mask"])
         inst = np.asarray(g["labels/instances/0"][:])
-        assert _same_glands(inst, ref["instances"], ref["mask"], halo=64) > 10
+        assert _same_glands(inst, ref["instances"], ref["mask"], halo=64) > 5
         assert r.gland_count == int(inst.max()) == len(np.unique(inst)) - 1 > 0
     # the model was loaded once per worker, not once per task
     loads = client.run(cohort_blocks.model_loads)
@@ -228,7 +228,7 @@ def test_the_output_opens_with_ome_zarr_and_lazily_in_napari(first):
     out = first.slides[0].out
     nodes = list(Reader(parse_url(out))())
     image = nodes[0]
-    assert image.data[0].shape == (4, 224, 256) and len(image.data) == 3
+    assert image.data[0].shape == (4, 160, 192) and len(image.data) == 3
     scale = image.metadata["coordinateTransformations"][0][0]["scale"]
     assert scale[-2:] == [1.0, 1.0]  # 0.5 µm/px native x working scale 2
     names = {n.zarr.path.rstrip("/").rsplit("/", 1)[-1] for n in nodes}
