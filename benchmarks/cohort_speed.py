@@ -113,6 +113,7 @@ def main() -> int:
     ap.add_argument("--small", type=int, default=6000, help="side of the 8 slides of (b)")
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--skip-a", action="store_true")
+    ap.add_argument("--skip-b", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -167,6 +168,13 @@ def main() -> int:
         }
         print(json.dumps(report["a"]), flush=True)
 
+    if args.skip_b:
+        print(json.dumps(report, indent=1))
+        if args.json:
+            from napari_semimoe.core.atomic import atomic_write_json
+
+            atomic_write_json(args.json, report)
+        return 0
     small = []
     for i in range(8):
         p = work / f"small{i}.tif"
