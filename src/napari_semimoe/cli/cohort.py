@@ -9,7 +9,7 @@ from pathlib import Path
 from .options import _terminate_as_interrupt
 
 
-def add_cohort_parser(sub, add_predict_opts=None) -> None:
+def add_cohort_parser(sub) -> None:
     from .options import BATCH, OVERLAP, THREADS, TILE, int_option, out_folder
 
     c = sub.add_parser(

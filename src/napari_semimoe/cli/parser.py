@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tissue-only", action="store_true", help="skip glass (slides)")
     pr.set_defaults(func=cmd_predict)
 
-    add_cohort_parser(sub, add_predict_opts)
+    add_cohort_parser(sub)
 
     ev = sub.add_parser("evaluate", help="Dice/Jaccard and GlaS object metrics on a folder")
     add_predict_opts(ev)
