@@ -1,0 +1,344 @@
+"""What a worker does for a cohort: plan a slide, predict a block, label it, relabel it,
+build the pyramid, export a native-size TIFF.
+
+Every function here is a dask task (also called in-process for a single slide): it takes
+small arguments (paths, a :class:`SlidePlan`, options), reads its input lazily from the
+slide or the slide's zarr, writes only its own whole chunks, and writes its done marker
+atomically after them, so a task that is retried (its worker died) or re-run (``--resume``)
+rewrites the same chunks with the same values.
+
+The model is loaded once per worker process (:func:`worker_predictor`, a cache keyed by
+the checkpoint's path and mtime and the options), never pickled into a task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_write_json
+from ..inference import PredictOptions, Predictor, load_model, working_reader, working_tissue
+from ..inference.merge import InMemoryMerger
+from ..inference.tiling import TileGrid, read_padded
+from ..slide import open_slide
+from . import layout
+from .layout import SlidePlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a worker builds its predictor (small and picklable; the model is not)."""
+
+    run: str
+    options: PredictOptions = field(default_factory=PredictOptions)
+    device: str = "auto"
+
+    def key(self) -> tuple:
+        run = Path(self.run)
+        ck = run / "checkpoint.safetensors" if run.is_dir() else run
+        try:
+            mtime = ck.stat().st_mtime_ns
+        except OSError:
+            mtime = 0
+        return (str(run.resolve()), mtime, self.device, tuple(sorted(asdict(self.options).items())))
+
+
+_CACHE: dict[tuple, Predictor] = {}
+_LOCK = threading.Lock()
+_LOADS = [0]
+
+
+def worker_predictor(spec: ModelSpec) -> Predictor:
+    """This process's predictor for ``spec``: loaded on first use, then reused by every task
+    (torch threads = ``spec.options.threads``, set by the predictor)."""
+    key = spec.key()
+    with _LOCK:
+        p = _CACHE.get(key)
+        if p is None:
+            _CACHE.clear()  # one model per worker: a new checkpoint replaces the old one
+            p = Predictor(load_model(spec.run, spec.device), spec.options)
+            _CACHE[key] = p
+            _LOADS[0] += 1
+            log.info("pid %d loaded %s", os.getpid(), spec.run)
+        return p
+
+
+_SLIDES: dict[tuple, object] = {}
+#: Slides a worker keeps open (opening checks every tile's offsets: seconds for a big one).
+OPEN_SLIDES = 4
+
+
+def worker_slide(path: str):
+    """This process's open :class:`Slide` for ``path`` (reopened when the file changed);
+    the few most recent stay open for the next block of the same slide."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+    with _LOCK:
+        slide = _SLIDES.pop(key, None)
+        if slide is None:
+            slide = open_slide(path)
+        _SLIDES[key] = slide  # most recent last
+        while len(_SLIDES) > OPEN_SLIDES:
+            _SLIDES.pop(next(iter(_SLIDES))).close()
+        return slide
+
+
+def model_loads() -> int:
+    """How many times this process has loaded a model (once per worker and checkpoint)."""
+    return _LOADS[0]
+
+
+def map_channels(predictor: Predictor) -> list[str]:
+    """The float channels of the output: the family's maps, + uncertainty when it has the
+    signals for it."""
+    from ..uncertainty import supports
+
+    maps = list(predictor.family.output_maps())
+    return maps + (["uncertainty"] if supports(maps) else [])
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+def plan_slide(
+    path: str,
+    name: str,
+    out: str,
+    spec: ModelSpec,
+    block: int,
+    chunk: int = layout.CHUNK,
+    halo: int | None = None,
+) -> SlidePlan:
+    """Open the slide, decide its working shape and blocks, create its arrays and store the
+    tissue mask; ``plan.json`` is written last. An unreadable slide raises InputError."""
+    from ..errors import InputError
+
+    p = worker_predictor(spec)
+    g = p.m.geometry
+    if g.input_size:
+        raise InputError(
+            f"{spec.run}: this model was trained on whole images resized to "
+            f"{g.input_size}x{g.input_size}; a cohort needs a model trained with a working "
+            "scale (--scale)"
+        )
+    slide = worker_slide(path)
+    H, W = slide.shape
+    work = g.working_shape((H, W))
+    tissue = working_tissue(slide, work)
+    mpp = slide.mpp
+    plan = SlidePlan(
+        path=str(path),
+        name=name,
+        out=str(out),
+        shape=(int(H), int(W)),
+        work=(int(work[0]), int(work[1])),
+        mpp=mpp,
+        maps=map_channels(p),
+        block=int(block),
+        halo=int(p.tile if halo is None else halo),
+        tissue_px=int(tissue.sum()),
+        chunk=int(chunk),
+    )
+    layout.create_arrays(plan)
+    layout.open_array(out, f"{layout.WORK}/scratch/tissue")[:] = tissue
+    atomic_write_json(layout.plan_path(out), plan.to_json())
+    return plan
+
+
+# ----------------------------------------------------------------------------- maps
+
+
+def block_tiles(
+    grid: TileGrid, box: tuple[int, int, int, int], tissue: np.ndarray | None, oy: int, ox: int
+):
+    """The global grid's tiles that touch the block interior ``box`` (in grid order), those
+    without tissue left out; ``tissue`` covers the tiles' reach from (oy, ox)."""
+    y0, y1, x0, x1 = box
+    t = grid.tile
+    ys = [y for y in grid.ys if y < y1 and y + t > y0]
+    xs = [x for x in grid.xs if x < x1 and x + t > x0]
+    out = []
+    for y in ys:
+        for x in xs:
+            if tissue is not None and not tissue[y - oy : y - oy + t, x - ox : x - ox + t].any():
+                continue
+            out.append((y, x))
+    return ys, xs, out
+
+
+def predict_block(spec: ModelSpec, plan: SlidePlan, index: int) -> dict:
+    """Predict block ``index``: every tile of the slide's global grid that touches its
+    interior, merged exactly as a whole-slide prediction would (same tiles, same order, same
+    window), then the interior's maps and mask are written. Returns its tile count and
+    gates."""
+    p = worker_predictor(spec)
+    box = plan.blocks()[index]
+    y0, y1, x0, x1 = box
+    h, w = plan.work
+    t = p.tile
+    grid = TileGrid((h, w), t, p.overlap)
+    names = p.map_names()
+    ys, xs, _ = block_tiles(grid, box, None, 0, 0)
+    oy, ox = ys[0], xs[0]
+    ly, lx = min(ys[-1] + t, h), min(xs[-1] + t, w)  # local buffer's end (image px)
+    tissue = None
+    if p.opt.tissue_only:
+        tissue = np.asarray(
+            layout.open_array(plan.out, f"{layout.WORK}/scratch/tissue", "r")[oy:ly, ox:lx]
+        )
+    _, _, todo = block_tiles(grid, box, tissue, oy, ox)
+    merger = InMemoryMerger(names, (ly - oy, lx - ox), p.family.fills())
+    # The merger crops tiles at its own border: that is the image border here too, since the
+    # buffer reaches the last tile's end (or the image's).
+    gates = []
+    net = 0.0
+    read = working_reader(worker_slide(plan.path), (h, w))
+    for b0 in range(0, len(todo), p.batch):
+        chunk = todo[b0 : b0 + p.batch]
+        tiles = np.stack([read_padded(read, y, x, t, t, h, w) for y, x in chunk])
+        t0 = time.perf_counter()
+        maps, g = p.predict_batch(tiles)
+        net += time.perf_counter() - t0
+        for j, (y, x) in enumerate(chunk):
+            merger.add(y - oy, x - ox, {k: maps[k][j] for k in names}, p.window)
+            gates.append(((y, x), g[j]))
+    acc = merger.finish()
+    sl = (slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox))
+    image = layout.open_array(plan.out, "0")
+    for c, k in enumerate(names):
+        image[c, y0:y1, x0:x1] = acc[k][sl]
+    mask = p.mask({k: acc[k][sl] for k in names})
+    layout.open_array(plan.out, "labels/mask/0")[y0:y1, x0:x1] = mask
+    layout.mark_done(layout.marker(plan.out, "maps", index))
+    return {"tiles": len(todo), "gates": gates, "mask_px": int(mask.sum()), "net_s": net}
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def _window(plan: SlidePlan, index: int) -> tuple[tuple[int, int, int, int], tuple[int, ...]]:
+    y0, y1, x0, x1 = plan.blocks()[index]
+    h, w = plan.work
+    r = plan.halo
+    return (y0, y1, x0, x1), (max(0, y0 - r), min(h, y1 + r), max(0, x0 - r), min(w, x1 + r))
+
+
+def label_block(spec: ModelSpec, plan: SlidePlan, index: int) -> dict:
+    """Instances (the family's rule) and uncertainty of block ``index``, computed on its
+    interior plus a halo of ``plan.halo`` px of the finished maps, so a gland smaller than
+    the halo is seen whole by every block it touches. Writes block-local ids (1..n) for the
+    interior into the scratch array; returns, per side, the ids along the interior edge and
+    just outside it (in this block's labelling) so the driver can join glands across
+    borders, and each id's area."""
+    from ..uncertainty import uncertainty_map
+
+    p = worker_predictor(spec)
+    (y0, y1, x0, x1), (a0, a1, b0, b1) = _window(plan, index)
+    image = layout.open_array(plan.out, "0")
+    maps = {
+        k: np.asarray(image[c, a0:a1, b0:b1]) for c, k in enumerate(plan.maps) if k != "uncertainty"
+    }
+    maps["mask"] = np.asarray(layout.open_array(plan.out, "labels/mask/0", "r")[a0:a1, b0:b1])
+    lab = p.instances(maps, scale=1.0)
+    iy, ix = y0 - a0, x0 - b0
+    inner = lab[iy : iy + (y1 - y0), ix : ix + (x1 - x0)]
+    ids, local = np.unique(inner, return_inverse=True)
+    local = local.reshape(inner.shape).astype(np.int32)
+    if ids[0] != 0:  # no background in the interior: ids start at 1 anyway
+        local += 1
+        ids = np.concatenate([[0], ids])
+    lut = np.zeros(int(lab.max()) + 1, np.int32)  # this block's labels -> local ids
+    lut[ids] = np.arange(len(ids), dtype=np.int32)
+    keep = np.isin(lab, ids)
+    lab_local = np.where(keep, lut[np.where(keep, lab, 0)], -1)  # -1: a gland not in the interior
+
+    def lines(a, b):  # interior edge line a, the line just outside b (None at the image edge)
+        return [lab_local[a].tolist(), None if b is None else lab_local[b].tolist()]
+
+    H, W = lab.shape
+    cols = slice(ix, ix + (x1 - x0))
+    rows = slice(iy, iy + (y1 - y0))
+    sides = {
+        "top": lines((iy, cols), (iy - 1, cols) if iy > 0 else None),
+        "bottom": lines(
+            (iy + y1 - y0 - 1, cols), (iy + y1 - y0, cols) if iy + y1 - y0 < H else None
+        ),
+        "left": lines((rows, ix), (rows, ix - 1) if ix > 0 else None),
+        "right": lines(
+            (rows, ix + x1 - x0 - 1), (rows, ix + x1 - x0) if ix + x1 - x0 < W else None
+        ),
+    }
+    layout.open_array(plan.out, f"{layout.WORK}/scratch/provisional")[y0:y1, x0:x1] = local
+    if "uncertainty" in plan.maps:
+        u = uncertainty_map(maps)[rows, cols]
+        image[plan.maps.index("uncertainty"), y0:y1, x0:x1] = u
+    areas = np.bincount(local.ravel(), minlength=len(ids)).tolist()
+    result = {"index": index, "count": len(ids) - 1, "areas": areas, "sides": sides}
+    atomic_write_json(layout.marker(plan.out, "labels", index, "json"), result)
+    return result
+
+
+def relabel_block(plan: SlidePlan, index: int, lut: list[int]) -> int:
+    """Write the final instance ids of block ``index``: ``lut[local id]``."""
+    y0, y1, x0, x1 = plan.blocks()[index]
+    local = np.asarray(
+        layout.open_array(plan.out, f"{layout.WORK}/scratch/provisional", "r")[y0:y1, x0:x1]
+    )
+    table = np.asarray(lut, np.uint32)
+    layout.open_array(plan.out, "labels/instances/0")[y0:y1, x0:x1] = table[local]
+    layout.mark_done(layout.marker(plan.out, "relabel", index))
+    return index
+
+
+# ----------------------------------------------------------------------------- pyramid
+
+
+def _halve(a: np.ndarray, labels: bool) -> np.ndarray:
+    """2 x 2 reduction of the last two axes (ragged edges kept): mean of the pixels there
+    for maps, the top-left pixel for labels (no invented ids)."""
+    if labels:
+        return a[..., ::2, ::2]
+    h, w = a.shape[-2:]
+    pad = [(0, 0)] * (a.ndim - 2) + [(0, h % 2), (0, w % 2)]
+    b = np.pad(a.astype(np.float32), pad, mode="edge")
+    return 0.25 * (b[..., ::2, ::2] + b[..., 1::2, ::2] + b[..., ::2, 1::2] + b[..., 1::2, 1::2])
+
+
+def build_pyramid(plan: SlidePlan, key: str) -> str:
+    """Levels 1.. of ``key`` ("" = the maps, ``labels/mask``, ``labels/instances``), each
+    from the previous one, a band of chunk rows at a time (whole chunks, bounded memory)."""
+    labels = key.startswith("labels")
+    base = f"{key}/" if key else ""
+    shapes = layout.level_shapes(plan.work, plan.chunk)
+    for k in range(1, len(shapes)):
+        src = layout.open_array(plan.out, f"{base}{k - 1}", "r")
+        dst = layout.open_array(plan.out, f"{base}{k}")
+        h = shapes[k][0]
+        for r0 in range(0, h, plan.chunk):
+            r1 = min(h, r0 + plan.chunk)
+            band = np.asarray(src[..., 2 * r0 : 2 * r1, :])
+            dst[..., r0:r1, :] = _halve(band, labels).astype(dst.dtype)
+    layout.mark_done(layout.marker(plan.out, "pyramid", key.replace("/", "_") or "maps"))
+    return key
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export_mask_tiff(plan: SlidePlan, dest: str) -> str:
+    """The mask at the slide's native size as a tiled (OME-)TIFF pyramid, for tools that need
+    it (QuPath, older viewers); streamed band by band from the zarr."""
+    from ..inference.writers import write_tiled
+
+    mask = layout.open_array(plan.out, "labels/mask/0", "r")
+    write_tiled(Path(dest), mask, plan.shape, True, np.uint8, mpp=plan.mpp)
+    return dest
