@@ -1,0 +1,669 @@
+"""Page 6 · Cohort: predict a folder of slides with the current model on dask.distributed
+(:func:`napari_semimoe.core.cohort.run_cohort`), one row per slide (queued, running, done,
+failed with its reason; tiles; time), an overall bar with ETA, the dask dashboard's address,
+and Open on a finished slide (its OME-Zarr through the plugin's reader: lazy layers).
+
+The cohort runs in a napari worker thread (the dask client lives there); its progress
+callback only stores the latest :class:`CohortProgress`, a main-thread timer shows it.
+Cancel, closing the dock and closing napari set the cohort's stop event: queued tasks are
+cancelled, the workers are closed, finished slides stay (complete them later with
+"continue an earlier cohort").
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDockWidget,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ...core.errors import InputError
+from ..common import notify
+from ..jobs import fmt_time
+from ..session import Session
+
+log = logging.getLogger(__name__)
+
+HERE, CLUSTER = "this computer", "a cluster (scheduler address)"
+COLUMNS = ("Slide", "Status", "Tiles", "Time", "")
+#: What each stage of a slide means, in words.
+STAGE_WORDS = {
+    "plan": "reading the slide",
+    "maps": "predicting",
+    "labels": "finding glands",
+    "relabel": "joining glands",
+    "pyramid": "building overviews",
+    "export": "writing the mask",
+}
+#: How long closing napari waits for a running cohort to stop and close its workers.
+STOP_WAIT_S = 60.0
+
+
+def default_workers(cores: int | None = None, mem_gb: float | None = None) -> tuple[int, int]:
+    """Workers x threads for a cohort on this computer: every core but one (the viewer's),
+    2 threads per worker from 4 spare cores on (fewer, larger workers: less memory), and
+    at most one worker per 2 GB of memory (a worker holds the model and a block's maps)."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        cores = cores or os.cpu_count() or 1
+    if mem_gb is None:
+        try:
+            mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        except (ValueError, OSError, AttributeError):
+            mem_gb = 8.0
+    spare = max(1, cores - 1)
+    threads = 1 if spare < 4 else 2 if spare < 16 else 4
+    workers = max(1, min(spare // threads, int(mem_gb // 2) or 1))
+    return workers, threads
+
+
+class _CloseFilter(QObject):
+    """Stops the cohort when the dock is taken out of napari (its content loses its
+    parent: napari sends no close event to a dock's widget, napari#8071) or the window
+    closes."""
+
+    def __init__(self, on_close, parent: QObject) -> None:
+        super().__init__(parent)
+        self.on_close = on_close
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt API)
+        t = event.type()
+        if t == QEvent.Type.Close or (t == QEvent.Type.ParentChange and obj.parent() is None):
+            self.on_close()
+        return False
+
+
+class CohortPanel(QWidget):
+    def __init__(self, session: Session, viewer) -> None:
+        super().__init__()
+        self.session, self.viewer = session, viewer
+        self.worker = None
+        self.stop_event: threading.Event | None = None
+        self._done_event = threading.Event()
+        self._done_event.set()
+        self._progress: Any = None  # the latest CohortProgress (written by the worker)
+        self._rows: dict[str, int] = {}
+        self._paths: dict[str, str] = {}  # slide name -> its output folder
+        self._seen: dict[str, list[float | None]] = {}  # name -> [started, ended]
+        self._t0 = 0.0
+        self._watched: list[QObject] = []
+        self._client_lock = threading.Lock()
+        self._client: tuple | None = None  # (settings, client, local cluster or None)
+        self._close_when_done = False
+        self._filter = _CloseFilter(self._closing, self)
+        self._build()
+        self.timer = QTimer(self)
+        self.timer.setInterval(200)
+        self.timer.timeout.connect(self._show_progress)
+        session.project_changed.connect(self._project_opened)
+
+    # ------------------------------------------------------------------ the form
+
+    def _build(self) -> None:
+        v = QVBoxLayout(self)
+        form = QFormLayout()
+        self.model_edit = QLineEdit()
+        self.model_edit.setPlaceholderText("this project's latest model")
+        self.model_edit.setToolTip(
+            "the trained model that reads the slides: empty = the model this project trained "
+            "last; or choose a training run's folder (it holds checkpoint.safetensors)"
+        )
+        form.addRow("Model", self._with_button(self.model_edit, "Choose…", self._choose_model))
+
+        self.slide_list = QListWidget()
+        self.slide_list.setMaximumHeight(4 * self.fontMetrics().lineSpacing() + 8)
+        self.slide_list.setToolTip(
+            "the slides to read: whole folders (every slide in them) and single slide files; "
+            "select one and press Remove to take it out"
+        )
+        self.slide_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        srow = QHBoxLayout()
+        for text, tip, fn in (
+            ("Add folder…", "add every slide of a folder (not its sub-folders)", self._add_folder),
+            ("Add slides…", "add one or more slide files", self._add_files),
+            ("Remove", "take the selected entries out of the list", self._remove_selected),
+        ):
+            b = QPushButton(text)
+            b.setToolTip(tip)
+            b.clicked.connect(fn)
+            srow.addWidget(b)
+        sbox = QVBoxLayout()
+        sbox.addWidget(self.slide_list)
+        sbox.addLayout(srow)
+        form.addRow("Slides", sbox)
+
+        self.out_edit = QLineEdit()
+        self.out_edit.setToolTip(
+            "where the results go: one NAME.ome.zarr folder per slide (opens in napari and "
+            "QuPath) and a summary table cohort_summary.csv"
+        )
+        form.addRow("Results to", self._with_button(self.out_edit, "Choose…", self._choose_out))
+
+        self.where_combo = QComboBox()
+        self.where_combo.addItems([HERE, CLUSTER])
+        self.where_combo.setToolTip(
+            "this computer: the slides are shared out among several helper processes here; "
+            "a cluster: give the address of a running dask scheduler (your IT can start one)"
+        )
+        self.where_combo.currentTextChanged.connect(self._where_changed)
+        form.addRow("Run on", self.where_combo)
+        workers, threads = default_workers()
+        self.workers_spin = QSpinBox()
+        self.workers_spin.setRange(1, 256)
+        self.workers_spin.setValue(workers)
+        self.workers_spin.setToolTip(
+            "how many slides' parts are read at the same time on this computer; the default "
+            "leaves one processor core free so that napari stays responsive"
+        )
+        self.threads_spin = QSpinBox()
+        self.threads_spin.setRange(1, 64)
+        self.threads_spin.setValue(threads)
+        self.threads_spin.setToolTip(
+            "processor cores each helper uses; helpers x cores should not exceed this "
+            f"computer's cores ({os.cpu_count()})"
+        )
+        wrow = QHBoxLayout()
+        wrow.addWidget(self.workers_spin)
+        wrow.addWidget(QLabel("helpers ×"))
+        wrow.addWidget(self.threads_spin)
+        wrow.addWidget(QLabel("cores"))
+        wrow.addStretch(1)
+        self.workers_row = QWidget()
+        self.workers_row.setLayout(wrow)
+        wrow.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Helpers", self.workers_row)
+        self.address_edit = QLineEdit()
+        self.address_edit.setPlaceholderText("tcp://scheduler-host:8786")
+        self.address_edit.setToolTip(
+            "the dask scheduler's address (tcp://host:port); the cluster's workers must see "
+            "the slides, the model and the results folder at the same paths as this computer"
+        )
+        self.address_edit.setEnabled(False)
+        form.addRow("Scheduler", self.address_edit)
+        self.resume_check = QCheckBox("continue an earlier cohort in this folder")
+        self.resume_check.setToolTip(
+            "keep the slides (and parts of slides) already finished in the results folder and "
+            "do only what is missing; off: the folder must not hold results of these slides"
+        )
+        form.addRow("", self.resume_check)
+        v.addLayout(form)
+
+        row = QHBoxLayout()
+        self.start_btn = QPushButton("Start")
+        self.start_btn.setToolTip("read every slide of the list with the model")
+        self.start_btn.clicked.connect(self.start)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setToolTip(
+            "stop after the parts being read now; finished slides stay, and a later run with "
+            "'continue an earlier cohort' does only the rest"
+        )
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.cancel)
+        row.addWidget(self.start_btn)
+        row.addWidget(self.cancel_btn)
+        v.addLayout(row)
+        self.bar = QProgressBar()
+        self.bar.setToolTip("tiles read over all slides (the total is an estimate at first)")
+        self.bar.setFormat("")
+        self.bar.setValue(0)
+        v.addWidget(self.bar)
+        self.summary_label = QLabel("")
+        self.summary_label.setWordWrap(True)
+        v.addWidget(self.summary_label)
+        self.dashboard_label = QLabel("")
+        self.dashboard_label.setOpenExternalLinks(True)
+        self.dashboard_label.setToolTip(
+            "dask's live view of the helpers (what each is doing, memory); opens in a browser"
+        )
+        v.addWidget(self.dashboard_label)
+
+        t = self.table = QTableWidget(0, len(COLUMNS))
+        t.setHorizontalHeaderLabels(COLUMNS)
+        t.verticalHeader().setVisible(False)
+        t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        t.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        t.setToolTip("one line per slide; Open shows a finished slide's results in the viewer")
+        h = t.horizontalHeader()
+        h.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        h.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        for c in (2, 3, 4):
+            h.setSectionResizeMode(c, QHeaderView.ResizeMode.ResizeToContents)
+        t.setColumnWidth(0, 9 * self.fontMetrics().averageCharWidth() + 24)
+        t.cellDoubleClicked.connect(lambda r, _c: self.open_row(r))
+        v.addWidget(t, 1)
+
+    @staticmethod
+    def _with_button(edit: QLineEdit, text: str, fn) -> QHBoxLayout:
+        row = QHBoxLayout()
+        row.addWidget(edit, 1)
+        b = QPushButton(text)
+        b.setToolTip(edit.toolTip())
+        b.clicked.connect(fn)
+        row.addWidget(b)
+        return row
+
+    def _where_changed(self, text: str) -> None:
+        here = text == HERE
+        self.workers_row.setEnabled(here)
+        self.address_edit.setEnabled(not here)
+
+    def _project_opened(self, project) -> None:
+        if not self.out_edit.text() and not self.running:
+            self.out_edit.setText(str(project.root / "cohort"))
+
+    def _choose_model(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Choose a training run's folder")
+        if d:
+            self.model_edit.setText(d)
+
+    def _choose_out(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Choose the results folder")
+        if d:
+            self.out_edit.setText(d)
+
+    def _add_folder(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Add a folder of slides")
+        if d:
+            self.add_sources([d])
+
+    def _add_files(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(self, "Add slides")
+        if files:
+            self.add_sources(files)
+
+    def _remove_selected(self) -> None:
+        for item in self.slide_list.selectedItems():
+            self.slide_list.takeItem(self.slide_list.row(item))
+        self._list_slides()
+
+    def add_sources(self, paths: list[str | Path]) -> None:
+        """Add folders or slide files to the list (shown as queued rows at once)."""
+        have = set(self.sources())
+        for p in paths:
+            if str(p) not in have:
+                self.slide_list.addItem(str(p))
+        self._list_slides()
+
+    def sources(self) -> list[str]:
+        return [self.slide_list.item(i).text() for i in range(self.slide_list.count())]
+
+    def _list_slides(self) -> None:
+        """The table shows which slides the list names, before anything runs."""
+        if self.running:
+            return
+        from ...core.cohort import expand_slides, slide_name
+
+        self._reset_table([])
+        if not self.sources():
+            self.summary_label.setText("")
+            return
+        try:
+            paths = expand_slides(self.sources())
+        except InputError as exc:
+            self.summary_label.setText(str(exc))
+            return
+        self._reset_table([slide_name(p) for p in paths])
+        self.summary_label.setText(f"{len(paths)} slide{'s' * (len(paths) != 1)} to read")
+
+    # ------------------------------------------------------------------ running
+
+    @property
+    def running(self) -> bool:
+        return not self._done_event.is_set()
+
+    def model_path(self) -> Path:
+        """The model to use: the chosen run folder, else the project's latest run."""
+        text = self.model_edit.text().strip()
+        if text:
+            p = Path(text).expanduser()
+            if not p.exists():
+                raise InputError(f"{p}: no such model folder")
+            return p
+        ckpt = self.session.checkpoint()
+        if ckpt is None:
+            raise InputError(
+                "no trained model: train one first (2 · Train) or choose a run folder as Model"
+            )
+        return ckpt.parent
+
+    def options(self):
+        from ...core.cohort import CohortOptions
+
+        if self.where_combo.currentText() == CLUSTER:
+            address = self.address_edit.text().strip()
+            if not address:
+                raise InputError("give the dask scheduler's address (tcp://host:port)")
+            return CohortOptions(scheduler=address, resume=self.resume_check.isChecked())
+        return CohortOptions(
+            workers=self.workers_spin.value(),
+            threads_per_worker=self.threads_spin.value(),
+            resume=self.resume_check.isChecked(),
+        )
+
+    def start(self, options=None) -> None:
+        """Start the cohort of the list (``options``: CohortOptions; default from the form)."""
+        if self.running:
+            return
+        from napari.qt.threading import create_worker
+
+        from ...core.cohort import ZARR_SUFFIX, expand_slides, run_cohort
+        from ...core.cohort.slides import output_names
+
+        try:
+            run = self.model_path()
+            if not self.sources():
+                raise InputError("no slides: add a folder of slides or slide files first")
+            paths = expand_slides(self.sources())
+            names = output_names(paths)
+            text = self.out_edit.text().strip()
+            if not text:
+                raise InputError("choose the folder the results go to (Results to)")
+            out = Path(text).expanduser()
+            opt = options or self.options()
+            there = [n for n in names if (out / f"{n}{ZARR_SUFFIX}").exists()]
+            if there and not opt.resume:
+                raise InputError(
+                    f"{out} already holds results of {len(there)} of these slides "
+                    f"({there[0]}, ...): tick 'continue an earlier cohort' or choose another "
+                    "results folder"
+                )
+        except InputError as exc:
+            self.session.say(str(exc))
+            notify(str(exc), "warning")
+            return
+        self._reset_table(names)
+        self._paths = {n: str(out / f"{n}{ZARR_SUFFIX}") for n in names}
+        self._seen = {n: [None, None] for n in names}
+        self._progress = None
+        self._t0 = time.monotonic()
+        self.stop_event = stop = threading.Event()
+        self._done_event.clear()
+        where = opt.scheduler or f"{opt.workers} helpers × {opt.threads_per_worker} cores here"
+        self.summary_label.setText(f"starting ({where})…")
+        self.dashboard_label.setText("")
+        self.bar.setRange(0, 0)
+        self.start_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self._watch_closing()
+        done = self._done_event
+
+        def work():
+            try:
+                client = self._client_for(opt)
+                return run_cohort(
+                    run, paths, out, opt, client=client, progress=self._store, stop=stop
+                )
+            finally:
+                done.set()
+
+        worker = self.worker = create_worker(work, _ignore_errors=True)
+        worker.returned.connect(self._finished)
+        worker.errored.connect(self._failed)
+        worker.finished.connect(self._ended)
+        self.timer.start()
+        worker.start()
+        log.info("cohort of %d slides into %s with %s", len(paths), out, run)
+
+    def _client_for(self, opt):
+        """Worker thread: the dask client of these settings. It is kept for the next cohort
+        (its workers have loaded torch and the model: a second Start begins at once) and
+        replaced when the settings change; :meth:`close_cluster` ends it."""
+        from ...core.cohort import start_client
+
+        key = opt.scheduler or (opt.workers, opt.threads_per_worker)
+        with self._client_lock:
+            if self._client is not None and self._client[0] != key:
+                self._close_client(self._client)
+                self._client = None
+            if self._client is None:
+                client, cluster = start_client(opt)
+                self._client = (key, client, cluster)
+            return self._client[1]
+
+    @staticmethod
+    def _close_client(held) -> None:
+        _key, client, cluster = held
+        try:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        except Exception:  # noqa: BLE001 - closing at exit: nothing left to do about it
+            log.warning("closing the cohort's workers failed", exc_info=True)
+
+    def close_cluster(self, wait: bool = True) -> None:
+        """Close the kept client and its local workers (in a thread when not ``wait``)."""
+        with self._client_lock:
+            held, self._client = self._client, None
+        if held is None:
+            return
+        if wait:
+            self._close_client(held)
+        else:
+            threading.Thread(target=self._close_client, args=(held,), daemon=True).start()
+
+    def _store(self, progress) -> None:
+        """Worker thread: keep the latest progress (no Qt here)."""
+        self._progress = progress
+
+    def cancel(self) -> None:
+        if self.stop_event is not None and self.running:
+            self.stop_event.set()
+            self.cancel_btn.setEnabled(False)
+            self.summary_label.setText("stopping: the parts being read now finish first…")
+
+    def shutdown(self, wait: float = STOP_WAIT_S) -> None:
+        """napari or the dock closes: stop the cohort, wait for it, close the workers."""
+        if self.running:
+            self.cancel()
+            self._done_event.wait(wait)
+        self.close_cluster()
+
+    def _closing(self) -> None:
+        """The dock was taken out or the window closed: stop the cohort; its workers are
+        closed once it has stopped (without blocking the viewer)."""
+        if self.running:
+            log.info("the dock or the window closed: stopping the cohort")
+            self.cancel()
+            self._close_when_done = True
+        else:
+            self.close_cluster(wait=False)
+
+    def _watch_closing(self) -> None:
+        """Watch the dock's content (napari takes it out when the dock is closed) and the
+        window (closed), to stop a running cohort and close the workers."""
+        for obj in self._watched:
+            obj.removeEventFilter(self._filter)
+        w: QWidget = self
+        while w.parentWidget() is not None and not isinstance(w.parentWidget(), QDockWidget):
+            w = w.parentWidget()
+        self._watched = [w] if w is self.window() else [w, self.window()]
+        for obj in self._watched:
+            obj.installEventFilter(self._filter)
+
+    # ------------------------------------------------------------------ showing it
+
+    def _reset_table(self, names: list[str]) -> None:
+        t = self.table
+        t.setRowCount(0)
+        self._rows = {}
+        for i, n in enumerate(names):
+            t.insertRow(i)
+            self._rows[n] = i
+            for c, text in enumerate((n, "queued", "", "")):
+                t.setItem(i, c, QTableWidgetItem(text))
+            t.item(i, 0).setToolTip(n)
+            b = QPushButton("Open")
+            b.setToolTip("show this slide's results in the viewer (read as you look)")
+            b.setEnabled(False)
+            b.clicked.connect(lambda _=False, name=n: self.open_slide(name))
+            t.setCellWidget(i, 4, b)
+
+    def _set_row(self, name: str, status: str, tiles: str, seconds: float | None, tip=None):
+        r = self._rows.get(name)
+        if r is None:
+            return
+        t = self.table
+        t.item(r, 1).setText(status)
+        t.item(r, 1).setToolTip(tip or status)
+        t.item(r, 2).setText(tiles)
+        t.item(r, 3).setText("" if seconds is None else fmt_time(seconds))
+        t.cellWidget(r, 4).setEnabled(status == "done")
+
+    def _show_progress(self) -> None:
+        p = self._progress
+        if p is None:
+            return
+        now = time.monotonic()
+        if p.tiles_total:
+            self.bar.setRange(0, p.tiles_total)
+            self.bar.setValue(p.tiles_done)
+            fmt = f"{p.tiles_done} / {p.tiles_total} tiles"
+            if 0 < p.tiles_done < p.tiles_total:
+                fmt += (
+                    f" · ETA {fmt_time(p.elapsed * (p.tiles_total - p.tiles_done) / p.tiles_done)}"
+                )
+            self.bar.setFormat(fmt)
+        running = sum(1 for s in p.slides.values() if s in STAGE_WORDS)
+        line = f"{p.slides_done} of {p.slides_total} slides done"
+        if p.slides_failed:
+            line += f" · {p.slides_failed} failed"
+        if running:
+            line += f" · {running} in progress"
+        self.summary_label.setText(line + f" · {fmt_time(p.elapsed)}")
+        self._show_dashboard(p.dashboard)
+        tiles = getattr(p, "tiles", {}) or {}
+        errors = getattr(p, "errors", {}) or {}
+        for name, state in p.slides.items():
+            seen = self._seen.setdefault(name, [None, None])
+            done, total = tiles.get(name, (0, 0))
+            if state in STAGE_WORDS:
+                if state in ("plan", "maps") and not done:
+                    self._set_row(name, "queued", _tiles(done, total), None)
+                    continue
+                seen[0] = seen[0] or now
+                self._set_row(
+                    name, f"running · {STAGE_WORDS[state]}", _tiles(done, total), now - seen[0]
+                )
+            else:
+                if seen[1] is None:
+                    seen[1] = now
+                took = None if seen[0] is None else seen[1] - seen[0]
+                if state == "failed":
+                    why = errors.get(name, "")
+                    self._set_row(name, f"failed: {why}" if why else "failed", "", took, why)
+                else:
+                    self._set_row(name, state, _tiles(done, total), took)
+
+    def _show_dashboard(self, link: str | None) -> None:
+        if link:
+            a = html.escape(link)
+            self.dashboard_label.setText(f'dask dashboard: <a href="{a}">{a}</a>')
+        elif not self.dashboard_label.text():
+            self.dashboard_label.setText("dask dashboard: not available (pip install bokeh)")
+
+    def _finished(self, summary) -> None:
+        """Main thread: the cohort ended; the rows from its summary."""
+        self._show_progress()
+        for r in summary.slides:
+            seen = self._seen.get(r.name, [None, None])
+            took = r.seconds if seen[0] is None or seen[1] is None else seen[1] - seen[0]
+            if r.status == "failed":
+                why = r.error or ""
+                self._set_row(r.name, f"failed: {why}", "", took, why)
+            else:
+                self._set_row(r.name, r.status, str(r.tiles) if r.tiles else "", took)
+            if r.out:
+                self._paths[r.name] = r.out
+        self._show_dashboard(summary.dashboard)
+        done = sum(r.status == "done" for r in summary.slides)
+        failed = len(summary.failed)
+        words = "stopped" if summary.stopped else "finished"
+        line = f"cohort {words}: {done} of {len(summary.slides)} slides done"
+        if failed:
+            line += f", {failed} failed (see the Status column)"
+        line += f" in {fmt_time(summary.seconds)}; summary: {summary.summary_csv}"
+        self.summary_label.setText(line)
+        if not summary.stopped and self.bar.maximum() == 0:
+            self.bar.setRange(0, 1)
+            self.bar.setValue(1)
+        self.session.say(line)
+
+    def _failed(self, exc: BaseException) -> None:
+        line = self.session.report("cohort", exc)
+        self.summary_label.setText(line)
+        notify(line, "error")
+
+    def _ended(self) -> None:
+        self.timer.stop()
+        if self._close_when_done:
+            self._close_when_done = False
+            self.close_cluster(wait=False)
+        if self.bar.maximum() == 0:
+            self.bar.setRange(0, 1)
+            self.bar.setValue(0)
+        self.start_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+
+    # ------------------------------------------------------------------ results
+
+    def open_row(self, row: int) -> None:
+        name = next((n for n, r in self._rows.items() if r == row), None)
+        if name is not None:
+            self.open_slide(name)
+
+    def open_slide(self, name: str) -> list:
+        """Add a finished slide's results to the viewer through the plugin's reader (zarr
+        arrays: napari reads only the chunks it draws). Returns the layers added."""
+        from napari.layers import Layer
+
+        from ..reader import get_reader
+
+        path = self._paths.get(name)
+        reader = get_reader(path) if path else None
+        if reader is None:
+            self.session.say(f"{name}: no finished result to open")
+            return []
+        try:
+            data = reader(path)
+        except (ValueError, InputError, OSError) as exc:
+            self.session.say(f"{name}: cannot open {path}: {exc}")
+            return []
+        added = []
+        for d in data:
+            meta = dict(d[1]) if len(d) > 1 else {}
+            if meta.get("name") in self.viewer.layers:
+                self.viewer.layers.remove(meta["name"])
+            added.append(self.viewer.add_layer(Layer.create(*d)))
+        self.session.say(f"{name}: {len(added)} layers opened from {path}")
+        return added
+
+
+def _tiles(done: int, total: int) -> str:
+    if total:
+        return f"{done} / {total}"
+    return str(done) if done else ""
