@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtCore import QObject, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -29,20 +29,19 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QListWidget,
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
 from ...core.errors import InputError
+from ..cohort_cluster import KeptClient, default_workers
+from ..cohort_view import STAGE_WORDS, CloseFilter, SlideTable, with_button
 from ..common import notify
 from ..jobs import fmt_time
 from ..session import Session
@@ -50,52 +49,8 @@ from ..session import Session
 log = logging.getLogger(__name__)
 
 HERE, CLUSTER = "this computer", "a cluster (scheduler address)"
-COLUMNS = ("Slide", "Status", "Tiles", "Time", "")
-#: What each stage of a slide means, in words.
-STAGE_WORDS = {
-    "plan": "reading the slide",
-    "maps": "predicting",
-    "labels": "finding glands",
-    "relabel": "joining glands",
-    "pyramid": "building overviews",
-    "export": "writing the mask",
-}
 #: How long closing napari waits for a running cohort to stop and close its workers.
 STOP_WAIT_S = 60.0
-
-
-def default_workers(cores: int | None = None, mem_gb: float | None = None) -> tuple[int, int]:
-    """Workers x threads for a cohort on this computer: every core but one (the viewer's),
-    2 threads per worker from 4 spare cores on (fewer, larger workers: less memory), and
-    at most one worker per 2 GB of memory (a worker holds the model and a block's maps)."""
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-        cores = cores or os.cpu_count() or 1
-    if mem_gb is None:
-        try:
-            mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-        except (ValueError, OSError, AttributeError):
-            mem_gb = 8.0
-    spare = max(1, cores - 1)
-    threads = 1 if spare < 4 else 2 if spare < 16 else 4
-    workers = max(1, min(spare // threads, int(mem_gb // 2) or 1))
-    return workers, threads
-
-
-class _CloseFilter(QObject):
-    """Stops the cohort when the dock is taken out of napari (its content loses its
-    parent: napari sends no close event to a dock's widget, napari#8071) or the window
-    closes."""
-
-    def __init__(self, on_close, parent: QObject) -> None:
-        super().__init__(parent)
-        self.on_close = on_close
-
-    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt API)
-        t = event.type()
-        if t == QEvent.Type.Close or (t == QEvent.Type.ParentChange and obj.parent() is None):
-            self.on_close()
-        return False
 
 
 class CohortPanel(QWidget):
@@ -107,15 +62,12 @@ class CohortPanel(QWidget):
         self._done_event = threading.Event()
         self._done_event.set()
         self._progress: Any = None  # the latest CohortProgress (written by the worker)
-        self._rows: dict[str, int] = {}
         self._paths: dict[str, str] = {}  # slide name -> its output folder
-        self._seen: dict[str, list[float | None]] = {}  # name -> [started, ended]
         self._t0 = 0.0
         self._watched: list[QObject] = []
-        self._client_lock = threading.Lock()
-        self._client: tuple | None = None  # (settings, client, local cluster or None)
+        self.client = KeptClient()
         self._close_when_done = False
-        self._filter = _CloseFilter(self._closing, self)
+        self._filter = CloseFilter(self._closing, self)
         self._build()
         self.timer = QTimer(self)
         self.timer.setInterval(200)
@@ -133,7 +85,7 @@ class CohortPanel(QWidget):
             "the trained model that reads the slides: empty = the model this project trained "
             "last; or choose a training run's folder (it holds checkpoint.safetensors)"
         )
-        form.addRow("Model", self._with_button(self.model_edit, "Choose…", self._choose_model))
+        form.addRow("Model", with_button(self.model_edit, "Choose…", self._choose_model))
 
         self.slide_list = QListWidget()
         self.slide_list.setMaximumHeight(4 * self.fontMetrics().lineSpacing() + 8)
@@ -162,7 +114,7 @@ class CohortPanel(QWidget):
             "where the results go: one NAME.ome.zarr folder per slide (opens in napari and "
             "QuPath) and a summary table cohort_summary.csv"
         )
-        form.addRow("Results to", self._with_button(self.out_edit, "Choose…", self._choose_out))
+        form.addRow("Results to", with_button(self.out_edit, "Choose…", self._choose_out))
 
         self.where_combo = QComboBox()
         self.where_combo.addItems([HERE, CLUSTER])
@@ -242,30 +194,8 @@ class CohortPanel(QWidget):
         )
         v.addWidget(self.dashboard_label)
 
-        t = self.table = QTableWidget(0, len(COLUMNS))
-        t.setHorizontalHeaderLabels(COLUMNS)
-        t.verticalHeader().setVisible(False)
-        t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        t.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        t.setToolTip("one line per slide; Open shows a finished slide's results in the viewer")
-        h = t.horizontalHeader()
-        h.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
-        h.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
-        for c in (2, 3, 4):
-            h.setSectionResizeMode(c, QHeaderView.ResizeMode.ResizeToContents)
-        t.setColumnWidth(0, 9 * self.fontMetrics().averageCharWidth() + 24)
-        t.cellDoubleClicked.connect(lambda r, _c: self.open_row(r))
-        v.addWidget(t, 1)
-
-    @staticmethod
-    def _with_button(edit: QLineEdit, text: str, fn) -> QHBoxLayout:
-        row = QHBoxLayout()
-        row.addWidget(edit, 1)
-        b = QPushButton(text)
-        b.setToolTip(edit.toolTip())
-        b.clicked.connect(fn)
-        row.addWidget(b)
-        return row
+        self.table = SlideTable(self.open_slide)
+        v.addWidget(self.table, 1)
 
     def _where_changed(self, text: str) -> None:
         here = text == HERE
@@ -318,7 +248,7 @@ class CohortPanel(QWidget):
             return
         from ...core.cohort import expand_slides, slide_name
 
-        self._reset_table([])
+        self.table.reset([])
         if not self.sources():
             self.summary_label.setText("")
             return
@@ -327,7 +257,7 @@ class CohortPanel(QWidget):
         except InputError as exc:
             self.summary_label.setText(str(exc))
             return
-        self._reset_table([slide_name(p) for p in paths])
+        self.table.reset([slide_name(p) for p in paths])
         self.summary_label.setText(f"{len(paths)} slide{'s' * (len(paths) != 1)} to read")
 
     # ------------------------------------------------------------------ running
@@ -396,9 +326,8 @@ class CohortPanel(QWidget):
             self.session.say(str(exc))
             notify(str(exc), "warning")
             return
-        self._reset_table(names)
+        self.table.reset(names)
         self._paths = {n: str(out / f"{n}{ZARR_SUFFIX}") for n in names}
-        self._seen = {n: [None, None] for n in names}
         self._progress = None
         self._t0 = time.monotonic()
         self.stop_event = stop = threading.Event()
@@ -414,7 +343,7 @@ class CohortPanel(QWidget):
 
         def work():
             try:
-                client = self._client_for(opt)
+                client = self.client.get(opt)
                 return run_cohort(
                     run, paths, out, opt, client=client, progress=self._store, stop=stop
                 )
@@ -428,43 +357,6 @@ class CohortPanel(QWidget):
         self.timer.start()
         worker.start()
         log.info("cohort of %d slides into %s with %s", len(paths), out, run)
-
-    def _client_for(self, opt):
-        """Worker thread: the dask client of these settings. It is kept for the next cohort
-        (its workers have loaded torch and the model: a second Start begins at once) and
-        replaced when the settings change; :meth:`close_cluster` ends it."""
-        from ...core.cohort import start_client
-
-        key = opt.scheduler or (opt.workers, opt.threads_per_worker)
-        with self._client_lock:
-            if self._client is not None and self._client[0] != key:
-                self._close_client(self._client)
-                self._client = None
-            if self._client is None:
-                client, cluster = start_client(opt)
-                self._client = (key, client, cluster)
-            return self._client[1]
-
-    @staticmethod
-    def _close_client(held) -> None:
-        _key, client, cluster = held
-        try:
-            client.close()
-            if cluster is not None:
-                cluster.close()
-        except Exception:  # noqa: BLE001 - closing at exit: nothing left to do about it
-            log.warning("closing the cohort's workers failed", exc_info=True)
-
-    def close_cluster(self, wait: bool = True) -> None:
-        """Close the kept client and its local workers (in a thread when not ``wait``)."""
-        with self._client_lock:
-            held, self._client = self._client, None
-        if held is None:
-            return
-        if wait:
-            self._close_client(held)
-        else:
-            threading.Thread(target=self._close_client, args=(held,), daemon=True).start()
 
     def _store(self, progress) -> None:
         """Worker thread: keep the latest progress (no Qt here)."""
@@ -481,7 +373,7 @@ class CohortPanel(QWidget):
         if self.running:
             self.cancel()
             self._done_event.wait(wait)
-        self.close_cluster()
+        self.client.close()
 
     def _closing(self) -> None:
         """The dock was taken out or the window closed: stop the cohort; its workers are
@@ -491,7 +383,7 @@ class CohortPanel(QWidget):
             self.cancel()
             self._close_when_done = True
         else:
-            self.close_cluster(wait=False)
+            self.client.close(wait=False)
 
     def _watch_closing(self) -> None:
         """Watch the dock's content (napari takes it out when the dock is closed) and the
@@ -507,38 +399,10 @@ class CohortPanel(QWidget):
 
     # ------------------------------------------------------------------ showing it
 
-    def _reset_table(self, names: list[str]) -> None:
-        t = self.table
-        t.setRowCount(0)
-        self._rows = {}
-        for i, n in enumerate(names):
-            t.insertRow(i)
-            self._rows[n] = i
-            for c, text in enumerate((n, "queued", "", "")):
-                t.setItem(i, c, QTableWidgetItem(text))
-            t.item(i, 0).setToolTip(n)
-            b = QPushButton("Open")
-            b.setToolTip("show this slide's results in the viewer (read as you look)")
-            b.setEnabled(False)
-            b.clicked.connect(lambda _=False, name=n: self.open_slide(name))
-            t.setCellWidget(i, 4, b)
-
-    def _set_row(self, name: str, status: str, tiles: str, seconds: float | None, tip=None):
-        r = self._rows.get(name)
-        if r is None:
-            return
-        t = self.table
-        t.item(r, 1).setText(status)
-        t.item(r, 1).setToolTip(tip or status)
-        t.item(r, 2).setText(tiles)
-        t.item(r, 3).setText("" if seconds is None else fmt_time(seconds))
-        t.cellWidget(r, 4).setEnabled(status == "done")
-
     def _show_progress(self) -> None:
         p = self._progress
         if p is None:
             return
-        now = time.monotonic()
         if p.tiles_total:
             self.bar.setRange(0, p.tiles_total)
             self.bar.setValue(p.tiles_done)
@@ -556,28 +420,7 @@ class CohortPanel(QWidget):
             line += f" · {running} in progress"
         self.summary_label.setText(line + f" · {fmt_time(p.elapsed)}")
         self._show_dashboard(p.dashboard)
-        tiles = getattr(p, "tiles", {}) or {}
-        errors = getattr(p, "errors", {}) or {}
-        for name, state in p.slides.items():
-            seen = self._seen.setdefault(name, [None, None])
-            done, total = tiles.get(name, (0, 0))
-            if state in STAGE_WORDS:
-                if state in ("plan", "maps") and not done:
-                    self._set_row(name, "queued", _tiles(done, total), None)
-                    continue
-                seen[0] = seen[0] or now
-                self._set_row(
-                    name, f"running · {STAGE_WORDS[state]}", _tiles(done, total), now - seen[0]
-                )
-            else:
-                if seen[1] is None:
-                    seen[1] = now
-                took = None if seen[0] is None else seen[1] - seen[0]
-                if state == "failed":
-                    why = errors.get(name, "")
-                    self._set_row(name, f"failed: {why}" if why else "failed", "", took, why)
-                else:
-                    self._set_row(name, state, _tiles(done, total), took)
+        self.table.show_progress(p)
 
     def _show_dashboard(self, link: str | None) -> None:
         if link:
@@ -589,14 +432,8 @@ class CohortPanel(QWidget):
     def _finished(self, summary) -> None:
         """Main thread: the cohort ended; the rows from its summary."""
         self._show_progress()
+        self.table.show_summary(summary)
         for r in summary.slides:
-            seen = self._seen.get(r.name, [None, None])
-            took = r.seconds if seen[0] is None or seen[1] is None else seen[1] - seen[0]
-            if r.status == "failed":
-                why = r.error or ""
-                self._set_row(r.name, f"failed: {why}", "", took, why)
-            else:
-                self._set_row(r.name, r.status, str(r.tiles) if r.tiles else "", took)
             if r.out:
                 self._paths[r.name] = r.out
         self._show_dashboard(summary.dashboard)
@@ -622,7 +459,7 @@ class CohortPanel(QWidget):
         self.timer.stop()
         if self._close_when_done:
             self._close_when_done = False
-            self.close_cluster(wait=False)
+            self.client.close(wait=False)
         if self.bar.maximum() == 0:
             self.bar.setRange(0, 1)
             self.bar.setValue(0)
@@ -630,11 +467,6 @@ class CohortPanel(QWidget):
         self.cancel_btn.setEnabled(False)
 
     # ------------------------------------------------------------------ results
-
-    def open_row(self, row: int) -> None:
-        name = next((n for n, r in self._rows.items() if r == row), None)
-        if name is not None:
-            self.open_slide(name)
 
     def open_slide(self, name: str) -> list:
         """Add a finished slide's results to the viewer through the plugin's reader (zarr
@@ -661,9 +493,3 @@ class CohortPanel(QWidget):
             added.append(self.viewer.add_layer(Layer.create(*d)))
         self.session.say(f"{name}: {len(added)} layers opened from {path}")
         return added
-
-
-def _tiles(done: int, total: int) -> str:
-    if total:
-        return f"{done} / {total}"
-    return str(done) if done else ""
