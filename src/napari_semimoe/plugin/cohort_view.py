@@ -14,6 +14,7 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QLineEdit,
     QPushButton,
+    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
 )
@@ -129,12 +130,15 @@ class SlideTable(QTableWidget):
             self.on_open(name)
 
 
-def with_button(edit: QLineEdit, text: str, fn) -> QHBoxLayout:
-    """A line edit with a button beside it (the button shares its tooltip)."""
+def with_button(edit: QLineEdit, fn) -> QHBoxLayout:
+    """A line edit with a small "…" (choose) button beside it, sharing its tooltip; the
+    edit takes the width the dock has (a long path must not widen the page)."""
     row = QHBoxLayout()
+    edit.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
     row.addWidget(edit, 1)
-    b = QPushButton(text)
-    b.setToolTip(edit.toolTip())
+    b = QPushButton("…")
+    b.setFixedWidth(4 * b.fontMetrics().averageCharWidth() + 12)
+    b.setToolTip("choose: " + edit.toolTip())
     b.clicked.connect(fn)
     row.addWidget(b)
     return row

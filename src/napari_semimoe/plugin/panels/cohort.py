@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
     QListWidget,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -85,7 +86,7 @@ class CohortPanel(QWidget):
             "the trained model that reads the slides: empty = the model this project trained "
             "last; or choose a training run's folder (it holds checkpoint.safetensors)"
         )
-        form.addRow("Model", with_button(self.model_edit, "Choose…", self._choose_model))
+        form.addRow("Model", with_button(self.model_edit, self._choose_model))
 
         self.slide_list = QListWidget()
         self.slide_list.setMaximumHeight(4 * self.fontMetrics().lineSpacing() + 8)
@@ -93,11 +94,12 @@ class CohortPanel(QWidget):
             "the slides to read: whole folders (every slide in them) and single slide files; "
             "select one and press Remove to take it out"
         )
+        self.slide_list.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         self.slide_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         srow = QHBoxLayout()
         for text, tip, fn in (
-            ("Add folder…", "add every slide of a folder (not its sub-folders)", self._add_folder),
-            ("Add slides…", "add one or more slide files", self._add_files),
+            ("Folder…", "add every slide of a folder (not its sub-folders)", self._add_folder),
+            ("Files…", "add one or more slide files", self._add_files),
             ("Remove", "take the selected entries out of the list", self._remove_selected),
         ):
             b = QPushButton(text)
@@ -114,7 +116,7 @@ class CohortPanel(QWidget):
             "where the results go: one NAME.ome.zarr folder per slide (opens in napari and "
             "QuPath) and a summary table cohort_summary.csv"
         )
-        form.addRow("Results to", with_button(self.out_edit, "Choose…", self._choose_out))
+        form.addRow("Results to", with_button(self.out_edit, self._choose_out))
 
         self.where_combo = QComboBox()
         self.where_combo.addItems([HERE, CLUSTER])
@@ -122,6 +124,7 @@ class CohortPanel(QWidget):
             "this computer: the slides are shared out among several helper processes here; "
             "a cluster: give the address of a running dask scheduler (your IT can start one)"
         )
+        self.where_combo.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         self.where_combo.currentTextChanged.connect(self._where_changed)
         form.addRow("Run on", self.where_combo)
         workers, threads = default_workers()
@@ -139,16 +142,8 @@ class CohortPanel(QWidget):
             "processor cores each helper uses; helpers x cores should not exceed this "
             f"computer's cores ({os.cpu_count()})"
         )
-        wrow = QHBoxLayout()
-        wrow.addWidget(self.workers_spin)
-        wrow.addWidget(QLabel("helpers ×"))
-        wrow.addWidget(self.threads_spin)
-        wrow.addWidget(QLabel("cores"))
-        wrow.addStretch(1)
-        self.workers_row = QWidget()
-        self.workers_row.setLayout(wrow)
-        wrow.setContentsMargins(0, 0, 0, 0)
-        form.addRow("Helpers", self.workers_row)
+        form.addRow("Helpers", self.workers_spin)
+        form.addRow("Cores each", self.threads_spin)
         self.address_edit = QLineEdit()
         self.address_edit.setPlaceholderText("tcp://scheduler-host:8786")
         self.address_edit.setToolTip(
@@ -157,7 +152,7 @@ class CohortPanel(QWidget):
         )
         self.address_edit.setEnabled(False)
         form.addRow("Scheduler", self.address_edit)
-        self.resume_check = QCheckBox("continue an earlier cohort in this folder")
+        self.resume_check = QCheckBox("continue earlier results")
         self.resume_check.setToolTip(
             "keep the slides (and parts of slides) already finished in the results folder and "
             "do only what is missing; off: the folder must not hold results of these slides"
@@ -172,7 +167,7 @@ class CohortPanel(QWidget):
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setToolTip(
             "stop after the parts being read now; finished slides stay, and a later run with "
-            "'continue an earlier cohort' does only the rest"
+            "'continue earlier results' does only the rest"
         )
         self.cancel_btn.setEnabled(False)
         self.cancel_btn.clicked.connect(self.cancel)
@@ -189,6 +184,7 @@ class CohortPanel(QWidget):
         v.addWidget(self.summary_label)
         self.dashboard_label = QLabel("")
         self.dashboard_label.setOpenExternalLinks(True)
+        self.dashboard_label.setWordWrap(True)
         self.dashboard_label.setToolTip(
             "dask's live view of the helpers (what each is doing, memory); opens in a browser"
         )
@@ -199,7 +195,8 @@ class CohortPanel(QWidget):
 
     def _where_changed(self, text: str) -> None:
         here = text == HERE
-        self.workers_row.setEnabled(here)
+        self.workers_spin.setEnabled(here)
+        self.threads_spin.setEnabled(here)
         self.address_edit.setEnabled(not here)
 
     def _project_opened(self, project) -> None:
@@ -319,7 +316,7 @@ class CohortPanel(QWidget):
             if there and not opt.resume:
                 raise InputError(
                     f"{out} already holds results of {len(there)} of these slides "
-                    f"({there[0]}, ...): tick 'continue an earlier cohort' or choose another "
+                    f"({there[0]}, ...): tick 'continue earlier results' or choose another "
                     "results folder"
                 )
         except InputError as exc:
@@ -412,7 +409,7 @@ class CohortPanel(QWidget):
                     f" · ETA {fmt_time(p.elapsed * (p.tiles_total - p.tiles_done) / p.tiles_done)}"
                 )
             self.bar.setFormat(fmt)
-        running = sum(1 for s in p.slides.values() if s in STAGE_WORDS)
+        running = sum(1 for s in p.slides.values() if s in STAGE_WORDS and s != "plan")
         line = f"{p.slides_done} of {p.slides_total} slides done"
         if p.slides_failed:
             line += f" · {p.slides_failed} failed"
