@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .cohort import add_cohort_parser
 from .info import cmd_bench, cmd_gui, cmd_summary
 from .options import (
     BATCH,
@@ -219,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--experts", action="store_true", help="also write each expert's maps")
     pr.add_argument("--tissue-only", action="store_true", help="skip glass (slides)")
     pr.set_defaults(func=cmd_predict)
+
+    add_cohort_parser(sub, add_predict_opts)
 
     ev = sub.add_parser("evaluate", help="Dice/Jaccard and GlaS object metrics on a folder")
     add_predict_opts(ev)

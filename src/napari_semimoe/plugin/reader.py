@@ -1,7 +1,8 @@
 """npe2 reader: PNG/JPG/BMP/TIFF tiles and pyramidal slides, opened lazily as multiscale, and
 the maps ``napari-semimoe predict`` writes (``NAME_mask.tif``, ``NAME_prob.tif``, ...), shown
-as the plugin shows them and in the slide's physical units. The map names and their styles
-come from the registered model families' tasks."""
+as the plugin shows them and in the slide's physical units, and the OME-Zarr outputs of
+``napari-semimoe cohort`` (``NAME.ome.zarr``: maps and labels, opened lazily). The map
+names and their styles come from the registered model families' tasks."""
 
 from __future__ import annotations
 
@@ -22,9 +23,68 @@ def _suffix_ok(path: str) -> bool:
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
     paths = [path] if isinstance(path, str) else list(path)
+    if paths and all(is_cohort_zarr(p) for p in paths):
+        return read_cohort_zarrs
     if not paths or not all(_suffix_ok(p) for p in paths):
         return None
     return read_slides
+
+
+def is_cohort_zarr(path: str | Path) -> bool:
+    """A finished ``cohort`` output: an OME-Zarr folder whose metadata names our maps."""
+    from ..core.cohort import is_complete
+
+    p = Path(path)
+    return p.is_dir() and p.name.lower().endswith(".zarr") and is_complete(p)
+
+
+def read_cohort_zarrs(path: str | list[str]) -> list[LayerData]:
+    paths = [path] if isinstance(path, str) else list(path)
+    return [layer for p in paths for layer in cohort_layers(p)]
+
+
+def cohort_layers(path: str | Path) -> list[LayerData]:
+    """The float maps (one image layer each, styled as the plugin shows them) and the
+    mask and instance labels of a cohort output, multiscale, every level a zarr array
+    (nothing is read until napari draws it), scaled in µm when the slide gave its mpp."""
+    import dask.array as da
+    import zarr
+
+    from ..core.cohort.layout import read_semimoe
+    from .layer_styles import LABEL_OPACITY, map_style
+
+    p = Path(path)
+    root = zarr.open_group(p, mode="r")
+    ms = dict(root.attrs).get("ome", dict(root.attrs))["multiscales"][0]
+    sem = read_semimoe(p)
+    name = p.name[: -len(".ome.zarr")] if p.name.lower().endswith(".ome.zarr") else p.stem
+    scale = tuple(ms["datasets"][0]["coordinateTransformations"][0]["scale"][-2:])
+    units = sem.get("working_mpp") is not None and _units_supported()
+    levels = [root[d["path"]] for d in ms["datasets"]]
+    base = {"scale": scale, "multiscale": len(levels) > 1}
+    if units:
+        base["units"] = ("µm", "µm")
+    out: list[LayerData] = []
+    for key in ("mask", "instances"):
+        g = root["labels"][key]
+        lv = [g[d["path"]] for d in g.attrs.get("ome", dict(g.attrs))["multiscales"][0]["datasets"]]
+        meta = {
+            **base,
+            "name": f"{name}_{key}",
+            "opacity": LABEL_OPACITY.get(key, 0.5),
+            "metadata": {"semimoe_path": str(p.resolve()), "mpp": sem.get("working_mpp")},
+        }
+        out.append((lv if len(lv) > 1 else lv[0], meta, "labels"))
+    for c, key in enumerate(sem.get("maps", [])):
+        lv = [da.from_zarr(a)[c] for a in levels]  # lazy: one chunk per napari tile
+        meta = {
+            **base,
+            "name": f"{name}_{key}",
+            "metadata": {"semimoe_path": str(p.resolve()), "mpp": sem.get("working_mpp")},
+            **map_style(key),
+        }
+        out.append((lv if len(lv) > 1 else lv[0], meta, "image"))
+    return out
 
 
 def read_slides(path: str | list[str]) -> list[LayerData]:

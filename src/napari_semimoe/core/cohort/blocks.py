@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from ..inference.merge import InMemoryMerger
 from ..inference.tiling import TileGrid, read_padded
 from ..slide import open_slide
 from . import layout
-from .layout import CHUNK, SlidePlan
+from .layout import SlidePlan
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class ModelSpec:
 
 _CACHE: dict[tuple, Predictor] = {}
 _LOCK = threading.Lock()
+_LOADS = [0]
 
 
 def worker_predictor(spec: ModelSpec) -> Predictor:
@@ -64,13 +66,14 @@ def worker_predictor(spec: ModelSpec) -> Predictor:
             _CACHE.clear()  # one model per worker: a new checkpoint replaces the old one
             p = Predictor(load_model(spec.run, spec.device), spec.options)
             _CACHE[key] = p
+            _LOADS[0] += 1
             log.info("pid %d loaded %s", os.getpid(), spec.run)
         return p
 
 
-def cached_models() -> int:
-    """How many times this process has a model loaded (tests: once per worker)."""
-    return len(_CACHE)
+def model_loads() -> int:
+    """How many times this process has loaded a model (once per worker and checkpoint)."""
+    return _LOADS[0]
 
 
 def map_channels(predictor: Predictor) -> list[str]:
@@ -86,7 +89,13 @@ def map_channels(predictor: Predictor) -> list[str]:
 
 
 def plan_slide(
-    path: str, name: str, out: str, spec: ModelSpec, block: int, halo: int | None = None
+    path: str,
+    name: str,
+    out: str,
+    spec: ModelSpec,
+    block: int,
+    chunk: int = layout.CHUNK,
+    halo: int | None = None,
 ) -> SlidePlan:
     """Open the slide, decide its working shape and blocks, create its arrays and store the
     tissue mask; ``plan.json`` is written last. An unreadable slide raises InputError."""
@@ -116,6 +125,7 @@ def plan_slide(
         block=int(block),
         halo=int(p.tile if halo is None else halo),
         tissue_px=int(tissue.sum()),
+        chunk=int(chunk),
     )
     layout.create_arrays(plan)
     layout.open_array(out, f"{layout.WORK}/scratch/tissue")[:] = tissue
@@ -169,12 +179,15 @@ def predict_block(spec: ModelSpec, plan: SlidePlan, index: int) -> dict:
     # The merger crops tiles at its own border: that is the image border here too, since the
     # buffer reaches the last tile's end (or the image's).
     gates = []
+    net = 0.0
     with open_slide(plan.path) as slide:
         read = working_reader(slide, (h, w))
         for b0 in range(0, len(todo), p.batch):
             chunk = todo[b0 : b0 + p.batch]
             tiles = np.stack([read_padded(read, y, x, t, t, h, w) for y, x in chunk])
+            t0 = time.perf_counter()
             maps, g = p.predict_batch(tiles)
+            net += time.perf_counter() - t0
             for j, (y, x) in enumerate(chunk):
                 merger.add(y - oy, x - ox, {k: maps[k][j] for k in names}, p.window)
                 gates.append(((y, x), g[j]))
@@ -186,7 +199,7 @@ def predict_block(spec: ModelSpec, plan: SlidePlan, index: int) -> dict:
     mask = p.mask({k: acc[k][sl] for k in names})
     layout.open_array(plan.out, "labels/mask/0")[y0:y1, x0:x1] = mask
     layout.mark_done(layout.marker(plan.out, "maps", index))
-    return {"tiles": len(todo), "gates": gates, "mask_px": int(mask.sum())}
+    return {"tiles": len(todo), "gates": gates, "mask_px": int(mask.sum()), "net_s": net}
 
 
 # ----------------------------------------------------------------------------- labels
@@ -285,13 +298,13 @@ def build_pyramid(plan: SlidePlan, key: str) -> str:
     from the previous one, a band of chunk rows at a time (whole chunks, bounded memory)."""
     labels = key.startswith("labels")
     base = f"{key}/" if key else ""
-    shapes = layout.level_shapes(plan.work)
+    shapes = layout.level_shapes(plan.work, plan.chunk)
     for k in range(1, len(shapes)):
         src = layout.open_array(plan.out, f"{base}{k - 1}", "r")
         dst = layout.open_array(plan.out, f"{base}{k}")
         h = shapes[k][0]
-        for r0 in range(0, h, CHUNK):
-            r1 = min(h, r0 + CHUNK)
+        for r0 in range(0, h, plan.chunk):
+            r1 = min(h, r0 + plan.chunk)
             band = np.asarray(src[..., 2 * r0 : 2 * r1, :])
             dst[..., r0:r1, :] = _halve(band, labels).astype(dst.dtype)
     layout.mark_done(layout.marker(plan.out, "pyramid", key.replace("/", "_") or "maps"))

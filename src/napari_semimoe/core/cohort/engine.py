@@ -45,6 +45,11 @@ class CohortOptions:
     threads_per_worker: int = 1
     scheduler: str | None = None
     block: int = 2048  # block side in working px, rounded up to whole chunks
+    chunk: int = CHUNK  # chunk side of the output arrays, working px
+    #: context (working px) a block's instances and uncertainty see around it; default the
+    #: tile. A gland whose mask component spans at most this gets exactly the ids of a
+    #: whole-slide labelling; larger ones are still joined across borders.
+    halo: int | None = None
     resume: bool = False
     tissue_only: bool = True
     native_mask: bool = False  # also OUT/<name>_mask.tif at the slide's native size
@@ -52,6 +57,7 @@ class CohortOptions:
     overlap: int | None = None
     batch: int | None = None
     precision: str = "auto"
+    threshold: float = 0.5
     device: str = "auto"
     dashboard_address: str | None = ":8787"
 
@@ -63,6 +69,7 @@ class CohortOptions:
             precision=self.precision,
             threads=self.threads_per_worker,
             tissue_only=self.tissue_only,
+            threshold=self.threshold,
         )
 
 
@@ -84,6 +91,7 @@ class SlideResult:
     gland_area_mm2: float | None = None
     classes: dict[str, dict[str, float]] = field(default_factory=dict)
     resumed_blocks: int = 0
+    network_seconds: float = 0.0  # time the workers spent in the network for this slide
 
 
 @dataclass
@@ -210,14 +218,15 @@ class _Dask:
 
 
 def _dashboard(client) -> str | None:
+    """The dashboard's address; None when there is none (bokeh missing here for a local
+    cluster)."""
+    import importlib.util
+
     try:
-        return (
-            client.dashboard_link
-            if client.cluster is None
-            or client.scheduler_info().get("services", {}).get("dashboard")
-            else None
-        )
-    except Exception:  # noqa: BLE001 - no dashboard (bokeh missing, a remote scheduler)
+        if client.cluster is not None and importlib.util.find_spec("bokeh") is None:
+            return None
+        return client.dashboard_link
+    except Exception:  # noqa: BLE001 - no dashboard is not an error
         return None
 
 
@@ -245,7 +254,7 @@ def start_client(options: CohortOptions):
         threads_per_worker=1,  # one task at a time; torch gets threads_per_worker threads
         processes=True,
         dashboard_address=options.dashboard_address,
-        silence_logs=logging.ERROR,
+        silence_logs=logging.CRITICAL,  # a failed task is reported per slide
     )
     return Client(cluster), cluster
 
@@ -291,9 +300,12 @@ def run_cohort(
     paths = expand_slides(slides)
     names = output_names(paths)
     out = Path(out)
-    if opt.block < CHUNK:
-        raise InputError(f"--block must be at least {CHUNK} working px, got {opt.block}")
-    block = -(-int(opt.block) // CHUNK) * CHUNK
+    chunk = int(opt.chunk)
+    if chunk < 64:
+        raise InputError(f"the chunk side must be at least 64 working px, got {chunk}")
+    if opt.block < chunk:
+        raise InputError(f"--block must be at least {chunk} working px, got {opt.block}")
+    block = -(-int(opt.block) // chunk) * chunk
     spec = blocks.ModelSpec(str(run), opt.predict_options(), opt.device)
     tiling = _check_model(run, opt)
     states = []
@@ -383,6 +395,8 @@ class _Driver:
             str(s.out),
             self.spec,
             self.block,
+            int(self.opt.chunk),
+            self.opt.halo,
             priority=-i,
         )
 
@@ -458,7 +472,7 @@ class _Driver:
     def _summary_attrs(self, s: _Slide) -> dict:
         r = s.result
         return {
-            "tiles": r.tiles,
+            "blocks": r.blocks,
             "tissue_mm2": r.tissue_mm2,
             "gland_count": r.gland_count,
             "gland_area_mm2": r.gland_area_mm2,
@@ -469,11 +483,12 @@ class _Driver:
         """A slide finished by an earlier run: its summary from its metadata."""
         summ = layout.read_semimoe(s.out).get("summary", {})
         r = s.result
-        for k in ("tiles", "tissue_mm2", "gland_count", "gland_area_mm2", "classes"):
+        for k in ("tissue_mm2", "gland_count", "gland_area_mm2", "classes"):
             if k in summ:
                 setattr(r, k, summ[k])
         r.status = "done"
         r.seconds = 0.0
+        r.resumed_blocks = r.blocks = int(summ.get("blocks", 0))
         s.stage = "done"
 
     # -- the loop
@@ -518,6 +533,7 @@ class _Driver:
             est = s.tiles_est.pop(index, value["tiles"])
             del est
             s.result.tiles += value["tiles"]
+            s.result.network_seconds = round(s.result.network_seconds + value["net_s"], 3)
             self.tiles_done += value["tiles"]
         elif stage == "labels":
             s.labels[index] = value

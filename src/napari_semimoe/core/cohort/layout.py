@@ -27,7 +27,7 @@ from pathlib import Path
 from ..atomic import atomic_write_json
 
 #: Working-scale pixels per chunk side; blocks are whole chunks.
-CHUNK = 512
+CHUNK = 512  # default; a plan may choose another (tests use small ones)
 WORK = ".cohort"
 
 
@@ -42,9 +42,10 @@ class SlidePlan:
     work: tuple[int, int]  # working-scale shape (the outputs' level 0)
     mpp: float | None  # native µm per px, if the slide says
     maps: list[str]  # float channels, in order
-    block: int  # block side, working px (a multiple of CHUNK)
+    block: int  # block side, working px (a multiple of chunk)
     halo: int  # context read around a block for instances and uncertainty
     tissue_px: int  # tissue pixels at working scale
+    chunk: int = CHUNK  # chunk side of every array, working px
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -106,10 +107,10 @@ def is_complete(out: str | Path) -> bool:
     return "multiscales" in attrs.get("ome", attrs)
 
 
-def level_shapes(shape: tuple[int, int]) -> list[tuple[int, int]]:
+def level_shapes(shape: tuple[int, int], chunk: int = CHUNK) -> list[tuple[int, int]]:
     """Level 0 then halves (rounded up) while the longer side exceeds a chunk."""
     shapes = [(int(shape[0]), int(shape[1]))]
-    while max(shapes[-1]) > CHUNK:
+    while max(shapes[-1]) > chunk:
         h, w = shapes[-1]
         shapes.append(((h + 1) // 2, (w + 1) // 2))
     return shapes
@@ -122,23 +123,20 @@ def create_arrays(plan: SlidePlan) -> None:
     out = Path(plan.out)
     root = zarr.open_group(out, mode="a", zarr_format=3)
     c = len(plan.maps)
-    for k, (h, w) in enumerate(level_shapes(plan.work)):
+    C = plan.chunk
+    for k, (h, w) in enumerate(level_shapes(plan.work, plan.chunk)):
         root.create_array(
-            str(k), shape=(c, h, w), chunks=(1, CHUNK, CHUNK), dtype="float32", overwrite=True
+            str(k), shape=(c, h, w), chunks=(1, C, C), dtype="float32", overwrite=True
         )
     labels = root.require_group("labels")
     for name, dtype in (("mask", "uint8"), ("instances", "uint32")):
         g = labels.require_group(name)
-        for k, (h, w) in enumerate(level_shapes(plan.work)):
-            g.create_array(str(k), shape=(h, w), chunks=(CHUNK, CHUNK), dtype=dtype, overwrite=True)
+        for k, (h, w) in enumerate(level_shapes(plan.work, plan.chunk)):
+            g.create_array(str(k), shape=(h, w), chunks=(C, C), dtype=dtype, overwrite=True)
     scratch = zarr.open_group(work_dir(out) / "scratch", mode="a", zarr_format=3)
     h, w = plan.work
-    scratch.create_array(
-        "provisional", shape=(h, w), chunks=(CHUNK, CHUNK), dtype="int32", overwrite=True
-    )
-    scratch.create_array(
-        "tissue", shape=(h, w), chunks=(CHUNK, CHUNK), dtype="bool", overwrite=True
-    )
+    scratch.create_array("provisional", shape=(h, w), chunks=(C, C), dtype="int32", overwrite=True)
+    scratch.create_array("tissue", shape=(h, w), chunks=(C, C), dtype="bool", overwrite=True)
 
 
 def open_array(out: str | Path, key: str, mode: str = "r+"):
@@ -156,7 +154,7 @@ def write_metadata(plan: SlidePlan, summary: dict | None = None) -> None:
     root = zarr.open_group(out, mode="a", zarr_format=3)
     px = plan.work_mpp or 1.0
     unit = "micrometer" if plan.work_mpp else None
-    shapes = level_shapes(plan.work)
+    shapes = level_shapes(plan.work, plan.chunk)
 
     def datasets(channel: bool) -> list[dict]:
         ds = []
