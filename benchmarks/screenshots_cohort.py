@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
-SIDE = 2400  # native px of each slide; the model's working scale 2 -> 1200 px
+SIDE = 1536  # native px of each slide; the model's working scale 2 -> 768 px
 
 
 def _inputs(root: Path) -> tuple[Path, Path]:

@@ -17,10 +17,11 @@ import logging
 import os
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QObject, QTimer
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -65,7 +66,7 @@ class CohortPanel(QWidget):
         self._progress: Any = None  # the latest CohortProgress (written by the worker)
         self._paths: dict[str, str] = {}  # slide name -> its output folder
         self._t0 = 0.0
-        self._watched: list[QObject] = []
+        self._watched: list[weakref.ref] = []
         self.client = KeptClient()
         self._close_when_done = False
         self._filter = CloseFilter(self._closing, self)
@@ -385,14 +386,17 @@ class CohortPanel(QWidget):
     def _watch_closing(self) -> None:
         """Watch the dock's content (napari takes it out when the dock is closed) and the
         window (closed), to stop a running cohort and close the workers."""
-        for obj in self._watched:
-            obj.removeEventFilter(self._filter)
+        for ref in self._watched:
+            if (obj := ref()) is not None:
+                obj.removeEventFilter(self._filter)
         w: QWidget = self
         while w.parentWidget() is not None and not isinstance(w.parentWidget(), QDockWidget):
             w = w.parentWidget()
-        self._watched = [w] if w is self.window() else [w, self.window()]
-        for obj in self._watched:
+        watched = [w] if w is self.window() else [w, self.window()]
+        for obj in watched:
             obj.installEventFilter(self._filter)
+        # weak: the page must not keep napari's window (and its viewer) alive
+        self._watched = [weakref.ref(obj) for obj in watched]
 
     # ------------------------------------------------------------------ showing it
 
