@@ -115,6 +115,9 @@ def test_cohort_panel_runs_slides_with_progress_and_opens_a_result(
     bad = _row(panel, "corrupt")
     assert bad["status"].startswith("failed: ") and "corrupt.tif" in bad["status"], bad
     assert not panel.table.open_button("corrupt").isEnabled()
+    panel.table.setCurrentCell(panel.table.rows["corrupt"], 0)  # its reason in full below
+    assert panel.detail_label.text() == f"corrupt: {bad['status']}"
+    assert "truncated" in bad["status"] or "corrupt" in bad["status"]
     assert "2 of 3 slides done, 1 failed" in panel.summary_label.text()
     assert panel.dashboard_label.text().startswith("dask dashboard")
 

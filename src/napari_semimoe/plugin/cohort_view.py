@@ -1,7 +1,7 @@
 """Parts of the dock's Cohort page: the per-slide table (name, status in words with the
 reason of a failure, tiles done / total, time, Open), filled from the cohort's progress
 reports and its summary on the GUI thread; the watcher that hears the dock or the window
-close; a line edit with its button."""
+close; a line edit with its button; opening a result."""
 
 from __future__ import annotations
 
@@ -158,6 +158,26 @@ class CloseFilter(QObject):
         if t == QEvent.Type.Close or (t == QEvent.Type.ParentChange and obj.parent() is None):
             self.on_close()
         return False
+
+
+def open_result(viewer, path: str) -> list:
+    """Add a cohort output (``NAME.ome.zarr``) to the viewer through the plugin's reader:
+    zarr / dask arrays, so napari reads only the chunks it draws; a layer of the same name
+    is replaced. [] when the reader does not take the path (not a finished output)."""
+    from napari.layers import Layer
+
+    from .reader import get_reader
+
+    reader = get_reader(path)
+    if reader is None:
+        return []
+    added = []
+    for d in reader(path):
+        name = d[1].get("name") if len(d) > 1 else None
+        if name in viewer.layers:
+            viewer.layers.remove(name)
+        added.append(viewer.add_layer(Layer.create(*d)))
+    return added
 
 
 def _tiles(done: int, total: int) -> str:

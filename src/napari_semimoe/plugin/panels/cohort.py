@@ -21,7 +21,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -43,7 +43,7 @@ from qtpy.QtWidgets import (
 
 from ...core.errors import InputError
 from ..cohort_cluster import KeptClient, default_workers
-from ..cohort_view import STAGE_WORDS, CloseFilter, SlideTable, with_button
+from ..cohort_view import STAGE_WORDS, CloseFilter, SlideTable, open_result, with_button
 from ..common import notify
 from ..jobs import fmt_time
 from ..session import Session
@@ -96,6 +96,8 @@ class CohortPanel(QWidget):
             "select one and press Remove to take it out"
         )
         self.slide_list.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.slide_list.setTextElideMode(Qt.TextElideMode.ElideLeft)  # the name shows
+        self.slide_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.slide_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         srow = QHBoxLayout()
         for text, tip, fn in (
@@ -193,6 +195,12 @@ class CohortPanel(QWidget):
 
         self.table = SlideTable(self.open_slide)
         v.addWidget(self.table, 1)
+        self.detail_label = QLabel("")
+        self.detail_label.setWordWrap(True)
+        self.detail_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.detail_label.setToolTip("the selected slide's status in full (e.g. why it failed)")
+        v.addWidget(self.detail_label)
+        self.table.currentCellChanged.connect(lambda r, *_: self._show_detail(r))
 
     def _where_changed(self, text: str) -> None:
         here = text == HERE
@@ -422,6 +430,11 @@ class CohortPanel(QWidget):
         self.summary_label.setText(line + f" · {fmt_time(p.elapsed)}")
         self._show_dashboard(p.dashboard)
         self.table.show_progress(p)
+        self._show_detail(self.table.currentRow())
+
+    def _show_detail(self, row: int) -> None:
+        name = next((n for n, r in self.table.rows.items() if r == row), None)
+        self.detail_label.setText("" if name is None else f"{name}: {self.table.text(name, 1)}")
 
     def _show_dashboard(self, link: str | None) -> None:
         if link:
@@ -434,6 +447,7 @@ class CohortPanel(QWidget):
         """Main thread: the cohort ended; the rows from its summary."""
         self._show_progress()
         self.table.show_summary(summary)
+        self._show_detail(self.table.currentRow())
         for r in summary.slides:
             if r.out:
                 self._paths[r.name] = r.out
@@ -444,8 +458,10 @@ class CohortPanel(QWidget):
         line = f"cohort {words}: {done} of {len(summary.slides)} slides done"
         if failed:
             line += f", {failed} failed (see the Status column)"
-        line += f" in {fmt_time(summary.seconds)}; summary: {summary.summary_csv}"
-        self.summary_label.setText(line)
+        line += f" in {fmt_time(summary.seconds)}"
+        self.summary_label.setText(line + "; table: cohort_summary.csv in the results folder")
+        self.summary_label.setToolTip(f"{summary.summary_csv}\n{summary.summary_json}")
+        line += f"; summary: {summary.summary_csv}"
         if not summary.stopped and self.bar.maximum() == 0:
             self.bar.setRange(0, 1)
             self.bar.setValue(1)
@@ -470,27 +486,15 @@ class CohortPanel(QWidget):
     # ------------------------------------------------------------------ results
 
     def open_slide(self, name: str) -> list:
-        """Add a finished slide's results to the viewer through the plugin's reader (zarr
-        arrays: napari reads only the chunks it draws). Returns the layers added."""
-        from napari.layers import Layer
-
-        from ..reader import get_reader
-
+        """Add a finished slide's results to the viewer (lazily); returns the layers."""
         path = self._paths.get(name)
-        reader = get_reader(path) if path else None
-        if reader is None:
-            self.session.say(f"{name}: no finished result to open")
-            return []
         try:
-            data = reader(path)
+            added = open_result(self.viewer, path) if path else []
         except (ValueError, InputError, OSError) as exc:
             self.session.say(f"{name}: cannot open {path}: {exc}")
             return []
-        added = []
-        for d in data:
-            meta = dict(d[1]) if len(d) > 1 else {}
-            if meta.get("name") in self.viewer.layers:
-                self.viewer.layers.remove(meta["name"])
-            added.append(self.viewer.add_layer(Layer.create(*d)))
-        self.session.say(f"{name}: {len(added)} layers opened from {path}")
+        if not added:
+            self.session.say(f"{name}: no finished result to open")
+        else:
+            self.session.say(f"{name}: {len(added)} layers opened from {path}")
         return added
