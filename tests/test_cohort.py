@@ -215,7 +215,9 @@ def test_stop_then_resume_does_only_the_missing_blocks(work, first, client):
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     s3 = run_cohort(work["run"], one, out, _opts(work, resume=True), client=client)
-    assert s3.slides[0].status == "done" and s3.slides[0].tiles == 0  # nothing left to do
+    r3 = s3.slides[0]
+    assert r3.status == "done" and r3.tiles == 0 and r3.resumed_blocks == 4  # nothing to do
+    assert r3.gland_count == first.slides[1].gland_count  # the summary, from the metadata
 
 
 def test_the_output_opens_with_ome_zarr_and_lazily_in_napari(first):

@@ -71,6 +71,27 @@ def worker_predictor(spec: ModelSpec) -> Predictor:
         return p
 
 
+_SLIDES: dict[tuple, object] = {}
+#: Slides a worker keeps open (opening checks every tile's offsets: seconds for a big one).
+OPEN_SLIDES = 4
+
+
+def worker_slide(path: str):
+    """This process's open :class:`Slide` for ``path`` (reopened when the file changed);
+    the few most recent stay open for the next block of the same slide."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+    with _LOCK:
+        slide = _SLIDES.pop(key, None)
+        if slide is None:
+            slide = open_slide(path)
+        _SLIDES[key] = slide  # most recent last
+        while len(_SLIDES) > OPEN_SLIDES:
+            _SLIDES.pop(next(iter(_SLIDES))).close()
+        return slide
+
+
 def model_loads() -> int:
     """How many times this process has loaded a model (once per worker and checkpoint)."""
     return _LOADS[0]
@@ -109,11 +130,11 @@ def plan_slide(
             f"{g.input_size}x{g.input_size}; a cohort needs a model trained with a working "
             "scale (--scale)"
         )
-    with open_slide(path) as slide:
-        H, W = slide.shape
-        work = g.working_shape((H, W))
-        tissue = working_tissue(slide, work)
-        mpp = slide.mpp
+    slide = worker_slide(path)
+    H, W = slide.shape
+    work = g.working_shape((H, W))
+    tissue = working_tissue(slide, work)
+    mpp = slide.mpp
     plan = SlidePlan(
         path=str(path),
         name=name,
@@ -180,17 +201,16 @@ def predict_block(spec: ModelSpec, plan: SlidePlan, index: int) -> dict:
     # buffer reaches the last tile's end (or the image's).
     gates = []
     net = 0.0
-    with open_slide(plan.path) as slide:
-        read = working_reader(slide, (h, w))
-        for b0 in range(0, len(todo), p.batch):
-            chunk = todo[b0 : b0 + p.batch]
-            tiles = np.stack([read_padded(read, y, x, t, t, h, w) for y, x in chunk])
-            t0 = time.perf_counter()
-            maps, g = p.predict_batch(tiles)
-            net += time.perf_counter() - t0
-            for j, (y, x) in enumerate(chunk):
-                merger.add(y - oy, x - ox, {k: maps[k][j] for k in names}, p.window)
-                gates.append(((y, x), g[j]))
+    read = working_reader(worker_slide(plan.path), (h, w))
+    for b0 in range(0, len(todo), p.batch):
+        chunk = todo[b0 : b0 + p.batch]
+        tiles = np.stack([read_padded(read, y, x, t, t, h, w) for y, x in chunk])
+        t0 = time.perf_counter()
+        maps, g = p.predict_batch(tiles)
+        net += time.perf_counter() - t0
+        for j, (y, x) in enumerate(chunk):
+            merger.add(y - oy, x - ox, {k: maps[k][j] for k in names}, p.window)
+            gates.append(((y, x), g[j]))
     acc = merger.finish()
     sl = (slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox))
     image = layout.open_array(plan.out, "0")
