@@ -155,8 +155,10 @@ class CloseFilter(QObject):
 
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt API)
         t = event.type()
-        if t == QEvent.Type.Close or (t == QEvent.Type.ParentChange and obj.parent() is None):
-            self.on_close()
+        if t == QEvent.Type.Close:
+            self.on_close(window=True)
+        elif t == QEvent.Type.ParentChange and obj.parent() is None:
+            self.on_close(window=False)
         return False
 
 

@@ -6,8 +6,8 @@ and Open on a finished slide (its OME-Zarr through the plugin's reader: lazy lay
 The cohort runs in a napari worker thread (the dask client lives there); its progress
 callback only stores the latest :class:`CohortProgress`, a main-thread timer shows it.
 Cancel, closing the dock and closing napari set the cohort's stop event: queued tasks are
-cancelled, the workers are closed, finished slides stay (complete them later with
-"continue an earlier cohort").
+cancelled, finished slides stay ("continue earlier results" completes the rest). The
+workers are kept between cohorts (:mod:`..cohort_cluster`) and closed with the dock.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import html
 import logging
 import os
 import threading
-import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -65,7 +64,6 @@ class CohortPanel(QWidget):
         self._done_event.set()
         self._progress: Any = None  # the latest CohortProgress (written by the worker)
         self._paths: dict[str, str] = {}  # slide name -> its output folder
-        self._t0 = 0.0
         self._watched: list[weakref.ref] = []
         self.client = KeptClient()
         self._close_when_done = False
@@ -335,7 +333,6 @@ class CohortPanel(QWidget):
         self.table.reset(names)
         self._paths = {n: str(out / f"{n}{ZARR_SUFFIX}") for n in names}
         self._progress = None
-        self._t0 = time.monotonic()
         self.stop_event = stop = threading.Event()
         self._done_event.clear()
         where = opt.scheduler or f"{opt.workers} helpers × {opt.threads_per_worker} cores here"
@@ -381,11 +378,13 @@ class CohortPanel(QWidget):
             self._done_event.wait(wait)
         self.client.close()
 
-    def _closing(self) -> None:
-        """The dock was taken out or the window closed: stop the cohort; its workers are
-        closed once it has stopped (without blocking the viewer)."""
-        if self.running:
-            log.info("the dock or the window closed: stopping the cohort")
+    def _closing(self, window: bool) -> None:
+        """The dock was taken out (the viewer goes on: nothing blocks it) or the window
+        closed (napari ends: the cohort and its workers are waited for)."""
+        if window:
+            self.shutdown()
+        elif self.running:
+            log.info("the dock was closed: stopping the cohort")
             self.cancel()
             self._close_when_done = True
         else:
