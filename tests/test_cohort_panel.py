@@ -5,6 +5,7 @@ second cohort stops it and closes the workers."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -147,3 +148,14 @@ def test_cohort_panel_runs_slides_with_progress_and_opens_a_result(
     assert any(_row(panel, n)["status"] == "stopped" for n in ("case0", "case1"))
     qtbot.waitUntil(lambda: not panel.client.active, timeout=5_000)
     viewer.window.add_dock_widget(widget)  # back in the window (and closed with it)
+
+
+def test_default_helpers_leave_a_core_for_the_viewer_and_fit_the_memory():
+    from napari_semimoe.plugin.cohort_cluster import default_workers
+
+    assert default_workers(cores=2, mem_gb=16) == (1, 1)
+    assert default_workers(cores=8, mem_gb=64) == (3, 2)  # 7 spare cores: 3 x 2
+    assert default_workers(cores=32, mem_gb=64) == (7, 4)
+    assert default_workers(cores=32, mem_gb=6) == (3, 4)  # one helper per 2 GB at most
+    w, t = default_workers()
+    assert w * t <= max(1, len(os.sched_getaffinity(0)) - 1)
