@@ -192,6 +192,7 @@ class CohortPanel(QWidget):
         v.addWidget(self.dashboard_label)
 
         self.table = SlideTable(self.open_slide)
+        self.table.setMinimumHeight(5 * self.fontMetrics().lineSpacing())
         v.addWidget(self.table, 1)
         self.detail_label = QLabel("")
         self.detail_label.setWordWrap(True)
@@ -456,10 +457,12 @@ class CohortPanel(QWidget):
         words = "stopped" if summary.stopped else "finished"
         line = f"cohort {words}: {done} of {len(summary.slides)} slides done"
         if failed:
-            line += f", {failed} failed (see the Status column)"
+            line += f", {failed} failed"
         line += f" in {fmt_time(summary.seconds)}"
-        self.summary_label.setText(line + "; table: cohort_summary.csv in the results folder")
-        self.summary_label.setToolTip(f"{summary.summary_csv}\n{summary.summary_json}")
+        self.summary_label.setText(line + " · cohort_summary.csv")
+        self.summary_label.setToolTip(
+            f"the summary tables:\n{summary.summary_csv}\n{summary.summary_json}"
+        )
         line += f"; summary: {summary.summary_csv}"
         if not summary.stopped and self.bar.maximum() == 0:
             self.bar.setRange(0, 1)
@@ -492,8 +495,6 @@ class CohortPanel(QWidget):
         except (ValueError, InputError, OSError) as exc:
             self.session.say(f"{name}: cannot open {path}: {exc}")
             return []
-        if not added:
-            self.session.say(f"{name}: no finished result to open")
-        else:
-            self.session.say(f"{name}: {len(added)} layers opened from {path}")
+        opened = f"{len(added)} layers opened from {path}"
+        self.session.say(f"{name}: {opened if added else 'no finished result to open'}")
         return added
