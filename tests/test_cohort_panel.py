@@ -159,3 +159,28 @@ def test_default_helpers_leave_a_core_for_the_viewer_and_fit_the_memory():
     assert default_workers(cores=32, mem_gb=6) == (3, 4)  # one helper per 2 GB at most
     w, t = default_workers()
     assert w * t <= max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+def test_slide_rows_show_tiles_and_reasons_when_the_progress_has_them(qtbot):
+    """Per-slide tiles and a failure's reason as soon as the progress report carries them
+    (``tiles``: name -> (done, total), ``errors``: name -> reason); without them a slide
+    being predicted still reads 'running' and the summary fills the rest at the end."""
+    from types import SimpleNamespace
+
+    from napari_semimoe.plugin.cohort_view import SlideTable
+
+    table = SlideTable(lambda name: None)
+    qtbot.addWidget(table)
+    table.reset(["a", "b", "c"])
+    states = {"a": "maps", "b": "maps", "c": "failed"}
+    table.show_progress(
+        SimpleNamespace(
+            slides=states, tiles={"a": (3, 10), "b": (0, 8)}, errors={"c": "c.tif: truncated"}
+        )
+    )
+    assert [table.text("a", i) for i in (1, 2)] == ["running · predicting", "3 / 10"]
+    assert [table.text("b", i) for i in (1, 2)] == ["queued", "0 / 8"]
+    assert table.text("c", 1) == "failed: c.tif: truncated"
+    table.reset(["a", "b", "c"])
+    table.show_progress(SimpleNamespace(slides=states))
+    assert [table.text(n, 1) for n in "abc"] == ["running · predicting"] * 2 + ["failed"]
