@@ -78,7 +78,7 @@ class CohortPanel(QWidget):
 
     def _build(self) -> None:
         v = QVBoxLayout(self)
-        form = QFormLayout()
+        form = self.form = QFormLayout()
         self.model_edit = QLineEdit()
         self.model_edit.setPlaceholderText("this project's latest model")
         self.model_edit.setToolTip(
@@ -88,7 +88,7 @@ class CohortPanel(QWidget):
         form.addRow("Model", with_button(self.model_edit, self._choose_model))
 
         self.slide_list = QListWidget()
-        self.slide_list.setMaximumHeight(4 * self.fontMetrics().lineSpacing() + 8)
+        self.slide_list.setMaximumHeight(3 * self.fontMetrics().lineSpacing() + 8)
         self.slide_list.setToolTip(
             "the slides to read: whole folders (every slide in them) and single slide files; "
             "select one and press Remove to take it out"
@@ -151,7 +151,6 @@ class CohortPanel(QWidget):
             "the dask scheduler's address (tcp://host:port); the cluster's workers must see "
             "the slides, the model and the results folder at the same paths as this computer"
         )
-        self.address_edit.setEnabled(False)
         form.addRow("Scheduler", self.address_edit)
         self.resume_check = QCheckBox("continue earlier results")
         self.resume_check.setToolTip(
@@ -202,10 +201,10 @@ class CohortPanel(QWidget):
         self.table.currentCellChanged.connect(lambda r, *_: self._show_detail(r))
 
     def _where_changed(self, text: str) -> None:
-        here = text == HERE
-        self.workers_spin.setEnabled(here)
-        self.threads_spin.setEnabled(here)
-        self.address_edit.setEnabled(not here)
+        """Only the fields of the chosen place are shown (the page stays short)."""
+        for w, show in ((self.workers_spin, 1), (self.threads_spin, 1), (self.address_edit, 0)):
+            for part in (w, self.form.labelForField(w)):
+                part.setVisible(bool(show) == (text == HERE))
 
     def _project_opened(self, project) -> None:
         if not self.out_edit.text() and not self.running:
