@@ -193,6 +193,7 @@ class CohortPanel(QWidget):
         self.table = SlideTable(self.open_slide)
         self.table.setMinimumHeight(5 * self.fontMetrics().lineSpacing())
         v.addWidget(self.table, 1)
+        self._where_changed(HERE)
         self.detail_label = QLabel("")
         self.detail_label.setWordWrap(True)
         self.detail_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
