@@ -2,8 +2,9 @@
 
 Pages: 1 project and tiles (:mod:`.panels.project`), 2 train (:mod:`.panels.train`),
 3 review and correct (:mod:`.panels.review`), 4 suggestions and 5 pseudo-label QA
-(:mod:`.panels.active`). The panels share state only through the session (and the
-training-set cutter and layer access it goes with); they never call each other.
+(:mod:`.panels.active`), 6 cohort (:mod:`.panels.cohort`). The panels share state only
+through the session (and the training-set cutter and layer access it goes with); they never
+call each other.
 
 Threads and processes: the GUI thread alone touches layers and widgets; prediction,
 suggestions, QA and the training-set cut run in napari worker threads and hand their arrays
@@ -32,6 +33,7 @@ from .common import camera
 from .cutter import TrainsetCutter
 from .layers import LABELS_LAYER, TILE_STYLE, TILES_LAYER, NapariLayers
 from .panels.active import ActivePanel
+from .panels.cohort import CohortPanel
 from .panels.project import NO_PROJECT, ProjectPanel
 from .panels.review import COVERED, PRED_SCALE, ReviewPanel
 from .panels.train import TrainPanel
@@ -86,11 +88,13 @@ class SemiMoEWidget(QWidget):
         self.train_panel = TrainPanel(self.session, self.cutter)
         self.review_panel = ReviewPanel(self.session, self.layers)
         self.active = ActivePanel(self.session, self.layers, self.cutter)
+        self.cohort_panel = CohortPanel(self.session, viewer)
         box.addItem(self.project_panel, "1 · Project and tiles")
         box.addItem(self.train_panel, "2 · Train")
         box.addItem(self.review_panel, "3 · Review and correct")
         box.addItem(self.active.suggest_page, "4 · Label next (suggestions)")
         box.addItem(self.active.qa_page, "5 · Pseudo-labels (QA)")
+        box.addItem(self.cohort_panel, "6 · Cohort (many slides)")
         box.setCurrentIndex(1)
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -151,6 +155,7 @@ class SemiMoEWidget(QWidget):
         """napari is closing: write the annotations now (the autosave may be pending) and
         stop training so that it saves its checkpoint (it would otherwise be killed)."""
         self.train_panel.shutdown()
+        self.cohort_panel.shutdown()
         self.project_panel.save_now()
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
