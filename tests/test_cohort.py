@@ -170,9 +170,10 @@ def test_a_gland_across_a_block_border_has_one_id(work, first):
 
 def test_a_killed_worker_gives_complete_identical_outputs(work, first, client):
     pids = list(client.run(os.getpid).values())
-    killed = []
+    killed, seen = [], []
 
     def progress(p):
+        seen.append(p)
         if p.tiles_done > 0 and not killed:
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
@@ -187,6 +188,9 @@ def test_a_killed_worker_gives_complete_identical_outputs(work, first, client):
     )
     assert killed
     assert [r.status for r in summary.slides] == ["done"] * 2
+    # per-slide rows of the dock: tiles done of all, complete at the end, and no reasons
+    assert seen[-1].tiles == {r.name: (r.tiles, r.tiles) for r in summary.slides}
+    assert seen[-1].errors == {}
     for r, ref in zip(summary.slides, first.slides[:2]):
         a, b = _arrays(Path(r.out)), _arrays(Path(ref.out))
         for k in a:

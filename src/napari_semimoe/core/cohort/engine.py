@@ -107,6 +107,10 @@ class CohortProgress:
     elapsed: float
     slides: dict[str, str]  # name -> stage or final status
     dashboard: str | None = None
+    #: name -> (tiles done, tiles in all; 0 until the slide is planned), for per-slide rows
+    tiles: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: name -> the one-line reason of a failed slide, as soon as it failed
+    errors: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -450,6 +454,11 @@ class _Driver:
                     for s in self.states
                 },
                 dashboard=self.ex.dashboard,
+                tiles={
+                    s.result.name: (s.result.tiles, s.result.tiles + sum(s.tiles_est.values()))
+                    for s in self.states
+                },
+                errors={r.name: r.error for r in res if r.status == "failed" and r.error},
             )
         )
 
