@@ -91,7 +91,11 @@ class SemiMoEWidget(QWidget):
         box.addItem(self.review_panel, "3 · Review and correct")
         box.addItem(self.active.suggest_page, "4 · Label next (suggestions)")
         box.addItem(self.active.qa_page, "5 · Pseudo-labels (QA)")
-        box.setCurrentIndex(1)
+        # Without a project nothing can be done but choose one: open on that page. Once a
+        # project with painted tiles is open (the sample's), the next step is 2 · Train.
+        box.setCurrentIndex(0)
+        self._auto_page = True
+        box.currentChanged.connect(self._page_chosen)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         # A fixed height: a new message must not re-layout the dock (and the canvas with it).
@@ -99,6 +103,7 @@ class SemiMoEWidget(QWidget):
         lay.addWidget(self.status)
         self.session.message.connect(lambda msg: self.status.setText(msg))
         self.session.project_changed.connect(self._project_opened)
+        self.session.image_changed.connect(self._choose_page)
 
         # napari never sends closeEvent to dock widgets (napari#8071): save the last strokes
         # when the window closes or the annotations layer goes (viewer.close() removes the
@@ -139,6 +144,16 @@ class SemiMoEWidget(QWidget):
 
     def _project_opened(self, project) -> None:
         self.session.log_path = self.log.open_in(project.root)
+
+    def _page_chosen(self, index: int) -> None:
+        if index != 0:  # the user (or the dock) moved on: never move the page for them again
+            self._auto_page = False
+
+    def _choose_page(self, entry) -> None:
+        """A project's image is open: with painted training tiles, go to 2 · Train (once,
+        and only if nobody has changed the page yet); otherwise stay where tiles are added."""
+        if self._auto_page and entry is not None and entry.train_tiles():
+            self.toolbox.setCurrentIndex(1)
 
     def _window_closed(self) -> None:
         self.project_panel.save_now()
