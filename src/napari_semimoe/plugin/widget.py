@@ -32,9 +32,11 @@ from .common import camera
 from .cutter import TrainsetCutter
 from .layers import LABELS_LAYER, TILE_STYLE, TILES_LAYER, NapariLayers
 from .panels.active import ActivePanel
+from .panels.export import ExportPanel
 from .panels.project import NO_PROJECT, ProjectPanel
 from .panels.review import COVERED, PRED_SCALE, ReviewPanel
 from .panels.train import TrainPanel
+from .preview import LivePreview
 from .session import Session
 from .session_log import SessionLog
 
@@ -91,6 +93,15 @@ class SemiMoEWidget(QWidget):
         box.addItem(self.review_panel, "3 · Review and correct")
         box.addItem(self.active.suggest_page, "4 · Label next (suggestions)")
         box.addItem(self.active.qa_page, "5 · Pseudo-labels (QA)")
+        self.export_panel = ExportPanel(self.session, self.layers)
+        box.addItem(self.export_panel, "6 · Export (QuPath, TIFF, OME-Zarr)")
+        # While training: a live preview of the view at each checkpoint; when it ends, the
+        # view is predicted with the final model (non-modal: nothing is changed that the
+        # user painted, and Accept stays a click).
+        self.preview = LivePreview(self.session, self.layers)
+        self._closing = False
+        self.train_panel.checkpoint_saved.connect(self.preview.refresh)
+        self.train_panel.training_ended.connect(self._training_ended)
         # Without a project nothing can be done but choose one: open on that page. Once a
         # project with painted tiles is open (the sample's), the next step is 2 · Train.
         box.setCurrentIndex(0)
@@ -155,6 +166,22 @@ class SemiMoEWidget(QWidget):
         if self._auto_page and entry is not None and entry.train_tiles():
             self.toolbox.setCurrentIndex(1)
 
+    def _training_ended(self, last: dict) -> None:
+        """The training process is gone: the live preview goes, and unless it failed (or
+        napari is closing) the view is predicted with the final model, on page 3, where
+        Accept and the brush take over. Auto-run rather than a button to press: the user
+        was watching the preview; the full prediction is what they look at next."""
+        self.preview.stop()
+        if self._closing or last.get("kind") != "exit" or self.session.checkpoint() is None:
+            return
+        review = self.review_panel
+        if review.worker is not None and not review.pred_view_btn.isEnabled():
+            return  # a prediction the user started is running: it is the one to show
+        if self.toolbox.currentIndex() == 1:
+            self.toolbox.setCurrentIndex(2)
+        self.session.say("training ended: predicting this view with the final model…")
+        review.predict("view")
+
     def _window_closed(self) -> None:
         self.project_panel.save_now()
         self.log.close()
@@ -165,6 +192,7 @@ class SemiMoEWidget(QWidget):
     def shutdown(self) -> None:
         """napari is closing: write the annotations now (the autosave may be pending) and
         stop training so that it saves its checkpoint (it would otherwise be killed)."""
+        self._closing = True
         self.train_panel.shutdown()
         self.project_panel.save_now()
 
