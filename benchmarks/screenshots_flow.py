@@ -22,6 +22,41 @@ def main() -> int:
     if "--sample-only" in sys.argv:
         viewer.close()
         return 0
+    from napari_semimoe.plugin.panels import train
+    from napari_semimoe.plugin.preview import PREVIEW_LAYER
+    from napari_semimoe.plugin.widget import camera
+
+    iters = int(next((a for a in sys.argv[1:] if a.isdigit()), "60"))
+    train.DOCK_OVERRIDES["checkpoint_every"] = max(1, iters // 6)
+    tp = widget.train_panel
+    tp.iter_spin.setValue(iters)
+    tp.width_spin.setValue(8)
+    # zoomed onto the polyp biopsy (not annotated): what the model has not seen
+    camera(viewer).center = (32 + 112, 2 * 32 + 224 + 112)
+    camera(viewer).zoom = 2.6
+    tp.start_training()
+    while widget.preview.shown < 2 and not (tp.job is not None and tp.job.finished):
+        pump(0.5)
+    pump(1)
+    if PREVIEW_LAYER in viewer.layers:
+        viewer.screenshot(str(OUT / "14-live-preview.png"), canvas_only=False)
+    while tp.job is None or not tp.job.finished or tp._poll.isActive():
+        pump(0.5)
+    review = widget.review_panel
+    while (
+        review.cancel_btn.isEnabled()
+        or review.showing_prediction
+        or ("prediction shown" not in widget.status.text())
+    ):
+        pump(0.5)
+    pump(1)
+    viewer.screenshot(str(OUT / "15-predicted-when-training-ends.png"), canvas_only=False)
+    widget.toolbox.setCurrentIndex(5)
+    widget.export_panel.export()
+    while not widget.export_panel.written:
+        pump(0.5)
+    pump(1)
+    viewer.screenshot(str(OUT / "16-export.png"), canvas_only=False)
     viewer.close()
     print("screenshots in", OUT)
     return 0

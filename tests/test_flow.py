@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,6 +167,15 @@ def test_plain_png_opens_without_a_reader_prompt(make_napari_viewer, tmp_path):
     # ViewerModel.open raises MultipleReaderError (the dialog, in the GUI) when two match
     layers = viewer.open(str(path))
     assert len(layers) == 1 and layers[0].data.shape[:2] == (20, 30)
+    # the project still knows where the image lives (napari's reader adds no metadata)
+    from napari_semimoe.plugin.widget import SemiMoEWidget
+
+    widget = SemiMoEWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.set_project(tmp_path / "proj")
+    (entry,) = widget.project.state.images
+    assert entry.name == "plain" and entry.path is not None
+    assert Path(entry.path).resolve() == path.resolve()
 
 
 # ----------------------------------------------------------------------------- the dock

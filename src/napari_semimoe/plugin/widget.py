@@ -129,6 +129,8 @@ class SemiMoEWidget(QWidget):
         if app is not None:
             app.aboutToQuit.connect(self.shutdown)
         box.currentChanged.connect(lambda i: i == 2 and self.review_panel.fill_history())
+        self._remember_paths()
+        viewer.layers.events.inserted.connect(self._remember_paths, position="first")
         self.project_panel.refresh_layers()
         if project_dir is not None:
             self.set_project(project_dir)
@@ -155,6 +157,17 @@ class SemiMoEWidget(QWidget):
 
     def _project_opened(self, project) -> None:
         self.session.log_path = self.log.open_in(project.root)
+
+    def _remember_paths(self, *_) -> None:
+        """Plain PNG/TIFF open with napari's own reader (the plugin claims only what it adds,
+        napari.yaml): keep their file where the project looks for it, ``semimoe_path``, as
+        this plugin's reader does (runs before the project page sees the new layer)."""
+        from napari.layers import Image
+
+        for ly in self.viewer.layers:
+            path = getattr(getattr(ly, "source", None), "path", None)
+            if isinstance(ly, Image) and path and "semimoe_path" not in ly.metadata:
+                ly.metadata["semimoe_path"] = str(Path(path).resolve())
 
     def _page_chosen(self, index: int) -> None:
         if index != 0:  # the user (or the dock) moved on: never move the page for them again
