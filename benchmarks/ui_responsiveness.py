@@ -47,6 +47,7 @@ def main() -> int:
         help="checkpoints (so live previews) every N iterations (the dock's default is 25)",
     )
     ap.add_argument("--no-preview", action="store_true", help="live preview off")
+    ap.add_argument("--width", type=int, help="model width (default: the dock's)")
     args = ap.parse_args()
 
     from napari_semimoe.plugin.panels import train
@@ -61,6 +62,8 @@ def main() -> int:
 
     viewer, widget, _pump = open_session("semimoe-ui-")
     widget.train_panel.iter_spin.setValue(args.iterations)
+    if args.width:
+        widget.train_panel.width_spin.setValue(args.width)
     app = QApplication.instance()
 
     gaps: list[float] = []

@@ -5,7 +5,8 @@ Cheap on purpose: only the visible part of the slide, at the model's working sca
 at :data:`MAX_SIDE` working pixels a side (the centre of the view when zoomed far out);
 prediction in a worker thread; a checkpoint that arrives while the previous preview is still
 being computed is skipped (the next one catches up). The GUI thread only swaps the layer's
-data. The layer is removed when the training ends (the dock then predicts the view with the
+data: each gland's outline (the model's instances, as the final prediction shows them).
+The layer is removed when the training ends (the dock then predicts the view with the
 final model, :mod:`.widget`).
 """
 
@@ -124,7 +125,7 @@ class LivePreview:
                 translate=translate,
                 opacity=0.9,
                 colormap=DirectLabelColormap(
-                    color_dict={0: "transparent", 1: PREVIEW_COLOR, None: PREVIEW_COLOR}
+                    color_dict={0: "transparent", None: PREVIEW_COLOR}  # every gland white
                 ),
             )
             layer.contour = 2
@@ -168,7 +169,9 @@ def _predict(ckpt: Path, slide, box: tuple[int, int, int, int]) -> dict:
             lambda yy, xx, hh, ww: slide.read_scaled(ys + yy, xs + xx, hh, ww, s), (hs, ws)
         )
         maps = {k: np.asarray(v) for k, v in wp.maps.items()}
-        mask = (pred.mask(maps) > 0).astype(np.uint8)
+        maps["mask"] = pred.mask(maps)
+        # the glands as the final prediction shows them (specks dropped, touching ones split)
+        mask = np.asarray(pred.instances(maps), np.int32)
         return {
             "mask": mask,
             "scale": s,
