@@ -2,8 +2,10 @@
 
 Pages: 1 project and tiles (:mod:`.panels.project`), 2 train (:mod:`.panels.train`),
 3 review and correct (:mod:`.panels.review`), 4 suggestions and 5 pseudo-label QA
-(:mod:`.panels.active`). The panels share state only through the session (and the
-training-set cutter and layer access it goes with); they never call each other.
+(:mod:`.panels.active`), 6 export (:mod:`.panels.export`). The panels share state only
+through the session (and the training-set cutter and layer access it goes with); they never
+call each other: the container wires the train page's signals to the live preview
+(:mod:`.preview`) and to the prediction of the view when training ends.
 
 Threads and processes: the GUI thread alone touches layers and widgets; prediction,
 suggestions, QA and the training-set cut run in napari worker threads and hand their arrays
