@@ -256,7 +256,7 @@ def test_live_preview_during_training_then_the_view_is_predicted(ui, qtbot, monk
     from napari_semimoe.plugin.widget import camera
 
     viewer, widget, _proj = ui
-    monkeypatch.setitem(train.DOCK_OVERRIDES, "checkpoint_every", 3)
+    monkeypatch.setitem(train.DOCK_OVERRIDES, "checkpoint_every", 2)
     t = widget.entry.train_tiles()[0]
     camera(viewer).center = (t.y + t.h / 2, t.x + t.w / 2)
     camera(viewer).zoom = 6.0  # a small view: one or two model tiles to preview
@@ -270,15 +270,30 @@ def test_live_preview_during_training_then_the_view_is_predicted(ui, qtbot, monk
             seen.append((widget.session.training, it))
 
     monkeypatch.setattr(widget.preview, "_show", recording)
+    # Pause at the first checkpoint, so that a fast machine cannot end the training before
+    # its preview is computed (a preview in flight when training ends is dropped).
+    tp = widget.train_panel
+    paused = []
+
+    def pause_once(_run_dir):
+        if not paused:
+            paused.append(True)
+            tp.toggle_pause()
+
+    tp.checkpoint_saved.connect(pause_once)
     viewer.layers.selection.active = viewer.layers["annotations"]
-    widget.train_panel.iter_spin.setValue(12)
-    widget.train_panel.start_training()
-    qtbot.waitUntil(lambda: widget.train_panel.job is not None, timeout=30_000)
+    tp.iter_spin.setValue(6)
+    tp.start_training()
+    qtbot.waitUntil(lambda: tp.job is not None, timeout=30_000)
+    qtbot.waitUntil(lambda: bool(seen), timeout=120_000)
+    assert seen[0][0] and not tp.job.finished, "the preview came while training"
+    assert PREVIEW_LAYER in viewer.layers
+    assert viewer.layers.selection.active.name == "annotations"  # the brush stays at hand
+    tp.toggle_pause()  # resume
     wait_training(qtbot, widget)
-    assert widget.train_panel.job.last["kind"] == "exit"
-    assert any(training for training, _ in seen), f"no preview while training: {seen}"
+    assert tp.job.last["kind"] == "exit"
     its = [it for _, it in seen]
-    assert its == sorted(its) and all(it % 3 == 0 for it in its)
+    assert its == sorted(its) and all(it % 2 == 0 for it in its)
     seg = "Semi-MoE segmentation"
     qtbot.waitUntil(lambda: seg in viewer.layers, timeout=60_000)
     qtbot.waitUntil(lambda: not widget.review_panel.showing_prediction, timeout=30_000)
