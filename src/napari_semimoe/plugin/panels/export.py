@@ -219,8 +219,8 @@ class ExportPanel(QWidget):
             return
         self.written = list(paths)
         folder = paths[0].parent if paths else ""
-        names = ", ".join(p.name for p in paths)
-        self.result_label.setText(f"exported to {folder}: {names}")
+        names = "\n".join(f"• {p.name}" for p in paths)
+        self.result_label.setText(f"exported to {folder}:\n{names}")
         self.session.say(f"exported {len(paths)} file(s) to {folder}")
 
     def _failed(self, exc: BaseException) -> None:
