@@ -113,7 +113,8 @@ def main() -> int:
 
     def interact() -> None:  # pan, zoom and paint like a user
         c = np.asarray(camera(viewer).center, float)
-        c[-2:] += rng.normal(0, 20, 2)
+        # a random walk that stays over the slide (the dock predicts the view at the end)
+        c[-2:] = np.clip(c[-2:] + rng.normal(0, 20, 2), 0, np.asarray(labels.data.shape[:2]))
         camera(viewer).center = tuple(c)
         camera(viewer).zoom = float(np.clip(camera(viewer).zoom * rng.uniform(0.95, 1.05), 0.2, 4))
         y, x = rng.integers(0, labels.data.shape[0] - 20, 2)
@@ -184,6 +185,7 @@ def main() -> int:
             ),
         )
     )
+    print(json.dumps({"live_previews_shown": widget.preview.shown}), flush=True)
     results[-1]["live_previews"] = {
         "on": not args.no_preview,
         "shown": widget.preview.shown,
@@ -196,7 +198,10 @@ def main() -> int:
             lambda: (
                 not review.cancel_btn.isEnabled()
                 and not review.showing_prediction
-                and "prediction shown" in widget.status.text()
+                and (
+                    "prediction shown" in widget.status.text()
+                    or review.pred_view_btn.isEnabled()  # none started (the view is off)
+                )
             ),
         )
     )
