@@ -4,7 +4,10 @@ A 10 ms repeating QTimer measures how late the event loop runs it; meanwhile the
 pans and zooms and the brush paints into the annotations every 50 ms, as a user would.
 Reports the longest stall and the 99th percentile of tick gaps per phase, and for the
 ticks over 100 ms what ran inside them (garbage collection, the widget's training poll,
-the simulated user's own actions) so a stall can be blamed on its cause.
+the live preview's layer update, the simulated user's own actions) so a stall can be
+blamed on its cause. The live preview (a prediction of the view at each checkpoint,
+``--checkpoint-every``) is on as in the dock; ``--no-preview`` turns it off to compare.
+When training ends the dock predicts the view: that is a phase of its own.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/ui_responsiveness.py \
         --json docs/benchmarks/ui.json
@@ -37,7 +40,19 @@ def main() -> int:
         action="store_true",
         help="timer only: isolates stalls caused by the background work",
     )
+    ap.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=5,
+        help="checkpoints (so live previews) every N iterations (the dock's default is 25)",
+    )
+    ap.add_argument("--no-preview", action="store_true", help="live preview off")
+    ap.add_argument("--width", type=int, help="model width (default: the dock's)")
     args = ap.parse_args()
+
+    from napari_semimoe.plugin.panels import train
+
+    train.DOCK_OVERRIDES["checkpoint_every"] = args.checkpoint_every
 
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
@@ -47,6 +62,8 @@ def main() -> int:
 
     viewer, widget, _pump = open_session("semimoe-ui-")
     widget.train_panel.iter_spin.setValue(args.iterations)
+    if args.width:
+        widget.train_panel.width_spin.setValue(args.width)
     app = QApplication.instance()
 
     gaps: list[float] = []
@@ -79,6 +96,8 @@ def main() -> int:
     widget.train_panel._poll.timeout.connect(
         timed(widget.train_panel._poll_training, "training poll")
     )
+    widget.preview.enabled = not args.no_preview
+    widget.preview._show = timed(widget.preview._show, "live preview layer update")
 
     def tick() -> None:
         now = time.perf_counter()
@@ -94,7 +113,8 @@ def main() -> int:
 
     def interact() -> None:  # pan, zoom and paint like a user
         c = np.asarray(camera(viewer).center, float)
-        c[-2:] += rng.normal(0, 20, 2)
+        # a random walk that stays over the slide (the dock predicts the view at the end)
+        c[-2:] = np.clip(c[-2:] + rng.normal(0, 20, 2), 0, np.asarray(labels.data.shape[:2]))
         camera(viewer).center = tuple(c)
         camera(viewer).zoom = float(np.clip(camera(viewer).zoom * rng.uniform(0.95, 1.05), 0.2, 4))
         y, x = rng.integers(0, labels.data.shape[0] - 20, 2)
@@ -165,6 +185,26 @@ def main() -> int:
             ),
         )
     )
+    print(json.dumps({"live_previews_shown": widget.preview.shown}), flush=True)
+    results[-1]["live_previews"] = {
+        "on": not args.no_preview,
+        "shown": widget.preview.shown,
+        "skipped_while_busy": widget.preview.skipped,
+    }
+    review = widget.review_panel
+    results.append(
+        measure(
+            "the view predicted when training ends (automatic)",
+            lambda: (
+                not review.cancel_btn.isEnabled()
+                and not review.showing_prediction
+                and (
+                    "prediction shown" in widget.status.text()
+                    or review.pred_view_btn.isEnabled()  # none started (the view is off)
+                )
+            ),
+        )
+    )
     widget.review_panel.predict("image")
     results.append(
         measure(
@@ -178,6 +218,7 @@ def main() -> int:
     )
     report = {
         "results": results,
+        "checkpoint_every": args.checkpoint_every,
         "interval_ms": 10,
         "interaction_every_ms": None if args.no_interact else 50,
     }

@@ -73,12 +73,21 @@ def test_sample_has_annotations_only_inside_tiles():
 
 @pytest.mark.viewer
 def test_napari_opens_pyramid_with_the_plugin(make_napari_viewer, tmp_path):
-    path = tmp_path / "slide.tif"
-    write_pyramid(path, rgb(1024, 1024), levels=3, tile=128, mpp=0.5)
+    """An OME-TIFF pyramid through napari's reader choice; a pyramid named plain '.tif'
+    (left to napari's own reader: no prompt for plain TIFFs) through File › IO Utilities ›
+    Open slide with Semi-MoE."""
+    from napari_semimoe.plugin.open_slide import add_slide
+
     viewer = make_napari_viewer()
-    (layer,) = viewer.open(str(path), plugin="napari-semimoe")
-    assert layer.multiscale and len(layer.data) == 3
-    np.testing.assert_allclose(layer.scale, (0.5, 0.5))
+    for name in ("slide.ome.tif", "slide.tif"):
+        path = tmp_path / name
+        write_pyramid(path, rgb(1024, 1024), levels=3, tile=128, mpp=0.5, subifds=True)
+        if name.endswith(".ome.tif"):
+            (layer,) = viewer.open(str(path), plugin="napari-semimoe")
+        else:
+            (layer,) = add_slide(viewer, path)
+        assert layer.multiscale and len(layer.data) == 3
+        np.testing.assert_allclose(layer.scale, (0.5, 0.5))
 
 
 def test_a_slide_named_like_a_prediction_still_opens_as_a_slide(tmp_path):

@@ -173,14 +173,17 @@ def test_training_process_crash_is_reported(ui, qtbot):
 def test_gui_command_opens_sample_with_widget_docked(qtbot, tmp_path):
     """What the README's run command does (`napari-semimoe gui`), without blocking."""
     from napari_semimoe.plugin.launch import launch
+    from napari_semimoe.plugin.sample import REAL_SAMPLE_NAME
 
-    viewer, widget = launch(tmp_path / "p", run=False)
+    viewer, widget = launch(tmp_path / "p", run=False)  # the real sample (EBHI-Seg)
     try:
         names = [ly.name for ly in viewer.layers]
-        assert names[:3] == ["sample H&E slide", "annotations", "training tiles"]
+        assert names[:3] == [REAL_SAMPLE_NAME, "annotations", "training tiles"]
         assert "Semi-MoE" in viewer.window.dock_widgets
-        assert widget.project is not None and widget.project.state.scale == 2.0
-        assert widget.project_panel.image_combo.currentText() == "sample H&E slide"
+        assert widget.project is not None and widget.project.state.scale == 1.0
+        assert widget.project_panel.image_combo.currentText() == REAL_SAMPLE_NAME
+        assert viewer.layers.selection.active.name == "annotations"  # the brush at hand
+        assert widget.toolbox.currentIndex() == 1  # painted tiles: 2 · Train
     finally:
         viewer.close()
 

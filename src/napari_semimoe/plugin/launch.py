@@ -1,22 +1,38 @@
-"""``napari-semimoe gui``: napari with the sample slide loaded and the widget docked."""
+"""``napari-semimoe gui``: napari with a sample loaded into a project and the widget docked.
+
+The default sample is real tissue (six EBHI-Seg colon biopsies, three annotated): a
+pathologist judges the tool on real glands first. ``sample="synthetic"`` opens the generated
+H&E-like slide the benchmarks use."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+#: sample -> (napari sample key, default project folder under ~/napari-semimoe-projects)
+SAMPLES = {"real": ("ebhi-sample", "ebhi-sample"), "synthetic": ("he-sample", "sample")}
 
-def launch(project: str | Path | None = None, sample: bool = True, run: bool = True):
+
+def launch(project: str | Path | None = None, sample: bool | str = True, run: bool = True):
+    """Open napari with ``sample`` ("real", the default when True; "synthetic"; False: none)
+    in ``project`` (default ``~/napari-semimoe-projects/<sample>``) and the dock."""
     import napari
 
+    from .layers import LABELS_LAYER
     from .widget import SemiMoEWidget
 
+    kind = "real" if sample is True else sample or None
+    if kind is not None and kind not in SAMPLES:
+        raise ValueError(f"unknown sample {sample!r}; known: {', '.join(SAMPLES)}")
     viewer = napari.Viewer(title="napari-semimoe")
-    if sample:
-        viewer.open_sample("napari-semimoe", "he-sample")
-    project = Path(project) if project else Path.home() / "napari-semimoe-projects" / "sample"
+    if kind is not None:
+        viewer.open_sample("napari-semimoe", SAMPLES[kind][0])
+    folder = SAMPLES[kind or "synthetic"][1]
+    project = Path(project) if project else Path.home() / "napari-semimoe-projects" / folder
     widget = SemiMoEWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Semi-MoE", area="right")
     widget.set_project(project)
+    if LABELS_LAYER in viewer.layers:  # the brush at hand, not the last layer the sample added
+        viewer.layers.selection.active = viewer.layers[LABELS_LAYER]
     _use_the_screen(viewer)
     if run:
         napari.run()

@@ -1,10 +1,18 @@
-"""A generated H&E-like sample slide with glands, two annotated training tiles and the
-tile rectangles, so the plugin can be tried (and tested) without any data."""
+"""The samples: real H&E (six EBHI-Seg biopsies, three of them annotated; CC BY 4.0, shipped
+in ``sample_data/`` with its attribution) that a pathologist sees first, and a generated
+H&E-like slide with two annotated training tiles that tests and benchmarks use (no data, any
+size). Each opens as the slide, its annotations (Labels) and its training tiles (Shapes), so
+a project adopts them as if they had been painted."""
 
 from __future__ import annotations
 
+import json
+from importlib import resources
+
 import numpy as np
 from scipy import ndimage as ndi
+
+from .layers import LABELS_LAYER, TILE_STYLE, TILES_LAYER
 
 SAMPLE_SIZE = 1536
 SAMPLE_SCALE = 2.0  # working scale used by the sample: glands ~ 40-80 px at working scale
@@ -70,6 +78,65 @@ def sample_annotations(mask: np.ndarray) -> np.ndarray:
         sl = (slice(y, y + TILE_NATIVE), slice(x, x + TILE_NATIVE))
         ann[sl] = mask[sl]
     return ann
+
+
+#: The real sample's layer names (the slide's is what the project calls the image).
+REAL_SAMPLE_NAME = "EBHI-Seg colon biopsies"
+CATEGORIES_LAYER = "diagnostic categories"
+#: EBHI-Seg is at 400x: glands are 50-200 px wide at full resolution, the model's range.
+REAL_SAMPLE_SCALE = 1.0
+
+
+def real_sample() -> tuple[np.ndarray, np.ndarray, dict]:
+    """(RGB mosaic, gland mask as bool, the mosaic's description) from the package data."""
+    from PIL import Image
+
+    files = resources.files(__package__) / "sample_data"
+    with (files / "ebhi_mosaic.png").open("rb") as f:
+        image = np.asarray(Image.open(f).convert("RGB"))
+    with (files / "ebhi_glands.png").open("rb") as f:
+        glands = np.asarray(Image.open(f).convert("L")) > 127
+    doc = json.loads((files / "ebhi_sample.json").read_text())
+    return image, glands, doc
+
+
+def make_real_sample_data():
+    """npe2 sample-data provider: six real biopsies, the three annotated ones as training
+    tiles with their expert glands (one id per connected gland), and each category's name."""
+    image, glands, doc = real_sample()
+    ann = np.zeros(glands.shape, np.uint16)
+    rects, points, names = [], [], []
+    for im in doc["images"]:
+        y, x, n = im["y"], im["x"], im["size"]
+        points.append((y - 4, x))  # the name sits in the glass above the image
+        names.append(im["category"])
+        if not im["annotated"]:
+            continue
+        sl = (slice(y, y + n), slice(x, x + n))
+        ids, _ = ndi.label(glands[sl])
+        ann[sl] = np.where(ids > 0, ids + ann.max(), 0)
+        rects.append(np.array([[y, x], [y, x + n], [y + n, x + n], [y + n, x]], float))
+    meta = {"semimoe_sample": "ebhi", "semimoe_scale": REAL_SAMPLE_SCALE}
+    return [
+        (image, {"name": REAL_SAMPLE_NAME, "rgb": True, "metadata": meta}, "image"),
+        (ann, {"name": LABELS_LAYER, "opacity": 0.5}, "labels"),
+        (rects, {"name": TILES_LAYER, "shape_type": "rectangle", **TILE_STYLE}, "shapes"),
+        (
+            np.asarray(points, float),
+            {
+                "name": CATEGORIES_LAYER,
+                "size": 0,
+                "features": {"category": names},
+                "text": {
+                    "string": "{category}",
+                    "size": 10,
+                    "color": "black",
+                    "anchor": "upper_left",
+                },
+            },
+            "points",
+        ),
+    ]
 
 
 def make_sample_data():

@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import time
 
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -71,6 +71,11 @@ DEFAULTS = form_defaults()
 
 
 class TrainPanel(QWidget):
+    #: a checkpoint was saved (its run folder): the dock's live preview refreshes from it
+    checkpoint_saved = Signal(str)
+    #: the training process is gone (its last event): the dock offers the prediction
+    training_ended = Signal(dict)
+
     def __init__(self, session: Session, cutter: TrainsetCutter) -> None:
         super().__init__()
         self.session, self.cutter = session, cutter
@@ -416,6 +421,8 @@ class TrainPanel(QWidget):
                 self.warning_label.setText(f"⚠ {e.get('message', '')}")
                 self.warning_label.setVisible(True)
                 s.say(f"training: {e.get('message', '')}")
+            elif kind == "checkpoint":
+                self.checkpoint_saved.emit(str(self.job.run_dir))
             elif kind == "data":
                 s.say(f"training picked up the changed tiles at iteration {e['iteration']}")
             elif kind == "paused":
@@ -440,6 +447,7 @@ class TrainPanel(QWidget):
             s.training = False
             self._reap(self.job, time.monotonic())
             self._set_training_ui(False)
+            self.training_ended.emit(dict(self.job.last or {}))
 
     def _measure(self, first: dict, last: dict) -> None:
         """Seconds per step of this run (its model size), for the form's time estimate;

@@ -1,0 +1,66 @@
+"""Screenshots of the flow of issue 19 under Xvfb: the real sample as the gui opens it, the
+live preview mid-training, the prediction offered when training ends, and the export page.
+
+xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/screenshots_flow.py [ITERS]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
+
+
+def main() -> int:
+    from gui_session import open_session
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    viewer, widget, pump = open_session("semimoe-flow-", sample="real")
+    pump(1)
+    viewer.screenshot(str(OUT / "00-real-sample.png"), canvas_only=False)
+    if "--sample-only" in sys.argv:
+        viewer.close()
+        return 0
+    from napari_semimoe.plugin.panels import train
+    from napari_semimoe.plugin.preview import PREVIEW_LAYER
+    from napari_semimoe.plugin.widget import camera
+
+    iters = int(next((a for a in sys.argv[1:] if a.isdigit()), "60"))
+    train.DOCK_OVERRIDES["checkpoint_every"] = max(1, iters // 6)
+    tp = widget.train_panel
+    tp.iter_spin.setValue(iters)
+    tp.width_spin.setValue(4)  # this machine is shared: a tiny model, a short run
+    # zoomed onto the polyp biopsy (not annotated): what the model has not seen
+    camera(viewer).center = (32 + 112, 2 * 32 + 224 + 112)
+    camera(viewer).zoom = 2.6
+    tp.start_training()
+    while widget.preview.shown < 2 and not (tp.job is not None and tp.job.finished):
+        pump(0.5)
+    pump(1)
+    if PREVIEW_LAYER in viewer.layers:
+        viewer.screenshot(str(OUT / "14-live-preview.png"), canvas_only=False)
+    while tp.job is None or not tp.job.finished or tp._poll.isActive():
+        pump(0.5)
+    review = widget.review_panel
+    while (
+        review.cancel_btn.isEnabled()
+        or review.showing_prediction
+        or ("prediction shown" not in widget.status.text())
+    ):
+        pump(0.5)
+    pump(1)
+    viewer.screenshot(str(OUT / "15-predicted-when-training-ends.png"), canvas_only=False)
+    widget.toolbox.setCurrentIndex(5)
+    widget.export_panel.export()
+    while not widget.export_panel.written:
+        pump(0.5)
+    pump(1)
+    viewer.screenshot(str(OUT / "16-export.png"), canvas_only=False)
+    viewer.close()
+    print("screenshots in", OUT)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

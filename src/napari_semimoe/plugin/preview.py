@@ -1,0 +1,183 @@
+"""The live preview: while a training runs, each checkpoint it saves is used to predict what
+the user is looking at, shown as gland outlines in one layer that is updated in place.
+
+Cheap on purpose: only the visible part of the slide, at the model's working scale, capped
+at :data:`MAX_SIDE` working pixels a side (the centre of the view when zoomed far out);
+prediction in a worker thread; a checkpoint that arrives while the previous preview is still
+being computed is skipped (the next one catches up). The GUI thread only swaps the layer's
+data: each gland's outline (the model's instances, as the final prediction shows them).
+The layer is removed when the training ends (the dock then predicts the view with the
+final model, :mod:`.widget`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..core.checkpoint import CHECKPOINT_NAME
+from .common import camera, canvas_size
+from .layers import NapariLayers
+from .session import Session
+
+log = logging.getLogger(__name__)
+
+PREVIEW_LAYER = "Semi-MoE live preview"
+#: Largest side of the previewed region, in working-scale pixels (16 tiles of 256 at most).
+MAX_SIDE = 1024
+#: The outline colour: not one napari gives annotation labels (those are random hues at
+#: full saturation); white reads on both pink stroma and purple epithelium.
+PREVIEW_COLOR = "#ffffff"
+
+
+def view_box(viewer, layers: NapariLayers) -> tuple[int, int, int, int] | None:
+    """The visible part of the current image, (y, x, h, w) in level-0 px; None when the view
+    shows none of it (or its size cannot be read)."""
+    size = canvas_size(viewer)
+    if size is None or layers.image() is None:
+        return None
+    cam = camera(viewer)
+    half = np.asarray(size) / 2 / cam.zoom
+    c = np.asarray(cam.center[-2:])
+    base = layers.base_scale()
+    lo, hi = (c - half) / base, (c + half) / base
+    H, W = layers.slide_shape()
+    y0, x0 = np.clip(np.floor(lo), 0, [H, W]).astype(int)
+    y1, x1 = np.clip(np.ceil(hi), 0, [H, W]).astype(int)
+    if y1 - y0 < 16 or x1 - x0 < 16:
+        return None
+    return int(y0), int(x0), int(y1 - y0), int(x1 - x0)
+
+
+class LivePreview:
+    """Predicts the view from each new checkpoint (one at a time) into :data:`PREVIEW_LAYER`."""
+
+    def __init__(self, session: Session, layers: NapariLayers) -> None:
+        self.session, self.layers = session, layers
+        self.viewer = layers.viewer
+        self.worker = None
+        self.shown = 0  # previews shown (tests, benchmarks)
+        self.skipped = 0  # checkpoints skipped because a preview was still running
+        self.enabled = True
+        self._generation = 0  # a preview that finishes after stop() is dropped
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def refresh(self, run_dir: str | Path) -> bool:
+        """A checkpoint was saved in ``run_dir``: predict the view with it, unless a preview
+        is still running (then skip: True only when one was started)."""
+        if not self.enabled:
+            return False
+        if self.busy:
+            self.skipped += 1
+            return False
+        ckpt = Path(run_dir) / CHECKPOINT_NAME
+        box = view_box(self.viewer, self.layers)
+        if box is None or not ckpt.exists():
+            return False
+        try:
+            slide = self.layers.slide()
+        except Exception:  # noqa: BLE001 - no image: nothing to preview
+            return False
+        from napari.qt.threading import thread_worker
+
+        gen = self._generation
+
+        @thread_worker(ignore_errors=True)
+        def work():
+            return _predict(ckpt, slide, box)
+
+        worker = self.worker = work()
+        worker.returned.connect(lambda out: self._show(out, gen))
+        worker.errored.connect(lambda exc: log.warning("live preview failed: %s", exc))
+        worker.finished.connect(self._finished)
+        worker.start()
+        return True
+
+    def _finished(self) -> None:
+        self.worker = None
+
+    def _show(self, out: dict | None, gen: int) -> None:
+        """GUI thread: swap the preview layer's data (created once, then updated in place)."""
+        if out is None or gen != self._generation or self.layers.image() is None:
+            return
+        mask, s, (ys, xs) = out["mask"], out["scale"], out["origin"]
+        base = self.layers.base_scale()
+        scale = tuple(base * s)
+        translate = tuple(base * (np.array([ys, xs]) * s + (s - 1) / 2))
+        if PREVIEW_LAYER in self.viewer.layers:
+            layer = self.viewer.layers[PREVIEW_LAYER]
+            layer.scale = scale
+            layer.translate = translate
+            layer.data = mask
+        else:
+            from napari.utils.colormaps import DirectLabelColormap
+
+            active = self.viewer.layers.selection.active
+            layer = self.viewer.add_labels(
+                mask,
+                name=PREVIEW_LAYER,
+                scale=scale,
+                translate=translate,
+                opacity=0.9,
+                colormap=DirectLabelColormap(
+                    color_dict={0: "transparent", None: PREVIEW_COLOR}  # every gland white
+                ),
+            )
+            layer.contour = 2
+            layer.editable = False
+            if active is not None:  # the brush stays where it was
+                self.viewer.layers.selection.active = active
+        layer.metadata["semimoe_preview_iteration"] = out["iteration"]
+        self.shown += 1
+        self.session.say(
+            f"live preview: the model at iteration {out['iteration']} on this view"
+            + (" (its centre: zoom in to preview all of it)" if out["cropped"] else "")
+        )
+
+    def stop(self) -> None:
+        """Training ended: drop a preview still running and remove the layer."""
+        self._generation += 1
+        if PREVIEW_LAYER in self.viewer.layers:
+            self.viewer.layers.remove(PREVIEW_LAYER)
+
+
+def _predict(ckpt: Path, slide, box: tuple[int, int, int, int]) -> dict:
+    """Worker thread: the gland mask of ``box`` (level-0 px) at the checkpoint's working
+    scale, the centre ``MAX_SIDE`` px a side of it when larger."""
+    from ..core.device import releasing_memory
+    from ..core.inference import PredictOptions, Predictor, load_model
+
+    @releasing_memory
+    def run() -> dict:
+        loaded = load_model(ckpt, "auto")
+        pred = Predictor(loaded, PredictOptions())
+        s = loaded.geometry.scale
+        y, x, h, w = box
+        ys, xs = round(y / s), round(x / s)
+        hs, ws = max(16, round(h / s)), max(16, round(w / s))
+        cropped = hs > MAX_SIDE or ws > MAX_SIDE
+        if hs > MAX_SIDE:
+            ys, hs = ys + (hs - MAX_SIDE) // 2, MAX_SIDE
+        if ws > MAX_SIDE:
+            xs, ws = xs + (ws - MAX_SIDE) // 2, MAX_SIDE
+        wp = pred.predict_region_reader(
+            lambda yy, xx, hh, ww: slide.read_scaled(ys + yy, xs + xx, hh, ww, s), (hs, ws)
+        )
+        maps = {k: np.asarray(v) for k, v in wp.maps.items()}
+        maps["mask"] = pred.mask(maps)
+        # the glands as the final prediction shows them (specks dropped, touching ones split)
+        mask = np.asarray(pred.instances(maps), np.int32)
+        return {
+            "mask": mask,
+            "scale": s,
+            "origin": (ys, xs),
+            "cropped": cropped,
+            "iteration": int(loaded.meta.get("state", {}).get("iteration", 0)),
+        }
+
+    return run()
