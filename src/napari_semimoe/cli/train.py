@@ -50,6 +50,7 @@ RUN_OPTIONS = (
     "reference",
     "instance_boundaries",
     "deterministic",
+    "unknown_value",
 )
 
 
@@ -79,6 +80,7 @@ def run_defaults() -> dict[str, object]:
         "reference": not c.fast,
         "instance_boundaries": c.per_instance_boundary,
         "deterministic": c.deterministic,
+        "unknown_value": c.unknown_value,
     }
     assert tuple(defaults) == RUN_OPTIONS
     return defaults
@@ -205,6 +207,7 @@ def _start_training(args: argparse.Namespace, folder):
             deterministic=args.deterministic,
             geometry=geometry.to_dict(),
             per_instance_boundary=args.instance_boundaries,
+            unknown_value=args.unknown_value,
             checkpoint_every=args.checkpoint_every,
             snapshot_every=args.snapshot_every,
         )
@@ -215,7 +218,13 @@ def _start_training(args: argparse.Namespace, folder):
         f" -> {out}",
         file=sys.stderr,
     )
-    data = load_training_set(labeled, unlabeled, geometry, _tqdm_progress("reading", "img"))
+    data = load_training_set(
+        labeled,
+        unlabeled,
+        geometry,
+        _tqdm_progress("reading", "img"),
+        unknown_value=config.unknown_value,
+    )
     trainer = Trainer(config, data, folder, resume=bool(args.resume))
     if not args.resume or plan.unlabeled is None:
         # Only once the images have been read and the trainer built: a run folder whose
@@ -240,8 +249,7 @@ def _resume_plan(args: argparse.Namespace, folder):
     missing = [n for n in plan.labeled if n not in items]
     if missing:
         raise InputError(
-            f"labeled images of this run are missing from {plan.data_dir}: "
-            f"{', '.join(missing[:5])}"
+            f"labeled images of this run are missing from {plan.data_dir}: {', '.join(missing[:5])}"
         )
     labeled = [items[n] for n in plan.labeled]
     if plan.unlabeled is None:  # split.json was damaged: the run's other images, as at start
