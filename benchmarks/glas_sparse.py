@@ -115,13 +115,13 @@ def run_arm(args, seed: int, arm: str, data: str) -> dict:
     with open(log, "a") as fh:
         fh.write(" ".join(cmd) + "\n")
         fh.flush()
-        subprocess.run(["nice", "-n", "5", *cmd], stdout=fh, stderr=fh, check=True)
+        subprocess.run(cmd, stdout=fh, stderr=fh, check=True)
         t1 = time.time()
         ecmd = py + ["evaluate", str(run), "--data", str(args.test), "--threads", "1"]
         ecmd += ["--json", str(ev_json)]
         fh.write(" ".join(ecmd) + "\n")
         fh.flush()
-        subprocess.run(["nice", "-n", "5", *ecmd], stdout=fh, stderr=fh, check=True)
+        subprocess.run(ecmd, stdout=fh, stderr=fh, check=True)
     ev = json.loads(ev_json.read_text())
     return {
         "seed": seed,
