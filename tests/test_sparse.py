@@ -214,3 +214,61 @@ def test_unknown_value_of_a_data_folder(tiny_dataset: Path, tmp_path: Path, caps
     assert json.loads((out / "config.json").read_text())["unknown_value"] == 255
     rc = main(["train", "--resume", str(out), "--iterations", "3", "--unknown-value", "7"])
     assert rc == 2 and "--unknown-value" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- project tiles
+
+
+def test_tile_choice_and_background_brush_in_the_project(tmp_path: Path):
+    from napari_semimoe.core.errors import InputError
+    from napari_semimoe.core.project import Project
+    from napari_semimoe.core.sparse import (
+        BACKGROUND_LABEL,
+        gland_like_unpainted,
+        next_label,
+        resolve_unpainted,
+        training_mask,
+    )
+
+    # A project written before sparse painting: its tiles load as "background".
+    old = {
+        "scale": 1.0,
+        "tile": 64,
+        "images": [
+            {
+                "name": "a",
+                "id": "i1",
+                "tiles": [{"y": 0, "x": 0, "h": 64, "w": 64, "kind": "train", "id": "t1"}],
+            }
+        ],
+    }
+    (tmp_path / "project.json").write_text(json.dumps(old))
+    p = Project(tmp_path)
+    (tile,) = p.state.images[0].tiles
+    assert tile.unpainted == "background"
+    tile.unpainted = "unknown"
+    p.save()
+    assert Project(tmp_path).state.images[0].tiles[0].unpainted == "unknown"
+    old["images"][0]["tiles"][0]["unpainted"] = "maybe"
+    (tmp_path / "project.json").write_text(json.dumps(old))
+    with pytest.raises(InputError, match="unpainted 'maybe'"):
+        Project(tmp_path)
+    # The background brush: "auto" follows it; it is 0 in the cut; it is never a gland id.
+    crop = np.zeros((6, 6), np.uint16)
+    crop[1:3, 1:3] = 4
+    assert resolve_unpainted("auto", crop) == "background"
+    assert training_mask(crop, "background") is crop  # unchanged, as before
+    crop[5, :] = BACKGROUND_LABEL
+    assert resolve_unpainted("auto", crop) == "unknown"
+    m = training_mask(crop, "unknown")
+    assert (m[5] == 0).all() and (m[1:3, 1:3] == 4).all() and (m[0] == UNKNOWN).all()
+    assert (training_mask(crop, "background")[5] == 0).all()
+    assert next_label(crop) == 5 and next_label(np.zeros((2, 2), np.uint16)) == 1
+    # The warning's colour rule: an unpainted dark blob like the painted one is counted.
+    image = np.full((48, 48, 3), 230, np.uint8)
+    image[5:15, 5:15] = image[30:40, 30:40] = (90, 40, 120)
+    labels = np.zeros((48, 48), np.uint16)
+    labels[5:15, 5:15] = 1
+    assert gland_like_unpainted(image, labels) == 1
+    labels[30:40, 30:40] = 2
+    assert gland_like_unpainted(image, labels) == 0

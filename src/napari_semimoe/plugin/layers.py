@@ -14,6 +14,7 @@ import numpy as np
 from ..core.errors import InputError
 from ..core.project import ImageEntry
 from ..core.slide import Slide
+from .background_label import show_background_label
 
 TILES_LAYER = "training tiles"
 LABELS_LAYER = "annotations"
@@ -42,16 +43,20 @@ class NapariLayers:
 
     def labels(self, create: bool = False):
         if LABELS_LAYER in self.viewer.layers:
-            return self.viewer.layers[LABELS_LAYER]
+            layer = self.viewer.layers[LABELS_LAYER]
+            show_background_label(layer)  # also on a layer that came with the image
+            return layer
         if not create or self.image() is None:
             return None
         data = np.zeros(self.labels_shape(), np.uint16)
-        return self.viewer.add_labels(
+        layer = self.viewer.add_labels(
             data,
             name=LABELS_LAYER,
             opacity=0.5,
             scale=tuple(self.base_scale() * self.labels_scale()),
         )
+        show_background_label(layer)  # the background brush's own colour
+        return layer
 
     def tiles(self, create: bool = False):
         if TILES_LAYER in self.viewer.layers:
