@@ -22,6 +22,7 @@ pooled Dice and object F1 get a mean and a 95 % t-interval over the seeds. Resul
     nohup nice -n 5 python benchmarks/glas_sparse.py --train ../shared/data/glas/train \
         --test ../shared/data/glas/testA --seeds 0 1 2 --iterations 800 \
         --out /tmp/glas-sparse > /tmp/glas-sparse/driver.log 2>&1 &
+    python benchmarks/glas_sparse.py --report /tmp/glas-sparse/results.json   # the table
 """
 
 from __future__ import annotations
@@ -152,6 +153,43 @@ def summary(runs: list[dict]) -> dict:
     return out
 
 
+def table(report: dict) -> str:
+    """Markdown table of a results.json: per seed both arms and the paired difference."""
+    runs = [r for r in report["runs"] if "error" not in r]
+    by = {(r["seed"], r["arm"]): r for r in runs}
+    rows = [
+        "| seed | Dice background | Dice unknown | Δ Dice | F1 background | F1 unknown | Δ F1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(r, key):
+        return "—" if r is None else f"{100 * r[key]:.2f}"
+
+    def diff(b, u, key):
+        return "—" if b is None or u is None else f"{100 * (u[key] - b[key]):+.2f}"
+
+    for seed in sorted({r["seed"] for r in runs}):
+        b, u = by.get((seed, "background")), by.get((seed, "unknown"))
+        rows.append(
+            f"| {seed} | {cell(b, 'dice_pooled')} | {cell(u, 'dice_pooled')} | "
+            f"{diff(b, u, 'dice_pooled')} | {cell(b, 'object_f1')} | {cell(u, 'object_f1')} | "
+            f"{diff(b, u, 'object_f1')} |"
+        )
+    sm = summary(runs)
+    for key, name in (("dice_pooled", "Dice"), ("object_f1", "object F1")):
+        e = sm[key]
+        if "mean" in e:
+            ci = e.get("ci95")
+            ci_s = f", 95 % CI [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else " (one seed: no interval)"
+            rows.append(
+                f"\nmean Δ {name} (unknown − background) over seeds {sm['seeds']}: "
+                f"{e['mean']:+.2f}{ci_s}"
+            )
+    errors = [r for r in report["runs"] if "error" in r]
+    rows += [f"\nfailed: seed {r['seed']} {r['arm']}: {r['error']}" for r in errors]
+    return "\n".join(rows)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=Path, required=True)
@@ -163,7 +201,11 @@ def main() -> int:
     ap.add_argument("--ring", type=int, default=30, help="painted background around a gland")
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("/tmp/glas-sparse"))
+    ap.add_argument("--report", type=Path, help="only print the table of this results.json")
     args = ap.parse_args()
+    if args.report:
+        print(table(json.loads(args.report.read_text())))
+        return 0
     if not (args.train / "images").is_dir() or not (args.test / "images").is_dir():
         print("no GlaS data; nothing to do", file=sys.stderr)
         return 0
