@@ -22,7 +22,7 @@ pooled Dice and object F1 get a mean and a 95 % t-interval over the seeds. Resul
     nohup nice -n 5 python benchmarks/glas_sparse.py --train ../shared/data/glas/train \
         --test ../shared/data/glas/testA --seeds 0 1 2 --iterations 800 \
         --out /tmp/glas-sparse > /tmp/glas-sparse/driver.log 2>&1 &
-    python benchmarks/glas_sparse.py --report /tmp/glas-sparse/results.json   # the table
+    python benchmarks/glas_sparse.py --report /tmp/glas-sparse/results.json [more.json]
 """
 
 from __future__ import annotations
@@ -153,6 +153,18 @@ def summary(runs: list[dict]) -> dict:
     return out
 
 
+def merge(reports: list[dict]) -> dict:
+    """One report from several results.json files (e.g. a seed rerun in another folder): a
+    finished run wins over a failed one of the same seed and arm."""
+    done: dict[tuple[int, str], dict] = {}
+    for rep in reports:
+        for r in rep["runs"]:
+            key = (r["seed"], r["arm"])
+            if key not in done or "error" in done[key]:
+                done[key] = r
+    return {"runs": [done[k] for k in sorted(done)]}
+
+
 def table(report: dict) -> str:
     """Markdown table of a results.json: per seed both arms and the paired difference."""
     runs = [r for r in report["runs"] if "error" not in r]
@@ -201,10 +213,12 @@ def main() -> int:
     ap.add_argument("--ring", type=int, default=30, help="painted background around a gland")
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("/tmp/glas-sparse"))
-    ap.add_argument("--report", type=Path, help="only print the table of this results.json")
+    ap.add_argument(
+        "--report", type=Path, nargs="+", help="only print the table of these results.json files"
+    )
     args = ap.parse_args()
     if args.report:
-        print(table(json.loads(args.report.read_text())))
+        print(table(merge([json.loads(f.read_text()) for f in args.report])))
         return 0
     if not (args.train / "images").is_dir() or not (args.test / "images").is_dir():
         print("no GlaS data; nothing to do", file=sys.stderr)
