@@ -204,8 +204,8 @@ def table(report: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--train", type=Path, required=True)
-    ap.add_argument("--test", type=Path, required=True)
+    ap.add_argument("--train", type=Path, help="GlaS train folder (images/, masks/)")
+    ap.add_argument("--test", type=Path, help="GlaS testA folder")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--iterations", type=int, default=800)
     ap.add_argument("--input-size", type=int, default=128)
@@ -220,6 +220,8 @@ def main() -> int:
     if args.report:
         print(table(merge([json.loads(f.read_text()) for f in args.report])))
         return 0
+    if args.train is None or args.test is None:
+        ap.error("--train and --test are needed (or --report FILES)")
     if not (args.train / "images").is_dir() or not (args.test / "images").is_dir():
         print("no GlaS data; nothing to do", file=sys.stderr)
         return 0
