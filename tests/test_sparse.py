@@ -272,3 +272,30 @@ def test_tile_choice_and_background_brush_in_the_project(tmp_path: Path):
     assert gland_like_unpainted(image, labels) == 1
     labels[30:40, 30:40] = 2
     assert gland_like_unpainted(image, labels) == 0
+
+
+def test_a_moved_tile_keeps_its_unpainted_choice(tmp_path: Path):
+    from napari_semimoe.core.project import Project
+    from napari_semimoe.plugin.common import rect
+    from napari_semimoe.plugin.session import Session
+
+    class Layers:
+        rects: list = []
+
+        def labels(self, create=False):
+            return None
+
+        def tile_rects(self):
+            return self.rects
+
+    s = Session(Layers())
+    p = Project(tmp_path / "proj")
+    s.set_project(p)
+    s.set_entry(p.entry("slide"))
+    s.layers.rects = [rect(0, 0, 32, 32), rect(100, 100, 32, 32)]
+    s.sync_tiles()
+    s.entry.train_tiles()[0].unpainted = "unknown"
+    s.layers.rects = [rect(4, 6, 32, 32), rect(100, 100, 32, 32), rect(300, 0, 8, 8)]
+    s.sync_tiles()  # the first tile moved: a new tile, with the choice it had
+    assert [t.unpainted for t in s.entry.train_tiles()] == ["unknown", "auto", "auto"]
+    assert Project(p.root).state.images[0].tiles[0].unpainted == "unknown"
