@@ -20,6 +20,7 @@ from .options import (
     WIDTH,
     _Parser,
     float_option,
+    int_option,
     out_file,
     out_folder,
 )
@@ -187,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--instance-boundaries",
         action="store_true",
         help="boundary band also between touching glands (needs instance masks)",
+        **run_opt,
+    )
+    t.add_argument(
+        "--unknown-value",
+        type=int_option(0, 2**31 - 1),
+        metavar="V",
+        help="sparse painting: mask pixels of value V (e.g. 255 in 8-bit masks) are unknown, "
+        "ignored by the supervised losses (default: every mask pixel is gland or background)",
         **run_opt,
     )
     t.add_argument(

@@ -51,6 +51,7 @@ RUN_OPTIONS = (
     "reference",
     "instance_boundaries",
     "deterministic",
+    "unknown_value",
 )
 
 
@@ -80,6 +81,7 @@ def run_defaults() -> dict[str, object]:
         "reference": not c.fast,
         "instance_boundaries": c.per_instance_boundary,
         "deterministic": c.deterministic,
+        "unknown_value": c.unknown_value,
     }
     assert tuple(defaults) == RUN_OPTIONS
     return defaults
@@ -223,6 +225,7 @@ def _start_training(args: argparse.Namespace, folder, client=None):
             deterministic=args.deterministic,
             geometry=geometry.to_dict(),
             per_instance_boundary=args.instance_boundaries,
+            unknown_value=args.unknown_value,
             checkpoint_every=args.checkpoint_every,
             snapshot_every=args.snapshot_every,
         )
@@ -235,7 +238,13 @@ def _start_training(args: argparse.Namespace, folder, client=None):
         f" -> {out}{where}",
         file=sys.stderr,
     )
-    data = load_training_set(labeled, unlabeled, geometry, _tqdm_progress("reading", "img"))
+    data = load_training_set(
+        labeled,
+        unlabeled,
+        geometry,
+        _tqdm_progress("reading", "img"),
+        unknown_value=config.unknown_value,
+    )
     if client is None:
         trainer = Trainer(config, data, folder, resume=bool(args.resume))
     else:

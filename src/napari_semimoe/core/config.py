@@ -46,6 +46,9 @@ class TrainConfig:
     deterministic: bool = False
     geometry: dict = field(default_factory=lambda: Geometry().to_dict())
     per_instance_boundary: bool = False
+    #: Sparse painting in data folders: mask pixels of this value (e.g. 255 in 8-bit masks)
+    #: are unknown, ignored by the supervised losses; None = every mask pixel is known.
+    unknown_value: int | None = None
     checkpoint_every: int = 100
     snapshot_every: int = 0  # keep weights every N iterations (learning curves), 0 = never
 

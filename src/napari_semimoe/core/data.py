@@ -16,7 +16,7 @@ import numpy as np
 from skimage.transform import resize
 
 from .errors import InputError, plural, some
-from .targets import make_targets
+from .targets import make_targets, with_unknown
 
 log = logging.getLogger(__name__)
 
@@ -385,9 +385,11 @@ def load_training_set(
     unlabeled: Sequence[DataItem],
     geometry: Geometry,
     progress=None,
+    unknown_value: int | None = None,
 ) -> TrainingSet:
     """Read a folder split into memory at working scale (masks of unlabeled items are
-    never read). ``progress`` is an optional callable(done, total)."""
+    never read). ``progress`` is an optional callable(done, total). ``unknown_value``: mask
+    pixels of that value are unknown (sparse painting: ignored by the supervised losses)."""
     from .slide import read_image, read_mask
 
     total = len(labeled) + len(unlabeled)
@@ -397,14 +399,16 @@ def load_training_set(
         if k < len(labeled):
             assert it.mask_path is not None
             m = read_mask(it.mask_path, shape=im.shape[:2])
+            if unknown_value is not None:
+                m = with_unknown(m, unknown_value)
             li.append(geometry.image_to_working(im))
             lm.append(geometry.mask_to_working(m))
         else:
             ui.append(geometry.image_to_working(im))
         if progress is not None:
             progress(k + 1, total)
-    empty = [it.name for it, m in zip(labeled, lm) if not m.any()]
-    full = [it.name for it, m in zip(labeled, lm) if m.all()]
+    empty = [it.name for it, m in zip(labeled, lm) if not (m > 0).any()]
+    full = [it.name for it, m in zip(labeled, lm) if not (m == 0).any()]
     for names, what in ((empty, "no gland (all background)"), (full, "no background (all gland)")):
         if names:
             shown = some(names)

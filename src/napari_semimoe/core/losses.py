@@ -1,4 +1,10 @@
-"""Losses of Semi-MoE (spec §3), with upstream's shape and class-count bugs fixed."""
+"""Losses of Semi-MoE (spec §3), with upstream's shape and class-count bugs fixed.
+
+Sparse painting: integer targets may hold -1 (:data:`~.targets.IGNORE`) and the SDF target
+NaN where the pixel is unknown; every supervised term is then computed over the known pixels
+only (as if the unknown ones were cut out of the tile). Targets without such pixels take
+exactly the unmasked formulas, so their numbers are unchanged.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +23,26 @@ def _one_hot2(target: torch.Tensor) -> torch.Tensor:
     return F.one_hot(t, num_classes=2).permute(0, 3, 1, 2).float()
 
 
+def _known(target: torch.Tensor) -> torch.Tensor | None:
+    """(B, 1, H, W) float 1 = known pixel, 0 = ignored; None when every pixel is known."""
+    known = target >= 0
+    if bool(known.all()):
+        return None
+    return known.unsqueeze(1).float()
+
+
+def _masked(p: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax and one-hot target, both zero on the ignored pixels (none: unchanged)."""
+    k = _known(target)
+    if k is None:
+        return p, _one_hot2(target)
+    return p * k, _one_hot2(target.clamp_min(0)) * k
+
+
 def seg_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """Squared-denominator soft Dice on softmax, both classes, per sample, then averaged."""
-    p = torch.softmax(logits.float(), dim=1)
-    t = _one_hot2(target)
+    """Squared-denominator soft Dice on softmax, both classes, per sample, then averaged
+    (over the known pixels: target -1 = ignored)."""
+    p, t = _masked(torch.softmax(logits.float(), dim=1), target)
     inter = (p * t).sum(dim=(2, 3))
     denom = (p * p).sum(dim=(2, 3)) + (t * t).sum(dim=(2, 3))
     return (1.0 - (2.0 * inter + smooth) / (denom + smooth)).mean()
@@ -29,9 +51,9 @@ def seg_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.
 def boundary_dice_loss(
     logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-8
 ) -> torch.Tensor:
-    """Linear soft Dice 1 - (2TP + eps) / (2TP + FP + FN + eps), per sample and class."""
-    p = torch.softmax(logits.float(), dim=1)
-    t = _one_hot2(target)
+    """Linear soft Dice 1 - (2TP + eps) / (2TP + FP + FN + eps), per sample and class
+    (over the known pixels: target -1 = ignored)."""
+    p, t = _masked(torch.softmax(logits.float(), dim=1), target)
     tp = (p * t).sum(dim=(2, 3))
     fp = (p * (1 - t)).sum(dim=(2, 3))
     fn = ((1 - p) * t).sum(dim=(2, 3))
@@ -39,14 +61,20 @@ def boundary_dice_loss(
 
 
 def sdf_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MSE between tanh(logits) and the SDF target, both (B, 1, H, W) (upstream broadcast B x B)."""
+    """MSE between tanh(logits) and the SDF target, both (B, 1, H, W) (upstream broadcast B x B);
+    NaN target pixels are ignored (the mean is over the batch's known pixels)."""
     if target.dim() == 3:
         target = target.unsqueeze(1)
     if logits.shape != target.shape:
         raise ValueError(
             f"SDF logits {tuple(logits.shape)} and target {tuple(target.shape)} differ"
         )
-    return F.mse_loss(torch.tanh(logits.float()), target.float())
+    target = target.float()
+    known = ~torch.isnan(target)
+    if bool(known.all()):
+        return F.mse_loss(torch.tanh(logits.float()), target)
+    diff = torch.where(known, torch.tanh(logits.float()) - target.nan_to_num(0.0), 0.0)
+    return (diff * diff).sum() / known.sum().clamp_min(1)
 
 
 TASK_LOSSES = {"seg": seg_dice_loss, "sdf": sdf_loss, "bnd": boundary_dice_loss}

@@ -39,6 +39,7 @@ from .checkpoint import CHECKPOINT_NAME
 from .data import TrainingSet
 from .errors import InputError
 from .slide import Slide, tissue_mask
+from .sparse import UNPAINTED, gland_like_unpainted, resolve_unpainted, training_mask
 from .tiff_writer import write_tiff
 from .trainset import TRAINSET_FILE, pool_name, save_trainset
 
@@ -61,7 +62,8 @@ _MAX_SIDE = 2**20  # level-0 px: no tile of a real slide is larger
 @dataclass
 class Tile:
     """A rectangle in level-0 pixels. kind: 'train' (annotated) or 'rejected' (kept out of
-    the unlabeled pool)."""
+    the unlabeled pool). ``unpainted``: what its unpainted pixels are (:mod:`.sparse`:
+    auto | background | unknown); tiles of projects older than that load as background."""
 
     y: int
     x: int
@@ -69,6 +71,7 @@ class Tile:
     w: int
     kind: str = "train"
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    unpainted: str = "auto"
 
     def overlaps(self, y: int, x: int, h: int, w: int) -> bool:
         return not (
@@ -161,6 +164,8 @@ class Project:
         #: one-line warnings about what was ignored while loading (shown by the widget)
         self.warnings: list[str] = []
         self._kept_at: dict[str, float] = {}  # image id -> when a version was last kept
+        #: one line per tile whose unpainted pixels look like glands (the last cut's)
+        self.cut_warnings: list[str] = []
         if (self.root / PROJECT_FILE).exists():
             self._load()
         self._remove_stale_temps()
@@ -172,7 +177,14 @@ class Project:
         try:
             doc = json.loads(f.read_text())
             images = [
-                ImageEntry(**{**e, "tiles": [Tile(**t) for t in e.get("tiles", [])]})
+                ImageEntry(
+                    **{
+                        **e,
+                        "tiles": [
+                            Tile(**{"unpainted": "background", **t}) for t in e.get("tiles", [])
+                        ],
+                    }
+                )
                 for e in doc.pop("images", [])
             ]
             known = {k: v for k, v in doc.items() if k in ProjectState.__dataclass_fields__}
@@ -378,14 +390,18 @@ class Project:
         max_unlabeled: int = 64,
         seed: int = 0,
     ) -> TrainingSet:
-        """Cut the annotated tiles of every image (unpainted = background) and an unlabeled
-        pool of tissue tiles outside them, at working scale; save them for the trainer.
+        """Cut the annotated tiles of every image and an unlabeled pool of tissue tiles
+        outside them, at working scale; save them for the trainer. Each tile's unpainted
+        pixels are background or unknown as the tile says (:mod:`.sparse`); a tile whose
+        unpainted pixels are background but look like its painted glands gets a line in
+        :attr:`cut_warnings`.
 
         ``slide_of`` opens an image (None if it is no longer available); ``labels_of`` gives
         live annotations (e.g. the Labels layer being painted), else the saved ones are used.
         """
         s = self.state.scale
         li, lm, names, ui, unames = [], [], [], [], []
+        warnings: list[str] = []
         pool_share = max(1, max_unlabeled // max(1, len(self.state.images)))
         for e in self.state.images:
             tiles = e.train_tiles()
@@ -398,11 +414,22 @@ class Project:
             for t in tiles:
                 h, w = max(1, round(t.h / s)), max(1, round(t.w / s))
                 img = slide.read_scaled(round(t.y / s), round(t.x / s), h, w, s)
-                m = (
+                crop = (
                     np.zeros((h, w), np.uint16)
                     if labels is None
                     else _crop_labels(labels, t, e.labels_scale, (h, w))
                 )
+                unpainted = resolve_unpainted(t.unpainted, crop)
+                m = training_mask(crop, unpainted)
+                if unpainted == "background":
+                    n = gland_like_unpainted(img, crop)
+                    if n:
+                        warnings.append(
+                            f"{e.name}, tile {t.id}: {n} unpainted "
+                            f"{'region looks' if n == 1 else 'regions look'} like the glands "
+                            "you painted and will be learnt as background; paint them, or "
+                            "set the tile's unpainted pixels to 'unknown'"
+                        )
                 li.append(img)
                 lm.append(m)
                 names.append(f"{e.name}/tile-{t.id}")
@@ -414,7 +441,8 @@ class Project:
                 "no training tile yet: draw a rectangle in 'training tiles' and "
                 "paint the glands inside it"
             )
-        if not any(m.any() for m in lm):
+        self.cut_warnings = warnings
+        if not any((m > 0).any() for m in lm):
             raise InputError(
                 "the training tiles contain no painted gland: paint at least one "
                 "gland (tiles without glands are fine as long as one has some)"
@@ -537,4 +565,6 @@ def _check_state(st: ProjectState) -> str | None:
                 return f"image {e.name!r}: tile {t.id!r} has an absurd size or position"
             if t.kind not in ("train", "rejected"):
                 return f"image {e.name!r}: tile {t.id!r} has an unknown kind {t.kind!r}"
+            if t.unpainted not in UNPAINTED:
+                return f"image {e.name!r}: tile {t.id!r}: unpainted {t.unpainted!r} is unknown"
     return None

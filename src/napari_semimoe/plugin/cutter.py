@@ -78,6 +78,12 @@ class TrainsetCutter:
 
         def done(n: int) -> None:
             release()
+            if project.cut_warnings:  # a tile's unpainted glands would be learnt as background
+                msg = "; ".join(project.cut_warnings)
+                session.say(msg)
+                log.warning(msg)
+                if not quiet:
+                    notify(msg, "warning")
             session.pool_changed.emit(n)
             if then is not None:
                 then(n)

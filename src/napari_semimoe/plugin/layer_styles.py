@@ -229,6 +229,11 @@ LEGEND = "semimoe_legend"
 def annotation_legend() -> dict[str, Any]:
     items = [(c, "your glands" if i == 0 else "") for i, c in enumerate(GLAND_PALETTE[:4])]
     items += [(c, f"label {i}") for i, c in SPECIAL_LABEL_COLORS.items()]
+    from .background_label import BACKGROUND_COLOUR, BACKGROUND_NAME
+
+    items.append(
+        ("#" + "".join(f"{round(255 * v):02x}" for v in BACKGROUND_COLOUR[:3]), BACKGROUND_NAME)
+    )
     return legend_of("swatches", "annotations", items=items)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from ..core.errors import InputError
 from ..core.project import ImageEntry
 from ..core.slide import Slide
+from .background_label import show_background_label
 from .layer_styles import LEGEND, legend_of, style_annotations
 
 TILES_LAYER = "training tiles"
@@ -49,6 +50,7 @@ class NapariLayers:
             layer = self.viewer.layers[LABELS_LAYER]
             if LEGEND not in layer.metadata:
                 style_annotations(layer)
+            show_background_label(layer)  # also on a layer that came with the image
             return layer
         if not create or self.image() is None:
             return None
@@ -57,6 +59,7 @@ class NapariLayers:
             data, name=LABELS_LAYER, scale=tuple(self.base_scale() * self.labels_scale())
         )
         style_annotations(layer)
+        show_background_label(layer)  # the background brush's own colour
         return layer
 
     def select_annotations(self) -> None:

@@ -240,13 +240,21 @@ class Session:
             return
         keep = [t for t in self.entry.tiles if t.kind != "train"]
         old = {(t.y, t.x, t.h, t.w): t for t in self.entry.train_tiles()}
-        tiles = []
+        tiles, fresh = [], []
         for rect in rects:
             (y0, x0), (y1, x1) = np.floor(rect.min(0)), np.ceil(rect.max(0))
             key = (int(y0), int(x0), int(y1 - y0), int(x1 - x0))
             if key[2] < 1 or key[3] < 1:
                 continue  # a degenerate click, not a tile
-            tiles.append(old.pop(key, None) or Tile(*key))  # a tile keeps its id
+            t = old.pop(key, None)  # a tile keeps its id
+            if t is None:
+                t = Tile(*key)
+                fresh.append(t)
+            tiles.append(t)
+        for t in fresh:  # a moved or resized tile keeps its "unpainted pixels" choice
+            was = max(old.values(), key=lambda o: _overlap(o, t), default=None)
+            if was is not None and _overlap(was, t) > 0:
+                t.unpainted = was.unpainted
         self.entry.tiles = tiles + keep
         self.project.save()
         now = self._tiles_now()
@@ -257,3 +265,10 @@ class Session:
     def _tiles_now(self) -> list:
         tiles = [] if self.entry is None else self.entry.train_tiles()
         return [(t.y, t.x, t.h, t.w) for t in tiles]
+
+
+def _overlap(a: Tile, b: Tile) -> int:
+    """Common area of two tiles (level-0 px)."""
+    oy = min(a.y + a.h, b.y + b.h) - max(a.y, b.y)
+    ox = min(a.x + a.w, b.x + b.w) - max(a.x, b.x)
+    return max(0, oy) * max(0, ox)

@@ -162,8 +162,20 @@ class Family:
     # ------------------------------------------------------------------ training
 
     def targets(self, mask: np.ndarray, config: Any) -> dict[str, np.ndarray]:
-        """Every task's target for one augmented tile."""
-        return {t.name: t.target(mask, config) for t in self.tasks}
+        """Every task's target for one augmented tile. Unknown mask pixels (sparse
+        painting, :data:`~..targets.UNKNOWN`) are ignored in every target of the mask's
+        shape (integer: -1, float: NaN), whatever the task's own target made of them; a
+        task's loss must skip those values (Semi-MoE's losses do)."""
+        from ..targets import ignore_unknown, unknown_pixels
+
+        unknown = unknown_pixels(mask)
+        out = {t.name: t.target(mask, config) for t in self.tasks}
+        if unknown is None:
+            return out
+        return {
+            k: ignore_unknown(v, unknown) if np.shape(v) == unknown.shape else v
+            for k, v in out.items()
+        }
 
     def outputs(self, raw: Any) -> dict[str, torch.Tensor]:
         """A forward pass's logits by task name."""

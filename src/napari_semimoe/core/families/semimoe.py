@@ -31,12 +31,12 @@ from ..losses import (
     seg_dice_loss,
 )
 from ..model import TASKS, SemiMoE, count_parameters, run_experts
-from ..targets import boundary_band, signed_distance
+from ..targets import boundary_band, seg_target, signed_distance
 from .base import Family, Inference, Losses, MapStyle, Task, softmax_foreground, tanh_map
 
 
 def _seg_target(mask: np.ndarray, config: Any) -> np.ndarray:
-    return (np.asarray(mask) > 0).astype(np.uint8)
+    return seg_target(mask)
 
 
 def _sdf_target(mask: np.ndarray, config: Any) -> np.ndarray:

@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
 )
 
 from ...core.errors import InputError
+from ...core.sparse import next_label
 from ..common import camera, canvas_size
 from ..common import notify as _notify
 from ..common import rect as _rect
@@ -247,7 +248,7 @@ class ActivePanel:
             new = full[: y1 - y0, : x1 - x0].astype(labels.data.dtype)
             sl = (slice(y0, y1), slice(x0, x1))
             old = labels.data[sl]
-            offset = int(labels.data.max())
+            offset = next_label(labels.data) - 1  # the background brush's id not counted
             # what the user already painted there wins over the prediction
             pasted = np.where(new > 0, new + offset, 0)
             merged = np.where(old > 0, old, pasted).astype(labels.data.dtype)

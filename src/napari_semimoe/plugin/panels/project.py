@@ -28,7 +28,8 @@ from qtpy.QtWidgets import (
 
 from ...core.data import Geometry
 from ...core.errors import InputError
-from ...core.project import Project
+from ...core.project import Project, Tile
+from ...core.sparse import BACKGROUND_LABEL, UNPAINTED, UNPAINTED_WORDS, next_label
 from ...core.trainset import TRAINSET_FILE
 from ..common import camera, notify, rect
 from ..cutter import TrainsetCutter
@@ -108,14 +109,116 @@ class ProjectPanel(QWidget):
         add = QPushButton("Add training tile at view centre")
         add.clicked.connect(self.add_tile_at_center)
         f.addRow(add)
+        brushes = QHBoxLayout()
+        self.gland_brush = QPushButton("Paint a gland")
+        self.gland_brush.setToolTip("brush with a new gland label (each gland its own colour)")
+        self.gland_brush.clicked.connect(lambda: self.pick_brush("gland"))
+        self.background_brush = QPushButton("Paint background")
+        self.background_brush.setToolTip(
+            "brush that marks tissue as NOT gland (light grey); a tile with background paint "
+            "learns only what is painted, unless you set its unpainted pixels to background"
+        )
+        self.background_brush.clicked.connect(lambda: self.pick_brush("background"))
+        brushes.addWidget(self.gland_brush)
+        brushes.addWidget(self.background_brush)
+        f.addRow("Brush", brushes)
+        self.unpainted_combo = QComboBox()
+        for key in UNPAINTED:
+            self.unpainted_combo.addItem(UNPAINTED_WORDS[key], key)
+        self.unpainted_combo.setToolTip(
+            "what the model learns from the pixels you did not paint in a training tile: "
+            "background (paint every gland of the tile), or unknown (paint only some glands "
+            "and some background; the rest is left out of training). Applies to the selected "
+            "tiles of the 'training tiles' layer, or to every tile of this slide when none "
+            "is selected."
+        )
+        self.unpainted_combo.activated.connect(self._unpainted_chosen)
+        f.addRow("Unpainted pixels", self.unpainted_combo)
+        self.unpainted_line = QLabel("")
+        self.unpainted_line.setWordWrap(True)
+        f.addRow(self.unpainted_line)
         hint = QLabel(
             "Paint glands in 'annotations' inside the yellow tiles; unpainted tile pixels are "
-            "background. Tiles and painting are saved in the project folder as you work "
+            "background unless the tile says unknown (above: then paint only the glands you "
+            "are sure of, and some background with the background brush). "
+            "Tiles and painting are saved in the project folder as you work "
             "(within a second); earlier versions of each image's annotations are kept and "
             "can be restored in 3 · Review. Without a project, painting is locked."
         )
         hint.setWordWrap(True)
         f.addRow(hint)
+
+    # ------------------------------------------------------------------ sparse painting
+
+    def pick_brush(self, kind: str) -> None:
+        """The annotations layer, active, in paint mode with a new gland id or the
+        background brush's id."""
+        if self.session.project is None:
+            notify(NO_PROJECT, "warning")
+            return
+        labels = self.layers.labels(create=True)
+        if labels is None:
+            notify("open a slide first", "warning")
+            return
+        labels.selected_label = (
+            BACKGROUND_LABEL if kind == "background" else next_label(labels.data)
+        )
+        self.viewer.layers.selection.active = labels
+        labels.mode = "paint"
+
+    def chosen_tiles(self) -> list[Tile]:
+        """The training tiles the choice applies to: the selected ones, else all of this
+        slide's (tiles layer order = the project's, after a sync)."""
+        entry = self.session.entry
+        if entry is None:
+            return []
+        self.session.sync_tiles()
+        tiles = entry.train_tiles()
+        layer = self.layers.tiles()
+        picked = sorted(getattr(layer, "selected_data", ()) or ())
+        chosen = [tiles[i] for i in picked if i < len(tiles)]
+        return chosen or tiles
+
+    def set_unpainted(self, choice: str, tiles: list[Tile] | None = None) -> None:
+        """Set what the unpainted pixels of ``tiles`` (default: :meth:`chosen_tiles`) are,
+        saved in project.json at once; the training set is re-cut a moment later."""
+        if choice not in UNPAINTED:
+            raise ValueError(choice)
+        project = self.session.project
+        tiles = self.chosen_tiles() if tiles is None else tiles
+        if project is None or not tiles:
+            self.session.say("no training tile to set: add one first")
+            return
+        for t in tiles:
+            t.unpainted = choice
+        project.save()
+        self._show_unpainted()
+        self._pool_timer.start(TILES_RECUT_MS)
+        self.session.say(
+            f"unpainted pixels of {len(tiles)} tile{'s' if len(tiles) != 1 else ''}: "
+            f"{UNPAINTED_WORDS[choice]}"
+        )
+
+    def _unpainted_chosen(self, index: int) -> None:
+        self.set_unpainted(self.unpainted_combo.itemData(index))
+
+    def _show_unpainted(self, *_: Any) -> None:
+        """The choice of the selected tiles (or the slide's) and a count by meaning."""
+        entry = self.session.entry
+        tiles = [] if entry is None else entry.train_tiles()
+        if not tiles:
+            self.unpainted_line.setText("")
+            return
+        layer = self.layers.tiles()
+        picked = sorted(getattr(layer, "selected_data", ()) or ())
+        chosen = [tiles[i] for i in picked if i < len(tiles)] or tiles
+        kinds = {t.unpainted for t in chosen}
+        if len(kinds) == 1:
+            self.unpainted_combo.setCurrentIndex(UNPAINTED.index(kinds.pop()))
+        counts = {k: sum(t.unpainted == k for t in tiles) for k in UNPAINTED}
+        words = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        which = f"{len(chosen)} selected" if picked else "none selected: all"
+        self.unpainted_line.setText(f"Tiles of this slide: {words} ({which}).")
 
     def _form_geometry(self, *_: Any) -> None:
         """The form's scale and tile: what the next training will use (not the model's)."""
@@ -228,6 +331,7 @@ class ProjectPanel(QWidget):
             s.sync_tiles()
         self.layers.show_tiles([rect(t.y, t.x, t.h, t.w) for t in entry.train_tiles()])
         s.set_entry(entry)
+        self._show_unpainted()
         s.save_annotations()
 
     def refresh_layers(self, *_: Any) -> None:
@@ -257,6 +361,7 @@ class ProjectPanel(QWidget):
                 ly.metadata["semimoe_hooked"] = True
             if ly.name == TILES_LAYER and not ly.metadata.get("semimoe_hooked"):
                 ly.events.data.connect(self._tiles_edited)
+                ly.events.highlight.connect(self._show_unpainted)  # the selection changed
                 ly.metadata["semimoe_hooked"] = True
 
     # ------------------------------------------------------------------ saving
@@ -295,6 +400,7 @@ class ProjectPanel(QWidget):
 
     def _tiles_edited(self, *_: Any) -> None:
         self.session.sync_tiles()
+        self._show_unpainted()
 
     def _refresh_pool(self) -> None:
         """The tiles changed: re-cut the unlabeled pool the trainer and the QA page use (once

@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
 )
 
 from ...core.errors import InputError
+from ...core.sparse import BACKGROUND_LABEL, next_label
 from ..common import camera, canvas_size, notify
 from ..gate_bars import show_gate_bars
 from ..jobs import ProgressJob
@@ -391,8 +392,9 @@ class ReviewPanel(QWidget):
                 parts.append((sl, painted, pred, here & (painted == 0) & (pred > 0)))
         ids = np.unique(np.concatenate([p[np.where(w)] for _, _, p, w in parts] or [[]]))
         ids = ids[ids > 0].astype(np.int64)
-        first = int(labels.data.max()) + 1  # fresh ids: no predicted gland merges with one
-        if ids.size and first + ids.size - 1 > np.iinfo(labels.data.dtype).max:
+        first = next_label(labels.data)  # fresh ids: no predicted gland merges with one
+        top = min(np.iinfo(labels.data.dtype).max, BACKGROUND_LABEL - 1)  # not the brush's id
+        if ids.size and first + ids.size - 1 > top:
             _notify("too many gland ids for the annotations layer's type", "error")
             return
         patches = []
