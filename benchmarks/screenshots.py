@@ -2,7 +2,8 @@
 
 xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/screenshots.py [ITERATIONS]
 (SEMIMOE_SHOTS_DIR=folder writes them there instead of docs/images; SEMIMOE_SHOTS_WIDTH=8
-trains a smaller model, to try the looks out on a busy machine.)
+trains a smaller model, to try the looks out on a busy machine; SEMIMOE_SHOTS_SAMPLE=synthetic
+takes them on the generated slide instead of the real EBHI-Seg sample that `gui` opens.)
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ def main() -> int:
     out = Path(os.environ.get("SEMIMOE_SHOTS_DIR", OUT))  # e.g. /tmp/ui-shots/after
     out.mkdir(parents=True, exist_ok=True)
     names = get_family().layer_names() | {"uncertainty": "Semi-MoE uncertainty"}
-    viewer, widget, pump = open_session("semimoe-shots-")
+    sample = os.environ.get("SEMIMOE_SHOTS_SAMPLE", "real")  # what a pathologist sees first
+    viewer, widget, pump = open_session("semimoe-shots-", sample=sample)
 
     def shot(name: str) -> None:
         pump(0.5)

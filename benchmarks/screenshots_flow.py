@@ -1,5 +1,6 @@
-"""Screenshots of the flow of issue 19 under Xvfb: the real sample as the gui opens it, the
-live preview mid-training, the prediction offered when training ends, and the export page.
+"""Screenshots of the flow under Xvfb: the live preview mid-training, the prediction made
+when training ends, and the export page, on the real sample (benchmarks/screenshots.py takes
+the sample as the gui opens it, 01-sample-slide.png).
 
 xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/screenshots_flow.py [ITERS]
 """
@@ -18,10 +19,6 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     viewer, widget, pump = open_session("semimoe-flow-", sample="real")
     pump(1)
-    viewer.screenshot(str(OUT / "00-real-sample.png"), canvas_only=False)
-    if "--sample-only" in sys.argv:
-        viewer.close()
-        return 0
     from napari_semimoe.plugin.panels import train
     from napari_semimoe.plugin.preview import PREVIEW_LAYER
     from napari_semimoe.plugin.widget import camera
@@ -30,7 +27,7 @@ def main() -> int:
     train.DOCK_OVERRIDES["checkpoint_every"] = max(1, iters // 6)
     tp = widget.train_panel
     tp.iter_spin.setValue(iters)
-    tp.width_spin.setValue(4)  # this machine is shared: a tiny model, a short run
+    tp.width_spin.setValue(int(next((a[8:] for a in sys.argv if a.startswith("--width=")), 8)))
     # zoomed onto the polyp biopsy (not annotated): what the model has not seen
     camera(viewer).center = (32 + 112, 2 * 32 + 224 + 112)
     camera(viewer).zoom = 2.6

@@ -110,7 +110,10 @@ class _Bar:
 
         if not self.said:
             self.said = True
-            where = p.dashboard or "none (pip install bokeh for the dask dashboard)"
+            where = (
+                p.dashboard
+                or "none (pip install 'napari-semimoe[dashboard]' for the dask dashboard)"
+            )
             print(f"napari-semimoe cohort: dashboard: {where}", file=sys.stderr)
         if self.bar is None:
             self.bar = tqdm(
