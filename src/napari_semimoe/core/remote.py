@@ -172,6 +172,10 @@ class RemoteTraining:
         # Straight to the GPU workers, not through the scheduler (a resume's checkpoint of a
         # width-64 model is 0.8 GB); a list of one, as a dict would be scattered by value.
         payload = {"data": self.data, "files": self.files, "init_from": self.init_from}
+        # A Pause or Stop pressed before the worker starts holds from its first step (the
+        # control queue is read by a thread that may first look after a step has run).
+        payload["pause"] = bool(pause and pause.is_set())
+        payload["stop"] = bool(stop and stop.is_set())
         data = self._scatter(payload)
         future = client.submit(
             train_on_worker,

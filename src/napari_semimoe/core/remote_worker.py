@@ -131,6 +131,10 @@ def train_on_worker(
             init = tmp / "init.safetensors"
             init.write_bytes(payload["init_from"])
         data = payload["data"]
+        if payload.get("pause"):
+            control.pause.set()
+        if payload.get("stop"):
+            control.stop.set()
         trainer = Trainer(TrainConfig.from_dict(config), data, run, resume=resume, init_from=init)
         shipped: set[str] = set()
 

@@ -35,3 +35,16 @@ def canvas_size(viewer) -> tuple[float, float] | None:
 def rect(y: float, x: float, h: float, w: float) -> np.ndarray:
     """A rectangle's four corners (napari shapes order)."""
     return np.array([[y, x], [y, x + w], [y + h, x + w], [y + h, x]], float)
+
+
+def qt_alive(obj) -> bool:
+    """False once the C++ side of a Qt object is gone (the dock was closed while a thread's
+    work was still running; its ``finished`` arrives later)."""
+    try:
+        from qtpy import sip
+
+        return not sip.isdeleted(obj)
+    except ImportError:  # PySide
+        from qtpy import shiboken
+
+        return shiboken.isValid(obj)

@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 
 from ...core.errors import InputError
 from ...core.sparse import BACKGROUND_LABEL, next_label
-from ..common import camera, canvas_size, notify
+from ..common import camera, canvas_size, notify, qt_alive
 from ..gate_bars import show_gate_bars
 from ..jobs import ProgressJob
 from ..layer_styles import LEGEND, label_style, legend_of, map_style, outline
@@ -245,6 +245,8 @@ class ReviewPanel(QWidget):
         self._set_predict_ui(False)
 
         def finished() -> None:
+            if not qt_alive(self.cancel_btn):  # the dock closed while it predicted
+                return
             job.finish()
             self._set_predict_ui(True)
 
@@ -263,6 +265,8 @@ class ReviewPanel(QWidget):
 
     def _show_prediction(self, out: dict | None) -> None:
         """Main thread: build or update the output layers (never pile up new ones)."""
+        if not qt_alive(self.cancel_btn):  # the dock closed while it predicted
+            return
         if out is None:
             self.session.say("prediction cancelled")
             return
