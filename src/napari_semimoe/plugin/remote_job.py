@@ -15,8 +15,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from .training_process import JobControls
 
-class RemoteTrainingJob:
+
+class RemoteTrainingJob(JobControls):
     """Start / pause / resume / stop a remote training and collect its events."""
 
     def __init__(
@@ -104,25 +106,6 @@ class RemoteTrainingJob:
     def start(self) -> None:
         self._thread.start()
 
-    def reload(self) -> None:
-        """The training set file was re-cut: it goes to the worker before its next step."""
-        self._reload.set()
-
-    def pause(self) -> None:
-        self._pause.set()
-
-    def resume(self) -> None:
-        self._pause.clear()
-
-    @property
-    def paused(self) -> bool:
-        return self._pause.is_set()
-
-    def stop(self) -> None:
-        """Ask for a clean stop: the worker saves a checkpoint, which comes home."""
-        self._stop.set()
-        self._pause.clear()
-
     def kill(self) -> None:
         """A thread cannot be killed: stop (the worker stops after its iteration)."""
         self.stop()
@@ -132,17 +115,7 @@ class RemoteTrainingJob:
 
     def poll(self, max_events: int = 1000) -> list[dict[str, Any]]:
         """Drain pending events (non-blocking), as TrainingJob.poll."""
-        out: list[dict[str, Any]] = []
-        for _ in range(max_events):
-            try:
-                out.append(self._q.get_nowait())
-            except queue_mod.Empty:
-                break
-        for ev in out:
-            if ev["kind"] in ("exit", "error"):
-                self.finished = True
-            self.last = ev
-        return out
+        return self._drain(max_events)
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)

@@ -113,7 +113,54 @@ def _lower_priority(pid: int = 0) -> None:
 NICENESS = 10
 
 
-class TrainingJob:
+class JobControls:
+    """The dock's controls of a training, the same for a local child process and a remote
+    worker: three flags (``_stop``, ``_pause``, ``_reload``: multiprocessing or threading
+    events) that the trainer's side polls between steps."""
+
+    _stop: Any
+    _pause: Any
+    _reload: Any
+    _q: Any  # the events queue
+    finished: bool
+    last: dict[str, Any] | None
+
+    def reload(self) -> None:
+        """The training set file was re-cut: the trainer takes it before its next step."""
+        self._reload.set()
+
+    def pause(self) -> None:
+        self._pause.set()
+
+    def resume(self) -> None:
+        self._pause.clear()
+
+    @property
+    def paused(self) -> bool:
+        return self._pause.is_set()
+
+    def stop(self) -> None:
+        """Ask for a clean stop: the trainer saves a checkpoint (which, for a remote one,
+        comes home), then ends."""
+        self._stop.set()
+        self._pause.clear()
+
+    def _drain(self, max_events: int) -> list[dict[str, Any]]:
+        """The pending events of ``self._q`` (non-blocking); ``finished`` / ``last`` follow."""
+        out: list[dict[str, Any]] = []
+        for _ in range(max_events):
+            try:
+                out.append(self._q.get_nowait())
+            except queue_mod.Empty:
+                break
+        for ev in out:
+            if ev["kind"] in ("exit", "error"):
+                self.finished = True
+            self.last = ev
+        return out
+
+
+class TrainingJob(JobControls):
     """Start / pause / resume / stop a training process and collect its events."""
 
     def __init__(
@@ -156,25 +203,6 @@ class TrainingJob:
         # second of CPU before its own call could lower its priority.
         _lower_priority(self._proc.pid)
 
-    def reload(self) -> None:
-        """The training set file was re-cut: the trainer reloads it before its next step."""
-        self._reload.set()
-
-    def pause(self) -> None:
-        self._pause.set()
-
-    def resume(self) -> None:
-        self._pause.clear()
-
-    @property
-    def paused(self) -> bool:
-        return self._pause.is_set()
-
-    def stop(self) -> None:
-        """Ask for a clean stop: the trainer saves a checkpoint, then the process exits."""
-        self._stop.set()
-        self._pause.clear()
-
     def kill(self) -> None:
         if self._proc.is_alive():
             self._proc.terminate()
@@ -185,16 +213,7 @@ class TrainingJob:
     def poll(self, max_events: int = 1000) -> list[dict[str, Any]]:
         """Drain pending events (non-blocking). A process that died without saying so
         yields an 'error' event; the last good checkpoint is still on disk."""
-        out: list[dict[str, Any]] = []
-        for _ in range(max_events):
-            try:
-                out.append(self._q.get_nowait())
-            except queue_mod.Empty:
-                break
-        for ev in out:
-            if ev["kind"] in ("exit", "error"):
-                self.finished = True
-            self.last = ev
+        out = self._drain(max_events)
         if not out and not self.finished and self._proc.exitcode is not None:
             self.finished = True
             out.append(
