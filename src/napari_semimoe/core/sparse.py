@@ -79,8 +79,9 @@ def gland_like_unpainted(image: np.ndarray, labels: np.ndarray, sigma: float = 2
     A colour rule on the tile alone (no model needed): each pixel's colour, smoothed over
     ``sigma`` px, is compared with the mean colour of the painted glands and of the rest
     (painted background if any, else the unpainted pixels); unpainted pixels nearer the
-    glands' colour, opened by a 3 x 3 square, form regions, and those at least half the
-    median painted gland's area count. 0 when no gland is painted.
+    glands' colour, more than 2 px from a painted gland, opened by a 3 x 3 square, form
+    regions, and those at least half the median painted gland's area count. 0 when no
+    gland is painted.
     """
     a = np.asarray(labels)
     glands = glands_of(a)
@@ -95,7 +96,10 @@ def gland_like_unpainted(image: np.ndarray, labels: np.ndarray, sigma: float = 2
         return 0
     g, b = f[glands].mean(0), f[ref].mean(0)
     near = ((f - g) ** 2).sum(-1) < ((f - b) ** 2).sum(-1)
-    cand = ndi.binary_opening(unpainted & near, structure=np.ones((3, 3), bool))
+    # Not the rim of a painted gland (a brush edge, anti-aliased masks): a missed gland is a
+    # region of its own, so pixels within 2 px of painted glands do not count.
+    rim = ndi.binary_dilation(glands, iterations=2)
+    cand = ndi.binary_opening(unpainted & near & ~rim, structure=np.ones((3, 3), bool))
     regions, n = ndi.label(cand)
     if not n:
         return 0
