@@ -24,6 +24,7 @@ Each degrades gracefully when absent.
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -142,6 +143,12 @@ class SemiMoEWidget(QWidget):
             self.set_project(project_dir)
         else:
             self.session.say(NO_PROJECT)
+        # napari's, Qt's and torch's millions of long-lived objects leave the collector's
+        # view: a full (generation 2) collection then no longer walks them, which stalled the
+        # UI for ~150 ms each time the live preview or a prediction allocated enough to
+        # trigger one (benchmarks/ui_responsiveness.py). Only what exists now is frozen.
+        gc.collect()
+        gc.freeze()
 
     # ------------------------------------------------------------------ the dock's API
 
