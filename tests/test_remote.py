@@ -20,22 +20,14 @@ from napari_semimoe.core.errors import InputError
 from napari_semimoe.core.remote import RemoteTraining
 from napari_semimoe.core.runfolder import RunFolder
 from napari_semimoe.core.train import TrainConfig, Trainer, TrainingError
+from test_train import config as train_config
 
 distributed = pytest.importorskip("distributed")
 
 
 def config(**kw) -> TrainConfig:
-    base = dict(
-        width=4,
-        iterations=6,
-        geometry=Geometry(input_size=32).to_dict(),
-        compile="off",
-        checkpoint_every=3,
-        precision="fp32",
-        threads=1,
-        device="cpu",
-    )
-    return TrainConfig(**{**base, **kw})
+    """test_train's tiny run, on the CPU (the worker has a GPU *resource*, not a GPU)."""
+    return train_config(**{"device": "cpu", **kw})
 
 
 @pytest.fixture(scope="module")
