@@ -8,14 +8,16 @@ import time
 from pathlib import Path
 
 
-def open_session(prefix: str = "semimoe-gui-", sample: str = "synthetic"):
-    """(viewer, widget, pump): a sample ("synthetic" or "real") fitted to a 1500 x 950 window."""
+def open_session(prefix: str = "semimoe-gui-", sample: str = "synthetic", project=None):
+    """(viewer, widget, pump): a sample ("synthetic" or "real") fitted to a 1500 x 950 window,
+    in a fresh project (or in ``project``, a folder kept between runs)."""
     from qtpy.QtWidgets import QApplication
 
     from napari_semimoe.plugin.launch import launch
 
     # the generated slide: larger than the real sample, and the numbers in docs/ are on it
-    viewer, widget = launch(Path(tempfile.mkdtemp(prefix=prefix)), sample=sample, run=False)
+    folder = Path(project or tempfile.mkdtemp(prefix=prefix))
+    viewer, widget = launch(folder, sample=sample, run=False)
     viewer.window._qt_window.resize(1500, 950)
     app = QApplication.instance()
     app.processEvents()  # apply the new size, then fit the slide to it

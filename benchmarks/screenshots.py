@@ -3,7 +3,10 @@
 xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/screenshots.py [ITERATIONS]
 (SEMIMOE_SHOTS_DIR=folder writes them there instead of docs/images; SEMIMOE_SHOTS_WIDTH=8
 trains a smaller model, to try the looks out on a busy machine; SEMIMOE_SHOTS_SAMPLE=synthetic
-takes them on the generated slide instead of the real EBHI-Seg sample that `gui` opens.)
+takes them on the generated slide instead of the real EBHI-Seg sample that `gui` opens;
+SEMIMOE_SHOTS_PROJECT=folder keeps the project there, and with SEMIMOE_SHOTS_REVIEW_ONLY=1
+a second pass over that kept project retakes only the Review shots with its trained model:
+the long training runs once, in the background, while the overlays are still being styled.)
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ def main() -> int:
 
     from gui_session import open_session
     from napari_semimoe.core.families import get_family
-    from napari_semimoe.plugin.widget import camera
 
     out = Path(os.environ.get("SEMIMOE_SHOTS_DIR", OUT))  # e.g. /tmp/ui-shots/after
     out.mkdir(parents=True, exist_ok=True)
     names = get_family().layer_names() | {"uncertainty": "Semi-MoE uncertainty"}
     sample = os.environ.get("SEMIMOE_SHOTS_SAMPLE", "real")  # what a pathologist sees first
-    viewer, widget, pump = open_session("semimoe-shots-", sample=sample)
+    project = os.environ.get("SEMIMOE_SHOTS_PROJECT")
+    review_only = os.environ.get("SEMIMOE_SHOTS_REVIEW_ONLY") == "1"
+    viewer, widget, pump = open_session("semimoe-shots-", sample=sample, project=project)
 
     def shot(name: str) -> None:
         pump(0.5)
@@ -38,6 +42,12 @@ def main() -> int:
                 viewer.layers[n].visible = k in keys
 
     pump(1)
+    if review_only:
+        if widget.session.checkpoint() is None:
+            print("SEMIMOE_SHOTS_REVIEW_ONLY needs a SEMIMOE_SHOTS_PROJECT with a trained model")
+            return 2
+        review(viewer, widget, pump, shot, show, names)
+        return 0
     shot("01-sample-slide.png")
     tp = widget.train_panel
     tp.iter_spin.setValue(int(sys.argv[1]) if len(sys.argv) > 1 else 120)
@@ -53,6 +63,14 @@ def main() -> int:
     tp.advanced_check.setChecked(True)  # the second level of the settings
     shot("14-train-advanced.png")
     tp.advanced_check.setChecked(False)
+    review(viewer, widget, pump, shot, show, names)
+    return 0
+
+
+def review(viewer, widget, pump, shot, show, names) -> None:
+    """The Review page's shots: predict the whole image, then each overlay on its own."""
+    from napari_semimoe.plugin.widget import camera
+
     widget._toolbox_review()
     widget.review_panel.predict("image")
     while (
@@ -83,8 +101,7 @@ def main() -> int:
     pump(1)
     shot("13-accepted-history.png")
     viewer.close()
-    print("screenshots in", out)
-    return 0
+    print("screenshots taken")
 
 
 if __name__ == "__main__":
