@@ -73,29 +73,55 @@ def training_mask(labels: np.ndarray, unpainted: str) -> np.ndarray:
     return out
 
 
-def gland_like_unpainted(image: np.ndarray, labels: np.ndarray, sigma: float = 2.0) -> int:
+#: Smoothing scales (px) of the warning's pixel features: colour and local contrast from a
+#: nucleus to a small gland, so that stroma's scattered nuclei do not read as epithelium.
+FEATURE_SIGMAS = (1.0, 2.0, 4.0, 8.0)
+#: Where between the painted background's and the glands' projected means a pixel starts
+#: counting as gland-like (0.5: halfway; nearer the glands: fewer false alarms).
+GLAND_SIDE = 0.7
+
+
+def _pixel_features(image: np.ndarray) -> np.ndarray:
+    """(H, W, 4 x len(FEATURE_SIGMAS)): smoothed RGB and local grey-level spread per scale."""
+    x = image[..., :3].astype(np.float32) / 255
+    grey = x.mean(-1)
+    out = []
+    for s in FEATURE_SIGMAS:
+        out.append(ndi.gaussian_filter(x, (s, s, 0)))
+        m, m2 = ndi.gaussian_filter(grey, s), ndi.gaussian_filter(grey * grey, s)
+        out.append(np.sqrt(np.clip(m2 - m * m, 0, None))[..., None])
+    return np.concatenate(out, -1)
+
+
+def gland_like_unpainted(image: np.ndarray, labels: np.ndarray) -> int:
     """How many unpainted regions of a tile look like the glands painted in it.
 
-    A colour rule on the tile alone (no model needed): each pixel's colour, smoothed over
-    ``sigma`` px, is compared with the mean colour of the painted glands and of the rest
-    (painted background if any, else the unpainted pixels); unpainted pixels nearer the
-    glands' colour, more than 2 px from a painted gland, opened by a 3 x 3 square, form
-    regions, and those at least half the median painted gland's area count. 0 when no
-    gland is painted.
+    A rule on the tile alone (no model needed): a linear discriminant (Fisher's, pooled
+    covariance) between the painted glands' pixels and the rest's (painted background if
+    any, else the unpainted pixels), on colour and local contrast at several scales, sorts
+    each unpainted pixel; those on the glands' side (:data:`GLAND_SIDE`), more than 2 px from
+    a painted gland, opened by a 3 x 3 square, form regions, and those at least half the
+    median painted gland's area count. 0 when no gland is painted. On GlaS train (half
+    resolution) it warns on 11 % of fully painted images and finds 82 % of half-painted
+    ones; the colour-mean rule it replaced: 46 % and 88 % (benchmarks/sparse_warning.py).
     """
     a = np.asarray(labels)
     glands = glands_of(a)
     if not glands.any():
         return 0
-    f = ndi.gaussian_filter(image.astype(np.float32), (sigma, sigma, 0))
     unpainted = a == 0
     ref = a == BACKGROUND_LABEL
     if not ref.any():
         ref = unpainted
     if not ref.any():
         return 0
-    g, b = f[glands].mean(0), f[ref].mean(0)
-    near = ((f - g) ** 2).sum(-1) < ((f - b) ** 2).sum(-1)
+    f = _pixel_features(np.asarray(image))
+    g, b = f[glands], f[ref]
+    mg, mb = g.mean(0), b.mean(0)
+    cov = (np.cov(g.T, bias=True) * len(g) + np.cov(b.T, bias=True) * len(b)) / (len(g) + len(b))
+    cov = np.atleast_2d(cov) + np.eye(f.shape[-1]) * 1e-4  # flat tiles: a ridge, not a crash
+    w = np.linalg.solve(cov, mg - mb)
+    near = f @ w > GLAND_SIDE * float(mg @ w) + (1 - GLAND_SIDE) * float(mb @ w)
     # Not the rim of a painted gland (a brush edge, anti-aliased masks): a missed gland is a
     # region of its own, so pixels within 2 px of painted glands do not count.
     rim = ndi.binary_dilation(glands, iterations=2)
