@@ -294,6 +294,9 @@ def test_live_preview_during_training_then_the_view_is_predicted(ui, qtbot, monk
     qtbot.waitUntil(lambda: bool(seen), timeout=120_000)
     assert seen[0][0] and not tp.job.finished, "the preview came while training"
     assert PREVIEW_LAYER in viewer.layers
+    layer = viewer.layers[PREVIEW_LAYER]  # outlines drawn by the worker: a 0/1 image
+    assert layer._type_string == "image" and set(np.unique(layer.data)) <= {0, 1}
+    qtbot.waitUntil(lambda: PREVIEW_LAYER in widget.review_panel.legend.rows, timeout=5_000)
     assert viewer.layers.selection.active.name == "annotations"  # the brush stays at hand
     tp.toggle_pause()  # resume
     wait_training(qtbot, widget)

@@ -209,6 +209,8 @@ HELP = {
     "instances": "The model's glands (cyan outlines): where it predicts a gland, each one "
     "outlined; touching glands are split. Compare with your painting and correct it.",
     "mask": "The model's gland mask (cyan outlines).",
+    "preview": "Live preview (white outlines): the glands the model being trained finds in "
+    "this view, refreshed at each checkpoint; it goes when training ends.",
     "gates": "How much each expert of the model counts in each tile (expert weights, the "
     "'gates' of Semi-MoE); longer bar = trusted more.",
 }
