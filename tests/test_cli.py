@@ -401,9 +401,7 @@ def test_an_unexpected_error_in_predict_is_logged_in_the_user_log(
     assert "unexpected KeyError" in line and "traceback could not be logged" in line
 
 
-def test_verbose_shows_debug_logs_and_a_user_mistake_leaves_no_log(
-    tiny_dataset, tmp_path, capsys
-):
+def test_verbose_shows_debug_logs_and_a_user_mistake_leaves_no_log(tiny_dataset, tmp_path, capsys):
     rundir = tmp_path / "run"
     code, _, err = run(capsys, "-v", "train", "--data", str(tiny_dataset), "--out", str(rundir),
                        "--width", "4", "--input-size", "32", "--threads", "1",
