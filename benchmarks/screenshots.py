@@ -59,6 +59,10 @@ def main() -> int:
     shot("02-training-mid-run.png")
     while tp.job is None or not tp.job.finished or tp._poll.isActive():
         pump(0.5)
+    review_page = widget.review_panel
+    while review_page.cancel_btn.isEnabled() or review_page.showing_prediction:
+        pump(0.5)  # the view predicted by itself when training ends (page 3)
+    widget.toolbox.setCurrentIndex(1)  # back to 2 · Train: the finished run's chart
     shot("03-training-done.png")
     tp.advanced_check.setChecked(True)  # the second level of the settings
     shot("14-train-advanced.png")

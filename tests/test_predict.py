@@ -398,3 +398,22 @@ def test_sigterm_during_predict_cleans_up(tmp_path):
     assert proc.returncode == 143, err
     assert "Traceback" not in err and "predict: terminated" in err, repr(err)
     assert not out.exists()  # predict made it, and leaves neither scratch nor an empty folder
+
+
+def test_glands_lying_on_glass_are_dropped_and_the_rest_keep_their_ids():
+    """An object mostly on glass (a mosaic's gap, a slide's margin) goes; one mostly in
+    tissue stays whole, glass pixels included; ids are not renumbered."""
+    from napari_semimoe.core.instances import drop_off_tissue, region
+
+    tissue = np.zeros((6, 10), bool)
+    tissue[:, :5] = True
+    inst = np.zeros((6, 10), np.int32)
+    inst[1:3, 1:4] = 2  # all in tissue
+    inst[1:3, 4:7] = 5  # 2 of its 6 px in tissue: off
+    inst[4:6, 3:6] = 7  # 4 of 6 in tissue: kept, all 6 px
+    out = drop_off_tissue(inst, tissue)
+    assert sorted(np.unique(out)) == [0, 2, 7] and (out[inst == 7] == 7).all()
+    assert drop_off_tissue(np.zeros((2, 2), np.int32), np.zeros((2, 2), bool)).max() == 0
+    # the box of a view at the slide's edge: outside the mask is no tissue
+    crop = region(tissue, -1, 3, 3, 4)
+    assert crop.shape == (3, 4) and not crop[0].any() and crop[1:].tolist() == [[1, 1, 0, 0]] * 2

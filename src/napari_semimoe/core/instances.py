@@ -78,3 +78,34 @@ def _split(
     out = np.zeros(ws.shape, np.int32)
     out[region] = np.searchsorted(labels, ws[region]) + 1
     return out
+
+
+def drop_off_tissue(instances: np.ndarray, tissue: np.ndarray, share: float = 0.5) -> np.ndarray:
+    """``instances`` without the objects lying mostly (over ``1 - share``) on glass.
+
+    A gland sits in tissue; an object on the slide's glass (bright, unstained: the gaps of a
+    mosaic, a slide's margin, a tear) is the model answering a question it was never taught,
+    and a pathologist should not have to erase it by hand. ``tissue`` is the boolean mask on
+    the same grid (:func:`..slide.tissue_mask`; lumina are inside it). Ids are kept.
+    """
+    inst = np.asarray(instances)
+    n = int(inst.max(initial=0))
+    if n == 0:
+        return inst
+    on = np.bincount(inst[tissue].ravel(), minlength=n + 1)
+    total = np.bincount(inst.ravel(), minlength=n + 1)
+    off = (total > 0) & (on < share * total)
+    off[0] = False
+    if not off.any():
+        return inst
+    out = inst.copy()
+    out[off[inst]] = 0
+    return out
+
+
+def region(mask: np.ndarray, y: int, x: int, h: int, w: int) -> np.ndarray:
+    """``mask[y:y + h, x:x + w]``, False where the box leaves the mask (a view at the edge)."""
+    out = np.zeros((h, w), bool)
+    part = np.asarray(mask)[max(0, y) : y + h, max(0, x) : x + w]
+    out[max(0, -y) : max(0, -y) + part.shape[0], max(0, -x) : max(0, -x) + part.shape[1]] = part
+    return out
