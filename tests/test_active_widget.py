@@ -147,3 +147,15 @@ def test_running_training_picks_up_a_rejection(ui, qtbot):
     widget.train_panel.stop_training()
     wait_training(qtbot, widget)
     assert widget.train_panel.job.last["result"] == "stopped"
+
+
+def test_fewer_suggestions_than_asked_say_why():
+    """'top 8' returning 2 tiles says why (the places left), not just the count."""
+    from napari_semimoe.plugin.panels.active import Candidate, suggestion_words
+
+    picks = [Candidate(0, 0, 512, 0.2, {}, np.zeros((1, 1), np.int32)) for _ in range(2)]
+    line = suggestion_words(2, 8, picks)
+    assert line.startswith("2 tiles suggested") and "Only 2 of the 8 asked" in line
+    assert "512-px tile" in line and "overlaps no training tile" in line
+    assert "Only" not in suggestion_words(2, 2, picks)
+    assert "overlaps a training tile" in suggestion_words(0, 8, [])

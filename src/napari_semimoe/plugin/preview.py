@@ -127,8 +127,8 @@ class LivePreview:
         translate = tuple(base * (np.array([ys, xs]) * s + (s - 1) / 2))
         if PREVIEW_LAYER in self.viewer.layers:
             layer = self.viewer.layers[PREVIEW_LAYER]
-            layer.scale = scale
-            layer.translate = translate
+            if not np.allclose(layer.scale, scale) or not np.allclose(layer.translate, translate):
+                layer.scale, layer.translate = scale, translate  # each set redraws: only on a pan
             layer.data = outline
         else:
             from napari.utils.colormaps import Colormap

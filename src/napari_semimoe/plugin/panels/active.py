@@ -69,6 +69,24 @@ class Candidate:
     status: str = "open"  # open | promoted | rejected
 
 
+def suggestion_words(n: int, asked: int, picks) -> str:
+    """The status line after suggesting: how many, and why fewer than asked."""
+    if not n:
+        return (
+            "no tile left to suggest: every place on this image that is at least half "
+            "tissue overlaps a training tile"
+        )
+    line = f"{n} tile{'s' if n > 1 else ''} suggested (most uncertain first); click one to go to it"
+    if n < asked:
+        side = picks[0].side
+        line += (
+            f". Only {n} of the {asked} asked: that is every place left for a {side}-px tile "
+            "that is at least half tissue, overlaps no training tile and keeps a tile's "
+            "distance from the other suggestions"
+        )
+    return line
+
+
 class ActivePanel:
     """Builds the two toolbox pages and their behaviour over a :class:`Session`."""
 
@@ -315,11 +333,7 @@ class ActivePanel:
         self.suggestions = picks
         self._fill_list(self.suggest_list, picks, "score")
         self._draw_suggestions()
-        self.session.say(
-            f"{len(picks)} tiles suggested (most uncertain first); click one to go to it"
-            if picks
-            else "no unlabeled tissue tile left to suggest"
-        )
+        self.session.say(suggestion_words(len(picks), self.top_spin.value(), picks))
 
     def _fill_list(self, lst: QListWidget, items: list[Candidate], what: str) -> None:
         lst.blockSignals(True)
