@@ -65,7 +65,7 @@ def family_title(name: str) -> str:
 
     fam = get_family(name)
     label = fam.label or fam.name
-    return f"glands in H&E ({label})" if name == "semimoe" else label
+    return f"glands ({label})" if name == "semimoe" else label  # fits the dock's combo
 
 
 def form_row(form: QFormLayout, text: str, widget: QWidget, tip: str) -> None:
