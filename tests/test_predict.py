@@ -402,7 +402,7 @@ def test_sigterm_during_predict_cleans_up(tmp_path):
 
 def test_glands_lying_on_glass_are_dropped_and_the_rest_keep_their_ids():
     """An object mostly on glass (a mosaic's gap, a slide's margin) goes; one mostly in
-    tissue stays whole, glass pixels included; ids are not renumbered."""
+    tissue stays, without its pixels on glass; ids are not renumbered."""
     from napari_semimoe.core.instances import drop_off_tissue, region
 
     tissue = np.zeros((6, 10), bool)
@@ -410,9 +410,10 @@ def test_glands_lying_on_glass_are_dropped_and_the_rest_keep_their_ids():
     inst = np.zeros((6, 10), np.int32)
     inst[1:3, 1:4] = 2  # all in tissue
     inst[1:3, 4:7] = 5  # 2 of its 6 px in tissue: off
-    inst[4:6, 3:6] = 7  # 4 of 6 in tissue: kept, all 6 px
+    inst[4:6, 3:6] = 7  # 4 of 6 in tissue: kept, its 4 px there
     out = drop_off_tissue(inst, tissue)
-    assert sorted(np.unique(out)) == [0, 2, 7] and (out[inst == 7] == 7).all()
+    assert sorted(np.unique(out)) == [0, 2, 7] and (out[inst == 2] == 2).all()
+    assert (out[inst == 7] == 7).sum() == 4 and not out[:, 5:].any()  # its glass part goes
     assert drop_off_tissue(np.zeros((2, 2), np.int32), np.zeros((2, 2), bool)).max() == 0
     # the box of a view at the slide's edge: outside the mask is no tissue
     crop = region(tissue, -1, 3, 3, 4)

@@ -81,25 +81,27 @@ def _split(
 
 
 def drop_off_tissue(instances: np.ndarray, tissue: np.ndarray, share: float = 0.5) -> np.ndarray:
-    """``instances`` without the objects lying mostly (over ``1 - share``) on glass.
+    """``instances`` kept to the tissue: objects lying mostly (over ``1 - share``) on glass
+    go, and the others lose their pixels on glass.
 
     A gland sits in tissue; an object on the slide's glass (bright, unstained: the gaps of a
-    mosaic, a slide's margin, a tear) is the model answering a question it was never taught,
-    and a pathologist should not have to erase it by hand. ``tissue`` is the boolean mask on
-    the same grid (:func:`..slide.tissue_mask`; lumina are inside it). Ids are kept.
+    mosaic, a slide's margin, a tear), or the part of one that runs out onto it, is the
+    model answering a question it was never taught, and a pathologist should not have to
+    erase it by hand. ``tissue`` is the boolean mask on the same grid
+    (:func:`..slide.tissue_mask`: lumina are inside it, so no gland loses its lumen). Ids
+    are kept.
     """
     inst = np.asarray(instances)
     n = int(inst.max(initial=0))
     if n == 0:
         return inst
+    tissue = np.asarray(tissue, bool)
     on = np.bincount(inst[tissue].ravel(), minlength=n + 1)
     total = np.bincount(inst.ravel(), minlength=n + 1)
     off = (total > 0) & (on < share * total)
     off[0] = False
-    if not off.any():
-        return inst
     out = inst.copy()
-    out[off[inst]] = 0
+    out[off[inst] | ~tissue] = 0
     return out
 
 
