@@ -233,11 +233,12 @@ class ReviewPanel(QWidget):
                     return None
                 maps = {k: np.asarray(v) for k, v in wp.maps.items()}
                 maps["mask"] = pred.mask(maps)
-                inst = drop_off_tissue(pred.instances(maps), region(tissue, ys, xs, hs, ws))
+                on_tissue = region(tissue, ys, xs, hs, ws)
+                inst = drop_off_tissue(pred.instances(maps), on_tissue)
                 maps["instances"] = inst
                 maps["mask"] = maps["mask"] * (inst > 0)  # what is kept, as one mask
-                if uncertain:
-                    maps["uncertainty"] = uncertainty_map(maps)
+                if uncertain:  # "check here" never points at glass
+                    maps["uncertainty"] = uncertainty_map(maps) * on_tissue
                 if not experts:
                     for k in expert_maps & set(maps):
                         del maps[k]
