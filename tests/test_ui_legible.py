@@ -251,3 +251,13 @@ def test_expert_weight_chart_is_a_small_corner_label_with_named_bars():
     lengths = sorted(x1 - x0 for _, x0, _, x1 in coloured)  # tracks (100 %) and bars
     track = lengths[-1]
     assert np.allclose(lengths[:3], [0.2 * track, 0.3 * track, 0.5 * track])
+
+
+def test_every_dock_page_fits_the_dock_without_sideways_scrolling(ui):
+    """Long words (a tile's 'unpainted pixels' choice, a slide's name, a button) must not
+    make a page wider than the dock napari gives (it then scrolls sideways, text cut; the
+    Train page, 356 px with its row of four buttons, shows whole in docs/images)."""
+    _viewer, widget, _ = ui
+    box = widget.toolbox
+    widths = {box.itemText(i): box.widget(i).minimumSizeHint().width() for i in range(box.count())}
+    assert max(widths.values()) <= 360, widths

@@ -106,7 +106,7 @@ class ProjectPanel(QWidget):
         self.tile_spin.setSingleStep(64)
         self.tile_spin.setValue(256)
         f.addRow("Tile (model px)", self.tile_spin)
-        add = QPushButton("Add training tile at view centre")
+        add = QPushButton("Add training tile (view centre)")
         add.clicked.connect(self.add_tile_at_center)
         f.addRow(add)
         brushes = QHBoxLayout()
@@ -121,7 +121,7 @@ class ProjectPanel(QWidget):
         self.background_brush.clicked.connect(lambda: self.pick_brush("background"))
         brushes.addWidget(self.gland_brush)
         brushes.addWidget(self.background_brush)
-        f.addRow("Brush", brushes)
+        f.addRow(brushes)  # the buttons say what they paint: no label column to widen it
         self.unpainted_combo = QComboBox()
         for key in UNPAINTED:
             self.unpainted_combo.addItem(UNPAINTED_WORDS[key], key)
@@ -134,6 +134,10 @@ class ProjectPanel(QWidget):
         )
         self.unpainted_combo.activated.connect(self._unpainted_chosen)
         f.addRow("Unpainted pixels", self.unpainted_combo)
+        for c in (self.image_combo, self.unpainted_combo):  # long words must not widen the page
+            c.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            c.setMinimumContentsLength(8)
+        self.project_edit.setMinimumWidth(60)
         self.unpainted_line = QLabel("")
         self.unpainted_line.setWordWrap(True)
         f.addRow(self.unpainted_line)

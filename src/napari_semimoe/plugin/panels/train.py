@@ -148,7 +148,7 @@ class TrainPanel(QWidget):
         form_row(af, "Number precision", self.precision_combo, TIPS["precision"])
         self.seed_spin = spin(0, 2**31 - 1, d["seed"])
         form_row(af, "Random seed", self.seed_spin, TIPS["seed"])
-        self.semi_check = QCheckBox("also learn from unlabeled tissue (semi-supervised)")
+        self.semi_check = QCheckBox("also learn from unlabeled tissue")
         self.semi_check.setChecked(not d["supervised_only"])
         self.semi_check.setToolTip(TIPS["semi"])
         af.addRow(self.semi_check)
