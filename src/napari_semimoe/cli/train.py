@@ -183,6 +183,7 @@ def _cluster(address: str | None):
 def _start_training(args: argparse.Namespace, folder, client=None):
     """Check the run folder and the data, read the images, build the trainer (with a
     dask ``client``: the remote one, which trains on its GPU worker)."""
+    from ..core.classes import read_classes, table_of
     from ..core.data import choose_labeled, load_training_set, scan_folder
     from ..core.device import resolve_device
     from ..core.families import get_family
@@ -205,6 +206,7 @@ def _start_training(args: argparse.Namespace, folder, client=None):
         data_dir = Path(args.data)
         unlabeled_dirs = [str(Path(d).resolve()) for d in (args.unlabeled or [])]
         items = scan_folder(data_dir)
+        table = read_classes(data_dir)  # None: binary, as ever
         labeled, unlabeled = choose_labeled(items, args.labeled, args.labeled_fraction, args.seed)
         unlabeled += _unlabeled_items(args.unlabeled or [])
         config = TrainConfig(
@@ -226,6 +228,7 @@ def _start_training(args: argparse.Namespace, folder, client=None):
             geometry=geometry.to_dict(),
             per_instance_boundary=args.instance_boundaries,
             unknown_value=args.unknown_value,
+            classes=None if table is None else table.to_list(),
             checkpoint_every=args.checkpoint_every,
             snapshot_every=args.snapshot_every,
         )
@@ -244,6 +247,7 @@ def _start_training(args: argparse.Namespace, folder, client=None):
         geometry,
         _tqdm_progress("reading", "img"),
         unknown_value=config.unknown_value,
+        classes=table_of(config) if config.classes else None,
     )
     if client is None:
         trainer = Trainer(config, data, folder, resume=bool(args.resume))
