@@ -98,7 +98,7 @@ def _output_names(paths: list[str]) -> list[str]:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..core.data import scan_folder
     from ..core.evaluate import BINARY_NOTE, check_masks_folder, evaluate_folder
-    from ..core.metrics import format_table
+    from ..core.metrics import format_class_table, format_table
 
     predictor = _predictor(args)
     check_masks_folder(args.data)
@@ -120,6 +120,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(format_table(metrics))
+    if "classes" in metrics:
+        print()
+        print(format_class_table(metrics, tuple(metrics["classes"]), metrics.get("split")))
     if args.json:
         from ..core.atomic import atomic_write_json
 
