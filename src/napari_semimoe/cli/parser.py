@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         **run_opt,
     )
     t.add_argument(
+        "--dca-split",
+        metavar="H/M/T",
+        help="DCA: head/medium/tail class ids, e.g. 1,2/3/4,5 (medium may be empty; default "
+        "the log-gap split of the labeled masks, printed at the start)",
+        **run_opt,
+    )
+    t.add_argument(
         "--width", type=WIDTH, help=f"base width b (default {D['width']}; upstream 64)", **run_opt
     )
     t.add_argument(
@@ -282,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="training and prediction speed: fast vs fp32 reference")
     b.add_argument("--width", type=WIDTH, default=C.width)
+    b.add_argument(
+        "--family",
+        help="time one training iteration of this family against multi-class Semi-MoE's "
+        "(3 synthetic classes, 2 + 2 tiles); default: the fast vs reference paths of semimoe",
+    )
     b.add_argument("--repeats", type=REPEATS, default=7)
     b.add_argument(
         "--compile",

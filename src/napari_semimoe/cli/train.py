@@ -52,6 +52,7 @@ RUN_OPTIONS = (
     "instance_boundaries",
     "deterministic",
     "unknown_value",
+    "dca_split",
 )
 
 
@@ -82,6 +83,7 @@ def run_defaults() -> dict[str, object]:
         "instance_boundaries": c.per_instance_boundary,
         "deterministic": c.deterministic,
         "unknown_value": c.unknown_value,
+        "dca_split": None,  # the log-gap split of the labeled masks
     }
     assert tuple(defaults) == RUN_OPTIONS
     return defaults
@@ -229,6 +231,7 @@ def _start_training(args: argparse.Namespace, folder, client=None):
             per_instance_boundary=args.instance_boundaries,
             unknown_value=args.unknown_value,
             classes=None if table is None else table.to_list(),
+            dca_split=_dca_split(args.dca_split, table),
             checkpoint_every=args.checkpoint_every,
             snapshot_every=args.snapshot_every,
         )
@@ -264,6 +267,17 @@ def _start_training(args: argparse.Namespace, folder, client=None):
     # next (the trainer keeps it when it rewrites config.json).
     _remember_data(folder, trainer.config, data_dir, unlabeled_dirs)
     return trainer
+
+
+def _dca_split(text: str | None, table) -> dict | None:
+    """``--dca-split H/M/T`` checked against the data folder's classes (None: log-gap)."""
+    if text is None:
+        return None
+    from ..core.dca import parse_split_text
+
+    if table is None:
+        raise InputError("--dca-split needs a multi-class data folder (a classes.json)")
+    return parse_split_text(text, table.n_foreground).to_dict()
 
 
 def _resume_plan(args: argparse.Namespace, folder):

@@ -167,6 +167,10 @@ class Family:
             f"the {self.name} family is binary only; this run has {table.n_foreground} classes"
         )
 
+    def example(self, config: Any) -> Family:
+        """The family as ``summary`` shows it (a family that needs classes picks some)."""
+        return self
+
     def label_maps(self) -> dict[str, dict[int, str]]:
         """Integer maps a prediction adds (``classes``: class ids) with each id's name, so
         a viewer shows them as labelled layers; none for a binary family."""
