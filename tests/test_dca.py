@@ -4,14 +4,18 @@ and predicts through the common trainer and predictor."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
+import tifffile
 import torch
+from PIL import Image
 
-from napari_semimoe.core.bench import synthetic_tiles
-from napari_semimoe.core.classes import ClassTable
+from napari_semimoe.cli import main
+from napari_semimoe.core.bench import family_bench, synthetic_tiles
+from napari_semimoe.core.classes import ClassTable, write_classes
 from napari_semimoe.core.data import Geometry, TrainingSet
 from napari_semimoe.core.dca import (
     DECODER_BLOCKS,
@@ -25,7 +29,9 @@ from napari_semimoe.core.dca import (
 )
 from napari_semimoe.core.errors import InputError
 from napari_semimoe.core.families import get_family
-from napari_semimoe.core.inference import PredictOptions, Predictor, load_model
+from napari_semimoe.core.inference import PredictOptions, Predictor, load_model, predict_slide
+from napari_semimoe.core.slide import open_slide
+from napari_semimoe.core.tiff_writer import write_pyramid
 from napari_semimoe.core.train import TrainConfig, Trainer
 
 
@@ -152,6 +158,13 @@ def test_dca_trains_checkpoints_and_predicts(tmp_path):
     assert pred["classes"].shape == images[0].shape[:2]
     assert fam.label_maps()["classes"][2] == "malignant"
 
+    write_pyramid(tmp_path / "s.tif", images[0], levels=1, tile=16)
+    with open_slide(tmp_path / "s.tif") as slide:
+        written = predict_slide(Predictor(loaded), slide, tmp_path / "out", "s")
+    assert {"mask", "prob", "prob_1", "prob_2", "instances", "classes"} <= set(written)
+
+    assert tifffile.imread(written["classes"]).dtype == np.uint8
+
 
 def test_dca_user_split_and_refusals(tmp_path):
     data, _ = _data(6)
@@ -161,3 +174,39 @@ def test_dca_user_split_and_refusals(tmp_path):
     with pytest.raises(InputError, match="needs at least 2 foreground classes"):
         Trainer(_config(classes=None), data, tmp_path / "b")
     assert get_family("dca").split is None
+
+
+def test_cli_trains_dca_and_evaluates_per_class(tmp_path, capsys):
+
+    data, images = _data(7)
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(root / "images" / f"t{i}.png")
+        if i < 2:
+            Image.fromarray(data.labeled_masks[i]).save(root / "masks" / f"t{i}.png")
+    write_classes(root, ClassTable.from_names(["background", "benign", "malignant"]))
+    common = ["--width", "4", "--input-size", "32", "--threads", "1", "--precision", "fp32"]
+    run = tmp_path / "run"
+    args = ["train", "--data", str(root), "--family", "dca", "--iterations", "2"]
+    assert main([*args, "--dca-split", "1//2", "--out", str(run), *common]) == 0
+    _, err = capsys.readouterr()
+    assert "DCA b=4, head [1] / medium [] / tail [2]" in err
+    out_json = tmp_path / "m.json"
+    assert main(["evaluate", str(run), "--data", str(root), "--json", str(out_json)]) == 0
+    out, _ = capsys.readouterr()
+    assert "malignant" in out and "tail mean" in out and "Object F1" in out
+    m = json.loads(out_json.read_text())
+    assert {"dice[benign]", "dice_head_mean", "dice_tail_mean", "dice_pooled"} <= set(m)
+    # A binary data folder is refused for DCA in one line.
+    (root / "classes.json").unlink()
+    assert main([*args, "--out", str(tmp_path / "r2"), *common]) != 0
+    _, err = capsys.readouterr()
+    assert "needs at least 2 foreground classes" in err
+
+
+def test_bench_family_reports_the_ratio():
+
+    r = family_bench("dca", width=4, repeats=1, tile=32, device="cpu", log=lambda s: None)
+    assert r["ratio_to_semimoe"] > 0 and r["parameters_dca"] < r["parameters_semimoe"]
