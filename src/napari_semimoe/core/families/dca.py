@@ -181,9 +181,13 @@ class DCAFamily(Family):
 
     # ------------------------------------------------------------------ prediction
 
+    def _group_names(self) -> list[str]:
+        """The run's decoders; unconfigured: all three (so a reader knows every name)."""
+        return list(GROUPS) if self.split_of is None else [g for g, _ in self._groups()]
+
     def _extra_maps(self) -> dict[str, MapStyle]:
         out: dict[str, MapStyle] = {}
-        for g, _ in self._groups() if self.split_of is not None else ():
+        for g in self._group_names():
             out[DECODER_PREFIX + g] = _decoder_style(g)
             out[ATTENTION_PREFIX + g] = _attention_style(g)
         return out
@@ -210,7 +214,7 @@ class DCAFamily(Family):
                 for k in range(1, self.classes.n_foreground + 1)
             }
             names["classes"] = "DCA class map"
-        for g, _ in self._groups() if self.split_of is not None else ():
+        for g in self._group_names():
             names[DECODER_PREFIX + g] = f"DCA {g} expert"
             names[ATTENTION_PREFIX + g] = f"DCA attention to the {g} expert"
         return names
