@@ -150,6 +150,12 @@ def test_dca_trains_checkpoints_and_predicts(tmp_path):
     fam = loaded.family
     assert fam.name == "dca" and fam.split == {g: split[g] for g in ("head", "medium", "tail")}
     pred = Predictor(loaded, PredictOptions(experts=True)).predict_image(images[0])
+    # The inference copy (batch norm folded, phase kernels) computes the same function.
+    plain, fast = (
+        Predictor(loaded, PredictOptions(precision="fp32", optimize=o)).predict_image(images[0])
+        for o in (False, True)
+    )
+    np.testing.assert_allclose(plain["prob_2"], fast["prob_2"], atol=1e-4)
     maps = set(fam.output_maps()) | set(fam.output_maps(True))
     assert maps == {"prob", "prob_1", "prob_2", "decoder_head", "decoder_tail",
                     "attention_head", "attention_tail"}  # fmt: skip
@@ -199,6 +205,11 @@ def test_cli_trains_dca_and_evaluates_per_class(tmp_path, capsys):
     assert "malignant" in out and "tail mean" in out and "Object F1" in out
     m = json.loads(out_json.read_text())
     assert {"dice[benign]", "dice_head_mean", "dice_tail_mean", "dice_pooled"} <= set(m)
+    assert m["split"] == {"head": [1], "medium": [], "tail": [2]}
+    ev = ["evaluate", str(run), "--data", str(root), "--json", str(out_json)]
+    assert main([*ev, "--split", "2//1"]) == 0
+    capsys.readouterr()
+    assert json.loads(out_json.read_text())["split"]["head"] == [2]
     # A binary data folder is refused for DCA in one line.
     (root / "classes.json").unlink()
     assert main([*args, "--out", str(tmp_path / "r2"), *common]) != 0

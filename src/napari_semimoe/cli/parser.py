@@ -249,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_opts(ev)
     ev.add_argument("--data", required=True, help="folder with images/ and masks/")
     ev.add_argument("--json", type=out_file, help="also write the metrics to this JSON file")
+    ev.add_argument(
+        "--split",
+        metavar="H/M/T",
+        help="multi-class: head/medium/tail class ids for the group means, e.g. 1,2/3/4 "
+        "(default: the model's own split, DCA's; none for Semi-MoE)",
+    )
     ev.set_defaults(func=cmd_evaluate)
 
     sg = sub.add_parser(
