@@ -45,7 +45,8 @@ def iter_predictions(
     Binary masks become one object per connected component; their names are appended to
     ``binary``. Masks that are all background or all gland are reported once, at the end.
     ``class_masks`` (a list): the masks hold class ids; each is appended there and its
-    union foreground's connected components are the objects.
+    union foreground's connected components are the objects (always: class masks hold no
+    instance ids, so they are not counted in ``binary``).
     """
     check_masks_folder(data_dir)
     items = [it for it in scan_folder(data_dir) if it.mask_path is not None]
@@ -63,7 +64,7 @@ def iter_predictions(
             class_masks.append(gt)
             gt = (gt > 0).astype(np.uint8)
         gt, was_binary = instances_from_mask(gt)
-        if was_binary and binary is not None:
+        if was_binary and binary is not None and class_masks is None:
             binary.append(it.name)
         yield it.name, predictor.predict_image(image), gt
         if progress is not None:
