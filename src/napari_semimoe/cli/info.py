@@ -17,6 +17,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
     family = get_family(args.family)  # an unknown name: one line listing the known ones
     _check_width(args.width)
+    family = family.example(TrainConfig(width=args.width, family=family.name))
     counts = family.parameter_counts(
         family.build(TrainConfig(width=args.width, family=family.name))
     )
@@ -30,18 +31,30 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ..core.bench import run_bench
+    from ..core.bench import family_bench, run_bench
+    from ..core.families import get_family
 
-    result = run_bench(
-        width=args.width,
-        repeats=args.repeats,
-        compile=args.compile,
-        threads=args.threads,
-        log=lambda s: print(s, file=sys.stderr),
-        device=args.device,
-        predict_only=args.predict_only,
-        predict_size=args.predict_size,
-    )
+    family = get_family(args.family).name if args.family else None
+    if family is not None and family != "semimoe":
+        result = family_bench(
+            family,
+            width=args.width,
+            repeats=args.repeats,
+            threads=args.threads,
+            log=lambda s: print(s, file=sys.stderr),
+            device=args.device,
+        )
+    else:
+        result = run_bench(
+            width=args.width,
+            repeats=args.repeats,
+            compile=args.compile,
+            threads=args.threads,
+            log=lambda s: print(s, file=sys.stderr),
+            device=args.device,
+            predict_only=args.predict_only,
+            predict_size=args.predict_size,
+        )
     print(json.dumps(result, indent=1))
     if args.json:
         from ..core.atomic import atomic_write_json

@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         **run_opt,
     )
     t.add_argument(
+        "--dca-split",
+        metavar="H/M/T",
+        help="DCA: head/medium/tail class ids, e.g. 1,2/3/4,5 (medium may be empty; default "
+        "the log-gap split of the labeled masks, printed at the start)",
+        **run_opt,
+    )
+    t.add_argument(
         "--width", type=WIDTH, help=f"base width b (default {D['width']}; upstream 64)", **run_opt
     )
     t.add_argument(
@@ -242,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_opts(ev)
     ev.add_argument("--data", required=True, help="folder with images/ and masks/")
     ev.add_argument("--json", type=out_file, help="also write the metrics to this JSON file")
+    ev.add_argument(
+        "--split",
+        metavar="H/M/T",
+        help="multi-class: head/medium/tail class ids for the group means, e.g. 1,2/3/4 "
+        "(default: the model's own split, DCA's; none for Semi-MoE)",
+    )
     ev.set_defaults(func=cmd_evaluate)
 
     sg = sub.add_parser(
@@ -282,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="training and prediction speed: fast vs fp32 reference")
     b.add_argument("--width", type=WIDTH, default=C.width)
+    b.add_argument(
+        "--family",
+        help="time one training iteration of this family against multi-class Semi-MoE's "
+        "(3 synthetic classes, 2 + 2 tiles); default: the fast vs reference paths of semimoe",
+    )
     b.add_argument("--repeats", type=REPEATS, default=7)
     b.add_argument(
         "--compile",

@@ -95,10 +95,22 @@ def _output_names(paths: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------- evaluate
 
 
+def _group_split(text: str | None, family) -> dict[str, list[int]] | None:
+    """``--split H/M/T`` checked against the model's classes (None: the family's own)."""
+    if text is None:
+        return None
+    from ..core.dca import GROUPS, parse_split_text
+
+    if family.classes is None:
+        raise InputError("--split needs a multi-class model")
+    split = parse_split_text(text, family.classes.n_foreground)
+    return {g: list(getattr(split, g)) for g in GROUPS}
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..core.data import scan_folder
     from ..core.evaluate import BINARY_NOTE, check_masks_folder, evaluate_folder
-    from ..core.metrics import format_table
+    from ..core.metrics import format_class_table, format_table
 
     predictor = _predictor(args)
     check_masks_folder(args.data)
@@ -111,7 +123,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     with _terminate_as_interrupt():
         metrics = evaluate_folder(
-            predictor, args.data, progress=_tqdm_progress("evaluating", "img")
+            predictor,
+            args.data,
+            progress=_tqdm_progress("evaluating", "img"),
+            split=_group_split(args.split, predictor.family),
         )
     if metrics.get("binary_masks"):
         n = int(metrics["binary_masks"])
@@ -120,6 +135,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(format_table(metrics))
+    if "classes" in metrics:
+        print()
+        print(format_class_table(metrics, tuple(metrics["classes"]), metrics.get("split")))
     if args.json:
         from ..core.atomic import atomic_write_json
 

@@ -52,6 +52,7 @@ RUN_OPTIONS = (
     "instance_boundaries",
     "deterministic",
     "unknown_value",
+    "dca_split",
 )
 
 
@@ -82,6 +83,7 @@ def run_defaults() -> dict[str, object]:
         "instance_boundaries": c.per_instance_boundary,
         "deterministic": c.deterministic,
         "unknown_value": c.unknown_value,
+        "dca_split": None,  # the log-gap split of the labeled masks
     }
     assert tuple(defaults) == RUN_OPTIONS
     return defaults
@@ -183,6 +185,7 @@ def _cluster(address: str | None):
 def _start_training(args: argparse.Namespace, folder, client=None):
     """Check the run folder and the data, read the images, build the trainer (with a
     dask ``client``: the remote one, which trains on its GPU worker)."""
+    from ..core.classes import read_classes, table_of
     from ..core.data import choose_labeled, load_training_set, scan_folder
     from ..core.device import resolve_device
     from ..core.families import get_family
@@ -205,6 +208,7 @@ def _start_training(args: argparse.Namespace, folder, client=None):
         data_dir = Path(args.data)
         unlabeled_dirs = [str(Path(d).resolve()) for d in (args.unlabeled or [])]
         items = scan_folder(data_dir)
+        table = read_classes(data_dir)  # None: binary, as ever
         labeled, unlabeled = choose_labeled(items, args.labeled, args.labeled_fraction, args.seed)
         unlabeled += _unlabeled_items(args.unlabeled or [])
         config = TrainConfig(
@@ -226,6 +230,8 @@ def _start_training(args: argparse.Namespace, folder, client=None):
             geometry=geometry.to_dict(),
             per_instance_boundary=args.instance_boundaries,
             unknown_value=args.unknown_value,
+            classes=None if table is None else table.to_list(),
+            dca_split=_dca_split(args.dca_split, table),
             checkpoint_every=args.checkpoint_every,
             snapshot_every=args.snapshot_every,
         )
@@ -244,6 +250,7 @@ def _start_training(args: argparse.Namespace, folder, client=None):
         geometry,
         _tqdm_progress("reading", "img"),
         unknown_value=config.unknown_value,
+        classes=table_of(config) if config.classes else None,
     )
     if client is None:
         trainer = Trainer(config, data, folder, resume=bool(args.resume))
@@ -260,6 +267,17 @@ def _start_training(args: argparse.Namespace, folder, client=None):
     # next (the trainer keeps it when it rewrites config.json).
     _remember_data(folder, trainer.config, data_dir, unlabeled_dirs)
     return trainer
+
+
+def _dca_split(text: str | None, table) -> dict | None:
+    """``--dca-split H/M/T`` checked against the data folder's classes (None: log-gap)."""
+    if text is None:
+        return None
+    from ..core.dca import parse_split_text
+
+    if table is None:
+        raise InputError("--dca-split needs a multi-class data folder (a classes.json)")
+    return parse_split_text(text, table.n_foreground).to_dict()
 
 
 def _resume_plan(args: argparse.Namespace, folder):

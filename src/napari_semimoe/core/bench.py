@@ -173,6 +173,83 @@ def run_bench(
     }
 
 
+def family_bench(
+    family: str,
+    width: int = 16,
+    repeats: int = 7,
+    threads: int | None = None,
+    log: Callable[[str], None] = print,
+    tile: int = 256,
+    device: str = "auto",
+    classes: int = 3,
+) -> dict:
+    """One training iteration of ``family`` against multi-class Semi-MoE's, on the same
+    ``classes``-class synthetic tiles (2 labeled + 2 unlabeled of ``tile``²), fast path,
+    stepped in turn in one process; the ratio is family / Semi-MoE (median of ``repeats``)."""
+    from .classes import ClassTable
+
+    if threads:
+        torch.set_num_threads(threads)
+    images, ids = synthetic_tiles(8, size=tile)
+    # Class k = instance id folded onto 1..classes: class 1 the largest share.
+    masks = [np.where(m > 0, np.minimum(m, classes), 0).astype(np.uint8) for m in ids]
+    table = ClassTable.from_names(["background", *(f"class {k}" for k in range(1, classes + 1))])
+    data = TrainingSet(images[:4], masks[:4], images[4:])
+    common = dict(
+        width=width,
+        iterations=10_000,
+        checkpoint_every=10**9,
+        geometry=Geometry(input_size=tile).to_dict(),
+        device=device,
+        classes=table.to_list(),
+        compile="off",
+    )
+    names = ["semimoe", family] if family != "semimoe" else ["semimoe"]
+    trainers = {
+        n: Trainer(TrainConfig(**common, family=n), data, tempfile.mkdtemp(prefix="semimoe-bench-"))
+        for n in names
+    }
+    for tr in trainers.values():  # warm-up
+        tr.step()
+    times: dict[str, list[float]] = {n: [] for n in trainers}
+    for r in range(repeats):
+        for n, tr in trainers.items():
+            t = time.perf_counter()
+            tr.step()
+            _sync(tr.device)
+            times[n].append(time.perf_counter() - t)
+        log(
+            f"train repeat {r + 1}/{repeats}: "
+            + ", ".join(f"{n} {v[-1]:.2f} s" for n, v in times.items())
+        )
+    med = {n: float(np.median(v)) for n, v in times.items()}
+    first = next(iter(trainers.values()))
+    out = {
+        "family": family,
+        "width": width,
+        "classes": classes,
+        "batch": "2 labeled + 2 unlabeled",
+        "tile": tile,
+        "device": str(first.device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        **cpu_description(),
+        "split": trainers[names[-1]].config.dca_split,
+    }
+    for n in names:
+        out[f"train_iteration_{n}_s"] = round(med[n], 4)
+        out[f"train_iteration_{n}_s_all"] = [round(t, 4) for t in times[n]]
+        out[f"parameters_{n}"] = trainers[n].family.parameter_counts(trainers[n].model)["total"]
+    out["ratio_to_semimoe"] = round(med[names[-1]] / med["semimoe"], 3)
+    # Each repeat stepped both in turn: the median of the per-repeat ratios is robust to
+    # load that changes between repeats (a shared CPU).
+    pairs = np.array(times[names[-1]]) / np.array(times["semimoe"])
+    out["ratio_to_semimoe_paired_median"] = round(float(np.median(pairs)), 3)
+    for tr in trainers.values():
+        tr.close()
+    return out
+
+
 def predict_variants(loaded: LoadedModel) -> dict[str, Predictor]:
     """The prediction paths ``bench`` compares, each a step on from the one before.
 

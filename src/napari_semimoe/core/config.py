@@ -49,6 +49,11 @@ class TrainConfig:
     #: Sparse painting in data folders: mask pixels of this value (e.g. 255 in 8-bit masks)
     #: are unknown, ignored by the supervised losses; None = every mask pixel is known.
     unknown_value: int | None = None
+    #: The class table (``classes.json`` entries, background first); None = binary, as ever.
+    classes: list | None = None
+    #: DCA's head / medium / tail split ({"head": [ids], ...}); None = the log-gap split of
+    #: the labeled masks, computed when the run starts and stored here.
+    dca_split: dict | None = None
     checkpoint_every: int = 100
     snapshot_every: int = 0  # keep weights every N iterations (learning curves), 0 = never
 
@@ -92,6 +97,10 @@ class TrainConfig:
             raise InputError("gamma and lambda_max must be >= 0")
         if self.compile not in ("auto", "on", "off"):
             raise InputError(f"compile must be auto, on or off, got {self.compile!r}")
+        if self.classes is not None:
+            from .classes import parse_classes
+
+            parse_classes(self.classes, "the run's class table")
         if self.batch_norm not in ("pooled", "per-half"):
             raise InputError(f"batch_norm must be pooled or per-half, got {self.batch_norm!r}")
 

@@ -386,10 +386,12 @@ def load_training_set(
     geometry: Geometry,
     progress=None,
     unknown_value: int | None = None,
+    classes=None,
 ) -> TrainingSet:
     """Read a folder split into memory at working scale (masks of unlabeled items are
     never read). ``progress`` is an optional callable(done, total). ``unknown_value``: mask
-    pixels of that value are unknown (sparse painting: ignored by the supervised losses)."""
+    pixels of that value are unknown (sparse painting: ignored by the supervised losses).
+    ``classes`` (a :class:`~.classes.ClassTable`): masks must hold its class ids."""
     from .slide import read_image, read_mask
 
     total = len(labeled) + len(unlabeled)
@@ -401,6 +403,8 @@ def load_training_set(
             m = read_mask(it.mask_path, shape=im.shape[:2])
             if unknown_value is not None:
                 m = with_unknown(m, unknown_value)
+            if classes is not None:
+                classes.check_mask(m, f"mask {it.mask_path}")
             li.append(geometry.image_to_working(im))
             lm.append(geometry.mask_to_working(m))
         else:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .classes import read_classes
 from .data import scan_folder
 from .errors import InputError, plural, some
 from .inference import Predictor
-from .metrics import evaluate_pairs, instances_from_mask
+from .metrics import GROUPS, ClassAccumulator, evaluate_pairs, instances_from_mask
 from .slide import read_image, read_mask
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,15 @@ def iter_predictions(
     data_dir: str | Path,
     progress: Callable[[int, int], None] | None = None,
     binary: list[str] | None = None,
+    class_masks: list[np.ndarray] | None = None,
 ) -> Iterator[tuple[str, dict[str, np.ndarray], np.ndarray]]:
     """Yield (name, prediction at native size, ground-truth instance mask) per image.
 
     Binary masks become one object per connected component; their names are appended to
     ``binary``. Masks that are all background or all gland are reported once, at the end.
+    ``class_masks`` (a list): the masks hold class ids; each is appended there and its
+    union foreground's connected components are the objects (always: class masks hold no
+    instance ids, so they are not counted in ``binary``).
     """
     check_masks_folder(data_dir)
     items = [it for it in scan_folder(data_dir) if it.mask_path is not None]
@@ -55,8 +60,11 @@ def iter_predictions(
             empty.append(it.name)
         elif gt.all():
             full.append(it.name)
+        if class_masks is not None:
+            class_masks.append(gt)
+            gt = (gt > 0).astype(np.uint8)
         gt, was_binary = instances_from_mask(gt)
-        if was_binary and binary is not None:
+        if was_binary and binary is not None and class_masks is None:
             binary.append(it.name)
         yield it.name, predictor.predict_image(image), gt
         if progress is not None:
@@ -76,9 +84,47 @@ def evaluate_folder(
     data_dir: str | Path,
     progress: Callable[[int, int], None] | None = None,
     hausdorff: bool = True,
+    split: dict[str, list[int]] | None = None,
 ) -> dict[str, float]:
     """Pooled and per-image Dice/Jaccard plus GlaS object metrics over ``data_dir``;
-    ``binary_masks`` counts the masks whose glands were taken as connected components."""
+    ``binary_masks`` counts the masks whose glands were taken as connected components.
+
+    A multi-class model (its family has a class table) is scored per class too: the data
+    folder's ``classes.json`` must name as many classes; the Dice/Jaccard/object metrics
+    above are then the union foreground's, and :class:`~.metrics.ClassAccumulator` adds
+    ``dice[<class>]``, ``iou[<class>]``, their means and, with a head / medium / tail
+    ``split`` (default: the family's own, DCA's), the group means."""
+    table = getattr(predictor.family, "classes", None)
+    if table is None:
+        return _evaluate_binary(predictor, data_dir, progress, hausdorff)
+    data_table = read_classes(data_dir)
+    if data_table is None or data_table.n_foreground != table.n_foreground:
+        have = "no classes.json" if data_table is None else f"{data_table.n_foreground} classes"
+        raise InputError(
+            f"{data_dir}: the model has {table.n_foreground} classes but the data folder has {have}"
+        )
+    binary: list[str] = []
+    gts: list[np.ndarray] = []
+    acc = ClassAccumulator(table.names)
+
+    def pairs():
+        for _, pred, gt in iter_predictions(predictor, data_dir, progress, binary, gts):
+            data_table.check_mask(gts[-1], "a ground-truth mask")
+            acc.add(pred["classes"], gts[-1])
+            gts.clear()  # one image's mask at a time
+            yield pred["instances"], gt
+
+    metrics = evaluate_pairs(pairs(), hausdorff=hausdorff)
+    split = split if split is not None else getattr(predictor.family, "split", None)
+    metrics.update(acc.summary(split))
+    metrics["binary_masks"] = len(binary)
+    metrics["classes"] = list(table.names)
+    if split:
+        metrics["split"] = {g: [int(c) for c in split.get(g, [])] for g in GROUPS}
+    return metrics
+
+
+def _evaluate_binary(predictor, data_dir, progress, hausdorff) -> dict[str, float]:
     binary: list[str] = []
     pairs = (
         (pred["instances"], gt)

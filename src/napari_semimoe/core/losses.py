@@ -17,10 +17,13 @@ from .model import TASKS
 TASK_FACTORS: dict[str, float] = {"seg": 1.0, "sdf": 0.5, "bnd": 1.0}
 
 
-def _one_hot2(target: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) integer labels -> (B, 2, H, W) float one-hot; always exactly 2 classes."""
-    t = (target > 0).long()
-    return F.one_hot(t, num_classes=2).permute(0, 3, 1, 2).float()
+def _one_hot(target: torch.Tensor, n: int = 2) -> torch.Tensor:
+    """(B, H, W) integer labels -> (B, n, H, W) float one-hot of exactly ``n`` classes.
+
+    Two classes: anything > 0 is foreground (instance ids are glands, as ever); more: the
+    labels are class ids 0..n-1 (a class absent from the batch still has its channel)."""
+    t = (target > 0).long() if n == 2 else target.long()
+    return F.one_hot(t, num_classes=n).permute(0, 3, 1, 2).float()
 
 
 def _known(target: torch.Tensor) -> torch.Tensor | None:
@@ -32,16 +35,18 @@ def _known(target: torch.Tensor) -> torch.Tensor | None:
 
 
 def _masked(p: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax and one-hot target, both zero on the ignored pixels (none: unchanged)."""
+    """Softmax and one-hot target (as many classes as ``p`` has channels), both zero on the
+    ignored pixels (none: unchanged)."""
+    n = p.shape[1]
     k = _known(target)
     if k is None:
-        return p, _one_hot2(target)
-    return p * k, _one_hot2(target.clamp_min(0)) * k
+        return p, _one_hot(target, n)
+    return p * k, _one_hot(target.clamp_min(0), n) * k
 
 
 def seg_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """Squared-denominator soft Dice on softmax, both classes, per sample, then averaged
-    (over the known pixels: target -1 = ignored)."""
+    """Squared-denominator soft Dice on softmax, every class (2, or C + 1 multi-class), per
+    sample, then averaged (over the known pixels: target -1 = ignored)."""
     p, t = _masked(torch.softmax(logits.float(), dim=1), target)
     inter = (p * t).sum(dim=(2, 3))
     denom = (p * p).sum(dim=(2, 3)) + (t * t).sum(dim=(2, 3))
@@ -75,6 +80,18 @@ def sdf_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(torch.tanh(logits.float()), target)
     diff = torch.where(known, torch.tanh(logits.float()) - target.nan_to_num(0.0), 0.0)
     return (diff * diff).sum() / known.sum().clamp_min(1)
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """DCA's L_seg (the poster leaves it open): :func:`seg_dice_loss` over all classes plus
+    the mean cross-entropy of the known pixels (target -1 = ignored)."""
+    t = target.long()
+    known = t >= 0
+    if bool(known.any()):
+        ce = F.cross_entropy(logits.float(), t, ignore_index=-1)
+    else:
+        ce = logits.float().sum() * 0.0
+    return seg_dice_loss(logits, target) + ce
 
 
 TASK_LOSSES = {"seg": seg_dice_loss, "sdf": sdf_loss, "bnd": boundary_dice_loss}

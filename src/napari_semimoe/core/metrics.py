@@ -31,11 +31,13 @@ from .object_metrics import (
 )
 
 __all__ = [
+    "ClassAccumulator",
     "ObjectAccumulator",
     "ObjectStats",
     "PixelAccumulator",
     "dice_jaccard",
     "evaluate_pairs",
+    "format_class_table",
     "format_table",
     "instances_from_mask",
     "object_dice",
@@ -124,6 +126,94 @@ class PixelAccumulator:
 
 
 # --------------------------------------------------------------------------------------------
+# Per-class metrics (multi-class)
+# --------------------------------------------------------------------------------------------
+
+GROUPS = ("head", "medium", "tail")
+
+
+class ClassAccumulator:
+    """Per-class pixel Dice / IoU of class maps over a test set, pooled (summed TP/FP/FN).
+
+    A class that neither the ground truth nor the prediction holds anywhere in the set has
+    no Dice (NaN), and means skip it: a class that was never there cannot be "perfect".
+    Ground-truth pixels < 0 (unknown) are not scored."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = tuple(names)
+        n = len(self.names)
+        self.tp = np.zeros(n, np.int64)
+        self.fp = np.zeros(n, np.int64)
+        self.fn = np.zeros(n, np.int64)
+
+    def add(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        p, g = np.asarray(pred).astype(np.int64), np.asarray(gt).astype(np.int64)
+        _check_shapes(p, g)
+        n = len(self.names)
+        known = g >= 0
+        p, g = p[known], g[known]
+        if (p >= n).any() or (g >= n).any() or (p < 0).any():
+            raise InputError(f"class maps hold ids outside 0..{n - 1}")
+        conf = np.bincount(g * n + p, minlength=n * n).reshape(n, n)  # rows: truth
+        tp = np.diag(conf)
+        self.tp += tp
+        self.fp += conf.sum(0) - tp
+        self.fn += conf.sum(1) - tp
+
+    def per_class(self) -> tuple[np.ndarray, np.ndarray]:
+        """(Dice, IoU) of every class, background first; NaN where never present."""
+        tp, fp, fn = (a.astype(np.float64) for a in (self.tp, self.fp, self.fn))
+        total = tp + fp + fn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dice = np.where(total > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+            iou = np.where(total > 0, tp / total, np.nan)
+        return dice, iou
+
+    def summary(self, split: dict[str, list[int]] | None = None) -> dict[str, float]:
+        """``dice[<name>]`` / ``iou[<name>]`` per class, their means over the foreground
+        classes and, with a head / medium / tail ``split`` (class ids), each group's mean."""
+        dice, iou = self.per_class()
+        out: dict[str, float] = {}
+        for k, name in enumerate(self.names):
+            out[f"dice[{name}]"] = float(dice[k])
+            out[f"iou[{name}]"] = float(iou[k])
+        out["dice_mean_classes"] = _nanmean(dice[1:])
+        out["iou_mean_classes"] = _nanmean(iou[1:])
+        for g in GROUPS if split else ():
+            ids = [int(c) for c in split.get(g, [])]
+            if ids:
+                out[f"dice_{g}_mean"] = _nanmean(dice[ids])
+                out[f"iou_{g}_mean"] = _nanmean(iou[ids])
+        return out
+
+
+def _nanmean(a: np.ndarray) -> float:
+    a = np.asarray(a, np.float64)
+    return float(np.nanmean(a)) if np.isfinite(a).any() else math.nan
+
+
+def format_class_table(metrics: dict[str, float], names: tuple[str, ...], split=None) -> str:
+    """Per-class rows (Dice, IoU in %, the class's group) and the means, aligned."""
+    group = {int(c): g for g, ids in (split or {}).items() if g in GROUPS for c in ids}
+    rows = [
+        (n, _fmt(metrics[f"dice[{n}]"], "pct"), _fmt(metrics[f"iou[{n}]"], "pct"), group.get(k, ""))
+        for k, n in enumerate(names)
+    ]
+    rows.append(("mean of classes", _fmt(metrics["dice_mean_classes"], "pct"),
+                 _fmt(metrics["iou_mean_classes"], "pct"), ""))  # fmt: skip
+    for g in GROUPS:
+        if f"dice_{g}_mean" in metrics:
+            rows.append((f"{g} mean", _fmt(metrics[f"dice_{g}_mean"], "pct"),
+                         _fmt(metrics[f"iou_{g}_mean"], "pct"), ""))  # fmt: skip
+    head = ("Class", "Dice (%)", "IoU (%)", "Group")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    lines = ["  ".join(f"{c:<{w}}" for c, w in zip(head, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(f"{c:<{w}}" for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
 # Whole evaluation
 # --------------------------------------------------------------------------------------------
 
@@ -172,6 +262,12 @@ _ROWS: list[tuple[str, str, str]] = [
 ]
 
 
+def _per_class_key(key: str) -> bool:
+    return key.startswith(("dice[", "iou[")) or key in {
+        f"{m}_{g}_mean" for m in ("dice", "iou") for g in (*GROUPS, "mean")
+    } | {"dice_mean_classes", "iou_mean_classes", "classes", "split"}
+
+
 def _fmt(value: float, kind: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -188,8 +284,10 @@ def _fmt(value: float, kind: str) -> str:
 
 def format_table(metrics: dict[str, float]) -> str:
     """Aligned two-column text table: ratios as percentages (2 decimals), Hausdorff in pixels
-    (1 decimal), counts as integers; known keys in a fixed order, any others after them."""
+    (1 decimal), counts as integers; known keys in a fixed order, any others after them
+    (the per-class keys are :func:`format_class_table`'s)."""
     known = {key for key, _, _ in _ROWS}
+    metrics = {k: v for k, v in metrics.items() if not _per_class_key(k)}
     rows = [(label, _fmt(metrics[key], kind)) for key, label, kind in _ROWS if key in metrics]
     rows += [(key, _fmt(metrics[key], "")) for key in metrics if key not in known]
     if not rows:

@@ -252,10 +252,13 @@ class Gate(nn.Module):
 class MultiGate(nn.Module):
     """Multi-gate pseudo-labelling (MGP) module: one gate and one fusion head per task."""
 
-    def __init__(self, width: int, n_experts: int = 3) -> None:
+    def __init__(
+        self, width: int, n_experts: int = 3, channels: dict[str, int] | None = None
+    ) -> None:
         super().__init__()
+        self.channels = dict(channels or TASK_CHANNELS)
         self.gates = nn.ModuleDict({t: Gate(width * n_experts, n_experts) for t in TASKS})
-        self.heads = nn.ModuleDict({t: nn.Conv2d(width, TASK_CHANNELS[t], 1) for t in TASKS})
+        self.heads = nn.ModuleDict({t: nn.Conv2d(width, self.channels[t], 1) for t in TASKS})
         #: True: build the fused maps literally, as upstream does (the reference path).
         self.literal = False
 
@@ -279,7 +282,7 @@ class MultiGate(nn.Module):
         logits, weights = {}, {}
         c0 = 0
         for t in TASKS:
-            c1 = c0 + TASK_CHANNELS[t]
+            c1 = c0 + self.channels[t]
             w = self.gates[t](pooled)
             wd = w.to(per_expert[0].dtype)
             g = per_expert[0][:, c0:c1] * wd[:, 0, None, None, None]
@@ -323,19 +326,23 @@ class MoEOutput:
 
 
 class SemiMoE(nn.Module):
-    """Three U-Net experts (seg, SDF, boundary) + MGP, plus the adaptive loss's log-variances s."""
+    """Three U-Net experts (seg, SDF, boundary) + MGP, plus the adaptive loss's log-variances s.
 
-    def __init__(self, width: int = 16, in_channels: int = 3) -> None:
+    ``seg_channels``: 2 (binary, today's model) or C + 1 for C foreground classes; the SDF
+    and boundary heads stay on the union foreground."""
+
+    def __init__(self, width: int = 16, in_channels: int = 3, seg_channels: int = 2) -> None:
         super().__init__()
         bad = width_problem(width)
         if bad:
             raise ValueError(f"model width {bad}")
         self.width = width
         self.in_channels = in_channels
+        channels = TASK_CHANNELS | {"seg": int(seg_channels)}
         self.experts = nn.ModuleDict(
-            {t: UNetExpert(in_channels, TASK_CHANNELS[t], width) for t in TASKS}
+            {t: UNetExpert(in_channels, channels[t], width) for t in TASKS}
         )
-        self.mgp = MultiGate(width, len(TASKS))
+        self.mgp = MultiGate(width, len(TASKS), channels)
         # Learnable task weights of the adaptive multi-objective loss (Eq. 11), init 1.0.
         self.loss_s = nn.Parameter(torch.ones(len(TASKS)))
         self.reset_parameters()

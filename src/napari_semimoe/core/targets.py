@@ -63,6 +63,13 @@ def seg_target(mask: np.ndarray) -> np.ndarray:
     return ignore_unknown((m > 0).astype(np.uint8), unknown_pixels(m))
 
 
+def class_target(mask: np.ndarray) -> np.ndarray:
+    """Class-id target of a multi-class mask (ids 0..C, uint8); unknown pixels IGNORE
+    (int16) when the mask has any."""
+    m = np.asarray(mask)
+    return ignore_unknown(np.clip(m, 0, None).astype(np.uint8), unknown_pixels(m))
+
+
 def signed_distance(mask: np.ndarray) -> np.ndarray:
     """Normalised SDF, positive inside: +1 at the deepest inside pixel, -1 farthest outside.
 

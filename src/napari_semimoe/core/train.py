@@ -38,7 +38,7 @@ from .checkpoint import (
 from .config import TrainConfig  # the run's settings (core.config is its home)
 from .data import CyclicSampler, Geometry, TrainingSet, channel_stats, make_batch
 from .device import autocast_dtype, enable_determinism, resolve_device, set_threads
-from .errors import CheckpointError, plural
+from .errors import CheckpointError, InputError, plural
 from .families import DEFAULT_FAMILY, get_family
 from .runfolder import RunFolder
 
@@ -144,7 +144,13 @@ class Trainer:
         # other and a resume is exact.
         self._gpu_ids = [self.device.index or 0] if self.device.type == "cuda" else []
         self.gpu_rng: torch.Tensor | None = None
-        self.family = get_family(config.family)
+        family = get_family(config.family)
+        if doc is None:
+            family.prepare(config, data)  # e.g. DCA's split, stored in the config
+        try:
+            self.family = family.configure(config)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         with torch.random.fork_rng(devices=self._gpu_ids):
             torch.manual_seed(config.seed)
             self.model = self.family.build(config).to(self.device)

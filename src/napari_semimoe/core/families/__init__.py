@@ -28,8 +28,8 @@ def register_family(family: Family, *, replace: bool = False) -> Family:
 
 
 def unregister_family(name: str) -> None:
-    """Forget a family (tests); the built-in ``semimoe`` stays."""
-    if name != DEFAULT_FAMILY:
+    """Forget a family (tests); the built-in ``semimoe`` and ``dca`` stay."""
+    if name not in (DEFAULT_FAMILY, "dca"):
         _REGISTRY.pop(name, None)
 
 
@@ -56,9 +56,11 @@ def output_styles() -> dict[str, MapStyle]:
     return styles
 
 
-from .semimoe import SemiMoEFamily  # noqa: E402  (registers the built-in family)
+from .dca import DCAFamily  # noqa: E402
+from .semimoe import SemiMoEFamily  # noqa: E402  (registers the built-in families)
 
 register_family(SemiMoEFamily())
+register_family(DCAFamily())
 
 __all__ = [
     "DEFAULT_FAMILY",

@@ -77,6 +77,25 @@ def _sum(values) -> torch.Tensor:
     return total
 
 
+def union_foreground(logits: torch.Tensor) -> torch.Tensor:
+    """Probability of any foreground class of (N, C + 1, H, W) logits: 1 - p(background)."""
+    return 1.0 - torch.softmax(logits.float(), 1)[:, 0]
+
+
+def class_probabilities(logits: torch.Tensor, prefix: str = "prob_") -> dict[str, torch.Tensor]:
+    """Each foreground class's probability map, ``prob_1`` .. ``prob_C``."""
+    p = torch.softmax(logits.float(), 1)
+    return {f"{prefix}{k}": p[:, k] for k in range(1, p.shape[1])}
+
+
+def class_map(maps: dict[str, np.ndarray], n_foreground: int, prefix: str = "prob_") -> np.ndarray:
+    """The class map (uint8 ids 0..C): argmax of background (1 - union) and each class's
+    probability, from the merged maps (so it follows the blended tiles)."""
+    stack = [1.0 - np.asarray(maps["prob"], np.float32)]
+    stack += [np.asarray(maps[f"{prefix}{k}"], np.float32) for k in range(1, n_foreground + 1)]
+    return np.argmax(np.stack(stack), axis=0).astype(np.uint8)
+
+
 def softmax_foreground(logits: torch.Tensor) -> torch.Tensor:
     """Probability of class 1 of 2-class logits, (N, 2, H, W) -> (N, H, W)."""
     return torch.softmax(logits.float(), 1)[:, 1]
@@ -123,12 +142,47 @@ class Family:
     width_tensor: str = ""
     #: Shape of one tile's gate weights (per-tile gates files); (0,) when the model has none.
     gate_shape: tuple[int, ...] = (0,)
+    #: The class table of a multi-class instance (:meth:`configure`); None = binary.
+    classes: Any = None
 
     # ------------------------------------------------------------------ building
 
     def build(self, config: Any) -> nn.Module:
         """The network for ``config`` (a TrainConfig or anything with ``width``)."""
         raise NotImplementedError
+
+    def prepare(self, config: Any, data: Any) -> None:
+        """Settings a new run derives from its training set before the model is built
+        (stored in ``config``, hence in every checkpoint); nothing by default."""
+
+    def configure(self, config: Any) -> Family:
+        """This family for ``config``'s class table: itself when binary, else a copy whose
+        tasks and maps have C + 1 classes (families without multi-class refuse one)."""
+        from ..classes import table_of
+
+        table = table_of(config)
+        if table is None:
+            return self
+        raise ValueError(
+            f"the {self.name} family is binary only; this run has {table.n_foreground} classes"
+        )
+
+    def example(self, config: Any) -> Family:
+        """The family as ``summary`` shows it (a family that needs classes picks some)."""
+        return self
+
+    def label_maps(self) -> dict[str, dict[int, str]]:
+        """Integer maps a prediction adds (``classes``: class ids) with each id's name, so
+        a viewer shows them as labelled layers; none for a binary family."""
+        if self.classes is None:
+            return {}
+        return {"classes": dict(enumerate(self.classes.names))}
+
+    def derived_maps(self, maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Maps made from the merged float maps (the class map of a multi-class family)."""
+        if self.classes is None:
+            return {}
+        return {"classes": class_map(maps, self.classes.n_foreground)}
 
     def check_width(self, width: int) -> None:
         """Raise ValueError for a width this family cannot build (the one width rule of

@@ -12,6 +12,7 @@ on the model's split into experts + gates.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -31,8 +32,18 @@ from ..losses import (
     seg_dice_loss,
 )
 from ..model import TASKS, SemiMoE, count_parameters, run_experts
-from ..targets import boundary_band, seg_target, signed_distance
-from .base import Family, Inference, Losses, MapStyle, Task, softmax_foreground, tanh_map
+from ..targets import boundary_band, class_target, seg_target, signed_distance
+from .base import (
+    Family,
+    Inference,
+    Losses,
+    MapStyle,
+    Task,
+    class_probabilities,
+    softmax_foreground,
+    tanh_map,
+    union_foreground,
+)
 
 
 def _seg_target(mask: np.ndarray, config: Any) -> np.ndarray:
@@ -45,6 +56,48 @@ def _sdf_target(mask: np.ndarray, config: Any) -> np.ndarray:
 
 def _bnd_target(mask: np.ndarray, config: Any) -> np.ndarray:
     return boundary_band(mask, per_instance=bool(getattr(config, "per_instance_boundary", False)))
+
+
+def _class_seg_target(mask: np.ndarray, config: Any) -> np.ndarray:
+    return class_target(mask)
+
+
+def _class_bnd_target(mask: np.ndarray, config: Any) -> np.ndarray:
+    """The band outside the union foreground and between touching regions of different
+    classes (class ids taken as the regions whose contacts are boundary)."""
+    return boundary_band(mask, per_instance=True)
+
+
+def class_style(name: str, colour: str) -> MapStyle:
+    """How one class's probability map looks: clear to the class's colour."""
+    return MapStyle(
+        "semimoe-prob",
+        (0.0, 1.0),
+        "translucent",
+        low=f"not {name}",
+        high=name,
+        help=f"How sure the model is that each pixel is {name} (class probability, {colour}).",
+    )
+
+
+def multiclass_seg_task(table: Any, loss: Callable = seg_dice_loss) -> Task:
+    """The segmentation task over C + 1 classes; its map is the union-foreground
+    probability (``prob``: what the mask and the objects are made of, as in binary)."""
+    return dataclasses.replace(
+        SEMIMOE_TASKS[0],
+        channels=table.n_foreground + 1,
+        target=_class_seg_target,
+        loss=loss,
+        activate=union_foreground,
+    )
+
+
+def class_maps_of(table: Any) -> dict[str, MapStyle]:
+    """``prob_<k>`` of each foreground class and its style."""
+    return {
+        f"prob_{k}": class_style(table.names[k], table.colours[k])
+        for k in range(1, table.n_foreground + 1)
+    }
 
 
 #: How the maps look and what they mean (plugin/layer_styles.py draws the "semimoe-*" ramps:
@@ -141,7 +194,22 @@ class SemiMoEFamily(Family):
     gate_shape = (len(TASKS), len(TASKS))  # task x expert
 
     def build(self, config: Any) -> SemiMoE:
-        return SemiMoE(int(config.width))
+        seg = 2 if self.classes is None else self.classes.n_foreground + 1
+        return SemiMoE(int(config.width), seg_channels=seg)
+
+    def configure(self, config: Any) -> SemiMoEFamily:
+        """Multi-class (spec §1): seg over C + 1 classes, SDF of the union foreground, the
+        boundary band also between touching classes; binary tables give this family."""
+        from ..classes import table_of
+
+        table = table_of(config)
+        if table is None:
+            return self
+        fam = copy.copy(self)
+        fam.classes = table
+        bnd = dataclasses.replace(SEMIMOE_TASKS[2], target=_class_bnd_target)
+        fam.tasks = (multiclass_seg_task(table), SEMIMOE_TASKS[1], bnd)
+        return fam
 
     def parameter_groups(self, model: nn.Module):
         return model.network_parameters(), [model.loss_s]
@@ -277,15 +345,24 @@ class SemiMoEFamily(Family):
 
     def output_maps(self, experts: bool = False) -> tuple[str, ...]:
         names = tuple(t.output for t in self.tasks)
-        return tuple(EXPERT_PREFIX + n for n in names) if experts else names
+        if experts:
+            return tuple(EXPERT_PREFIX + n for n in names)
+        return names + tuple(self._class_maps())
+
+    def _class_maps(self) -> dict[str, MapStyle]:
+        return {} if self.classes is None else class_maps_of(self.classes)
 
     def fills(self) -> dict[str, float]:
         base = super().fills()
-        return base | {EXPERT_PREFIX + k: v for k, v in base.items()}
+        return (
+            base
+            | {EXPERT_PREFIX + k: v for k, v in base.items()}
+            | {k: 0.0 for k in self._class_maps()}
+        )
 
     def styles(self) -> dict[str, MapStyle]:
         base = super().styles()
-        return base | {EXPERT_PREFIX + k: v for k, v in base.items()}
+        return base | {EXPERT_PREFIX + k: v for k, v in base.items()} | self._class_maps()
 
     def layer_names(self) -> dict[str, str]:
         """In words a pathologist reads (the technical terms are in the legend's help line)."""
@@ -293,11 +370,18 @@ class SemiMoEFamily(Family):
             "instances": "Semi-MoE predicted glands",
             "gates": "Semi-MoE expert weights",
         }
-        return names | {EXPERT_PREFIX + t.output: f"Expert: {t.expert_title}" for t in self.tasks}
+        names |= {EXPERT_PREFIX + t.output: f"Expert: {t.expert_title}" for t in self.tasks}
+        if self.classes is not None:
+            names |= {f"prob_{k}": f"Semi-MoE {self.classes.names[k]} probability"
+                      for k in range(1, self.classes.n_foreground + 1)}  # fmt: skip
+            names["classes"] = "Semi-MoE class map"
+        return names
 
     def infer(self, model, x, experts: bool, embeddings: bool) -> Inference:
         out = model(x)
         maps = {t.output: t.activate(out.gated[t.name]) for t in self.tasks}
+        if self.classes is not None:
+            maps |= class_probabilities(out.gated["seg"])
         if experts:
             for t in self.tasks:
                 maps[EXPERT_PREFIX + t.output] = t.activate(out.expert[t.name])

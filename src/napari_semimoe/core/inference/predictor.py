@@ -62,9 +62,12 @@ def load_model(run: str | Path, device: str = "auto") -> LoadedModel:
     dev = resolve_device(device)
     family = get_family(meta["family"])
     cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    model = family.build(
-        TrainConfig.from_dict({**cfg, "width": int(meta["width"]), "family": family.name})
-    )
+    config = TrainConfig.from_dict({**cfg, "width": int(meta["width"]), "family": family.name})
+    try:
+        family = family.configure(config)  # the run's classes (and DCA's split)
+    except (ValueError, InputError) as exc:
+        raise CheckpointError(f"{run}: {exc}") from None
+    model = family.build(config)
     try:
         load_model_state(model, tensors)
     except CheckpointError as exc:
@@ -254,6 +257,7 @@ class Predictor:
         if native and work.shape[:2] != image.shape[:2]:
             out = {k: resample(v, image.shape[:2]) for k, v in out.items()}
         out["mask"] = self.mask(out)
+        out.update(self.family.derived_maps(out))  # the class map of a multi-class model
         if instances:
             out["instances"] = self.instances(
                 out, scale=area_scale(image.shape, work.shape) if native else 1.0

@@ -166,9 +166,11 @@ def _predict_large(
     maps = dict(wp.maps)
     maps["mask"] = predictor.mask(maps)
     maps["instances"] = predictor.instances(maps, scale=1.0)
+    maps.update(predictor.family.derived_maps(maps))  # a multi-class model's class map
     shape = (H, W) if write_native else (hw, ww)
     written = {}
     labels = {"mask": np.uint8, "instances": np.int32}
+    labels |= {k: np.uint8 for k in predictor.family.label_maps()}
     mpp = slide.mpp if write_native else None
     for key in writers.output_keys(predictor):
         if key not in maps:

@@ -18,11 +18,12 @@ if TYPE_CHECKING:
 
 
 def output_keys(predictor: Predictor) -> list[str]:
-    """What a prediction writes, in order: ``mask``, the family's maps, ``instances``, the
-    experts' maps (when asked); Semi-MoE: mask, prob, sdf, boundary, instances, expert_*."""
+    """What a prediction writes, in order: ``mask``, the family's maps, ``instances``, its
+    label maps (a multi-class model's ``classes``), the experts' maps (when asked);
+    Semi-MoE: mask, prob, sdf, boundary, instances, expert_*."""
     f = predictor.family
     extra = list(f.output_maps(True)) if predictor.opt.experts else []
-    return ["mask", *f.output_maps(), "instances", *extra]
+    return ["mask", *f.output_maps(), "instances", *f.label_maps(), *extra]
 
 
 def save_gates(path: Path, tiles, gates: np.ndarray, scale: tuple[float, float]) -> Path:
