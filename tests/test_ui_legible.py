@@ -261,3 +261,13 @@ def test_every_dock_page_fits_the_dock_without_sideways_scrolling(ui):
     box = widget.toolbox
     widths = {box.itemText(i): box.widget(i).minimumSizeHint().width() for i in range(box.count())}
     assert max(widths.values()) <= 360, widths
+
+
+def test_the_dock_offers_only_families_a_binary_project_can_train(qtbot):
+    """DCA needs two classes or more: a binary project's Train page does not offer it."""
+    from napari_semimoe.core.families import families, get_family
+
+    tp = _panel(qtbot)
+    offered = {tp.family_combo.itemData(i) for i in range(tp.family_combo.count())}
+    assert "semimoe" in offered and "dca" in families() and "dca" not in offered
+    assert all(get_family(n).min_classes <= 1 for n in offered)

@@ -144,6 +144,9 @@ class Family:
     gate_shape: tuple[int, ...] = (0,)
     #: The class table of a multi-class instance (:meth:`configure`); None = binary.
     classes: Any = None
+    #: Foreground classes it needs at least (1: it trains binary tasks too); the dock offers
+    #: a family only for projects it can train.
+    min_classes: int = 1
 
     # ------------------------------------------------------------------ building
 

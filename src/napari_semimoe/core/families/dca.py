@@ -72,6 +72,7 @@ class DCAFamily(Family):
     tasks = (dataclasses.replace(SEMIMOE_TASKS[0], loss=dice_ce_loss, activate=union_foreground),)
     width_tensor = "model.encoder.0.0.weight"
     gate_shape = (0,)
+    min_classes = 2  # head and tail need two classes at least
     #: The run's split (a :class:`~..dca.Split`) once configured.
     split_of: Split | None = None
 

@@ -32,7 +32,7 @@ from qtpy.QtWidgets import (
 
 from ...core.config import TrainConfig
 from ...core.errors import InputError
-from ...core.families import families
+from ...core.families import families, get_family
 from ...core.trainset import TRAINSET_FILE
 from ..chart import LossChart
 from ..common import notify
@@ -104,8 +104,9 @@ class TrainPanel(QWidget):
         # The simple level: what, how long, speed vs quality (they set the advanced fields).
         f = QFormLayout()
         self.family_combo = QComboBox()
-        for name in families():
-            self.family_combo.addItem(family_title(name), name)
+        for name in families():  # projects are binary: no family that needs classes
+            if get_family(name).min_classes <= 1:
+                self.family_combo.addItem(family_title(name), name)
         self.family_combo.setCurrentIndex(max(0, self.family_combo.findData(d["family"])))
         form_row(f, "What to segment", self.family_combo, TIPS["family"])
         self.duration_combo = QComboBox()
