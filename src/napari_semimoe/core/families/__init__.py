@@ -60,6 +60,10 @@ from .semimoe import SemiMoEFamily  # noqa: E402  (registers the built-in family
 
 register_family(SemiMoEFamily())
 
+from .moek import MoEKFamily  # noqa: E402
+
+register_family(MoEKFamily())
+
 __all__ = [
     "DEFAULT_FAMILY",
     "Family",

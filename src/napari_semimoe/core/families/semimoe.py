@@ -188,6 +188,11 @@ class SemiMoEFamily(Family):
             terms["supervised"] = adaptive_loss(sup, model.loss_s, config.gamma)
         if uns:
             terms["unsupervised"] = lam * adaptive_loss(uns, model.loss_s, config.gamma)
+        beta = getattr(config, "balance", None) or 0.0  # off by default for Semi-MoE
+        if beta > 0 and sup and extras and extras.get("gates"):
+            from .moek import balance_term
+
+            terms["balance"] = beta * sum(balance_term(g) for g in extras["gates"].values())
         return terms
 
     def fast_pass(self, trainer: Any, xl, y, xu, lam: float) -> Losses:
