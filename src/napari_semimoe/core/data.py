@@ -357,9 +357,12 @@ def make_batch(
     per_instance_boundary: bool = False,
     augment_data: bool = True,
     targets: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
+    colour: Callable[[np.random.Generator, np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
     """Augment and normalise the chosen samples; targets are computed after augmentation,
-    by ``targets(mask)`` (the model family's) or, by default, Semi-MoE's."""
+    by ``targets(mask)`` (the model family's) or, by default, Semi-MoE's. ``colour(rng,
+    tile)``: a colour augmentation after the geometric one (stain jitter); None draws
+    nothing, so runs without it are unchanged."""
     if targets is None:
         targets = functools.partial(make_targets, per_instance_boundary=per_instance_boundary)
     xs, tgts = [], {}
@@ -367,6 +370,8 @@ def make_batch(
         m = None if masks is None else masks[i]
         if augment_data:
             im, m = augment(rng, images[i], m, tile)
+            if colour is not None:
+                im = colour(rng, im)
         else:
             im = _pad_to(images[i], tile)[:tile, :tile]
             m = None if m is None else _pad_to(m, tile)[:tile, :tile]

@@ -354,11 +354,21 @@ class Trainer:
             self.mean,
             self.std,
             targets=self._targets,
+            colour=self._colour(),
         )
         xu = None
         if self._semi_supervised():
             ui = self.unl_sampler.draw(cfg.unlabeled_batch)
-            xu, _ = make_batch(self.rng, d.unlabeled_images, None, ui, tile, self.mean, self.std)
+            xu, _ = make_batch(
+                self.rng,
+                d.unlabeled_images,
+                None,
+                ui,
+                tile,
+                self.mean,
+                self.std,
+                colour=self._colour(),
+            )
         dev = self.device
         # Conversions in numpy: this runs in the prefetch thread, where a torch op would
         # start a second OpenMP team next to the training's.
@@ -374,6 +384,15 @@ class Trainer:
         return (
             not c.supervised_only and c.unlabeled_batch > 0 and len(self.data.unlabeled_images) > 0
         )
+
+    def _colour(self):
+        """The stain augmentation of the run (HED jitter), None when off."""
+        s = float(getattr(self.config, "stain_jitter", 0.0))
+        if s <= 0:
+            return None
+        from .stain import hed_jitter
+
+        return lambda rng, tile: hed_jitter(tile, rng, s)
 
     def _targets(self, mask: np.ndarray) -> dict[str, np.ndarray]:
         return self.family.targets(mask, self.config)
