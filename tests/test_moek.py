@@ -71,7 +71,8 @@ def test_noisy_top_k_keeps_exactly_k_and_has_no_noise_at_eval():
 def test_moek_forward_mixes_expert_logits_with_the_gate():
     torch.manual_seed(0)
     m = MoEK(4, n_experts=3, top_k=2).eval()
-    out = m(torch.randn(2, 3, 32, 32))
+    with torch.no_grad():
+        out = m(torch.randn(2, 3, 32, 32))
     assert out.experts.shape == (3, 2, 2, 32, 32) and out.gates.shape == (2, 3)
     assert ((out.gates > 0).sum(1) == 2).all()
     mix = sum(out.gates[:, k, None, None, None] * out.experts[k] for k in range(3))
@@ -135,3 +136,19 @@ def test_semimoe_gates_get_the_balance_term_only_when_asked():
     assert "balance" not in off
     on = fam.loss_terms(m, sup, {}, 0.0, TrainConfig(balance=0.1), {"gates": gates})
     assert float(on["balance"]) == pytest.approx(0.1 * 3 * math.log(3), rel=1e-5)
+
+
+def test_train_moek_from_the_cli(tiny_dataset, tmp_path, capsys):
+    from napari_semimoe.cli import main
+
+    run = tmp_path / "run"
+    tiny = ["--width", "4", "--input-size", "32", "--threads", "1", "--precision", "fp32"]
+    args = ["train", "--data", str(tiny_dataset), "--iterations", "1", *tiny, "--family", "moe-k"]
+    extra = ["--experts", "2", "--top-k", "1", "--balance", "0.1", "--stain-jitter", "0.05"]
+    assert main([*args, *extra, "--out", str(run)]) == 0
+    cfg = load_model(run).meta["config"]
+    assert (cfg["experts"], cfg["top_k"], cfg["balance"], cfg["stain_jitter"]) == (2, 1, 0.1, 0.05)
+    capsys.readouterr()
+    assert main([*args, "--experts", "1", "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--experts" in err[0]

@@ -52,6 +52,11 @@ RUN_OPTIONS = (
     "instance_boundaries",
     "deterministic",
     "unknown_value",
+    "experts",
+    "top_k",
+    "balance",
+    "consistency",
+    "stain_jitter",
 )
 
 
@@ -82,6 +87,11 @@ def run_defaults() -> dict[str, object]:
         "instance_boundaries": c.per_instance_boundary,
         "deterministic": c.deterministic,
         "unknown_value": c.unknown_value,
+        "experts": c.experts,
+        "top_k": c.top_k,
+        "balance": c.balance,
+        "consistency": c.consistency,
+        "stain_jitter": c.stain_jitter,
     }
     assert tuple(defaults) == RUN_OPTIONS
     return defaults
@@ -226,6 +236,11 @@ def _start_training(args: argparse.Namespace, folder, client=None):
             geometry=geometry.to_dict(),
             per_instance_boundary=args.instance_boundaries,
             unknown_value=args.unknown_value,
+            experts=args.experts,
+            top_k=args.top_k,
+            balance=args.balance,
+            consistency=args.consistency,
+            stain_jitter=args.stain_jitter,
             checkpoint_every=args.checkpoint_every,
             snapshot_every=args.snapshot_every,
         )
