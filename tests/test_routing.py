@@ -82,3 +82,31 @@ def test_attributes_csv(tmp_path):
         assert "\n" not in str(e.value)
     with pytest.raises(InputError, match="no such attributes file"):
         read_attributes(tmp_path / "missing.csv")
+
+
+def test_the_trainer_routes_each_image_through_its_attributes_router(tmp_path):
+    from napari_semimoe.core.bench import synthetic_tiles
+    from napari_semimoe.core.data import Geometry, TrainingSet
+    from napari_semimoe.core.train import TrainConfig, Trainer
+
+    images, masks = synthetic_tiles(3, size=32, seed=2)
+    data = TrainingSet(
+        images[:2], masks[:2], images[2:], labeled_attributes=["a", "a"],
+        unlabeled_attributes=[None],
+    )  # fmt: skip
+    cfg = TrainConfig(
+        family="moe-k", width=4, experts=2, iterations=2, threads=1, precision="fp32",
+        attribute_routing=True, attribute_values=["a", "b"], any_fraction=0.0,
+        geometry=Geometry(input_size=32).to_dict(),
+    )  # fmt: skip
+    tr = Trainer(cfg, data, tmp_path / "run")
+    block = tr.model.routing["4"]
+    w0 = block.w.detach().clone()
+    assert tr.run() == "done"
+    w1, w0 = block.w.detach().flatten(1).double(), w0.flatten(1).double()
+    # What is left of each router's change once the weight decay (a shrink along w0) is
+    # taken out: "a" (labeled) and "any" (the unknown unlabeled image) learnt, "b" (no
+    # image) did not.
+    shrink = (w1 * w0).sum(1, keepdim=True) / (w0 * w0).sum(1, keepdim=True)
+    learnt = (w1 - shrink * w0).norm(dim=1)
+    assert learnt[1] < 1e-6 and learnt[0] > 1e-3 and learnt[2] > 1e-3, learnt

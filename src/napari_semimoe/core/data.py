@@ -293,6 +293,10 @@ class TrainingSet:
     unlabeled_images: list[np.ndarray] = field(default_factory=list)
     labeled_names: list[str] = field(default_factory=list)
     unlabeled_names: list[str] = field(default_factory=list)
+    #: Per-image attributes (site, scanner, ...; None = unknown) for attribute routing;
+    #: empty: all unknown.
+    labeled_attributes: list[str | None] = field(default_factory=list)
+    unlabeled_attributes: list[str | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.labeled_images:

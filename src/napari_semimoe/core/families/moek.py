@@ -215,7 +215,7 @@ class MoEKFamily(Family):
         if trainer.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(trainer.device, trainer.amp):
-            out = m(x, trainer.state.get("routes"))
+            out = m(x, y.get("_routes"))
         sup = {"seg": seg_dice_loss(out.gated[:nl], y["seg"])}
         uns: dict[str, torch.Tensor] = {}
         if xu is not None and lam > 0:
