@@ -12,6 +12,7 @@ are per attribute.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,6 +22,16 @@ from torch.nn import functional as F
 
 #: The name of the router for images whose attribute is unknown or was not seen in training.
 ANY = "any"
+
+
+def balance_term(gates: torch.Tensor) -> torch.Tensor:
+    """log K − H(ḡ), ḡ = the batch mean of (B, K) gate weights: 0 when the experts are used
+    equally on average, log K when every image goes to one expert; minimising it spreads
+    the load (the page's −Σ ḡ log ḡ is H(ḡ), whose minimum is the collapse)."""
+    g = gates.float().mean(0)
+    k = g.shape[0]
+    entropy = -(g * torch.log(g.clamp_min(1e-12))).sum()
+    return math.log(k) - entropy
 
 
 def noisy_top_k(

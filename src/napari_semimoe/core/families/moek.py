@@ -15,7 +15,6 @@ cross-expert consistency on unlabeled tiles (the Semi-MoE project page's variant
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,22 +26,13 @@ from torch.nn import functional as F
 from ..device import autocast
 from ..losses import seg_dice_loss
 from ..model import UNetExpert, global_mean, same_layout_grad
-from ..routing import AttributeMoE, noisy_top_k
+from ..routing import AttributeMoE, balance_term, noisy_top_k
 from ..targets import seg_target
 from .base import Family, Inference, Losses, Task, softmax_foreground
+from .semimoe import PROB_STYLE
 
 #: Encoder levels (0 = finest, 4 = bottleneck) that get a dMoE block with attribute routing.
 ROUTED_LEVELS: tuple[int, ...] = (3, 4)
-
-
-def balance_term(gates: torch.Tensor) -> torch.Tensor:
-    """log K − H(ḡ), ḡ = the batch mean of (B, K) gate weights: 0 when the experts are used
-    equally on average, log K when every image goes to one expert; minimising it spreads
-    the load (the page's −Σ ḡ log ḡ is H(ḡ), whose minimum is the collapse)."""
-    g = gates.float().mean(0)
-    k = g.shape[0]
-    entropy = -(g * torch.log(g.clamp_min(1e-12))).sum()
-    return math.log(k) - entropy
 
 
 def consistency_loss(experts: torch.Tensor, gated: torch.Tensor) -> torch.Tensor:
@@ -151,12 +141,6 @@ def _seg_target(mask: np.ndarray, config: Any) -> np.ndarray:
     return seg_target(mask)
 
 
-def _prob_style():
-    from .semimoe import PROB_STYLE  # the same map as Semi-MoE's gland probability
-
-    return PROB_STYLE
-
-
 class MoEKFamily(Family):
     name = "moe-k"
     label = "MoE-K"
@@ -168,7 +152,7 @@ class MoEKFamily(Family):
             seg_dice_loss,
             softmax_foreground,
             "prob",
-            style=_prob_style(),
+            style=PROB_STYLE,  # the same map as Semi-MoE's gland probability
             title="gland probability",
         ),
     )

@@ -31,6 +31,7 @@ from ..losses import (
     seg_dice_loss,
 )
 from ..model import TASKS, SemiMoE, count_parameters, run_experts
+from ..routing import balance_term
 from ..targets import boundary_band, seg_target, signed_distance
 from .base import Family, Inference, Losses, MapStyle, Task, softmax_foreground, tanh_map
 
@@ -190,8 +191,6 @@ class SemiMoEFamily(Family):
             terms["unsupervised"] = lam * adaptive_loss(uns, model.loss_s, config.gamma)
         beta = getattr(config, "balance", None) or 0.0  # off by default for Semi-MoE
         if beta > 0 and sup and extras and extras.get("gates"):
-            from .moek import balance_term
-
             terms["balance"] = beta * sum(balance_term(g) for g in extras["gates"].values())
         return terms
 
