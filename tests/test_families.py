@@ -120,7 +120,7 @@ def test_registry_refuses_duplicates_and_names_unknown_families(toy):
     assert families()[0] == "semimoe" and "toy" in families()
     with pytest.raises(ValueError, match="registered already"):
         register_family(ToyFamily())
-    with pytest.raises(InputError, match="unknown model family 'nope'; known: semimoe, dca, toy"):
+    with pytest.raises(InputError, match="unknown model family 'nope'; known: semimoe, .*toy"):
         get_family("nope")
 
 

@@ -206,6 +206,44 @@ def build_parser() -> argparse.ArgumentParser:
         **run_opt,
     )
     t.add_argument(
+        "--experts",
+        type=int_option(2, 64),
+        metavar="K",
+        help=f"moe-k: number of homogeneous experts (default {D['experts']})",
+        **run_opt,
+    )
+    t.add_argument(
+        "--top-k",
+        type=int_option(0, 64),
+        metavar="k",
+        help="moe-k: noisy top-k gate keeping k experts per image (default 0: a dense "
+        "softmax over all K)",
+        **run_opt,
+    )
+    t.add_argument(
+        "--balance",
+        type=float_option(0, 100),
+        metavar="BETA",
+        help="load-balancing weight β of β(log K − H(mean gate)) (default: moe-k 0.01, "
+        "semimoe off)",
+        **run_opt,
+    )
+    t.add_argument(
+        "--consistency",
+        type=float_option(0, 100),
+        help=f"moe-k: weight of the cross-expert consistency on unlabeled tiles, times λ "
+        f"(default {D['consistency']})",
+        **run_opt,
+    )
+    t.add_argument(
+        "--stain-jitter",
+        type=float_option(0, 1),
+        metavar="S",
+        help="stain augmentation: HED-space jitter of strength S (0.05 = light; default "
+        f"{D['stain_jitter']}: off)",
+        **run_opt,
+    )
+    t.add_argument(
         "--checkpoint-every",
         type=COUNT,
         default=C.checkpoint_every,

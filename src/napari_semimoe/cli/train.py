@@ -53,6 +53,11 @@ RUN_OPTIONS = (
     "deterministic",
     "unknown_value",
     "dca_split",
+    "experts",
+    "top_k",
+    "balance",
+    "consistency",
+    "stain_jitter",
 )
 
 
@@ -84,6 +89,11 @@ def run_defaults() -> dict[str, object]:
         "deterministic": c.deterministic,
         "unknown_value": c.unknown_value,
         "dca_split": None,  # the log-gap split of the labeled masks
+        "experts": c.experts,
+        "top_k": c.top_k,
+        "balance": c.balance,
+        "consistency": c.consistency,
+        "stain_jitter": c.stain_jitter,
     }
     assert tuple(defaults) == RUN_OPTIONS
     return defaults
@@ -232,6 +242,11 @@ def _start_training(args: argparse.Namespace, folder, client=None):
             unknown_value=args.unknown_value,
             classes=None if table is None else table.to_list(),
             dca_split=_dca_split(args.dca_split, table),
+            experts=args.experts,
+            top_k=args.top_k,
+            balance=args.balance,
+            consistency=args.consistency,
+            stain_jitter=args.stain_jitter,
             checkpoint_every=args.checkpoint_every,
             snapshot_every=args.snapshot_every,
         )

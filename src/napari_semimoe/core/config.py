@@ -54,6 +54,27 @@ class TrainConfig:
     #: DCA's head / medium / tail split ({"head": [ids], ...}); None = the log-gap split of
     #: the labeled masks, computed when the run starts and stored here.
     dca_split: dict | None = None
+    #: moe-k: the number K of homogeneous experts.
+    experts: int = 4
+    #: moe-k's gate: 0 = a dense softmax over the K experts (the project page); 1..K-1 =
+    #: noisy top-k (exactly k non-zero weights, noise in training only).
+    top_k: int = 0
+    #: Weight β of the load-balancing term β (log K - H(mean gate)); None = the family's
+    #: default (moe-k 0.01, semimoe off).
+    balance: float | None = None
+    #: moe-k: weight of the cross-expert consistency on unlabeled tiles (times λ(t)).
+    consistency: float = 1.0
+    #: dMoE blocks (one router per attribute value + "any"); ``attribute_values`` are the
+    #: values seen in training, in router order.
+    attribute_routing: bool = False
+    attribute_values: list = field(default_factory=list)
+    route_experts: int = 8
+    route_top_k: int = 2
+    #: Share of training images routed through "any" (so it learns for unknown values).
+    any_fraction: float = 0.1
+    #: Stain augmentation: HED-space jitter strength (0 = off; 0.05 = Tellez et al.'s
+    #: "light" setting), see :mod:`.stain`.
+    stain_jitter: float = 0.0
     checkpoint_every: int = 100
     snapshot_every: int = 0  # keep weights every N iterations (learning curves), 0 = never
 
@@ -101,6 +122,19 @@ class TrainConfig:
             from .classes import parse_classes
 
             parse_classes(self.classes, "the run's class table")
+        if self.experts < 2 or not 0 <= self.top_k <= self.experts:
+            raise InputError(
+                f"experts must be >= 2 and top_k in 0..experts, got {self.experts}, {self.top_k}"
+            )
+        if (self.balance is not None and self.balance < 0) or self.consistency < 0:
+            raise InputError("balance and consistency weights must be >= 0")
+        if not 1 <= self.route_top_k <= self.route_experts:
+            raise InputError(
+                f"route_top_k must be in 1..route_experts ({self.route_experts}), "
+                f"got {self.route_top_k}"
+            )
+        if not 0 <= self.any_fraction <= 1 or not 0 <= self.stain_jitter <= 1:
+            raise InputError("any_fraction and stain_jitter must be in [0, 1]")
         if self.batch_norm not in ("pooled", "per-half"):
             raise InputError(f"batch_norm must be pooled or per-half, got {self.batch_norm!r}")
 

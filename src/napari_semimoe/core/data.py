@@ -293,6 +293,10 @@ class TrainingSet:
     unlabeled_images: list[np.ndarray] = field(default_factory=list)
     labeled_names: list[str] = field(default_factory=list)
     unlabeled_names: list[str] = field(default_factory=list)
+    #: Per-image attributes (site, scanner, ...; None = unknown) for attribute routing;
+    #: empty: all unknown.
+    labeled_attributes: list[str | None] = field(default_factory=list)
+    unlabeled_attributes: list[str | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.labeled_images:
@@ -357,9 +361,12 @@ def make_batch(
     per_instance_boundary: bool = False,
     augment_data: bool = True,
     targets: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
+    colour: Callable[[np.random.Generator, np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
     """Augment and normalise the chosen samples; targets are computed after augmentation,
-    by ``targets(mask)`` (the model family's) or, by default, Semi-MoE's."""
+    by ``targets(mask)`` (the model family's) or, by default, Semi-MoE's. ``colour(rng,
+    tile)``: a colour augmentation after the geometric one (stain jitter); None draws
+    nothing, so runs without it are unchanged."""
     if targets is None:
         targets = functools.partial(make_targets, per_instance_boundary=per_instance_boundary)
     xs, tgts = [], {}
@@ -367,6 +374,8 @@ def make_batch(
         m = None if masks is None else masks[i]
         if augment_data:
             im, m = augment(rng, images[i], m, tile)
+            if colour is not None:
+                im = colour(rng, im)
         else:
             im = _pad_to(images[i], tile)[:tile, :tile]
             m = None if m is None else _pad_to(m, tile)[:tile, :tile]

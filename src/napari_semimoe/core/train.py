@@ -360,17 +360,32 @@ class Trainer:
             self.mean,
             self.std,
             targets=self._targets,
+            colour=self._colour(),
         )
         xu = None
         if self._semi_supervised():
             ui = self.unl_sampler.draw(cfg.unlabeled_batch)
-            xu, _ = make_batch(self.rng, d.unlabeled_images, None, ui, tile, self.mean, self.std)
+            xu, _ = make_batch(
+                self.rng,
+                d.unlabeled_images,
+                None,
+                ui,
+                tile,
+                self.mean,
+                self.std,
+                colour=self._colour(),
+            )
         dev = self.device
+        routes = self._routes(li, ui if xu is not None else [])
         # Conversions in numpy: this runs in the prefetch thread, where a torch op would
         # start a second OpenMP team next to the training's.
         targets = {
             t.name: torch.from_numpy(t.collate(yl[t.name])).to(dev) for t in self.family.tasks
         }
+        if routes is not None:
+            # The routers of this batch's images (labeled, then unlabeled), beside the
+            # targets: drawn with the batch, so a prefetched batch keeps its own.
+            targets["_routes"] = routes.to(dev)
         xl_t = torch.from_numpy(xl).to(dev)
         xu_t = None if xu is None else torch.from_numpy(xu).to(dev)
         return xl_t, targets, xu_t
@@ -380,6 +395,29 @@ class Trainer:
         return (
             not c.supervised_only and c.unlabeled_batch > 0 and len(self.data.unlabeled_images) > 0
         )
+
+    def _routes(self, li: list[int], ui: list[int]) -> torch.Tensor | None:
+        """Router indices of a batch's images (attribute routing), None when off."""
+        route = getattr(self.model, "route", None)
+        if not getattr(self.config, "attribute_routing", False) or route is None:
+            return None
+        from .routing import ANY
+
+        d = self.data
+        lab, unl = d.labeled_attributes, d.unlabeled_attributes
+        attrs = [lab[i] if i < len(lab) else None for i in li]
+        attrs += [unl[i] if i < len(unl) else None for i in ui]
+        hide = self.rng.random(len(attrs)) < float(self.config.any_fraction)
+        return route([ANY if h else a for a, h in zip(attrs, hide)])
+
+    def _colour(self):
+        """The stain augmentation of the run (HED jitter), None when off."""
+        s = float(getattr(self.config, "stain_jitter", 0.0))
+        if s <= 0:
+            return None
+        from .stain import hed_jitter
+
+        return lambda rng, tile: hed_jitter(tile, rng, s)
 
     def _targets(self, mask: np.ndarray) -> dict[str, np.ndarray]:
         return self.family.targets(mask, self.config)

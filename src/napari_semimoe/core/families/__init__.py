@@ -62,6 +62,10 @@ from .semimoe import SemiMoEFamily  # noqa: E402  (registers the built-in famili
 register_family(SemiMoEFamily())
 register_family(DCAFamily())
 
+from .moek import MoEKFamily  # noqa: E402
+
+register_family(MoEKFamily())
+
 __all__ = [
     "DEFAULT_FAMILY",
     "Family",

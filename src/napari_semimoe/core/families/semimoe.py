@@ -6,7 +6,9 @@ Its tasks are named ``seg``, ``sdf`` and ``bnd`` (logits, targets, losses, log e
 checkpoint tensors) and write the maps ``prob``, ``sdf`` and ``boundary`` (and the experts'
 ``expert_*`` maps on request): file names of old runs' outputs are unchanged.
 The training passes (pooled, per-half side by side, reference) live here because they rely
-on the model's split into experts + gates.
+on the model's split into experts + gates. Over 500 lines because it is one family whole:
+its tasks, binary and multi-class targets and losses, the optional balance term, those
+passes and inference, which the trainer and predictor reach only through the registry.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ..losses import (
     seg_dice_loss,
 )
 from ..model import TASKS, SemiMoE, count_parameters, run_experts
+from ..routing import balance_term
 from ..targets import boundary_band, class_target, seg_target, signed_distance
 from .base import (
     Family,
@@ -256,6 +259,9 @@ class SemiMoEFamily(Family):
             terms["supervised"] = adaptive_loss(sup, model.loss_s, config.gamma)
         if uns:
             terms["unsupervised"] = lam * adaptive_loss(uns, model.loss_s, config.gamma)
+        beta = getattr(config, "balance", None) or 0.0  # off by default for Semi-MoE
+        if beta > 0 and sup and extras and extras.get("gates"):
+            terms["balance"] = beta * sum(balance_term(g) for g in extras["gates"].values())
         return terms
 
     def fast_pass(self, trainer: Any, xl, y, xu, lam: float) -> Losses:

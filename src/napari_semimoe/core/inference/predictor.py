@@ -133,6 +133,8 @@ class Predictor:
                 f"overlap must be between 0 and {self.tile // 2} (half the {self.tile} px tile)"
             )
         self.window = blend_window(self.tile, self.overlap)
+        #: One tile's gate weights' shape: the model's own where it varies (moe-k's K).
+        self.gate_shape = tuple(getattr(loaded.model, "gate_shape", self.family.gate_shape))
         # A CPU gains nothing from larger batches; an H100 predicts 3.1 Mpx/s in batches
         # of 2 and 9.0 in batches of 16 (docs/benchmarks.md).
         default_batch = 16 if loaded.device.type == "cuda" else 2
@@ -169,7 +171,7 @@ class Predictor:
             inf = self.family.infer(self.net, xt, self.opt.experts, embeddings)
         maps = {k: v.cpu().numpy() for k, v in inf.maps.items()}
         if inf.gates is None:
-            gates = np.zeros((len(tiles), *self.family.gate_shape), np.float32)
+            gates = np.zeros((len(tiles), *self.gate_shape), np.float32)
         else:
             gates = inf.gates.cpu().numpy()
         if embeddings:
@@ -203,7 +205,7 @@ class Predictor:
             if tissue is not None and not tissue[y : y + t, x : x + t].any():
                 continue
             todo.append((y, x))
-        gates = np.zeros((len(todo), *self.family.gate_shape), np.float32)
+        gates = np.zeros((len(todo), *self.gate_shape), np.float32)
         embs: list[np.ndarray] = []
         boxes = []
         cancelled = False

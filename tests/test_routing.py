@@ -1,0 +1,112 @@
+"""dMoE attribute routing: routers share the experts, unknown or new attributes use the
+"any" router, and attributes.csv is read with one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_semimoe.core.attributes import attributes_of, read_attributes, seen_values
+from napari_semimoe.core.errors import InputError
+from napari_semimoe.core.families.moek import MoEK
+from napari_semimoe.core.routing import ANY, AttributeMoE, assign_routes
+
+
+def _block():
+    torch.manual_seed(0)
+    return AttributeMoE(8, ["glas", "ebhi"], n_experts=4, k=2)
+
+
+def test_unknown_and_new_attributes_use_the_any_router():
+    b = _block()
+    assert b.routers == ["glas", "ebhi", ANY]
+    assert b.route("glas") == 0 and b.route("ebhi") == 1
+    assert b.route(None) == 2 and b.route("new-site") == 2
+    assert assign_routes(["ebhi", None, "x"], b).tolist() == [1, 2, 2]
+    hidden = assign_routes(["glas"] * 1000, b, np.random.default_rng(0), any_fraction=0.1)
+    assert 60 < int((hidden == 2).sum()) < 140  # ~10 % trained as "any"
+    again = assign_routes(["glas"] * 1000, b, np.random.default_rng(0), any_fraction=0.1)
+    assert torch.equal(hidden, again)
+
+
+def test_routers_share_the_experts_and_only_the_own_router_learns():
+    b = _block().eval()
+    h = torch.randn(2, 8, 4, 4)
+    out_a = b(h, torch.tensor([0, 0]))
+    out_b = b(h, torch.tensor([1, 1]))
+    out_none = b(h, None)
+    assert out_a.shape == h.shape
+    assert not torch.allclose(out_a, out_b)  # other router, other weights
+    assert torch.allclose(out_none, b(h, torch.tensor([2, 2])))
+    g = b.gates(h, torch.tensor([0, 1]))
+    assert ((g > 0).sum(-1) == 2).all()  # top-2 of 4 per pixel
+    out_a.sum().backward()
+    # The experts are shared: the same parameters get the gradient whichever router chose
+    # them; the routers' weights are per attribute, only router 0 learnt from this image.
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in b.experts.parameters())
+    assert b.w.grad[0].abs().sum() > 0
+    assert b.w.grad[1].abs().sum() == 0 and b.w.grad[2].abs().sum() == 0
+    n_expert_params = sum(p.numel() for p in b.experts.parameters())
+    assert n_expert_params == 4 * (8 * 32 + 32 + 32 * 8 + 8)  # 4 experts, not 4 per router
+
+
+def test_moek_with_attribute_routing_uses_any_when_the_attribute_is_missing():
+    torch.manual_seed(0)
+    m = MoEK(4, n_experts=2, attribute_values=["glas", "ebhi"]).eval()
+    x = torch.randn(2, 3, 32, 32)
+    routes = m.route(["glas", "unseen"])
+    assert routes.tolist() == [0, 2]
+    same = m(x, torch.tensor([2, 2])).gated
+    assert torch.allclose(m(x).gated, same)  # no attribute: the "any" router
+    assert not torch.allclose(m(x, torch.tensor([0, 0])).gated, same)
+    assert MoEK(4, n_experts=2).route(["glas"]) is None  # without routing
+
+
+def test_attributes_csv(tmp_path):
+    p = tmp_path / "attributes.csv"
+    p.write_text("name,attribute\ntrain_1.bmp,glas\nebhi_3,ebhi\nx_9,\n")
+    table = read_attributes(p)
+    assert table == {"train_1": "glas", "ebhi_3": "ebhi"}
+    assert attributes_of(["train_1", "x_9", "other"], table) == ["glas", None, None]
+    assert seen_values(attributes_of(["ebhi_3", "train_1", "x_9"], table)) == ["ebhi", "glas"]
+    for text, words in [
+        ("image,site\na,b\n", "first line must be 'name,attribute'"),
+        ("name,attribute\na,b,c\n", "line 2: expected 2 columns"),
+        ("name,attribute\na,b\na.png,c\n", "line 3: image 'a.png' is listed twice"),
+        ("name,attribute\n,b\n", "line 2: empty image name"),
+    ]:
+        p.write_text(text)
+        with pytest.raises(InputError, match=words) as e:
+            read_attributes(p)
+        assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match="no such attributes file"):
+        read_attributes(tmp_path / "missing.csv")
+
+
+def test_the_trainer_routes_each_image_through_its_attributes_router(tmp_path):
+    from napari_semimoe.core.bench import synthetic_tiles
+    from napari_semimoe.core.data import Geometry, TrainingSet
+    from napari_semimoe.core.train import TrainConfig, Trainer
+
+    images, masks = synthetic_tiles(3, size=32, seed=2)
+    data = TrainingSet(
+        images[:2], masks[:2], images[2:], labeled_attributes=["a", "a"],
+        unlabeled_attributes=[None],
+    )  # fmt: skip
+    cfg = TrainConfig(
+        family="moe-k", width=4, experts=2, iterations=2, threads=1, precision="fp32",
+        attribute_routing=True, attribute_values=["a", "b"], any_fraction=0.0,
+        geometry=Geometry(input_size=32).to_dict(),
+    )  # fmt: skip
+    tr = Trainer(cfg, data, tmp_path / "run")
+    block = tr.model.routing["4"]
+    w0 = block.w.detach().clone()
+    assert tr.run() == "done"
+    w1, w0 = block.w.detach().flatten(1).double(), w0.flatten(1).double()
+    # What is left of each router's change once the weight decay (a shrink along w0) is
+    # taken out: "a" (labeled) and "any" (the unknown unlabeled image) learnt, "b" (no
+    # image) did not.
+    shrink = (w1 * w0).sum(1, keepdim=True) / (w0 * w0).sum(1, keepdim=True)
+    learnt = (w1 - shrink * w0).norm(dim=1)
+    assert learnt[1] < 1e-6 and learnt[0] > 1e-3 and learnt[2] > 1e-3, learnt

@@ -1,0 +1,88 @@
+"""Stain augmentation (HED jitter: in range, reproducible) and Macenko normalisation on
+images made from known stain vectors (Beer-Lambert), so the right answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_semimoe.core.errors import InputError
+from napari_semimoe.core.stain import hed_jitter, macenko_basis, macenko_normalise
+
+H = np.array([0.65, 0.70, 0.29])  # Ruifrok & Johnston's haematoxylin OD vector
+E = np.array([0.07, 0.99, 0.11])  # and eosin
+
+
+def _stained(h_vec, e_vec, scale=1.0, seed=0, n=48):
+    """An image whose pixels are mixtures of two stains, concentrations known."""
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(0, 1.5, (n * n, 2)) * scale
+    c[rng.random(n * n) < 0.5, 1] *= 0.1  # some nuclei-rich, some eosin-rich pixels
+    c[rng.random(n * n) < 0.5, 0] *= 0.1
+    v = np.stack([h_vec / np.linalg.norm(h_vec), e_vec / np.linalg.norm(e_vec)], 1)
+    od = c @ v.T
+    img = np.clip(np.rint(256 * 10 ** (-od) - 1), 0, 255).astype(np.uint8)
+    return img.reshape(n, n, 3), v
+
+
+def test_hed_jitter_stays_in_range_and_repeats_with_a_seed():
+    img, _ = _stained(H, E)
+    a = hed_jitter(img, np.random.default_rng(3), 0.05)
+    b = hed_jitter(img, np.random.default_rng(3), 0.05)
+    c = hed_jitter(img, np.random.default_rng(4), 0.05)
+    assert a.dtype == np.uint8 and a.shape == img.shape
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert 0 < np.abs(a.astype(int) - img).mean() < 40  # changed, still the same image
+    assert hed_jitter(img, np.random.default_rng(3), 0.0) is img
+    # The strongest setting stays in range too.
+    assert hed_jitter(img, np.random.default_rng(0), 1.0).dtype == np.uint8
+
+
+def test_macenko_finds_the_stain_vectors_it_was_made_from():
+    img, v = _stained(H, E)
+    basis = macenko_basis(img)
+    # Haematoxylin first; each recovered vector within ~5 degrees of the true one.
+    for k in range(2):
+        cos = float(basis.vectors[:, k] @ v[:, k])
+        assert cos > np.cos(np.radians(5)), (k, basis.vectors[:, k], v[:, k])
+
+
+def test_macenko_normalises_one_stain_to_another():
+    # Same tissue (concentrations), two labs' stains; normalising lab B's image to lab A's
+    # reference brings it close to lab A's image.
+    h_b, e_b = np.array([0.55, 0.75, 0.37]), np.array([0.20, 0.95, 0.25])
+    img_a, _ = _stained(H, E, seed=1)
+    img_b, _ = _stained(h_b, e_b, scale=0.8, seed=1)
+    ref = macenko_basis(img_a)
+    out = macenko_normalise(img_b, ref)
+    before = np.abs(img_b.astype(int) - img_a).mean()
+    after = np.abs(out.astype(int) - img_a).mean()
+    assert out.shape == img_b.shape and out.dtype == np.uint8
+    assert after < 0.35 * before, (before, after)
+    # An image normalised to its own basis barely changes.
+    assert np.abs(macenko_normalise(img_a, ref).astype(int) - img_a).mean() < 3
+
+
+def test_macenko_refuses_an_image_without_tissue():
+    with pytest.raises(InputError, match="no tissue"):
+        macenko_basis(np.full((16, 16, 3), 250, np.uint8))
+
+
+def test_stain_jitter_is_a_training_setting(tmp_path):
+    from napari_semimoe.core.bench import synthetic_tiles
+    from napari_semimoe.core.data import Geometry, TrainingSet, make_batch
+    from napari_semimoe.core.train import TrainConfig, Trainer
+
+    images, masks = synthetic_tiles(2, size=32, seed=1)
+    args = (images, masks, [0, 1], 32, [0.5] * 3, [0.2] * 3)
+    plain, _ = make_batch(np.random.default_rng(0), *args)
+    jitter = lambda rng, t: hed_jitter(t, rng, 0.1)  # noqa: E731
+    a, _ = make_batch(np.random.default_rng(0), *args, colour=jitter)
+    b, _ = make_batch(np.random.default_rng(0), *args, colour=jitter)
+    assert np.array_equal(a, b) and not np.array_equal(a, plain)
+    cfg = TrainConfig(
+        width=4, family="moe-k", experts=2, iterations=1, threads=1, precision="fp32",
+        stain_jitter=0.05, geometry=Geometry(input_size=32).to_dict(),
+    )  # fmt: skip
+    tr = Trainer(cfg, TrainingSet(images, masks, []), tmp_path / "run")
+    assert tr._colour() is not None and tr.run() == "done"
