@@ -266,13 +266,14 @@ def test_live_preview_during_training_then_the_view_is_predicted(ui, qtbot, monk
     t = widget.entry.train_tiles()[0]
     camera(viewer).center = (t.y + t.h / 2, t.x + t.w / 2)
     camera(viewer).zoom = 6.0  # a small view: one or two model tiles to preview
+    assert not viewer.layers[PREVIEW_LAYER].visible  # made with the image, hidden till used
     seen = []  # (training?, iteration) at each preview shown
     show = widget.preview._show
 
     def recording(out, gen):
         show(out, gen)
-        if PREVIEW_LAYER in viewer.layers:
-            it = viewer.layers[PREVIEW_LAYER].metadata["semimoe_preview_iteration"]
+        it = viewer.layers[PREVIEW_LAYER].metadata.get("semimoe_preview_iteration")
+        if it is not None:  # shown (a preview that came after the training is dropped)
             seen.append((widget.session.training, it))
 
     monkeypatch.setattr(widget.preview, "_show", recording)
@@ -308,6 +309,9 @@ def test_live_preview_during_training_then_the_view_is_predicted(ui, qtbot, monk
     seg = get_family().layer_names()["instances"]
     qtbot.waitUntil(lambda: seg in viewer.layers, timeout=60_000)
     qtbot.waitUntil(lambda: not widget.review_panel.showing_prediction, timeout=30_000)
-    assert PREVIEW_LAYER not in viewer.layers
+    # hidden and emptied, kept for the next training (no layer creation while training)
+    assert not viewer.layers[PREVIEW_LAYER].visible
+    assert viewer.layers[PREVIEW_LAYER].data.size == 1
+    qtbot.waitUntil(lambda: PREVIEW_LAYER not in widget.review_panel.legend.rows, timeout=5_000)
     assert widget.toolbox.currentIndex() == 2  # 3 · Review: Accept is at hand
     assert "prediction shown" in widget.status.text()

@@ -65,6 +65,7 @@ def test_prediction_is_outlined_legends_follow_and_the_brush_is_at_hand(
     from napari.layers import Image, Labels, Shapes
 
     from napari_semimoe.plugin.layer_styles import LEGEND, PREDICTION_COLOR
+    from napari_semimoe.plugin.preview import PREVIEW_LAYER
 
     viewer, widget, _ = ui
     install(widget, tiny_checkpoint)
@@ -80,8 +81,10 @@ def test_prediction_is_outlined_legends_follow_and_the_brush_is_at_hand(
     seg = viewer.layers[names["seg"]]
     assert isinstance(seg, Labels) and seg.contour >= 1 and seg.visible
     assert seg.metadata[LEGEND]["items"][0][0] == PREDICTION_COLOR
-    maps = [
-        layer for layer in viewer.layers if isinstance(layer, Image) and LEGEND in layer.metadata
+    maps = [  # the live preview (white outlines, hidden till a training) is no map
+        layer
+        for layer in viewer.layers
+        if isinstance(layer, Image) and LEGEND in layer.metadata and layer.name != PREVIEW_LAYER
     ]
     assert {names["prob"], names["sdf"], names["boundary"], names["uncertainty"]} <= {
         m.name for m in maps

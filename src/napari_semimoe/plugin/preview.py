@@ -8,8 +8,9 @@ being computed is skipped (the next one catches up). The worker also draws each 
 outline (the model's instances, as the final prediction shows them) into a 0/1 image, so the
 GUI thread only swaps an Image layer's data (~5 ms, plus the repaint every change costs): a
 Labels layer with ``contour`` traced the outlines on the GUI thread, ~125 ms per checkpoint.
-The layer is removed when the training ends (the dock then predicts the view with the
-final model, :mod:`.widget`).
+The layer is made, hidden and empty, when an image opens, shown while a training runs and
+hidden again when it ends (the dock then predicts the view with the final model,
+:mod:`.widget`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .session import Session
 
 log = logging.getLogger(__name__)
 
-PREVIEW_LAYER = "Semi-MoE live preview"
+PREVIEW_LAYER = "live preview (training)"  # whatever the family
 #: Largest side of the previewed region, in working-scale pixels (16 tiles of 256 at most).
 MAX_SIDE = 1024
 #: The outline colour: not an annotation colour (greens, yellows, oranges) nor the final
@@ -117,8 +118,42 @@ class LivePreview:
     def _finished(self) -> None:
         self.worker = None
 
+    def prepare(self, _entry=None) -> None:
+        """Create the (hidden, empty) preview layer ahead of training, when an image opens:
+        creating a napari layer costs ~0.25 s of the GUI thread here (its controls, its
+        visual, its colormap's shader), which at the first checkpoint was the one stall
+        of a training over 100 ms; opening an image already takes longer than that."""
+        if self.layers.image() is not None and PREVIEW_LAYER not in self.viewer.layers:
+            self._layer(np.zeros((1, 1), np.uint8), (1.0, 1.0), (0.0, 0.0), visible=False)
+
+    def _layer(self, data: np.ndarray, scale, translate, visible: bool = True):
+        from napari.utils.colormaps import Colormap
+
+        from .layer_styles import LEGEND, legend_of
+
+        active = self.viewer.layers.selection.active
+        layer = self.viewer.add_image(
+            data,
+            name=PREVIEW_LAYER,
+            scale=scale,
+            translate=translate,
+            opacity=0.9,
+            colormap=Colormap(["transparent", PREVIEW_COLOR], name="semimoe-preview"),
+            contrast_limits=(0, 1),
+            blending="translucent",
+            interpolation2d="nearest",
+            visible=visible,
+        )
+        layer.metadata[LEGEND] = legend_of(
+            "outline", "preview", items=[(PREVIEW_COLOR, "the model's glands, so far")]
+        )
+        if active is not None:  # the brush stays where it was
+            self.viewer.layers.selection.active = active
+        return layer
+
     def _show(self, out: dict | None, gen: int) -> None:
-        """GUI thread: swap the preview layer's data (created once, then updated in place)."""
+        """GUI thread: swap the preview layer's data (in place when the view kept its size:
+        a refresh of the same texture, cheaper than a new array) and show it."""
         if out is None or gen != self._generation or self.layers.image() is None:
             return
         outline, s, (ys, xs) = out["outline"], out["scale"], out["origin"]
@@ -129,29 +164,14 @@ class LivePreview:
             layer = self.viewer.layers[PREVIEW_LAYER]
             if not np.allclose(layer.scale, scale) or not np.allclose(layer.translate, translate):
                 layer.scale, layer.translate = scale, translate  # each set redraws: only on a pan
-            layer.data = outline
-        else:
-            from napari.utils.colormaps import Colormap
-
-            from .layer_styles import LEGEND, legend_of
-
-            active = self.viewer.layers.selection.active
-            layer = self.viewer.add_image(
-                outline,
-                name=PREVIEW_LAYER,
-                scale=scale,
-                translate=translate,
-                opacity=0.9,
-                colormap=Colormap(["transparent", PREVIEW_COLOR], name="semimoe-preview"),
-                contrast_limits=(0, 1),
-                blending="translucent",
-                interpolation2d="nearest",
-            )
-            layer.metadata[LEGEND] = legend_of(
-                "outline", "preview", items=[(PREVIEW_COLOR, "the model's glands, so far")]
-            )
-            if active is not None:  # the brush stays where it was
-                self.viewer.layers.selection.active = active
+            if layer.data.shape == outline.shape and layer.data.dtype == outline.dtype:
+                layer.data[...] = outline
+                layer.refresh()
+            else:
+                layer.data = outline
+            layer.visible = True
+        else:  # the user removed it: make it again (once)
+            layer = self._layer(outline, scale, translate)
         layer.metadata["semimoe_preview_iteration"] = out["iteration"]
         self.shown += 1
         self.session.say(
@@ -160,10 +180,14 @@ class LivePreview:
         )
 
     def stop(self) -> None:
-        """Training ended: drop a preview still running and remove the layer."""
+        """Training ended: drop a preview still running; the layer is hidden and emptied
+        (kept for the next training, so that one pays no layer creation either)."""
         self._generation += 1
         if PREVIEW_LAYER in self.viewer.layers:
-            self.viewer.layers.remove(PREVIEW_LAYER)
+            layer = self.viewer.layers[PREVIEW_LAYER]
+            layer.visible = False
+            layer.data = np.zeros((1, 1), np.uint8)
+            layer.metadata.pop("semimoe_preview_iteration", None)
 
 
 def _predict(ckpt: Path, slide, box: tuple[int, int, int, int]) -> dict:

@@ -122,6 +122,7 @@ class SemiMoEWidget(QWidget):
         self.session.message.connect(lambda msg: self.status.setText(msg))
         self.session.project_changed.connect(self._project_opened)
         self.session.image_changed.connect(self._choose_page)
+        self.session.image_changed.connect(self.preview.prepare)  # its layer, ahead of time
 
         # napari never sends closeEvent to dock widgets (napari#8071): save the last strokes
         # when the window closes or the annotations layer goes (viewer.close() removes the
