@@ -266,7 +266,8 @@ def test_live_preview_during_training_then_the_view_is_predicted(ui, qtbot, monk
     t = widget.entry.train_tiles()[0]
     camera(viewer).center = (t.y + t.h / 2, t.x + t.w / 2)
     camera(viewer).zoom = 6.0  # a small view: one or two model tiles to preview
-    assert not viewer.layers[PREVIEW_LAYER].visible  # made with the image, hidden till used
+    # made with the image (drawn once, transparent), hidden till a training uses it
+    qtbot.waitUntil(lambda: not viewer.layers[PREVIEW_LAYER].visible, timeout=5_000)
     seen = []  # (training?, iteration) at each preview shown
     show = widget.preview._show
 
@@ -311,7 +312,7 @@ def test_live_preview_during_training_then_the_view_is_predicted(ui, qtbot, monk
     qtbot.waitUntil(lambda: not widget.review_panel.showing_prediction, timeout=30_000)
     # hidden and emptied, kept for the next training (no layer creation while training)
     assert not viewer.layers[PREVIEW_LAYER].visible
-    assert viewer.layers[PREVIEW_LAYER].data.size == 1
+    assert not viewer.layers[PREVIEW_LAYER].data.any()
     qtbot.waitUntil(lambda: PREVIEW_LAYER not in widget.review_panel.legend.rows, timeout=5_000)
     assert widget.toolbox.currentIndex() == 2  # 3 · Review: Accept is at hand
     assert "prediction shown" in widget.status.text()

@@ -123,8 +123,21 @@ class LivePreview:
         creating a napari layer costs ~0.25 s of the GUI thread here (its controls, its
         visual, its colormap's shader), which at the first checkpoint was the one stall
         of a training over 100 ms; opening an image already takes longer than that."""
-        if self.layers.image() is not None and PREVIEW_LAYER not in self.viewer.layers:
-            self._layer(np.zeros((1, 1), np.uint8), (1.0, 1.0), (0.0, 0.0), visible=False)
+        if self.layers.image() is None or PREVIEW_LAYER in self.viewer.layers:
+            return
+        # Sized as the preview of the whole slide (the home view), at the scale the next
+        # model will have: the first preview then rewrites this texture in place instead
+        # of allocating one (that first draw was the one tick over 100 ms left).
+        g = self.session.geometry or self.session.train_geometry
+        s = float(g.scale) if g is not None else 1.0
+        H, W = self.layers.slide_shape()
+        h, w = min(MAX_SIDE, max(1, round(H / s))), min(MAX_SIDE, max(1, round(W / s)))
+        base = self.layers.base_scale()
+        layer = self._layer(np.zeros((h, w), np.uint8), tuple(base * s), tuple(base * (s - 1) / 2))
+        # drawn once (all transparent: 0), so that showing it compiles no shader, then hidden
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(300, lambda: setattr(layer, "visible", False))
 
     def _layer(self, data: np.ndarray, scale, translate, visible: bool = True):
         from napari.utils.colormaps import Colormap
@@ -186,7 +199,7 @@ class LivePreview:
         if PREVIEW_LAYER in self.viewer.layers:
             layer = self.viewer.layers[PREVIEW_LAYER]
             layer.visible = False
-            layer.data = np.zeros((1, 1), np.uint8)
+            layer.data[...] = 0  # emptied in place: the next training reuses the texture
             layer.metadata.pop("semimoe_preview_iteration", None)
 
 
