@@ -8,6 +8,9 @@ working resolution:
   halves, physical scale in µm (the slide's mpp times the working scale);
 - ``labels/mask`` (uint8) and ``labels/instances`` (uint32, unique ids across the slide),
   NGFF labels with the same pyramid;
+- ``tiles/gates`` (n, *gate_shape; Semi-MoE: n x 3 x 3, task x expert) and ``tiles/boxes``
+  (n x 4: y, x, h, w in working px): the experts' weights of every predicted tile, in the
+  tile grid's order (plain zarr arrays: NGFF has no table yet; ome-zarr readers skip them);
 - ``.cohort/``: the work in progress: ``plan.json`` (the slide's shapes), per-block done
   markers written atomically after the block's chunks, scratch arrays. Removed once the
   slide is complete.
@@ -23,6 +26,8 @@ import math
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ..atomic import atomic_write_json
 
@@ -137,6 +142,26 @@ def create_arrays(plan: SlidePlan) -> None:
     h, w = plan.work
     scratch.create_array("provisional", shape=(h, w), chunks=(C, C), dtype="int32", overwrite=True)
     scratch.create_array("tissue", shape=(h, w), chunks=(C, C), dtype="bool", overwrite=True)
+
+
+def write_tiles(plan: SlidePlan, gates, boxes) -> None:
+    """``tiles/gates`` and ``tiles/boxes`` (replaced whole: a retried task writes the same)."""
+    import zarr
+
+    g = zarr.open_group(Path(plan.out), mode="a", zarr_format=3).require_group("tiles")
+    for name, data in (("gates", gates), ("boxes", boxes)):
+        chunks = tuple(max(1, n) for n in data.shape)
+        g.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype, overwrite=True)
+        if data.size:
+            g[name][...] = data
+
+
+def read_tiles(out: str | Path):
+    """(gates, boxes) of a finished slide, as numpy arrays."""
+    import zarr
+
+    g = zarr.open_group(Path(out) / "tiles", mode="r")
+    return np.asarray(g["gates"][...]), np.asarray(g["boxes"][...])
 
 
 def open_array(out: str | Path, key: str, mode: str = "r+"):
