@@ -365,31 +365,16 @@ def relabel_block(plan: SlidePlan, index: int, lut: list[int]) -> int:
 # ----------------------------------------------------------------------------- pyramid
 
 
-def _halve(a: np.ndarray, labels: bool) -> np.ndarray:
-    """2 x 2 reduction of the last two axes (ragged edges kept): mean of the pixels there
-    for maps, the top-left pixel for labels (no invented ids)."""
-    if labels:
-        return a[..., ::2, ::2]
-    h, w = a.shape[-2:]
-    pad = [(0, 0)] * (a.ndim - 2) + [(0, h % 2), (0, w % 2)]
-    b = np.pad(a.astype(np.float32), pad, mode="edge")
-    return 0.25 * (b[..., ::2, ::2] + b[..., 1::2, ::2] + b[..., ::2, 1::2] + b[..., 1::2, 1::2])
-
-
 def build_pyramid(plan: SlidePlan, key: str) -> str:
     """Levels 1.. of ``key`` ("" = the maps, ``labels/mask``, ``labels/instances``), each
-    from the previous one, a band of chunk rows at a time (whole chunks, bounded memory)."""
-    labels = key.startswith("labels")
-    base = f"{key}/" if key else ""
+    from the previous one (:func:`..ngff.fill_levels`: whole chunks, bounded memory)."""
+    import zarr
+
+    from .. import ngff
+
+    group = zarr.open_group(Path(plan.out) / key if key else Path(plan.out), mode="r+")
     shapes = layout.level_shapes(plan.work, plan.chunk)
-    for k in range(1, len(shapes)):
-        src = layout.open_array(plan.out, f"{base}{k - 1}", "r")
-        dst = layout.open_array(plan.out, f"{base}{k}")
-        h = shapes[k][0]
-        for r0 in range(0, h, plan.chunk):
-            r1 = min(h, r0 + plan.chunk)
-            band = np.asarray(src[..., 2 * r0 : 2 * r1, :])
-            dst[..., r0:r1, :] = _halve(band, labels).astype(dst.dtype)
+    ngff.fill_levels(group, shapes, key.startswith("labels"), plan.chunk)
     layout.mark_done(layout.marker(plan.out, "pyramid", key.replace("/", "_") or "maps"))
     return key
 

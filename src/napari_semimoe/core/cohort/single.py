@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..inference import Predictor, check_space, remove_stale_scratch, scratch_prefix, writers
+from ..ngff import replace_dir
 from . import layout
 from .engine import predict_in_process
 from .layout import CHUNK
@@ -146,15 +146,3 @@ def _write_files(
     scale = (native[0] / work[0], native[1] / work[1])
     written["gates"] = writers.save_gates(scratch / f"{name}_gates.npz", boxes, gates, scale)
     return written
-
-
-def replace_dir(tmp: Path, path: Path) -> None:
-    """Move the finished folder ``tmp`` to ``path``; an older one there goes only once the
-    new one is in place."""
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
