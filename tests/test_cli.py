@@ -372,7 +372,7 @@ def test_an_unexpected_error_in_training_is_one_line_and_its_traceback_is_logged
 def test_an_unexpected_error_in_predict_is_logged_in_the_user_log(
     tiny_dataset, tmp_path, capsys, monkeypatch
 ):
-    import napari_semimoe.core.inference as predict
+    import napari_semimoe.core.cohort as predict
 
     rundir = tmp_path / "run"
     code, _, err = _train(capsys, tiny_dataset, rundir, "--labeled", "2", "--iterations", "1")

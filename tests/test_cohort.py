@@ -86,8 +86,8 @@ def _opts(work, **kw) -> CohortOptions:
 def _arrays(out: Path) -> dict[str, np.ndarray]:
     g = zarr.open_group(out, mode="r")
     keys = ["0", "1", "2", "labels/mask/0", "labels/mask/1", "labels/instances/0"]
-    keys += ["labels/instances/2"]
-    return {k: np.asarray(g[k][:]) for k in keys}
+    keys += ["labels/instances/2", "tiles/gates", "tiles/boxes"]
+    return {k: np.asarray(g[k][...]) for k in keys}
 
 
 def _same_glands(inst: np.ndarray, ref: np.ndarray, mask: np.ndarray, halo: int) -> int:
@@ -145,6 +145,61 @@ def test_cohort_equals_single_slide_predictions_and_a_corrupt_slide_fails_alone(
     assert all(n <= 1 for n in loads.values()), loads
     summ = (work["dir"] / "a" / "cohort_summary.csv").read_text().splitlines()
     assert summ[0].startswith("name,path,status") and len(summ) == 5
+
+
+def test_single_slide_predict_is_the_cohort_engine_in_process(work, first, tmp_path):
+    """``predict`` (core.cohort.predict_slide) runs the cohort's tasks in this process: its
+    OME-Zarr is the cohort's (maps, labels, gates), and its native-size TIFFs and gates file
+    are the whole-slide prediction's."""
+    import tifffile
+
+    from napari_semimoe.core.cohort import predict_slide
+    from napari_semimoe.core.inference import (
+        PredictOptions,
+        Predictor,
+        load_model,
+        resample,
+        working_reader,
+    )
+    from napari_semimoe.core.slide import open_slide
+
+    opts = PredictOptions(threads=1, batch=8, threshold=work["t"])
+    pred = Predictor(load_model(work["run"]), opts)
+    ref = work["refs"][0]
+    calls = []
+    with open_slide(work["slides"][0]) as sl:
+        written = predict_slide(
+            pred,
+            sl,
+            tmp_path,
+            "slide0",
+            keep_zarr=True,
+            block=OPT["block"],
+            chunk=OPT["chunk"],
+            progress=lambda d, t: calls.append((d, t)),
+        )
+        shape = pred.m.geometry.working_shape(sl.shape)
+        wp = pred.predict_region_reader(working_reader(sl, shape), shape)
+    assert calls and calls[-1][0] == calls[-1][1] > 0
+    assert sorted(q.name for q in tmp_path.iterdir()) == sorted(p.name for p in written.values())
+    a, b = _arrays(written["ome-zarr"]), _arrays(Path(first.slides[0].out))
+    for k in a:
+        if a[k].dtype.kind == "f":
+            np.testing.assert_allclose(a[k], b[k], atol=1e-5, err_msg=k)
+        else:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    for k in ("prob", "sdf", "boundary"):
+        got = tifffile.imread(written[k])
+        np.testing.assert_allclose(got, resample(ref[k], SLIDE), atol=1e-5, err_msg=k)
+    mask = tifffile.imread(written["mask"])
+    np.testing.assert_array_equal(mask, resample(ref["mask"], SLIDE, nearest=True))
+    inst = tifffile.imread(written["instances"])
+    assert inst.dtype == np.int32 and inst.shape == SLIDE
+    np.testing.assert_array_equal(inst, resample(a["labels/instances/0"], SLIDE, nearest=True))
+    with np.load(written["gates"]) as z:  # the whole-slide prediction's tiles, in its order
+        np.testing.assert_array_equal(z["tiles_working"], np.asarray(wp.tiles))
+        np.testing.assert_array_equal(z["tiles"], z["tiles_working"] * 2)
+        np.testing.assert_allclose(z["gates"], wp.gates, atol=1e-5)
 
 
 def test_a_gland_across_a_block_border_has_one_id(work, first):

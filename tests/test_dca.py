@@ -16,6 +16,7 @@ from PIL import Image
 from napari_semimoe.cli import main
 from napari_semimoe.core.bench import family_bench, synthetic_tiles
 from napari_semimoe.core.classes import ClassTable, write_classes
+from napari_semimoe.core.cohort import predict_slide
 from napari_semimoe.core.data import Geometry, TrainingSet
 from napari_semimoe.core.dca import (
     DECODER_BLOCKS,
@@ -29,7 +30,7 @@ from napari_semimoe.core.dca import (
 )
 from napari_semimoe.core.errors import InputError
 from napari_semimoe.core.families import get_family
-from napari_semimoe.core.inference import PredictOptions, Predictor, load_model, predict_slide
+from napari_semimoe.core.inference import PredictOptions, Predictor, load_model
 from napari_semimoe.core.slide import open_slide
 from napari_semimoe.core.tiff_writer import write_pyramid
 from napari_semimoe.core.train import TrainConfig, Trainer

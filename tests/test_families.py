@@ -13,6 +13,7 @@ from torch import nn
 
 from napari_semimoe.core.bench import synthetic_tiles
 from napari_semimoe.core.checkpoint import read_checkpoint, save_checkpoint
+from napari_semimoe.core.cohort import predict_slide
 from napari_semimoe.core.data import Geometry, TrainingSet
 from napari_semimoe.core.errors import CheckpointError, InputError
 from napari_semimoe.core.families import (
@@ -25,7 +26,7 @@ from napari_semimoe.core.families import (
     softmax_foreground,
     unregister_family,
 )
-from napari_semimoe.core.inference import PredictOptions, Predictor, load_model, predict_slide
+from napari_semimoe.core.inference import PredictOptions, Predictor, load_model
 from napari_semimoe.core.losses import seg_dice_loss
 from napari_semimoe.core.slide import open_slide
 from napari_semimoe.core.tiff_writer import write_pyramid

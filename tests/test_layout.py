@@ -78,12 +78,12 @@ def test_the_import_graph_sees_relative_function_level_and_package_imports():
     assert graph.has_edge("napari_semimoe.cli", "napari_semimoe.cli.app")
     # relative two levels up, inside a function: ``from ..core.slide import open_slide``
     assert graph.has_edge("napari_semimoe.cli.predict", "napari_semimoe.core.slide")
-    # ``from ..slide import tissue_mask`` from a subpackage; ``from . import writers`` is an
+    # ``from ..slide import tissue_mask`` from a subpackage; ``from . import blocks`` is an
     # edge to the sibling module, not to the package
-    assert graph.has_edge("napari_semimoe.core.inference.slide_job",
-                          "napari_semimoe.core.inference.writers")  # fmt: skip
-    assert not graph.has_edge("napari_semimoe.core.inference.slide_job",
-                              "napari_semimoe.core.inference")  # fmt: skip
+    assert graph.has_edge("napari_semimoe.core.cohort.engine",
+                          "napari_semimoe.core.cohort.blocks")  # fmt: skip
+    assert not graph.has_edge("napari_semimoe.core.cohort.engine",
+                              "napari_semimoe.core.cohort")  # fmt: skip
     assert graph.has_edge("napari_semimoe.core.inference.slide_job", "napari_semimoe.core.slide")
     # the writer depends on the reader, not the other way round; the run folder checks
     # settings with the config alone, not the trainer

@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
+from napari_semimoe.core.cohort import predict_slide
 from napari_semimoe.core.data import Geometry
 from napari_semimoe.core.errors import InputError
 from napari_semimoe.core.inference import (
@@ -15,7 +16,6 @@ from napari_semimoe.core.inference import (
     Predictor,
     TileGrid,
     blend_window,
-    predict_slide,
     resample,
     resample_band,
 )
@@ -390,7 +390,9 @@ def test_sigterm_during_predict_cleans_up(tmp_path):
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 60
-    while time.time() < deadline and not list(out.glob(".semimoe-predict-*/maps/*")):
+    # the block engine's plan is in the scratch zarr: the prediction has started
+    started = ".semimoe-predict-*/*.ome.zarr/.cohort/plan.json"
+    while time.time() < deadline and not list(out.glob(started)):
         time.sleep(0.05)
     assert list(out.glob(".semimoe-predict-*")), "predict never started"
     proc.send_signal(signal.SIGTERM)

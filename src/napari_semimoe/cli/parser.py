@@ -279,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", type=out_folder, required=True, help="output folder")
     pr.add_argument("--experts", action="store_true", help="also write each expert's maps")
     pr.add_argument("--tissue-only", action="store_true", help="skip glass (slides)")
+    pr.add_argument(
+        "--ome-zarr",
+        action="store_true",
+        help="also keep OUT/NAME.ome.zarr: the working-scale maps, labels and gates, as "
+        "`cohort` writes them",
+    )
     pr.set_defaults(func=cmd_predict)
 
     add_cohort_parser(sub)

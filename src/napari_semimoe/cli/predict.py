@@ -38,7 +38,7 @@ def _predictor(args: argparse.Namespace):
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict every input; one that cannot be read does not stop the others: each failure
     is one line on stderr at the end, and the exit status is 2 if any failed."""
-    from ..core.inference import predict_slide
+    from ..core.cohort import predict_slide
     from ..core.slide import open_slide
 
     names = _output_names(args.images)
@@ -52,7 +52,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 try:
                     with open_slide(path) as slide:
                         written = predict_slide(
-                            predictor, slide, out, name, progress=_tqdm_progress(name, "tile")
+                            predictor,
+                            slide,
+                            out,
+                            name,
+                            keep_zarr=getattr(args, "ome_zarr", False),
+                            progress=_tqdm_progress(name, "tile"),
                         )
                 except InputError as exc:
                     failures.append(str(exc))

@@ -17,11 +17,9 @@ painted, "detection" for a model's output) and ``classification`` ``{"name", "co
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -222,26 +220,6 @@ def write_tiff(
     return Path(path)
 
 
-def native_dask(labels: np.ndarray, shape: tuple[int, int], chunk: int = 1024):
-    """A lazy dask array of ``labels`` at native ``shape`` (nearest, centre to centre)."""
-    import dask.array as da
-
-    labels = np.asarray(labels)
-    h, w = labels.shape
-    H, W = shape
-    yi = np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.int64), h - 1)
-    xi = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.int64), w - 1)
-
-    def block(block_info=None):
-        (y0, y1), (x0, x1) = block_info[None]["array-location"]
-        return labels[np.ix_(yi[y0:y1], xi[x0:x1])]
-
-    chunks = da.core.normalize_chunks(chunk, (H, W))
-    return da.map_blocks(
-        block, dtype=labels.dtype, chunks=chunks, meta=np.empty((0, 0), labels.dtype)
-    )
-
-
 def write_ome_zarr(
     path: str | os.PathLike[str],
     labels: np.ndarray,
@@ -250,59 +228,23 @@ def write_ome_zarr(
     name: str = "labels",
     mpp: float | None = None,
 ) -> Path:
-    """``labels`` at native ``shape`` as an OME-Zarr multiscale image (nearest downsampling
-    by 2 until under 512 px, in µm when ``mpp`` is known), written with ``ome_zarr.writer``
-    into a temporary folder that replaces ``path`` once complete. It is the label map itself,
-    not an ``image-label`` under a parent image (that needs the slide in the same store: the
-    cohort's outputs, core/cohort/, are the place for that)."""
-    import zarr
-    from ome_zarr.scale import Methods
-    from ome_zarr.writer import write_image
+    """``labels`` at native ``shape`` as an OME-Zarr multiscale image (in µm when ``mpp`` is
+    known), through the package's one OME-Zarr writer (:mod:`.ngff`: its pyramid rule, the
+    metadata by ome-zarr, written in a temporary folder that replaces ``path`` once
+    complete). Level 0 takes the nearest working pixel, as the TIFF does. It is the label
+    map itself, not an ``image-label`` under a parent image (that needs the slide in the
+    same store: the cohort's outputs, core/cohort/, are the place for that)."""
+    from .inference.resample import resample_band
+    from .ngff import write_label_image
 
-    path = Path(path)
     labels = np.asarray(labels)
     labels = labels.astype(_label_dtype(labels), copy=False)
-    data = native_dask(labels, shape)
-    factors, side = [], max(shape)
-    while side // 2 ** (len(factors) + 1) >= 256:
-        factors.append(2 ** (len(factors) + 1))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        root = zarr.open_group(str(tmp), mode="w")
-        kw: dict[str, Any] = {}
-        if mpp:
-            kw = {
-                "scale": {"y": mpp, "x": mpp},
-                "axes_units": {"y": "micrometer", "x": "micrometer"},
-            }
-        write_image(
-            data,
-            root,
-            scale_factors=tuple(factors),
-            method=Methods.NEAREST,
-            axes="yx",
-            name=name,
-            storage_options={"chunks": (1024, 1024)},
-            **kw,
-        )
-        _replace_dir(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    shape = (int(shape[0]), int(shape[1]))
 
+    def rows(y0: int, n: int) -> np.ndarray:
+        return resample_band(labels, shape, y0, n, nearest=True)
 
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move the finished folder ``tmp`` to ``path``; an older export there goes only once
-    the new one is complete."""
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(old)
+    return write_label_image(path, rows, shape, labels.dtype, name=name, mpp=mpp)
 
 
 # ----------------------------------------------------------------------------- all at once

@@ -8,21 +8,26 @@ atomically after them, so a task that is retried (its worker died) or re-run (``
 rewrites the same chunks with the same values.
 
 The model is loaded once per worker process (:func:`worker_predictor`, a cache keyed by
-the checkpoint's path and mtime and the options), never pickled into a task.
+the checkpoint's path and mtime and the options), never pickled into a task. In this
+process (single-slide ``predict``), :func:`in_process` hands the tasks a predictor and an
+open slide that are already there, plus a per-batch progress and cancel hook.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write_json
+from ..atomic import atomic_path, atomic_write_json
 from ..inference import PredictOptions, Predictor, load_model, working_reader, working_tissue
 from ..inference.merge import InMemoryMerger
 from ..inference.tiling import TileGrid, read_padded
@@ -40,8 +45,12 @@ class ModelSpec:
     run: str
     options: PredictOptions = field(default_factory=PredictOptions)
     device: str = "auto"
+    #: set by :func:`in_process`: the token of a predictor handed in by this process
+    local: str = ""
 
     def key(self) -> tuple:
+        if self.local:
+            return ("local", self.local)
         run = Path(self.run)
         ck = run / "checkpoint.safetensors" if run.is_dir() else run
         try:
@@ -56,9 +65,45 @@ _LOCK = threading.Lock()
 _LOADS = [0]
 
 
+@dataclass
+class _Local:
+    predictor: Predictor
+    tick: Callable[[int], None] | None = None
+    cancel: Callable[[], bool] | None = None
+
+
+_LOCAL: dict[str, _Local] = {}
+_LOCAL_SLIDES: dict[str, object] = {}
+
+
+@contextlib.contextmanager
+def in_process(
+    predictor: Predictor,
+    slide,
+    tick: Callable[[int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> Iterator[ModelSpec]:
+    """A spec whose tasks, run in this process, use ``predictor`` and the open ``slide``
+    (by its path) instead of loading them; ``tick(n)`` after every batch of n tiles, and
+    ``cancel()`` before it (true: the block raises InterruptedError)."""
+    token = uuid.uuid4().hex
+    path = str(slide.path)
+    with _LOCK:
+        _LOCAL[token] = _Local(predictor, tick, cancel)
+        _LOCAL_SLIDES[path] = slide
+    try:
+        yield ModelSpec(path, predictor.opt, local=token)
+    finally:
+        with _LOCK:
+            _LOCAL.pop(token, None)
+            _LOCAL_SLIDES.pop(path, None)
+
+
 def worker_predictor(spec: ModelSpec) -> Predictor:
     """This process's predictor for ``spec``: loaded on first use, then reused by every task
     (torch threads = ``spec.options.threads``, set by the predictor)."""
+    if spec.local:
+        return _LOCAL[spec.local].predictor
     key = spec.key()
     with _LOCK:
         p = _CACHE.get(key)
@@ -79,6 +124,9 @@ OPEN_SLIDES = 4
 def worker_slide(path: str):
     """This process's open :class:`Slide` for ``path`` (reopened when the file changed);
     the few most recent stay open for the next block of the same slide."""
+    local = _LOCAL_SLIDES.get(str(path))
+    if local is not None:
+        return local
     p = Path(path)
     st = p.stat()
     key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
@@ -98,12 +146,12 @@ def model_loads() -> int:
 
 
 def map_channels(predictor: Predictor) -> list[str]:
-    """The float channels of the output: the family's maps, + uncertainty when it has the
-    signals for it."""
+    """The float channels of the output: the predictor's maps (the family's, + the experts'
+    when asked), + uncertainty when the family has the signals for it."""
     from ..uncertainty import supports
 
-    maps = list(predictor.family.output_maps())
-    return maps + (["uncertainty"] if supports(maps) else [])
+    maps = predictor.map_names()
+    return maps + (["uncertainty"] if supports(list(predictor.family.output_maps())) else [])
 
 
 # ----------------------------------------------------------------------------- plan
@@ -178,8 +226,9 @@ def block_tiles(
 def predict_block(spec: ModelSpec, plan: SlidePlan, index: int) -> dict:
     """Predict block ``index``: every tile of the slide's global grid that touches its
     interior, merged exactly as a whole-slide prediction would (same tiles, same order, same
-    window), then the interior's maps and mask are written. Returns its tile count and
-    gates."""
+    window), then the interior's maps and mask are written, and the gates of the tiles it
+    owns (those that start in its interior: each tile has one owner) into
+    ``.cohort/gates-INDEX.npz``. Returns its tile count and network seconds."""
     p = worker_predictor(spec)
     box = plan.blocks()[index]
     y0, y1, x0, x1 = box
@@ -199,10 +248,13 @@ def predict_block(spec: ModelSpec, plan: SlidePlan, index: int) -> dict:
     merger = InMemoryMerger(names, (ly - oy, lx - ox), p.family.fills())
     # The merger crops tiles at its own border: that is the image border here too, since the
     # buffer reaches the last tile's end (or the image's).
-    gates = []
+    gates, boxes = [], []
     net = 0.0
     read = working_reader(worker_slide(plan.path), (h, w))
+    hooks = _LOCAL.get(spec.local) if spec.local else None
     for b0 in range(0, len(todo), p.batch):
+        if hooks is not None and hooks.cancel is not None and hooks.cancel():
+            raise InterruptedError("prediction cancelled")
         chunk = todo[b0 : b0 + p.batch]
         tiles = np.stack([read_padded(read, y, x, t, t, h, w) for y, x in chunk])
         t0 = time.perf_counter()
@@ -210,7 +262,11 @@ def predict_block(spec: ModelSpec, plan: SlidePlan, index: int) -> dict:
         net += time.perf_counter() - t0
         for j, (y, x) in enumerate(chunk):
             merger.add(y - oy, x - ox, {k: maps[k][j] for k in names}, p.window)
-            gates.append(((y, x), g[j]))
+            if y0 <= y < y1 and x0 <= x < x1:
+                boxes.append((y, x, min(t, h - y), min(t, w - x)))
+                gates.append(g[j])
+        if hooks is not None and hooks.tick is not None:
+            hooks.tick(len(chunk))
     acc = merger.finish()
     sl = (slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox))
     image = layout.open_array(plan.out, "0")
@@ -218,8 +274,15 @@ def predict_block(spec: ModelSpec, plan: SlidePlan, index: int) -> dict:
         image[c, y0:y1, x0:x1] = acc[k][sl]
     mask = p.mask({k: acc[k][sl] for k in names})
     layout.open_array(plan.out, "labels/mask/0")[y0:y1, x0:x1] = mask
+    gate_shape = tuple(p.family.gate_shape)
+    with atomic_path(layout.marker(plan.out, "gates", index, "npz")) as tmp, open(tmp, "wb") as f:
+        np.savez(
+            f,
+            gates=np.asarray(gates, np.float32).reshape(-1, *gate_shape),
+            boxes=np.asarray(boxes, np.int64).reshape(-1, 4),
+        )
     layout.mark_done(layout.marker(plan.out, "maps", index))
-    return {"tiles": len(todo), "gates": gates, "mask_px": int(mask.sum()), "net_s": net}
+    return {"tiles": len(todo), "mask_px": int(mask.sum()), "net_s": net}
 
 
 # ----------------------------------------------------------------------------- labels
@@ -302,33 +365,34 @@ def relabel_block(plan: SlidePlan, index: int, lut: list[int]) -> int:
 # ----------------------------------------------------------------------------- pyramid
 
 
-def _halve(a: np.ndarray, labels: bool) -> np.ndarray:
-    """2 x 2 reduction of the last two axes (ragged edges kept): mean of the pixels there
-    for maps, the top-left pixel for labels (no invented ids)."""
-    if labels:
-        return a[..., ::2, ::2]
-    h, w = a.shape[-2:]
-    pad = [(0, 0)] * (a.ndim - 2) + [(0, h % 2), (0, w % 2)]
-    b = np.pad(a.astype(np.float32), pad, mode="edge")
-    return 0.25 * (b[..., ::2, ::2] + b[..., 1::2, ::2] + b[..., ::2, 1::2] + b[..., 1::2, 1::2])
-
-
 def build_pyramid(plan: SlidePlan, key: str) -> str:
     """Levels 1.. of ``key`` ("" = the maps, ``labels/mask``, ``labels/instances``), each
-    from the previous one, a band of chunk rows at a time (whole chunks, bounded memory)."""
-    labels = key.startswith("labels")
-    base = f"{key}/" if key else ""
+    from the previous one (:func:`..ngff.fill_levels`: whole chunks, bounded memory)."""
+    import zarr
+
+    from .. import ngff
+
+    group = zarr.open_group(Path(plan.out) / key if key else Path(plan.out), mode="r+")
     shapes = layout.level_shapes(plan.work, plan.chunk)
-    for k in range(1, len(shapes)):
-        src = layout.open_array(plan.out, f"{base}{k - 1}", "r")
-        dst = layout.open_array(plan.out, f"{base}{k}")
-        h = shapes[k][0]
-        for r0 in range(0, h, plan.chunk):
-            r1 = min(h, r0 + plan.chunk)
-            band = np.asarray(src[..., 2 * r0 : 2 * r1, :])
-            dst[..., r0:r1, :] = _halve(band, labels).astype(dst.dtype)
+    ngff.fill_levels(group, shapes, key.startswith("labels"), plan.chunk)
     layout.mark_done(layout.marker(plan.out, "pyramid", key.replace("/", "_") or "maps"))
     return key
+
+
+def gather_gates(plan: SlidePlan) -> str:
+    """Every block's owned tiles' gates into the slide's ``tiles/gates`` (n, *gate_shape)
+    and ``tiles/boxes`` (n, 4: y, x, h, w in working px), in the tile grid's order (the
+    order of a whole-slide prediction)."""
+    parts = []
+    for b in range(len(plan.blocks())):
+        with np.load(layout.marker(plan.out, "gates", b, "npz")) as z:
+            parts.append((z["gates"], z["boxes"]))
+    gates = np.concatenate([g for g, _ in parts])
+    boxes = np.concatenate([b for _, b in parts])
+    order = np.lexsort((boxes[:, 1], boxes[:, 0]))
+    layout.write_tiles(plan, gates[order], boxes[order])
+    layout.mark_done(layout.marker(plan.out, "pyramid", "gates"))
+    return "gates"
 
 
 # ----------------------------------------------------------------------------- export

@@ -6,7 +6,11 @@ the driver joins glands across block borders (union-find) -> ``relabel`` (one pe
 -> ``pyramid`` (one per array) -> optional native mask TIFF -> metadata. Slides progress
 independently, so many slides fill the cluster while one big slide spreads over it.
 Every task's done marker lets ``resume`` skip what is finished. Without a client the same
-tasks run in this process, one after another (single-slide ``predict``, tests).
+tasks run in this process, one after another: :func:`predict_in_process` (single-slide
+``predict``) and ``run_cohort(inline=True)``.
+
+It is about 560 lines because the driver's stage machine, its two entry points (a cohort
+on a cluster, one slide in-process) and the summary files share the same state per slide.
 """
 
 from __future__ import annotations
@@ -218,6 +222,57 @@ def run_cohort(
     )
 
 
+def predict_in_process(
+    predictor,
+    slide,
+    dest: str | Path,
+    name: str,
+    *,
+    block: int = 2048,
+    chunk: int = CHUNK,
+    halo: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> SlideResult:
+    """One open ``slide`` into the OME-Zarr ``dest`` with a loaded ``predictor``: the
+    cohort's tasks, stages and layout, run in this process (no cluster, the model not
+    reloaded), so single-slide ``predict`` and a cohort compute the same working-scale
+    results. ``progress(tiles done, tiles estimated)`` after every batch; ``cancel()``
+    true -> InterruptedError. A task's error is raised as it is (not a failed slide)."""
+    if chunk < 64 or block < chunk:
+        raise InputError(f"block ({block}) and chunk ({chunk}) must be >= 64 px, block >= chunk")
+    block = -(-int(block) // chunk) * chunk
+    opt = CohortOptions(block=block, chunk=chunk, halo=halo, tissue_only=predictor.opt.tissue_only)
+    state = _Slide(SlideResult(name, str(slide.path), out=str(dest)), Path(dest))
+    done, total = [0], [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(done[0], max(total[0], done[0]))
+
+    def seen(p: CohortProgress) -> None:
+        total[0] = p.tiles_total
+
+    with blocks.in_process(predictor, slide, tick, cancel) as spec:
+        driver = _Driver(
+            Inline(),
+            spec,
+            [state],
+            block,
+            opt,
+            seen,
+            None,
+            time.perf_counter(),
+            (predictor.tile, predictor.overlap),
+            strict=True,
+        )
+        driver.run()
+    if progress is not None:
+        progress(done[0], done[0])
+    return state.result
+
+
 def _preload() -> None:
     import contextlib
 
@@ -242,8 +297,11 @@ def _check_model(run, opt: CohortOptions) -> tuple[int, int]:
 
 
 class _Driver:
-    def __init__(self, ex, spec, states, block, opt, progress, stop, t0, tiling) -> None:
+    def __init__(
+        self, ex, spec, states, block, opt, progress, stop, t0, tiling, strict=False
+    ) -> None:
         self.ex, self.spec, self.states, self.block, self.opt = ex, spec, states, block, opt
+        self.strict = strict  # a task's error is raised, not a failed slide (in-process)
         self.tiling = tiling
         self.progress, self.stop, self.t0 = progress, stop, t0
         self.tiles_done = 0
@@ -337,6 +395,8 @@ class _Driver:
                     if layout.marker(s.out, "pyramid", key.replace("/", "_") or "maps").is_file():
                         continue
                     self._submit(s, ("pyramid", key), blocks.build_pyramid, plan, key, priority=7)
+                if not layout.marker(s.out, "pyramid", "gates").is_file():
+                    self._submit(s, ("pyramid", "gates"), blocks.gather_gates, plan, priority=7)
             elif s.stage == "pyramid":
                 s.stage = "export"
                 if self.opt.native_mask:
@@ -419,6 +479,8 @@ class _Driver:
         self._advance(s)
 
     def _fail(self, s: _Slide, exc: BaseException) -> None:
+        if self.strict:
+            raise exc
         msg = " ".join(str(exc).split()) or type(exc).__name__
         if not isinstance(exc, InputError | OSError):
             msg = f"{type(exc).__name__}: {msg}"

@@ -1,13 +1,16 @@
 """One slide's OME-Zarr output: its arrays, its blocks, its done markers, its metadata.
 
-``OUT/<name>.ome.zarr`` (zarr v3, NGFF 0.5 as ome-zarr writes it) holds, at the model's
-working resolution:
+``OUT/<name>.ome.zarr`` (zarr v3, NGFF 0.5, written through :mod:`napari_semimoe.core.ngff`,
+the package's one OME-Zarr writer) holds, at the model's working resolution:
 
 - ``0, 1, ...``: the float maps as channels (c, y, x): the family's maps (Semi-MoE: prob,
   sdf, boundary) and ``uncertainty`` when the family has the signals for it; a pyramid of
   halves, physical scale in µm (the slide's mpp times the working scale);
 - ``labels/mask`` (uint8) and ``labels/instances`` (uint32, unique ids across the slide),
   NGFF labels with the same pyramid;
+- ``tiles/gates`` (n, *gate_shape; Semi-MoE: n x 3 x 3, task x expert) and ``tiles/boxes``
+  (n x 4: y, x, h, w in working px): the experts' weights of every predicted tile, in the
+  tile grid's order (plain zarr arrays: NGFF has no table yet; ome-zarr readers skip them);
 - ``.cohort/``: the work in progress: ``plan.json`` (the slide's shapes), per-block done
   markers written atomically after the block's chunks, scratch arrays. Removed once the
   slide is complete.
@@ -24,10 +27,16 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
+from .. import ngff
 from ..atomic import atomic_write_json
+from ..ngff import level_shapes
+
+__all__ = ["level_shapes"]  # re-exported: the cohort's levels are the package's one rule
 
 #: Working-scale pixels per chunk side; blocks are whole chunks.
-CHUNK = 512  # default; a plan may choose another (tests use small ones)
+CHUNK = ngff.CHUNK  # default; a plan may choose another (tests use small ones)
 WORK = ".cohort"
 
 
@@ -107,36 +116,42 @@ def is_complete(out: str | Path) -> bool:
     return "multiscales" in attrs.get("ome", attrs)
 
 
-def level_shapes(shape: tuple[int, int], chunk: int = CHUNK) -> list[tuple[int, int]]:
-    """Level 0 then halves (rounded up) while the longer side exceeds a chunk."""
-    shapes = [(int(shape[0]), int(shape[1]))]
-    while max(shapes[-1]) > chunk:
-        h, w = shapes[-1]
-        shapes.append(((h + 1) // 2, (w + 1) // 2))
-    return shapes
-
-
 def create_arrays(plan: SlidePlan) -> None:
     """The slide's group and every array, empty (idempotent: a retried plan recreates them)."""
     import zarr
 
     out = Path(plan.out)
     root = zarr.open_group(out, mode="a", zarr_format=3)
-    c = len(plan.maps)
-    C = plan.chunk
-    for k, (h, w) in enumerate(level_shapes(plan.work, plan.chunk)):
-        root.create_array(
-            str(k), shape=(c, h, w), chunks=(1, C, C), dtype="float32", overwrite=True
-        )
+    shapes = level_shapes(plan.work, plan.chunk)
+    ngff.create_levels(root, shapes, "float32", plan.chunk, channels=len(plan.maps))
     labels = root.require_group("labels")
     for name, dtype in (("mask", "uint8"), ("instances", "uint32")):
-        g = labels.require_group(name)
-        for k, (h, w) in enumerate(level_shapes(plan.work, plan.chunk)):
-            g.create_array(str(k), shape=(h, w), chunks=(C, C), dtype=dtype, overwrite=True)
+        ngff.create_levels(labels.require_group(name), shapes, dtype, plan.chunk)
     scratch = zarr.open_group(work_dir(out) / "scratch", mode="a", zarr_format=3)
     h, w = plan.work
+    C = plan.chunk
     scratch.create_array("provisional", shape=(h, w), chunks=(C, C), dtype="int32", overwrite=True)
     scratch.create_array("tissue", shape=(h, w), chunks=(C, C), dtype="bool", overwrite=True)
+
+
+def write_tiles(plan: SlidePlan, gates, boxes) -> None:
+    """``tiles/gates`` and ``tiles/boxes`` (replaced whole: a retried task writes the same)."""
+    import zarr
+
+    g = zarr.open_group(Path(plan.out), mode="a", zarr_format=3).require_group("tiles")
+    for name, data in (("gates", gates), ("boxes", boxes)):
+        chunks = tuple(max(1, n) for n in data.shape)
+        g.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype, overwrite=True)
+        if data.size:
+            g[name][...] = data
+
+
+def read_tiles(out: str | Path):
+    """(gates, boxes) of a finished slide, as numpy arrays."""
+    import zarr
+
+    g = zarr.open_group(Path(out) / "tiles", mode="r")
+    return np.asarray(g["gates"][...]), np.asarray(g["boxes"][...])
 
 
 def open_array(out: str | Path, key: str, mode: str = "r+"):
@@ -146,51 +161,20 @@ def open_array(out: str | Path, key: str, mode: str = "r+"):
 
 
 def write_metadata(plan: SlidePlan, summary: dict | None = None) -> None:
-    """The OME-NGFF metadata of the image and its labels (ome-zarr writes it), last."""
+    """The OME-NGFF metadata of the labels, then of the image (last: it marks completion)."""
     import zarr
-    from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
 
-    out = Path(plan.out)
-    root = zarr.open_group(out, mode="a", zarr_format=3)
-    px = plan.work_mpp or 1.0
-    unit = "micrometer" if plan.work_mpp else None
+    root = zarr.open_group(Path(plan.out), mode="a", zarr_format=3)
     shapes = level_shapes(plan.work, plan.chunk)
-
-    def datasets(channel: bool) -> list[dict]:
-        ds = []
-        for k, (h, w) in enumerate(shapes):
-            fy, fx = plan.work[0] / h, plan.work[1] / w
-            s = [px * fy, px * fx]
-            ds.append(
-                {
-                    "path": str(k),
-                    "coordinateTransformations": [
-                        {"type": "scale", "scale": ([1.0] if channel else []) + s}
-                    ],
-                }
-            )
-        return ds
-
-    axes = [{"name": "c", "type": "channel"}] + [
-        {"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in "yx"
-    ]
-    label_axes = axes[1:]
     for name in ("mask", "instances"):
-        g = root["labels"][name]
-        write_multiscales_metadata(g, datasets(False), axes=label_axes, name=name)
-        listed = dict(root["labels"].attrs).get("ome", {}).get("labels", [])
-        if name not in listed:
-            write_label_metadata(root["labels"], name, source={"image": "../../"})
-    write_multiscales_metadata(
+        ngff.write_label_metadata(root, name, shapes, plan.work_mpp)
+    ngff.write_image_metadata(
         root,
-        datasets(True),
-        axes=axes,
-        name=plan.name,
+        shapes,
+        plan.work_mpp,
+        plan.name,
+        channels=plan.maps,
         metadata={
-            "omero": {
-                "channels": [{"label": m, "active": True} for m in plan.maps],
-                "rdefs": {"model": "greyscale"},
-            },
             "semimoe": {
                 "maps": plan.maps,
                 "slide": plan.path,

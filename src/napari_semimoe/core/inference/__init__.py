@@ -1,7 +1,8 @@
 """Inference in parts: ``tiling`` (where tiles go, blend window), ``merge`` (where tile
 outputs are summed: memory, memory-mapped files, zarr), ``resample`` (working scale <->
-native), ``predictor`` (a loaded model run over tiles), ``slide_job`` (a whole slide into
-outputs, atomically) and ``writers`` (TIFF maps, gates)."""
+native), ``predictor`` (a loaded model run over tiles), ``slide_job`` (the working-scale reader,
+tissue, scratch folders) and ``writers`` (TIFF maps, gates). A whole slide is predicted by
+the cohort's block engine: :func:`napari_semimoe.core.cohort.predict_slide`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from .predictor import LoadedModel, PredictOptions, Predictor, WorkingPrediction
 from .resample import resample, resample_band
 from .slide_job import (
     SCRATCH_PREFIX,
-    predict_slide,
+    check_space,
     remove_stale_scratch,
     scratch_prefix,
     working_reader,
@@ -31,10 +32,10 @@ __all__ = [
     "WorkingPrediction",
     "ZarrMerger",
     "blend_window",
+    "check_space",
     "load_model",
     "make_merger",
     "map_level_shapes",
-    "predict_slide",
     "remove_stale_scratch",
     "resample",
     "resample_band",
