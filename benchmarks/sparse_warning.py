@@ -21,7 +21,11 @@ from scipy import ndimage as ndi
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from napari_semimoe.core.sparse import gland_like_unpainted, glands_of  # noqa: E402
+from napari_semimoe.core.sparse import (  # noqa: E402
+    count_gland_sized,
+    gland_like_unpainted,
+    glands_of,
+)
 
 
 def colour_mean_rule(image: np.ndarray, a: np.ndarray, sigma: float = 2.0) -> int:
@@ -33,15 +37,7 @@ def colour_mean_rule(image: np.ndarray, a: np.ndarray, sigma: float = 2.0) -> in
     f = ndi.gaussian_filter(image.astype(np.float32), (sigma, sigma, 0))
     g, b = f[glands].mean(0), f[unpainted].mean(0)
     near = ((f - g) ** 2).sum(-1) < ((f - b) ** 2).sum(-1)
-    rim = ndi.binary_dilation(glands, iterations=2)
-    cand = ndi.binary_opening(unpainted & near & ~rim, structure=np.ones((3, 3), bool))
-    regions, n = ndi.label(cand)
-    if not n:
-        return 0
-    comps, k = ndi.label(glands)
-    areas = ndi.sum_labels(np.ones(a.shape), comps, range(1, k + 1))
-    sizes = ndi.sum_labels(np.ones(a.shape), regions, range(1, n + 1))
-    return int((sizes >= 0.5 * float(np.median(areas))).sum())
+    return count_gland_sized(unpainted & near, glands)
 
 
 def main() -> int:

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import InputError
-from .model import ConvBlock, UpStep, upsampled_conv
+from .model import ConvBlock, UpStep, init_weights, upsampled_conv
 from .validate import width_problem
 
 GROUPS = ("head", "medium", "tail")
@@ -291,14 +291,7 @@ class DCANet(nn.Module):
         self.dfam = nn.ModuleList([DFAM(w[3 - i], n) for i in range(4)])
         self.head = nn.Conv2d(w[0], n_foreground + 1, 1)
         self.literal = False
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.normal_(m.weight, 1.0, 0.02)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     @property
     def literal(self) -> bool:

@@ -325,6 +325,19 @@ class MoEOutput:
     features: list[torch.Tensor]
 
 
+def init_weights(module: nn.Module) -> None:
+    """Upstream's initialisation, for every family's networks: Kaiming (fan-in) convolutions
+    and linear layers with zero biases, batch norms at weight ~ N(1, 0.02), bias 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
 class SemiMoE(nn.Module):
     """Three U-Net experts (seg, SDF, boundary) + MGP, plus the adaptive loss's log-variances s.
 
@@ -348,14 +361,7 @@ class SemiMoE(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.normal_(m.weight, 1.0, 0.02)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     @property
     def literal(self) -> bool:

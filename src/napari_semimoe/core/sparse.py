@@ -122,14 +122,21 @@ def gland_like_unpainted(image: np.ndarray, labels: np.ndarray) -> int:
     cov = np.atleast_2d(cov) + np.eye(f.shape[-1]) * 1e-4  # flat tiles: a ridge, not a crash
     w = np.linalg.solve(cov, mg - mb)
     near = f @ w > GLAND_SIDE * float(mg @ w) + (1 - GLAND_SIDE) * float(mb @ w)
-    # Not the rim of a painted gland (a brush edge, anti-aliased masks): a missed gland is a
-    # region of its own, so pixels within 2 px of painted glands do not count.
+    return count_gland_sized(near & unpainted, glands)
+
+
+def count_gland_sized(candidates: np.ndarray, glands: np.ndarray) -> int:
+    """Regions of gland-like unpainted pixels at least half the median painted gland.
+
+    Not the rim of a painted gland (a brush edge, anti-aliased masks): a missed gland is a
+    region of its own, so pixels within 2 px of painted glands do not count; the rest is
+    opened by a 3 x 3 square before the regions are counted."""
     rim = ndi.binary_dilation(glands, iterations=2)
-    cand = ndi.binary_opening(unpainted & near & ~rim, structure=np.ones((3, 3), bool))
+    cand = ndi.binary_opening(candidates & ~rim, structure=np.ones((3, 3), bool))
     regions, n = ndi.label(cand)
     if not n:
         return 0
     comps, k = ndi.label(glands)
-    areas = ndi.sum_labels(np.ones(a.shape), comps, range(1, k + 1))
-    sizes = ndi.sum_labels(np.ones(a.shape), regions, range(1, n + 1))
+    areas = ndi.sum_labels(np.ones(glands.shape), comps, range(1, k + 1))
+    sizes = ndi.sum_labels(np.ones(glands.shape), regions, range(1, n + 1))
     return int((sizes >= 0.5 * float(np.median(areas))).sum())
