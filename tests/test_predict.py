@@ -405,7 +405,7 @@ def test_sigterm_during_predict_cleans_up(tmp_path):
 def test_glands_lying_on_glass_are_dropped_and_the_rest_keep_their_ids():
     """An object mostly on glass (a mosaic's gap, a slide's margin) goes; one mostly in
     tissue stays, without its pixels on glass; ids are not renumbered."""
-    from napari_semimoe.core.instances import drop_off_tissue, region
+    from napari_semimoe.core.instances import drop_off_tissue
 
     tissue = np.zeros((6, 10), bool)
     tissue[:, :5] = True
@@ -417,6 +417,22 @@ def test_glands_lying_on_glass_are_dropped_and_the_rest_keep_their_ids():
     assert sorted(np.unique(out)) == [0, 2, 7] and (out[inst == 2] == 2).all()
     assert (out[inst == 7] == 7).sum() == 4 and not out[:, 5:].any()  # its glass part goes
     assert drop_off_tissue(np.zeros((2, 2), np.int32), np.zeros((2, 2), bool)).max() == 0
-    # the box of a view at the slide's edge: outside the mask is no tissue
-    crop = region(tissue, -1, 3, 3, 4)
-    assert crop.shape == (3, 4) and not crop[0].any() and crop[1:].tolist() == [[1, 1, 0, 0]] * 2
+
+
+def test_the_tissue_of_a_view_is_that_part_of_the_slides_mask(tmp_path):
+    """tissue_mask(box) costs the view's size and equals the whole mask's crop; outside the
+    slide is no tissue."""
+    from PIL import Image
+
+    from napari_semimoe.core.slide import open_slide, tissue_mask
+
+    img = np.full((60, 80, 3), 245, np.uint8)
+    img[10:40, 20:70] = (150, 60, 140)  # stained tissue on glass
+    Image.fromarray(img).save(tmp_path / "s.png")
+    slide = open_slide(tmp_path / "s.png")
+    whole = tissue_mask(slide, 2.0)
+    assert whole.shape == (30, 40) and whole[10, 20] and not whole[0, 0]
+    assert np.array_equal(tissue_mask(slide, 2.0, (3, 5, 10, 12)), whole[3:13, 5:17])
+    edge = tissue_mask(slide, 2.0, (-2, 30, 6, 14))  # off the top and the right
+    assert edge.shape == (6, 14) and not edge[:2].any() and not edge[:, 10:].any()
+    assert np.array_equal(edge[2:, :10], whole[:4, 30:40])

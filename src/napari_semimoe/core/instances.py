@@ -104,10 +104,3 @@ def drop_off_tissue(instances: np.ndarray, tissue: np.ndarray, share: float = 0.
     out[off[inst] | ~tissue] = 0
     return out
 
-
-def region(mask: np.ndarray, y: int, x: int, h: int, w: int) -> np.ndarray:
-    """``mask[y:y + h, x:x + w]``, False where the box leaves the mask (a view at the edge)."""
-    out = np.zeros((h, w), bool)
-    part = np.asarray(mask)[max(0, y) : y + h, max(0, x) : x + w]
-    out[max(0, -y) : max(0, -y) + part.shape[0], max(0, -x) : max(0, -x) + part.shape[1]] = part
-    return out

@@ -791,8 +791,12 @@ def read_mask(path: str | os.PathLike[str], shape: tuple[int, int] | None = None
 # --------------------------------------------------------------------------- tissue
 
 
-def tissue_mask(slide: Slide, scale: float) -> np.ndarray:
-    """Boolean tissue mask on the working grid ``(ceil(H / scale), ceil(W / scale))``.
+def tissue_mask(
+    slide: Slide, scale: float, box: tuple[int, int, int, int] | None = None
+) -> np.ndarray:
+    """Boolean tissue mask on the working grid ``(ceil(H / scale), ceil(W / scale))``, or
+    only its part ``box`` = (y, x, h, w) in working px (False outside the grid): a view of
+    a gigapixel slide then costs its own size, not the whole grid's.
 
     Computed on a level of about 2048 px: stained tissue is saturated, glass is near-white
     and grey. The Otsu threshold on saturation is clamped to [0.05, 0.15] so an all-glass
@@ -817,10 +821,15 @@ def tissue_mask(slide: Slide, scale: float) -> np.ndarray:
 
     H, W = slide.shape
     oh, ow = math.ceil(H / scale), math.ceil(W / scale)
+    y0, x0, h, w = box if box is not None else (0, 0, oh, ow)
     sh, sw = small.shape
-    iy = np.minimum(((np.arange(oh) + 0.5) * scale * sh / H).astype(np.int64), sh - 1)
-    ix = np.minimum(((np.arange(ow) + 0.5) * scale * sw / W).astype(np.int64), sw - 1)
-    return small[iy[:, None], ix[None, :]]
+    ry, rx = np.arange(y0, y0 + h), np.arange(x0, x0 + w)
+    iy = np.clip(((ry + 0.5) * scale * sh / H).astype(np.int64), 0, sh - 1)
+    ix = np.clip(((rx + 0.5) * scale * sw / W).astype(np.int64), 0, sw - 1)
+    out = small[iy[:, None], ix[None, :]]
+    out[(ry < 0) | (ry >= oh)] = False
+    out[:, (rx < 0) | (rx >= ow)] = False
+    return out
 
 
 def _drop_small(mask: np.ndarray, min_size: int, keep_border: bool = False) -> np.ndarray:

@@ -228,10 +228,10 @@ def _predict(ckpt: Path, slide, box: tuple[int, int, int, int]) -> dict:
         maps = {k: np.asarray(v) for k, v in wp.maps.items()}
         maps["mask"] = pred.mask(maps)
         # the glands as the final prediction shows them (specks dropped, touching ones split)
-        from ..core.instances import drop_off_tissue, region
+        from ..core.instances import drop_off_tissue
         from ..core.slide import tissue_mask
 
-        tissue = region(tissue_mask(slide, s), ys, xs, hs, ws)  # no glands on glass
+        tissue = tissue_mask(slide, s, (ys, xs, hs, ws))  # no glands on glass
         instances = np.asarray(drop_off_tissue(pred.instances(maps), tissue), np.int32)
         return {
             "outline": outline_image(instances),

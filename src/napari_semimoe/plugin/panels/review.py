@@ -184,7 +184,7 @@ class ReviewPanel(QWidget):
 
         from ...core.device import releasing_memory
         from ...core.inference import PredictOptions, Predictor, load_model
-        from ...core.instances import drop_off_tissue, region
+        from ...core.instances import drop_off_tissue
         from ...core.slide import tissue_mask
         from ...core.uncertainty import supports, uncertainty_map
 
@@ -216,7 +216,6 @@ class ReviewPanel(QWidget):
 
             counts = [len(TileGrid(sz, t, pred.overlap)) for sz in sizes]
             total = sum(counts)
-            tissue = tissue_mask(slide, s)  # glands on glass are dropped (a small level: ms)
             results = []
             for i, ((y, x, _h, _w), (hs, ws)) in enumerate(zip(boxes, sizes)):
                 base = sum(counts[:i])  # tiles of the regions before this one
@@ -233,7 +232,7 @@ class ReviewPanel(QWidget):
                     return None
                 maps = {k: np.asarray(v) for k, v in wp.maps.items()}
                 maps["mask"] = pred.mask(maps)
-                on_tissue = region(tissue, ys, xs, hs, ws)
+                on_tissue = tissue_mask(slide, s, (ys, xs, hs, ws))  # glands on glass go
                 inst = drop_off_tissue(pred.instances(maps), on_tissue)
                 maps["instances"] = inst
                 maps["mask"] = maps["mask"] * (inst > 0)  # what is kept, as one mask
