@@ -15,10 +15,10 @@ cross-expert consistency on unlabeled tiles (the Semi-MoE project page's variant
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -27,9 +27,8 @@ from ..device import autocast
 from ..losses import seg_dice_loss
 from ..model import UNetExpert, global_mean, same_layout_grad
 from ..routing import AttributeMoE, balance_term, noisy_top_k
-from ..targets import seg_target
-from .base import Family, Inference, Losses, Task, softmax_foreground
-from .semimoe import PROB_STYLE
+from .base import Family, Inference, Losses, softmax_foreground
+from .semimoe import SEMIMOE_TASKS
 
 #: Encoder levels (0 = finest, 4 = bottleneck) that get a dMoE block with attribute routing.
 ROUTED_LEVELS: tuple[int, ...] = (3, 4)
@@ -137,25 +136,11 @@ class MoEK(nn.Module):
         return MoEKOutput(gated, experts, gates, pooled)
 
 
-def _seg_target(mask: np.ndarray, config: Any) -> np.ndarray:
-    return seg_target(mask)
-
-
 class MoEKFamily(Family):
     name = "moe-k"
     label = "MoE-K"
-    tasks = (
-        Task(
-            "seg",
-            2,
-            _seg_target,
-            seg_dice_loss,
-            softmax_foreground,
-            "prob",
-            style=PROB_STYLE,  # the same map as Semi-MoE's gland probability
-            title="gland probability",
-        ),
-    )
+    #: Semi-MoE's segmentation task (target, loss, map, style); K experts, none per task.
+    tasks = (dataclasses.replace(SEMIMOE_TASKS[0], expert_title=""),)
     width_tensor = "model.experts.0.enc.0.0.weight"
     #: The gate weights of K experts; the default K, a checkpoint's own K is in its config.
     gate_shape = (4,)
