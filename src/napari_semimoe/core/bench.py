@@ -55,6 +55,23 @@ def cpu_description() -> dict:
     return {"cpu": model, **cpu_bf16_units()}
 
 
+def _timed_steps(trainers: dict, repeats: int, log) -> dict[str, list[float]]:
+    """Seconds of each trainer's steps, the trainers interleaved in every repeat so that a
+    load change on the machine falls on all of them alike (their ratios stay fair)."""
+    times: dict[str, list[float]] = {k: [] for k in trainers}
+    for r in range(repeats):
+        for k, tr in trainers.items():
+            t = time.perf_counter()
+            tr.step()
+            _sync(tr.device)
+            times[k].append(time.perf_counter() - t)
+        log(
+            f"train repeat {r + 1}/{repeats}: "
+            + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items())
+        )
+    return times
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":  # GPU work is asynchronous: time it to its end
         torch.cuda.synchronize(device)
@@ -117,17 +134,7 @@ def run_bench(
         tr.step()
     warm = time.perf_counter() - t0
     log(f"warm-up (incl. compile) {warm:.1f} s")
-    times: dict[str, list[float]] = {k: [] for k in trainers}
-    for r in range(repeats):
-        for k, tr in trainers.items():
-            t = time.perf_counter()
-            tr.step()
-            _sync(tr.device)
-            times[k].append(time.perf_counter() - t)
-        log(
-            f"train repeat {r + 1}/{repeats}: "
-            + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items())
-        )
+    times = _timed_steps(trainers, repeats, log)
     train_fast = float(np.median(times["fast"]))
     train_ref = float(np.median(times["reference"]))
     extra = {}
@@ -211,17 +218,7 @@ def family_bench(
     }
     for tr in trainers.values():  # warm-up
         tr.step()
-    times: dict[str, list[float]] = {n: [] for n in trainers}
-    for r in range(repeats):
-        for n, tr in trainers.items():
-            t = time.perf_counter()
-            tr.step()
-            _sync(tr.device)
-            times[n].append(time.perf_counter() - t)
-        log(
-            f"train repeat {r + 1}/{repeats}: "
-            + ", ".join(f"{n} {v[-1]:.2f} s" for n, v in times.items())
-        )
+    times = _timed_steps(trainers, repeats, log)
     med = {n: float(np.median(v)) for n, v in times.items()}
     first = next(iter(trainers.values()))
     out = {
