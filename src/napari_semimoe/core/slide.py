@@ -488,6 +488,8 @@ class Slide:
     downsamples: list[float]
     mpp: float | None = None
     _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    #: The tissue mask of the ~2048 px level (:func:`tissue_mask`), once computed.
+    _tissue_small: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_array(
@@ -803,6 +805,25 @@ def tissue_mask(
     image stays empty and an all-tissue tile is all tissue. Specks are dropped and small
     holes (lumina, fat) filled, then the mask is resized by nearest neighbour.
     """
+    small = _tissue_level(slide)
+    H, W = slide.shape
+    oh, ow = math.ceil(H / scale), math.ceil(W / scale)
+    y0, x0, h, w = box if box is not None else (0, 0, oh, ow)
+    sh, sw = small.shape
+    ry, rx = np.arange(y0, y0 + h), np.arange(x0, x0 + w)
+    iy = np.clip(((ry + 0.5) * scale * sh / H).astype(np.int64), 0, sh - 1)
+    ix = np.clip(((rx + 0.5) * scale * sw / W).astype(np.int64), 0, sw - 1)
+    out = small[iy[:, None], ix[None, :]]
+    out[(ry < 0) | (ry >= oh)] = False
+    out[:, (rx < 0) | (rx >= ow)] = False
+    return out
+
+
+def _tissue_level(slide: Slide) -> np.ndarray:
+    """The tissue mask on a level of about 2048 px, computed once per open slide (a view's
+    prediction asks for it region by region)."""
+    if slide._tissue_small is not None:
+        return slide._tissue_small
     from skimage.filters import threshold_otsu
 
     fits = [i for i in range(len(slide.levels)) if max(slide.level_shape(i)) <= TISSUE_LEVEL_SIZE]
@@ -818,18 +839,8 @@ def tissue_mask(
     small = _drop_small(small, max(16, int(npix * 2e-4)))
     holes = _drop_small(~small, max(64, int(npix * 1e-2)), keep_border=True)
     small = ~holes
-
-    H, W = slide.shape
-    oh, ow = math.ceil(H / scale), math.ceil(W / scale)
-    y0, x0, h, w = box if box is not None else (0, 0, oh, ow)
-    sh, sw = small.shape
-    ry, rx = np.arange(y0, y0 + h), np.arange(x0, x0 + w)
-    iy = np.clip(((ry + 0.5) * scale * sh / H).astype(np.int64), 0, sh - 1)
-    ix = np.clip(((rx + 0.5) * scale * sw / W).astype(np.int64), 0, sw - 1)
-    out = small[iy[:, None], ix[None, :]]
-    out[(ry < 0) | (ry >= oh)] = False
-    out[:, (rx < 0) | (rx >= ow)] = False
-    return out
+    slide._tissue_small = small
+    return small
 
 
 def _drop_small(mask: np.ndarray, min_size: int, keep_border: bool = False) -> np.ndarray:
