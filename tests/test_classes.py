@@ -21,6 +21,7 @@ from napari_semimoe.core.targets import boundary_band, class_target, signed_dist
 from napari_semimoe.core.train import TrainConfig, Trainer
 
 THREE = ClassTable.from_names(["background", "benign", "malignant"])
+ONE = ClassTable.from_names(["background", "gland"])
 
 
 def test_read_classes_absent_is_binary_and_round_trip(tmp_path):
@@ -134,3 +135,35 @@ def test_multiclass_semimoe_trains_and_predicts_a_class_map(tmp_path):
     np.testing.assert_allclose(total, 1.0, atol=1e-4)
     assert out["classes"].dtype == np.uint8 and out["classes"].max() <= 2
     assert loaded.family.label_maps()["classes"] == {0: "background", 1: "benign", 2: "malignant"}
+
+
+def test_labeled_choice_covers_every_class(tmp_path):
+    """10 % labels, per class: a rare class (one image of 20) is always labeled, whatever
+    the seed; binary selection is unchanged by the class-aware path."""
+    from PIL import Image
+
+    from napari_semimoe.core.data import choose_labeled, scan_folder
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(20):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / f"i{i:02d}.png")
+        m = np.zeros((8, 8), np.uint8)
+        m[:4] = 1
+        if i == 13:
+            m[:4] = 2  # the only image with class 2 (and without class 1)
+        Image.fromarray(m).save(tmp_path / "masks" / f"i{i:02d}.png")
+    items = scan_folder(tmp_path)
+    hit = 0
+    for seed in range(6):
+        labeled, unlabeled = choose_labeled(items, 2, seed=seed, classes=THREE)
+        names = [it.name for it in labeled]
+        assert len(labeled) == 2 and "i13" in names and len(unlabeled) == 18
+        plain, _ = choose_labeled(items, 2, seed=seed)
+        one, _ = choose_labeled(items, 2, seed=seed, classes=ONE)  # C = 1: the binary draw
+        assert [it.name for it in one] == [it.name for it in plain]
+        hit += "i13" in [it.name for it in plain]
+    assert hit < 6  # without the table the rare image is not always drawn
+    # One labeled image asked for but two needed to cover both classes: two, with a warning.
+    labeled, _ = choose_labeled(items, 1, seed=0, classes=THREE)
+    assert len(labeled) == 2

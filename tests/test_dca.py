@@ -27,6 +27,7 @@ from napari_semimoe.core.dca import (
     parse_split_text,
     split_labels,
     stitch_logits,
+    thirds_split,
 )
 from napari_semimoe.core.errors import InputError
 from napari_semimoe.core.families import get_family
@@ -71,6 +72,18 @@ def test_log_gap_class_without_pixels_goes_to_the_tail():
         log_gap_split([7])
 
 
+def test_thirds_split_by_rank():
+    # shares 50, 20, 15, 8, 5, 2 %: ranks cut 2 / 2 / 2 whatever the gaps
+    s = thirds_split([8, 50, 2, 20, 5, 15])
+    assert (s.head, s.medium, s.tail, s.source) == ((2, 4), (6, 1), (5, 3), "thirds")
+    # seven classes: head and medium take the extra class; an empty class is ranked last
+    s = thirds_split([40, 30, 10, 9, 6, 5, 0])
+    assert (s.head, s.medium, s.tail) == ((1, 2, 3), (4, 5), (6, 7))
+    # C = 2: head + tail, no medium
+    s = thirds_split([1, 9])
+    assert (s.head, s.medium, s.tail) == ((2,), (), (1,))
+
+
 def test_user_split_is_checked():
     s = parse_split_text("2/ /1,3", 3)
     assert _groups(s) == ((2,), (), (1, 3)) and s.source == "user"
@@ -107,6 +120,20 @@ def test_decoder_parameter_counts_and_dfam_attention():
     assert out.attention.shape == (2, 3, 32, 32) and out.aggregated.shape == (2, 4, 32, 32)
     torch.testing.assert_close(out.attention.sum(1), torch.ones(2, 32, 32))
     assert out.decoders["medium"].shape[1] == 2
+    # The averaging ablation: A = 1/3 everywhere, no DFAM parameters, same decoders.
+    avg = DCANet(4, split, 3, fusion="average").eval()
+    assert sum(p.numel() for p in avg.dfam.parameters()) == 0
+    assert sum(p.numel() for p in net.dfam.parameters()) > 0
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        a = avg(x)
+        feats = [torch.randn(1, 4, 8, 8) for _ in range(3)]
+        up = torch.randn(1, 4, 8, 8)
+        mixed, att = avg.dfam[0](feats, up)
+    torch.testing.assert_close(a.attention, torch.full((1, 3, 32, 32), 1 / 3))
+    torch.testing.assert_close(mixed, up + (feats[0] + feats[1] + feats[2]) / 3)
+    with pytest.raises(ValueError, match="fusion"):
+        DCANet(4, split, 3, fusion="max")
     # C = 2: no medium decoder, attention over two experts.
     two = DCANet(4, Split((1,), (), (2,)), 2)
     assert set(two.decoders) == {"head", "tail"} and two.dfam[-1].attn.out_channels == 2
@@ -200,6 +227,14 @@ def test_cli_trains_dca_and_evaluates_per_class(tmp_path, capsys):
     assert main([*args, "--dca-split", "1//2", "--out", str(run), *common]) == 0
     _, err = capsys.readouterr()
     assert "DCA b=4, head [1] / medium [] / tail [2]" in err
+    # The ablations: the thirds rule and averaging, stored in the run and used at load.
+    abl = tmp_path / "abl"
+    extra = ["--dca-split", "thirds", "--dca-fusion", "average"]
+    assert main([*args, *extra, "--out", str(abl), *common]) == 0
+    capsys.readouterr()
+    cfg = json.loads((abl / "config.json").read_text())
+    assert cfg["dca_split"]["source"] == "thirds" and cfg["dca_fusion"] == "average"
+    assert load_model(abl).model.dfam[0].fusion == "average"
     out_json = tmp_path / "m.json"
     assert main(["evaluate", str(run), "--data", str(root), "--json", str(out_json)]) == 0
     out, _ = capsys.readouterr()

@@ -92,9 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--dca-split",
-        metavar="H/M/T",
-        help="DCA: head/medium/tail class ids, e.g. 1,2/3/4,5 (medium may be empty; default "
-        "the log-gap split of the labeled masks, printed at the start)",
+        metavar="RULE|H/M/T",
+        help="DCA: head/medium/tail class ids, e.g. 1,2/3/4,5 (medium may be empty), or a rule "
+        "applied to the labeled masks: log-gap (default, printed at the start) or thirds "
+        "(equal thirds by pixel share: the ablation)",
+        **run_opt,
+    )
+    t.add_argument(
+        "--dca-fusion",
+        choices=("dfam", "average"),
+        help="DCA: how the decoders are aggregated: dfam (per-pixel attention, default) or "
+        "average (the ablation)",
         **run_opt,
     )
     t.add_argument(

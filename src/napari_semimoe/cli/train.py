@@ -53,6 +53,7 @@ RUN_OPTIONS = (
     "deterministic",
     "unknown_value",
     "dca_split",
+    "dca_fusion",
     "experts",
     "top_k",
     "balance",
@@ -89,6 +90,7 @@ def run_defaults() -> dict[str, object]:
         "deterministic": c.deterministic,
         "unknown_value": c.unknown_value,
         "dca_split": None,  # the log-gap split of the labeled masks
+        "dca_fusion": c.dca_fusion,
         "experts": c.experts,
         "top_k": c.top_k,
         "balance": c.balance,
@@ -219,7 +221,10 @@ def _start_training(args: argparse.Namespace, folder, client=None):
         unlabeled_dirs = [str(Path(d).resolve()) for d in (args.unlabeled or [])]
         items = scan_folder(data_dir)
         table = read_classes(data_dir)  # None: binary, as ever
-        labeled, unlabeled = choose_labeled(items, args.labeled, args.labeled_fraction, args.seed)
+        labeled, unlabeled = choose_labeled(
+            items, args.labeled, args.labeled_fraction, args.seed, classes=table
+        )
+        dca_split, dca_rule = _dca_split(args.dca_split, table)
         unlabeled += _unlabeled_items(args.unlabeled or [])
         config = TrainConfig(
             family=family,
@@ -241,7 +246,9 @@ def _start_training(args: argparse.Namespace, folder, client=None):
             per_instance_boundary=args.instance_boundaries,
             unknown_value=args.unknown_value,
             classes=None if table is None else table.to_list(),
-            dca_split=_dca_split(args.dca_split, table),
+            dca_split=dca_split,
+            dca_split_rule=dca_rule,
+            dca_fusion=args.dca_fusion,
             experts=args.experts,
             top_k=args.top_k,
             balance=args.balance,
@@ -284,15 +291,16 @@ def _start_training(args: argparse.Namespace, folder, client=None):
     return trainer
 
 
-def _dca_split(text: str | None, table) -> dict | None:
-    """``--dca-split H/M/T`` checked against the data folder's classes (None: log-gap)."""
-    if text is None:
-        return None
-    from ..core.dca import parse_split_text
+def _dca_split(text: str | None, table) -> tuple[dict | None, str]:
+    """``--dca-split log-gap|thirds|H/M/T`` checked against the data folder's classes:
+    (the split, or None for a rule applied to the labeled masks; the rule)."""
+    from ..core.dca import SPLIT_RULES, parse_split_text
 
+    if text is None or text in SPLIT_RULES:
+        return None, text or "log-gap"
     if table is None:
         raise InputError("--dca-split needs a multi-class data folder (a classes.json)")
-    return parse_split_text(text, table.n_foreground).to_dict()
+    return parse_split_text(text, table.n_foreground).to_dict(), "log-gap"
 
 
 def _resume_plan(args: argparse.Namespace, folder):

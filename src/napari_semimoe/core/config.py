@@ -54,6 +54,12 @@ class TrainConfig:
     #: DCA's head / medium / tail split ({"head": [ids], ...}); None = the log-gap split of
     #: the labeled masks, computed when the run starts and stored here.
     dca_split: dict | None = None
+    #: DCA without a given split: "log-gap" (the poster's rule) or "thirds" (the ablation's
+    #: equal thirds by labeled share).
+    dca_split_rule: str = "log-gap"
+    #: DCA's aggregation: "dfam" (per-pixel attention over the decoders) or "average" (the
+    #: ablation).
+    dca_fusion: str = "dfam"
     #: moe-k: the number K of homogeneous experts.
     experts: int = 4
     #: moe-k's gate: 0 = a dense softmax over the K experts (the project page); 1..K-1 =

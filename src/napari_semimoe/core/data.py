@@ -96,10 +96,15 @@ def choose_labeled(
     n: int | None = None,
     fraction: float | None = None,
     seed: int = 0,
+    classes=None,
 ) -> tuple[list[DataItem], list[DataItem]]:
     """Pick the labeled images at random (seeded); all others are used unlabeled.
 
-    Only images with a mask can be labeled. Returns (labeled, unlabeled), each sorted by name.
+    Only images with a mask can be labeled. With a multi-class table (``classes``), every
+    class present in some mask gets at least one labeled image: the rarest class (fewest
+    images) first, each from the seeded order, then the rest of that order; this can take
+    more than ``n`` images (said in the log). Binary selection is unchanged. Returns
+    (labeled, unlabeled), each sorted by name.
     """
     with_mask = [it for it in items if it.mask_path is not None]
     if not with_mask and items:
@@ -125,7 +130,10 @@ def choose_labeled(
         )
         raise InputError(f"{n} labeled images asked for, but only {have}")
     rng = np.random.default_rng(seed)
-    picked = set(rng.choice(len(with_mask), size=n, replace=False).tolist())
+    if classes is not None and classes.n_foreground > 1:
+        picked = _cover_classes(with_mask, n, rng, classes.n_foreground)
+    else:
+        picked = set(rng.choice(len(with_mask), size=n, replace=False).tolist())
     labeled_names = {with_mask[i].name for i in picked}
     labeled = [it for it in items if it.name in labeled_names]
     unlabeled = [it for it in items if it.name not in labeled_names]
@@ -133,6 +141,31 @@ def choose_labeled(
 
 
 # ----------------------------------------------------------------------------- working scale
+
+
+def _cover_classes(with_mask: Sequence[DataItem], n: int, rng, n_classes: int) -> set[int]:
+    """Indices of ``n`` (or more) images, seeded, holding every class of the masks."""
+    from .slide import read_mask
+
+    present = []
+    for it in with_mask:
+        ids = np.unique(read_mask(it.mask_path))
+        present.append({int(k) for k in ids if 0 < k <= n_classes})
+    order = rng.permutation(len(with_mask)).tolist()
+    images_of = {k: sum(k in p for p in present) for k in range(1, n_classes + 1)}
+    picked: list[int] = []
+    for k in sorted((k for k, c in images_of.items() if c), key=lambda k: (images_of[k], k)):
+        if not any(k in present[i] for i in picked):
+            picked.append(next(i for i in order if k in present[i]))
+    needed = len(picked)
+    picked += [i for i in order if i not in picked][: max(0, n - needed)]
+    if needed > n:
+        log.warning(
+            "%d labeled images asked for, %d taken: one image of every class needs that many",
+            n,
+            needed,
+        )
+    return set(picked)
 
 
 @dataclass(frozen=True)

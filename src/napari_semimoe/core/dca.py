@@ -8,6 +8,7 @@ predicts with them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +29,12 @@ DECODER_BLOCKS: dict[str, tuple[int, int, int, int]] = {
     "tail": (4, 4, 3, 2),
 }
 DECODER_DILATION: dict[str, int] = {"head": 2, "medium": 1, "tail": 1}
+#: How the aggregated path mixes the decoders' features: DFAM's per-pixel attention, or the
+#: ablation's plain average.
+FUSIONS = ("dfam", "average")
+#: How the classes are split when the user gives no split: the poster's log-gap rule, or the
+#: ablation's equal thirds by rank.
+SPLIT_RULES = ("log-gap", "thirds")
 
 
 # ----------------------------------------------------------------------------- divide
@@ -147,6 +154,21 @@ def log_gap_split(counts: Sequence[int]) -> Split:
     )
 
 
+def thirds_split(counts: Sequence[int]) -> Split:
+    """The ablation's fixed rule (poster Tab. 4): classes ranked by labeled share as for the
+    log-gap split (a class with no labeled pixel last), cut into three near-equal groups by
+    rank (``numpy.array_split``: head and medium take the extra classes); C = 2 gives head +
+    tail."""
+    ref = log_gap_split(counts)
+    ranked = [k for k in ref.order if ref.counts[k - 1] > 0]
+    ranked += [k for k in ref.order if ref.counts[k - 1] == 0]
+    parts = [tuple(int(k) for k in a) for a in np.array_split(np.array(ranked), 3)]
+    head, medium, tail = parts
+    if not tail:  # C = 2: no medium decoder
+        medium, tail = (), medium
+    return dataclasses.replace(ref, head=head, medium=medium, tail=tail, source="thirds")
+
+
 def parse_split_text(text: str, n_foreground: int) -> Split:
     """``"1,2/3/4,5"`` (head/medium/tail class ids; medium may be empty) -> a checked split."""
     parts = text.split("/")
@@ -232,10 +254,16 @@ class DFAM(nn.Module):
 
     F_con = concat of each expert's 1x1 projection (to ``channels // 2``: the poster does not
     give the width); A = softmax over the experts of 1x1(ReLU(3x3(F_con))), per pixel;
-    returns (sum_x A_x F_x + F_up, A)."""
+    returns (sum_x A_x F_x + F_up, A). ``fusion="average"`` is the ablation (poster Tab. 5):
+    A = 1/n everywhere, no parameters."""
 
-    def __init__(self, channels: int, n: int) -> None:
+    def __init__(self, channels: int, n: int, fusion: str = "dfam") -> None:
         super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"DCA fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        self.fusion, self.n = fusion, n
+        if fusion == "average":
+            return
         half = max(1, channels // 2)
         self.proj = nn.ModuleList([nn.Conv2d(channels, half, 1) for _ in range(n)])
         self.mix = nn.Conv2d(n * half, half, 3, padding=1)
@@ -244,6 +272,9 @@ class DFAM(nn.Module):
     def forward(
         self, feats: Sequence[torch.Tensor], up: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fusion == "average":
+            a = feats[0].new_full((feats[0].shape[0], self.n, *feats[0].shape[2:]), 1 / self.n)
+            return up + sum(feats) / self.n, a
         con = torch.cat([p(f) for p, f in zip(self.proj, feats)], dim=1)
         a = torch.softmax(self.attn(F.relu(self.mix(con))).float(), dim=1).to(feats[0].dtype)
         out = up
@@ -267,7 +298,14 @@ class DCANet(nn.Module):
     """One U-Net encoder (width b), one asymmetric decoder per non-empty group, DFAM at each
     decoder stage on an aggregated path that starts from the bottleneck."""
 
-    def __init__(self, width: int, split: Split, n_foreground: int, in_channels: int = 3):
+    def __init__(
+        self,
+        width: int,
+        split: Split,
+        n_foreground: int,
+        in_channels: int = 3,
+        fusion: str = "dfam",
+    ):
         super().__init__()
         bad = width_problem(width)
         if bad:
@@ -288,7 +326,7 @@ class DCANet(nn.Module):
         self.agg_up = nn.ModuleList(
             [nn.Sequential(*_conv_bn_relu(w[4 - i], w[3 - i])) for i in range(4)]
         )
-        self.dfam = nn.ModuleList([DFAM(w[3 - i], n) for i in range(4)])
+        self.dfam = nn.ModuleList([DFAM(w[3 - i], n, fusion) for i in range(4)])
         self.head = nn.Conv2d(w[0], n_foreground + 1, 1)
         self.literal = False
         init_weights(self)

@@ -20,13 +20,16 @@ from torch import nn
 
 from ..classes import pixel_counts, table_of
 from ..dca import (
+    FUSIONS,
     GROUPS,
+    SPLIT_RULES,
     DCANet,
     Split,
     count_dca_parameters,
     log_gap_split,
     split_labels,
     stitch_logits,
+    thirds_split,
 )
 from ..device import autocast
 from ..errors import InputError
@@ -79,10 +82,17 @@ class DCAFamily(Family):
     # ------------------------------------------------------------------ building
 
     def prepare(self, config: Any, data: Any) -> None:
-        """The log-gap split of the labeled masks, unless the config gives one."""
+        """The log-gap (or equal-thirds) split of the labeled masks, unless the config gives
+        one."""
         table = self._table(config)
         if config.dca_split is None:
-            split = log_gap_split(pixel_counts(data.labeled_masks, table.n_foreground))
+            rule = {"log-gap": log_gap_split, "thirds": thirds_split}.get(config.dca_split_rule)
+            if rule is None:
+                raise InputError(
+                    f"DCA split rule must be one of {', '.join(SPLIT_RULES)}, "
+                    f"got {config.dca_split_rule!r}"
+                )
+            split = rule(pixel_counts(data.labeled_masks, table.n_foreground))
         else:
             split = Split.from_dict(config.dca_split, table.n_foreground)
         config.dca_split = split.to_dict()
@@ -126,7 +136,10 @@ class DCAFamily(Family):
     def build(self, config: Any) -> DCANet:
         if self.classes is None or self.split_of is None:
             raise InputError("the dca family builds a model only for a run's classes and split")
-        return DCANet(int(config.width), self.split_of, self.classes.n_foreground)
+        fusion = getattr(config, "dca_fusion", "dfam")
+        if fusion not in FUSIONS:
+            raise InputError(f"DCA fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        return DCANet(int(config.width), self.split_of, self.classes.n_foreground, fusion=fusion)
 
     def parameter_counts(self, model: nn.Module) -> dict[str, int]:
         return count_dca_parameters(model)
