@@ -100,7 +100,7 @@ def test_the_trainer_routes_each_image_through_its_attributes_router(tmp_path):
         geometry=Geometry(input_size=32).to_dict(),
     )  # fmt: skip
     tr = Trainer(cfg, data, tmp_path / "run")
-    block = tr.model.routing["4"]
+    block = tr.model.routing.blocks["4"]
     w0 = block.w.detach().clone()
     assert tr.run() == "done"
     w1, w0 = block.w.detach().flatten(1).double(), w0.flatten(1).double()
@@ -110,3 +110,60 @@ def test_the_trainer_routes_each_image_through_its_attributes_router(tmp_path):
     shrink = (w1 * w0).sum(1, keepdim=True) / (w0 * w0).sum(1, keepdim=True)
     learnt = (w1 - shrink * w0).norm(dim=1)
     assert learnt[1] < 1e-6 and learnt[0] > 1e-3 and learnt[2] > 1e-3, learnt
+
+
+@pytest.mark.parametrize("family", ["semimoe", "dca"])
+def test_attribute_routing_is_an_option_of_every_family(tmp_path, family):
+    """Semi-MoE's three experts and DCA's encoder get the same shared dMoE blocks; the
+    trainer's routes reach them, and a model without routing is today's, weight for weight."""
+    from napari_semimoe.core.bench import synthetic_tiles
+    from napari_semimoe.core.classes import ClassTable
+    from napari_semimoe.core.data import Geometry, TrainingSet
+    from napari_semimoe.core.families import get_family
+    from napari_semimoe.core.routing import routing_of, set_routes
+    from napari_semimoe.core.train import TrainConfig, Trainer
+
+    images, masks = synthetic_tiles(3, size=32, seed=4)
+    kw = {}
+    if family == "dca":
+        kw = {"classes": ClassTable.from_names(["background", "a", "b"]).to_list()}
+        masks = [np.where(m == 1, 2, np.where(m > 1, 1, 0)).astype(np.uint8) for m in masks]
+    data = TrainingSet(
+        images[:2], masks[:2], images[2:], labeled_attributes=["a", "b"],
+        unlabeled_attributes=["a"],
+    )  # fmt: skip
+    cfg = TrainConfig(
+        family=family, width=4, iterations=2, threads=1, precision="fp32",
+        attribute_routing=True, attribute_values=["a", "b"], any_fraction=0.0,
+        geometry=Geometry(input_size=32).to_dict(), **kw,
+    )  # fmt: skip
+    tr = Trainer(cfg, data, tmp_path / "run")
+    r = routing_of(tr.model)
+    assert r is not None and r.routers == ["a", "b", ANY]
+    before = {k: v.detach().clone() for k, v in r.named_parameters()}
+    assert tr.run() == "done"
+    assert any(not torch.equal(before[k], v) for k, v in r.named_parameters())
+    # The routes change the output; no route is the "any" router.
+    model = tr.model.eval()
+    x = torch.randn(1, 3, 32, 32)
+    fam = get_family(family).configure(tr.config)
+    outs = {}
+    with torch.no_grad():
+        for route in (0, 1, None, 2):
+            set_routes(model, route)
+            outs[route] = fam.infer(model, x, False, False).maps["prob"]
+    assert not torch.allclose(outs[0], outs[1])
+    torch.testing.assert_close(outs[None], outs[2])
+    # Without routing: no routing module, so weights drawn as before the option existed.
+    plain = TrainConfig(**{**cfg.__dict__, "attribute_routing": False})
+    assert routing_of(get_family(family).configure(plain).build(plain)) is None
+    tr.close()
+
+
+def test_semimoe_routing_refuses_the_split_passes():
+    from napari_semimoe.core.train import TrainConfig
+
+    for kw in ({"fast": False}, {"batch_norm": "per-half"}):
+        with pytest.raises(InputError, match="one pooled pass"):
+            TrainConfig(attribute_routing=True, **kw).validate()
+    TrainConfig(attribute_routing=True).validate()  # the default pooled pass: fine

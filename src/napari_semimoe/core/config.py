@@ -143,6 +143,16 @@ class TrainConfig:
             raise InputError("any_fraction and stain_jitter must be in [0, 1]")
         if self.batch_norm not in ("pooled", "per-half"):
             raise InputError(f"batch_norm must be pooled or per-half, got {self.batch_norm!r}")
+        if self.attribute_routing and self.family == "semimoe" and (
+            not self.fast or self.batch_norm != "pooled"
+        ):
+            # Their separate labeled / unlabeled passes would need the routes split too.
+            raise InputError(
+                "attribute routing trains Semi-MoE in one pooled pass: it cannot be combined "
+                "with --reference or --batch-norm per-half"
+            )
+        if self.dca_fusion not in ("dfam", "average"):
+            raise InputError(f"dca_fusion must be dfam or average, got {self.dca_fusion!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

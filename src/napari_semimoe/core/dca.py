@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from .errors import InputError
 from .model import ConvBlock, UpStep, init_weights, upsampled_conv
+from .routing import Routing
 from .validate import width_problem
 
 GROUPS = ("head", "medium", "tail")
@@ -305,6 +306,9 @@ class DCANet(nn.Module):
         n_foreground: int,
         in_channels: int = 3,
         fusion: str = "dfam",
+        attribute_values: list[str] | None = None,
+        route_experts: int = 8,
+        route_top_k: int = 2,
     ):
         super().__init__()
         bad = width_problem(width)
@@ -330,6 +334,11 @@ class DCANet(nn.Module):
         self.head = nn.Conv2d(w[0], n_foreground + 1, 1)
         self.literal = False
         init_weights(self)
+        #: dMoE blocks in the encoder (``--attribute-routing``), made after the init as in
+        #: Semi-MoE.
+        self.routing: Routing | None = None
+        if attribute_values is not None:
+            self.routing = Routing(width, attribute_values, route_experts, route_top_k)
 
     @property
     def literal(self) -> bool:
@@ -346,6 +355,8 @@ class DCANet(nn.Module):
         skips = []
         for i, block in enumerate(self.encoder):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
+            if self.routing is not None:
+                x = self.routing.after(i, x)
             skips.append(x)
         bottom = skips[-1]
         feats = {g: bottom for g, _ in self.groups}

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .routing import Routing
 from .validate import width_problem
 
 #: Tasks in a fixed order; every per-task tensor or dict in the package uses it.
@@ -217,18 +218,24 @@ class UNetExpert(nn.Module):
         self.dec = nn.ModuleList([UpStep(w[i], w[i - 1]) for i in range(4, 0, -1)])
         self.head = nn.Conv2d(w[0], out_channels, 1)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor, routing: nn.Module | None = None) -> torch.Tensor:
+        """``routing``: the model's dMoE blocks (:class:`~.routing.Routing`), shared by its
+        experts and so not a part of this one."""
         skips = []
         for i, block in enumerate(self.enc):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
+            if routing is not None:
+                x = routing.after(i, x)
             skips.append(x)
         x = skips.pop()
         for step in self.dec:
             x = step(x, skips.pop())
         return x
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = same_layout_grad(self.features(x))
+    def forward(
+        self, x: torch.Tensor, routing: nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        f = same_layout_grad(self.features(x, routing))
         return f, same_layout_grad(self.head(f))
 
 
@@ -304,12 +311,12 @@ class MultiGate(nn.Module):
 
 
 def run_experts(
-    experts: nn.ModuleDict, x: torch.Tensor
+    experts: nn.ModuleDict, x: torch.Tensor, routing: nn.Module | None = None
 ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
     """Each expert's features F_i (in ``TASKS`` order) and head logits P_m."""
     feats, logits = [], {}
     for t in TASKS:
-        f, p = experts[t](x)
+        f, p = experts[t](x, routing)
         feats.append(f)
         logits[t] = p
     return feats, logits
@@ -344,7 +351,15 @@ class SemiMoE(nn.Module):
     ``seg_channels``: 2 (binary, today's model) or C + 1 for C foreground classes; the SDF
     and boundary heads stay on the union foreground."""
 
-    def __init__(self, width: int = 16, in_channels: int = 3, seg_channels: int = 2) -> None:
+    def __init__(
+        self,
+        width: int = 16,
+        in_channels: int = 3,
+        seg_channels: int = 2,
+        attribute_values: list[str] | None = None,
+        route_experts: int = 8,
+        route_top_k: int = 2,
+    ) -> None:
         super().__init__()
         bad = width_problem(width)
         if bad:
@@ -359,6 +374,11 @@ class SemiMoE(nn.Module):
         # Learnable task weights of the adaptive multi-objective loss (Eq. 11), init 1.0.
         self.loss_s = nn.Parameter(torch.ones(len(TASKS)))
         self.reset_parameters()
+        #: dMoE blocks in the experts' encoders (``--attribute-routing``), after the reset:
+        #: a binary model without them draws exactly today's initial weights.
+        self.routing: nn.Module | None = None
+        if attribute_values is not None:
+            self.routing = Routing(width, attribute_values, route_experts, route_top_k)
 
     def reset_parameters(self) -> None:
         init_weights(self)
@@ -381,7 +401,7 @@ class SemiMoE(nn.Module):
         return [p for n, p in self.named_parameters() if n != "loss_s"]
 
     def run_experts(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-        return run_experts(self.experts, x)
+        return run_experts(self.experts, x, self.routing)
 
     def forward(self, x: torch.Tensor) -> MoEOutput:
         feats, expert = self.run_experts(x)

@@ -22,6 +22,9 @@ from torch.nn import functional as F
 
 #: The name of the router for images whose attribute is unknown or was not seen in training.
 ANY = "any"
+#: Encoder levels (0 = finest, 4 = bottleneck) that get a dMoE block with attribute routing:
+#: the coarse ones, where the per-token experts are cheap (``docs/method.md``).
+ROUTED_LEVELS: tuple[int, ...] = (3, 4)
 
 
 def balance_term(gates: torch.Tensor) -> torch.Tensor:
@@ -114,11 +117,15 @@ class AttributeMoE(nn.Module):
         except ValueError:
             return len(self.values)
 
-    def gates(self, h: torch.Tensor, routes: torch.Tensor | None) -> torch.Tensor:
-        """Per-pixel gate weights (B, H, W, n) of each image's router."""
+    def gates(self, h: torch.Tensor, routes: torch.Tensor | int | None) -> torch.Tensor:
+        """Per-pixel gate weights (B, H, W, n) of each image's router (``routes``: one index
+        per image, one index for all, or None for "any")."""
         b = h.shape[0]
         if routes is None:
-            routes = torch.full((b,), len(self.values), dtype=torch.long, device=h.device)
+            routes = len(self.values)
+        if isinstance(routes, int):
+            routes = torch.full((b,), routes, dtype=torch.long, device=h.device)
+        routes = routes.to(h.device)
         tokens = h.permute(0, 2, 3, 1).float()
         w, wn = self.w[routes], self.w_noise[routes]  # (B, C, n)
         clean = torch.einsum("bhwc,bcn->bhwn", tokens, w)
@@ -135,6 +142,73 @@ class AttributeMoE(nn.Module):
             gi = g[..., i : i + 1].to(tokens.dtype)
             out = out + gi * expert(tokens)
         return out.permute(0, 3, 1, 2).contiguous(memory_format=_format(h))
+
+
+class Routing(nn.Module):
+    """dMoE blocks after some encoder levels of a model, shared by all its encoders (the
+    three Semi-MoE experts, the K of moe-k, DCA's one): the option ``--attribute-routing``
+    of every family.
+
+    The routes of the pass in progress are state (``routes``: one router index per image,
+    one for the whole batch, or None for "any"), set by the trainer and the predictor
+    (:func:`set_routes`), so that a family's passes and inference need no extra argument."""
+
+    def __init__(
+        self,
+        width: int,
+        values: Sequence[str],
+        n_experts: int = 8,
+        k: int = 2,
+        levels: Sequence[int] = ROUTED_LEVELS,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleDict(
+            {str(lv): AttributeMoE(width * 2**lv, values, n_experts, k) for lv in levels}
+        )
+        self.routes: torch.Tensor | int | None = None
+
+    @property
+    def first(self) -> AttributeMoE:
+        return next(iter(self.blocks.values()))
+
+    @property
+    def routers(self) -> list[str]:
+        return self.first.routers
+
+    def route(self, attributes: Sequence[str | None]) -> torch.Tensor:
+        """Router indices of images' attributes (unknown / unseen: "any")."""
+        return torch.tensor([self.first.route(a) for a in attributes], dtype=torch.long)
+
+    def after(self, level: int, x: torch.Tensor) -> torch.Tensor:
+        """Encoder level ``level``'s output through its dMoE block, if it has one."""
+        key = str(level)
+        if key not in self.blocks:
+            return x
+        return self.blocks[key](x, self.routes)
+
+
+def routing_options(config) -> dict:
+    """A run config's attribute-routing settings as model arguments ({} when off)."""
+    if not getattr(config, "attribute_routing", False):
+        return {}
+    return {
+        "attribute_values": [str(v) for v in getattr(config, "attribute_values", []) or []],
+        "route_experts": int(getattr(config, "route_experts", 8)),
+        "route_top_k": int(getattr(config, "route_top_k", 2)),
+    }
+
+
+def routing_of(model: nn.Module) -> Routing | None:
+    """A model's :class:`Routing`, None when it was built without attribute routing."""
+    r = getattr(model, "routing", None)
+    return r if isinstance(r, Routing) else None
+
+
+def set_routes(model: nn.Module, routes: torch.Tensor | int | None) -> None:
+    """The routes of the next passes (see :class:`Routing`); no-op without routing."""
+    r = routing_of(model)
+    if r is not None:
+        r.routes = routes
 
 
 def _format(x: torch.Tensor) -> torch.memory_format:

@@ -40,6 +40,7 @@ from .data import CyclicSampler, Geometry, TrainingSet, channel_stats, make_batc
 from .device import autocast_dtype, enable_determinism, resolve_device, set_threads
 from .errors import CheckpointError, InputError, plural
 from .families import DEFAULT_FAMILY, get_family
+from .routing import set_routes
 from .runfolder import RunFolder
 
 
@@ -398,17 +399,18 @@ class Trainer:
 
     def _routes(self, li: list[int], ui: list[int]) -> torch.Tensor | None:
         """Router indices of a batch's images (attribute routing), None when off."""
-        route = getattr(self.model, "route", None)
-        if not getattr(self.config, "attribute_routing", False) or route is None:
+        from .routing import ANY, routing_of
+
+        routing = routing_of(self.model)
+        if not getattr(self.config, "attribute_routing", False) or routing is None:
             return None
-        from .routing import ANY
 
         d = self.data
         lab, unl = d.labeled_attributes, d.unlabeled_attributes
         attrs = [lab[i] if i < len(lab) else None for i in li]
         attrs += [unl[i] if i < len(unl) else None for i in ui]
         hide = self.rng.random(len(attrs)) < float(self.config.any_fraction)
-        return route([ANY if h else a for a, h in zip(attrs, hide)])
+        return routing.route([ANY if h else a for a, h in zip(attrs, hide)])
 
     def _colour(self):
         """The stain augmentation of the run (HED jitter), None when off."""
@@ -434,6 +436,7 @@ class Trainer:
             group["lr"] = cfg.s_lr * f
         self.model.train()
         xl, y, xu = self._next_batch()
+        set_routes(self.model, y.get("_routes"))  # attribute routing: this batch's routers
         self._zero_grad()
         with torch.random.fork_rng(devices=self._gpu_ids):
             torch.set_rng_state(self.torch_rng)

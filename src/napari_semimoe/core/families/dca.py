@@ -34,6 +34,7 @@ from ..dca import (
 from ..device import autocast
 from ..errors import InputError
 from ..losses import dice_ce_loss
+from ..routing import routing_options
 from .base import Family, Inference, Losses, MapStyle, class_probabilities, union_foreground
 from .semimoe import PROB_STYLE, SEMIMOE_TASKS, class_maps_of, multiclass_seg_task
 
@@ -139,7 +140,8 @@ class DCAFamily(Family):
         fusion = getattr(config, "dca_fusion", "dfam")
         if fusion not in FUSIONS:
             raise InputError(f"DCA fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
-        return DCANet(int(config.width), self.split_of, self.classes.n_foreground, fusion=fusion)
+        n = self.classes.n_foreground
+        return DCANet(int(config.width), self.split_of, n, fusion=fusion, **routing_options(config))
 
     def parameter_counts(self, model: nn.Module) -> dict[str, int]:
         return count_dca_parameters(model)

@@ -10,7 +10,7 @@ cross-expert consistency on unlabeled tiles (the Semi-MoE project page's variant
   page's "balance" term with the sign that prevents collapse), + λ(t) x consistency
   (1/K) Σ_k MSE(softmax E_k(x_u), sg(softmax ŷ(x_u))) on unlabeled tiles.
 - With ``attribute_routing`` the experts' two coarsest encoder levels pass through dMoE
-  blocks (:class:`~..routing.AttributeMoE`, one per level, shared by the K experts).
+  blocks (:class:`~..routing.Routing`, one per level, shared by the K experts).
 """
 
 from __future__ import annotations
@@ -26,12 +26,9 @@ from torch.nn import functional as F
 from ..device import autocast
 from ..losses import seg_dice_loss
 from ..model import UNetExpert, global_mean, same_layout_grad
-from ..routing import AttributeMoE, balance_term, noisy_top_k
+from ..routing import Routing, balance_term, noisy_top_k, routing_options
 from .base import Family, Inference, Losses, softmax_foreground
 from .semimoe import SEMIMOE_TASKS
-
-#: Encoder levels (0 = finest, 4 = bottleneck) that get a dMoE block with attribute routing.
-ROUTED_LEVELS: tuple[int, ...] = (3, 4)
 
 
 def consistency_loss(experts: torch.Tensor, gated: torch.Tensor) -> torch.Tensor:
@@ -94,31 +91,21 @@ class MoEK(nn.Module):
         k = top_k if 0 < top_k < n_experts else n_experts
         bottleneck = 16 * width
         self.gate = MoEGate(n_experts * bottleneck, n_experts, max(8, 2 * width), k)
-        self.routing: nn.ModuleDict | None = None
+        self.routing: Routing | None = None
         if attribute_values is not None:
-            self.routing = nn.ModuleDict(
-                {
-                    str(lv): AttributeMoE(
-                        width * 2**lv, attribute_values, route_experts, route_top_k
-                    )
-                    for lv in ROUTED_LEVELS
-                }
-            )
+            self.routing = Routing(width, attribute_values, route_experts, route_top_k)
 
     def route(self, attributes: list[str | None]) -> torch.Tensor | None:
         """Router indices of images' attributes (unknown / unseen: "any"); None without
         attribute routing."""
-        if self.routing is None:
-            return None
-        block = next(iter(self.routing.values()))
-        return torch.tensor([block.route(a) for a in attributes], dtype=torch.long)
+        return None if self.routing is None else self.routing.route(attributes)
 
-    def _expert(self, expert: UNetExpert, x: torch.Tensor, routes):
+    def _expert(self, expert: UNetExpert, x: torch.Tensor):
         skips = []
         for i, block in enumerate(expert.enc):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
-            if self.routing is not None and str(i) in self.routing:
-                x = self.routing[str(i)](x, None if routes is None else routes.to(x.device))
+            if self.routing is not None:
+                x = self.routing.after(i, x)
             skips.append(x)
         bottleneck = skips[-1]
         x = skips.pop()
@@ -127,7 +114,16 @@ class MoEK(nn.Module):
         return global_mean(bottleneck), same_layout_grad(expert.head(same_layout_grad(x)))
 
     def forward(self, x: torch.Tensor, routes: torch.Tensor | None = None) -> MoEKOutput:
-        pooled, logits = zip(*(self._expert(e, x, routes) for e in self.experts))
+        """``routes`` (one router index per image) overrides the routes set on the model's
+        :class:`Routing` for this pass only."""
+        kept = None if self.routing is None else self.routing.routes
+        if routes is not None and self.routing is not None:
+            self.routing.routes = routes
+        try:
+            pooled, logits = zip(*(self._expert(e, x) for e in self.experts))
+        finally:
+            if self.routing is not None:
+                self.routing.routes = kept
         pooled = torch.cat(pooled, dim=1)
         gates = self.gate(pooled)
         experts = torch.stack(logits)
@@ -146,16 +142,11 @@ class MoEKFamily(Family):
     gate_shape = (4,)
 
     def build(self, config: Any) -> MoEK:
-        values = None
-        if getattr(config, "attribute_routing", False):
-            values = list(getattr(config, "attribute_values", []) or [])
         return MoEK(
             int(config.width),
             int(getattr(config, "experts", 4)),
             int(getattr(config, "top_k", 0)),
-            values,
-            int(getattr(config, "route_experts", 8)),
-            int(getattr(config, "route_top_k", 2)),
+            **routing_options(config),
         )
 
     def describe(self, width: int) -> str:
@@ -184,7 +175,7 @@ class MoEKFamily(Family):
         if trainer.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(trainer.device, trainer.amp):
-            out = m(x, y.get("_routes"))
+            out = m(x)
         sup = {"seg": seg_dice_loss(out.gated[:nl], y["seg"])}
         uns: dict[str, torch.Tensor] = {}
         if xu is not None and lam > 0:

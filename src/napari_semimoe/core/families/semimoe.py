@@ -34,7 +34,7 @@ from ..losses import (
     seg_dice_loss,
 )
 from ..model import TASKS, SemiMoE, count_parameters, run_experts
-from ..routing import balance_term
+from ..routing import balance_term, routing_options
 from ..targets import boundary_band, class_target, seg_target, signed_distance
 from .base import (
     Family,
@@ -198,7 +198,7 @@ class SemiMoEFamily(Family):
 
     def build(self, config: Any) -> SemiMoE:
         seg = 2 if self.classes is None else self.classes.n_foreground + 1
-        return SemiMoE(int(config.width), seg_channels=seg)
+        return SemiMoE(int(config.width), seg_channels=seg, **routing_options(config))
 
     def configure(self, config: Any) -> SemiMoEFamily:
         """Multi-class (spec §1): seg over C + 1 classes, SDF of the union foreground, the
