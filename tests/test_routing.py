@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -167,3 +169,62 @@ def test_semimoe_routing_refuses_the_split_passes():
         with pytest.raises(InputError, match="one pooled pass"):
             TrainConfig(attribute_routing=True, **kw).validate()
     TrainConfig(attribute_routing=True).validate()  # the default pooled pass: fine
+
+
+def test_cli_attributes_train_predict_evaluate(tmp_path, capsys):
+    """--attributes in train (routers per seen value), predict (an unseen value uses "any"
+    and says so) and evaluate (per-attribute Dice / IoU, ES-Dice / ES-IoU)."""
+    import json
+
+    from PIL import Image
+
+    from napari_semimoe.cli import main
+    from napari_semimoe.core.bench import synthetic_tiles
+    from napari_semimoe.core.inference import load_model
+    from napari_semimoe.core.routing import routing_of
+
+    images, masks = synthetic_tiles(4, size=32, seed=3)
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i, (im, m) in enumerate(zip(images, masks)):
+        Image.fromarray(im).save(root / "images" / f"t{i}.png")
+        Image.fromarray(m.astype(np.uint8)).save(root / "masks" / f"t{i}.png")
+    csv = tmp_path / "attributes.csv"
+    csv.write_text("name,attribute\nt0.png,glas\nt1,glas\nt2,ebhi\nt3,\n")
+    run = tmp_path / "run"
+    common = ["--width", "4", "--input-size", "32", "--threads", "1", "--precision", "fp32"]
+    args = ["train", "--data", str(root), "--family", "moe-k", "--experts", "2"]
+    args += ["--iterations", "2", "--labeled", "2", "--attributes", str(csv)]
+    assert main([*args, "--attribute-routing", "--out", str(run), *common]) == 0
+    capsys.readouterr()
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["attribute_values"] == ["ebhi", "glas"]
+    assert cfg["attributes"] == {"t0": "glas", "t1": "glas", "t2": "ebhi"}
+    assert routing_of(load_model(run).model).routers == ["ebhi", "glas", ANY]
+
+    out = tmp_path / "out"
+    pred = ["predict", str(run), str(root / "images" / "t3.png"), "--out", str(out)]
+    assert main([*pred, "--attribute", "new-lab", "--threads", "1"]) == 0
+    _, err = capsys.readouterr()
+    assert "t3: attribute 'new-lab' was not seen in training; the 'any' router is used" in err
+
+    js = tmp_path / "m.json"
+    ev = ["evaluate", str(run), "--data", str(root), "--attributes", str(csv)]
+    assert main([*ev, "--json", str(js), "--threads", "1"]) == 0
+    text, _ = capsys.readouterr()
+    assert "equity-scaled (ES)" in text and "ebhi" in text
+    eq = json.loads(js.read_text())["equity"]
+    assert eq["images_per_attribute"] == {"ebhi": 1, "glas": 2}
+    assert eq["unknown_attribute_images"] == 1
+    d = eq["dice_per_attribute"]
+    expect = eq["dice"] / (1 + abs(eq["dice"] - d["ebhi"]) + abs(eq["dice"] - d["glas"]))
+    assert math.isclose(eq["es_dice"], expect, rel_tol=1e-9)
+    # A model without routing: the attributes are only for the metrics, and it says so.
+    plain = tmp_path / "plain"
+    assert main([*args, "--out", str(plain), *common]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(plain), str(root / "images" / "t3.png"), "--out",
+                 str(tmp_path / "o2"), "--attribute", "glas", "--threads", "1"]) == 0  # fmt: skip
+    _, err = capsys.readouterr()
+    assert "no attribute routing" in err

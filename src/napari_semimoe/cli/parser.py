@@ -252,6 +252,20 @@ def build_parser() -> argparse.ArgumentParser:
         **run_opt,
     )
     t.add_argument(
+        "--attributes",
+        metavar="CSV",
+        help="each image's attribute (site / scanner / stain batch), a name,attribute table; "
+        "images not in it are unknown",
+        **run_opt,
+    )
+    t.add_argument(
+        "--attribute-routing",
+        action="store_true",
+        help="dMoE blocks: one router per attribute value plus 'any' for unknown and new "
+        "values (without --attributes: one learnt router for all images)",
+        **run_opt,
+    )
+    t.add_argument(
         "--checkpoint-every",
         type=COUNT,
         default=C.checkpoint_every,
@@ -293,6 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="also keep OUT/NAME.ome.zarr: the working-scale maps, labels and gates, as "
         "`cohort` writes them",
     )
+    pr.add_argument(
+        "--attributes",
+        metavar="CSV",
+        help="attribute routing: each input's attribute (name,attribute; names without "
+        "their file type); missing or unseen values use the 'any' router",
+    )
+    pr.add_argument(
+        "--attribute", metavar="VALUE", help="attribute routing: one attribute for all inputs"
+    )
     pr.set_defaults(func=cmd_predict)
 
     add_cohort_parser(sub)
@@ -306,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="H/M/T",
         help="multi-class: head/medium/tail class ids for the group means, e.g. 1,2/3/4 "
         "(default: the model's own split, DCA's; none for Semi-MoE)",
+    )
+    ev.add_argument(
+        "--attributes",
+        metavar="CSV",
+        help="each image's attribute (name,attribute): per-attribute Dice / IoU and ES-Dice / "
+        "ES-IoU, and each image routed by it (attribute routing)",
     )
     ev.set_defaults(func=cmd_evaluate)
 

@@ -43,12 +43,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     names = _output_names(args.images)
     predictor = _predictor(args)  # the checkpoint and options, before any image is read
+    attribute_of = _attribute_source(args, predictor)
     out = Path(args.out)
     created = not out.exists()
     failures: list[str] = []
     try:
         with _terminate_as_interrupt():
             for path, name in zip(args.images, names):
+                _route(predictor, name, attribute_of(name))
                 try:
                     with open_slide(path) as slide:
                         written = predict_slide(
@@ -71,6 +73,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for msg in failures:
         print(f"napari-semimoe predict: error: {msg}", file=sys.stderr)
     return 2 if failures else 0
+
+
+def _attribute_source(args: argparse.Namespace, predictor):
+    """name -> attribute (None: unknown), from ``--attributes`` or ``--attribute``."""
+    from ..core.attributes import read_attributes
+
+    path, value = getattr(args, "attributes", None), getattr(args, "attribute", None)
+    if path and value:
+        raise InputError("give --attributes or --attribute, not both")
+    table = read_attributes(path) if path else {}
+    if (path or value) and predictor.use_attribute(None) is None:
+        print(
+            "napari-semimoe: note: this model has no attribute routing; the attributes are "
+            "not used",
+            file=sys.stderr,
+        )
+    return lambda name: value if value else table.get(name)
+
+
+def _route(predictor, name: str, attribute: str | None) -> None:
+    """Route one input; an attribute the model has no router of is said, once per input."""
+    used = predictor.use_attribute(attribute)
+    if used is not None and attribute and used != attribute:
+        print(
+            f"napari-semimoe: note: {name}: attribute {attribute!r} was not seen in training; "
+            f"the '{used}' router is used",
+            file=sys.stderr,
+        )
 
 
 def output_name(path: str | Path) -> str:
@@ -114,6 +144,7 @@ def _group_split(text: str | None, family) -> dict[str, list[int]] | None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..core.data import scan_folder
+    from ..core.equity import format_equity_table
     from ..core.evaluate import BINARY_NOTE, check_masks_folder, evaluate_folder
     from ..core.metrics import format_class_table, format_table
 
@@ -126,12 +157,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{plural(len(no_mask), 'image')} without a mask not evaluated: {shown}",
             file=sys.stderr,
         )
+    attributes = None
+    if getattr(args, "attributes", None):
+        from ..core.attributes import read_attributes
+
+        attributes = read_attributes(args.attributes)
     with _terminate_as_interrupt():
         metrics = evaluate_folder(
             predictor,
             args.data,
             progress=_tqdm_progress("evaluating", "img"),
             split=_group_split(args.split, predictor.family),
+            attributes=attributes,
         )
     if metrics.get("binary_masks"):
         n = int(metrics["binary_masks"])
@@ -143,6 +180,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if "classes" in metrics:
         print()
         print(format_class_table(metrics, tuple(metrics["classes"]), metrics.get("split")))
+    if "equity" in metrics:
+        print()
+        print(format_equity_table(metrics["equity"]))
     if args.json:
         from ..core.atomic import atomic_write_json
 

@@ -59,6 +59,8 @@ RUN_OPTIONS = (
     "balance",
     "consistency",
     "stain_jitter",
+    "attributes",
+    "attribute_routing",
 )
 
 
@@ -96,6 +98,8 @@ def run_defaults() -> dict[str, object]:
         "balance": c.balance,
         "consistency": c.consistency,
         "stain_jitter": c.stain_jitter,
+        "attributes": None,  # every image unknown
+        "attribute_routing": c.attribute_routing,
     }
     assert tuple(defaults) == RUN_OPTIONS
     return defaults
@@ -254,6 +258,8 @@ def _start_training(args: argparse.Namespace, folder, client=None):
             balance=args.balance,
             consistency=args.consistency,
             stain_jitter=args.stain_jitter,
+            attributes=_attribute_table(args.attributes, [*labeled, *unlabeled]),
+            attribute_routing=args.attribute_routing,
             checkpoint_every=args.checkpoint_every,
             snapshot_every=args.snapshot_every,
         )
@@ -289,6 +295,21 @@ def _start_training(args: argparse.Namespace, folder, client=None):
     # next (the trainer keeps it when it rewrites config.json).
     _remember_data(folder, trainer.config, data_dir, unlabeled_dirs)
     return trainer
+
+
+def _attribute_table(path: str | None, items) -> dict[str, str]:
+    """``--attributes CSV``: the run's images' attributes (others in the file are left out;
+    an image not in it is unknown)."""
+    if path is None:
+        return {}
+    from ..core.attributes import attributes_of, read_attributes
+
+    table = read_attributes(path)
+    names = [it.name for it in items]
+    known = {n: a for n, a in zip(names, attributes_of(names, table)) if a}
+    if table and not known:
+        raise InputError(f"{path}: none of its names is an image of this run")
+    return known
 
 
 def _dca_split(text: str | None, table) -> tuple[dict | None, str]:

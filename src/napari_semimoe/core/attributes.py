@@ -56,3 +56,14 @@ def attributes_of(names: Iterable[str], table: Mapping[str, str]) -> list[str | 
 def seen_values(attributes: Iterable[str | None]) -> list[str]:
     """The distinct known values, sorted: the routers a run trains (plus "any")."""
     return sorted({a for a in attributes if a})
+
+
+def fill_attributes(data, table: Mapping[str, str]) -> None:
+    """Give a training set's images their attributes from ``{name: value}`` (the run's
+    table) where the set carries none of its own."""
+    if not table:
+        return
+    if not data.labeled_attributes:
+        data.labeled_attributes = attributes_of(data.labeled_names, table)
+    if not data.unlabeled_attributes:
+        data.unlabeled_attributes = attributes_of(data.unlabeled_names, table)

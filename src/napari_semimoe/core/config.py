@@ -74,6 +74,10 @@ class TrainConfig:
     #: values seen in training, in router order.
     attribute_routing: bool = False
     attribute_values: list = field(default_factory=list)
+    #: Each training image's attribute (``{name: value}``, from ``--attributes`` or the
+    #: plugin's per-image field; an image not in it is unknown): stored so that a resume,
+    #: evaluation and the summary know them.
+    attributes: dict = field(default_factory=dict)
     route_experts: int = 8
     route_top_k: int = 2
     #: Share of training images routed through "any" (so it learns for unknown values).

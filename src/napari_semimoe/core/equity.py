@@ -50,3 +50,24 @@ def equity_report(
     out["images_per_attribute"] = dict(sorted(counts.items()))
     out["unknown_attribute_images"] = sum(1 for a in attributes if not a)
     return out
+
+
+def format_equity_table(report: Mapping[str, object]) -> str:
+    """The equity report as a table: one row per attribute value (images, Dice, IoU), then
+    all images and the equity-scaled scores."""
+    dice = report.get("dice_per_attribute", {})
+    iou = report.get("iou_per_attribute", {})
+    counts = report.get("images_per_attribute", {})
+    rows = [(str(a), str(counts.get(a, 0)), dice[a], iou.get(a, float("nan"))) for a in dice]
+    n_all = sum(counts.values()) + int(report.get("unknown_attribute_images", 0))
+    rows.append(("all images", str(n_all), report["dice"], report["iou"]))
+    rows.append(("equity-scaled (ES)", "", report["es_dice"], report["es_iou"]))
+    width = max(len("Attribute"), *(len(r[0]) for r in rows))
+    lines = [f"{'Attribute':<{width}}  Images  Dice (%)  IoU (%)"]
+    lines.append(f"{'-' * width}  ------  --------  -------")
+    for name, n, d, j in rows:
+        lines.append(f"{name:<{width}}  {n:>6}  {100 * float(d):8.2f}  {100 * float(j):7.2f}")
+    unknown = int(report.get("unknown_attribute_images", 0))
+    if unknown:
+        lines.append(f"({unknown} images with no attribute count in 'all images' only)")
+    return "\n".join(lines)

@@ -219,15 +219,19 @@ def format_class_table(metrics: dict[str, float], names: tuple[str, ...], split=
 
 
 def evaluate_pairs(
-    pairs: Iterable[tuple[np.ndarray, np.ndarray]], *, hausdorff: bool = True
+    pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+    *,
+    hausdorff: bool = True,
+    pixels: PixelAccumulator | None = None,
 ) -> dict[str, float]:
     """Pixel and object metrics over (pred_labels, gt_labels) pairs of instance label images.
 
     Pixel metrics binarise with ``> 0``. Object metrics without a ``_per_image_mean`` suffix are
     dataset-level as in the GlaS challenge. Values are plain floats/ints (NaN where undefined,
     which ``json.dumps`` writes as ``NaN``). Raises ``InputError`` when ``pairs`` is empty.
+    ``pixels``: the caller's accumulator, to read the per-image scores afterwards.
     """
-    pixels = PixelAccumulator()
+    pixels = PixelAccumulator() if pixels is None else pixels
     objects = ObjectAccumulator(hausdorff=hausdorff)
     for pred, gt in pairs:
         pixels.add(pred, gt)
@@ -285,9 +289,13 @@ def _fmt(value: float, kind: str) -> str:
 def format_table(metrics: dict[str, float]) -> str:
     """Aligned two-column text table: ratios as percentages (2 decimals), Hausdorff in pixels
     (1 decimal), counts as integers; known keys in a fixed order, any others after them
-    (the per-class keys are :func:`format_class_table`'s)."""
+    (the per-class keys are :func:`format_class_table`'s, the equity report has its own)."""
     known = {key for key, _, _ in _ROWS}
-    metrics = {k: v for k, v in metrics.items() if not _per_class_key(k)}
+    metrics = {
+        k: v
+        for k, v in metrics.items()
+        if not _per_class_key(k) and k not in ("equity", "attributes")
+    }
     rows = [(label, _fmt(metrics[key], kind)) for key, label, kind in _ROWS if key in metrics]
     rows += [(key, _fmt(metrics[key], "")) for key in metrics if key not in known]
     if not rows:

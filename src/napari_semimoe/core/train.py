@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from .attributes import fill_attributes, seen_values
 from .checkpoint import (
     load_model_state,
     load_optimizer_state,
@@ -42,6 +44,8 @@ from .errors import CheckpointError, InputError, plural
 from .families import DEFAULT_FAMILY, get_family
 from .routing import set_routes
 from .runfolder import RunFolder
+
+log = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
@@ -146,7 +150,17 @@ class Trainer:
         self._gpu_ids = [self.device.index or 0] if self.device.type == "cuda" else []
         self.gpu_rng: torch.Tensor | None = None
         family = get_family(config.family)
+        fill_attributes(data, config.attributes)
         if doc is None:
+            if config.attribute_routing and not config.attribute_values:
+                # One router per value seen in training (labeled or not), plus "any".
+                config.attribute_values = seen_values(
+                    [*data.labeled_attributes, *data.unlabeled_attributes]
+                )
+                log.info(
+                    "attribute routing: a router for each of %s, and 'any'",
+                    ", ".join(config.attribute_values) or "no attribute value",
+                )
             family.prepare(config, data)  # e.g. DCA's split, stored in the config
         try:
             self.family = family.configure(config)
@@ -313,6 +327,7 @@ class Trainer:
             self.lab_sampler.resize_pool(len(data.labeled_images))
         if len(data.unlabeled_images) != len(self.data.unlabeled_images):
             self.unl_sampler.resize_pool(len(data.unlabeled_images))
+        fill_attributes(data, self.config.attributes)
         self.data = data
 
     # ------------------------------------------------------------------ one iteration

@@ -151,6 +151,19 @@ class Predictor:
             if self.channels_last:
                 self.m.model.to(memory_format=torch.channels_last)
 
+    def use_attribute(self, attribute: str | None) -> str | None:
+        """Route the next predictions through ``attribute``'s router (attribute routing);
+        a missing value, or one not seen in training, uses "any". Returns the router used
+        (None: the model has no attribute routing)."""
+        from ..routing import routing_of, set_routes
+
+        routing = routing_of(self.net)
+        if routing is None:
+            return None
+        index = routing.first.route(attribute)
+        set_routes(self.net, index)
+        return routing.routers[index]
+
     def map_names(self) -> list[str]:
         """The float maps this predictor writes (the family's, + experts' when asked)."""
         f = self.family
