@@ -86,3 +86,60 @@ def test_stain_jitter_is_a_training_setting(tmp_path):
     )  # fmt: skip
     tr = Trainer(cfg, TrainingSet(images, masks, []), tmp_path / "run")
     assert tr._colour() is not None and tr.run() == "done"
+
+
+def test_stain_normalisation_as_a_run_setting(tmp_path, capsys):
+    """train --stain-normalise stores the reference's basis; the trainer re-stains its
+    images; the predictor maps lab B's image to the reference, so its prediction is (almost)
+    that of lab A's image of the same tissue, and a slide's tiles share the slide's basis."""
+    import json
+
+    from PIL import Image
+
+    from napari_semimoe.cli import main
+    from napari_semimoe.core.inference import Predictor, load_model
+
+    h_b, e_b = np.array([0.55, 0.75, 0.37]), np.array([0.20, 0.95, 0.25])
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(2):
+        img, _ = _stained(H, E, seed=i, n=64)
+        Image.fromarray(img).save(root / "images" / f"a{i}.png")
+        m = np.zeros((64, 64), np.uint8)
+        m[8:30, 10:40] = 1
+        Image.fromarray(m).save(root / "masks" / f"a{i}.png")
+    ref_path = root / "images" / "a0.png"
+    run = tmp_path / "run"
+    args = ["train", "--data", str(root), "--iterations", "2", "--width", "4"]
+    args += ["--input-size", "32", "--threads", "1", "--precision", "fp32"]
+    assert main([*args, "--stain-normalise", str(ref_path), "--out", str(run)]) == 0
+    capsys.readouterr()
+    ref = json.loads((run / "config.json").read_text())["stain_reference"]
+    assert ref["image"] == "a0.png" and np.array(ref["vectors"]).shape == (3, 2)
+
+    img_a, _ = _stained(H, E, seed=5, n=64)
+    img_b, _ = _stained(h_b, e_b, scale=0.8, seed=5, n=64)
+    p = Predictor(load_model(run))
+    assert p.stain_reference is not None
+    seen = []
+    restain = p._restain
+    p._restain = lambda tiles: seen.append(restain(tiles)) or seen[-1]
+    p.predict_image(img_b)
+    p.predict_image(img_a)
+    # What the network saw of lab B's image is lab A's image (both mapped to a0's stain).
+    before = np.abs(img_b[::2, ::2].astype(int) - img_a[::2, ::2]).mean()
+    after = np.abs(seen[0].astype(int) - seen[1]).mean()
+    assert after < 0.65 * before, (before, after)  # 15.0 -> 8.1 grey levels here
+    # A slide's tiles are all mapped from the slide's basis, not each their own.
+    p.use_stain(macenko_basis(img_b).to_dict())
+    half = restain(img_b[None, :32])[0]
+    np.testing.assert_array_equal(half, restain(img_b[None])[0][:32])
+    p.use_stain(None)
+    # A glass-only image has no basis: predicted as it is, no error.
+    p.predict_image(np.full((32, 32, 3), 245, np.uint8))
+    # A damaged reference in a run's config: one line.
+    with pytest.raises(InputError, match="stain reference"):
+        from napari_semimoe.core.stain import StainBasis
+
+        StainBasis.from_dict({"vectors": [[1, 2]], "max_concentration": [1, 1]})

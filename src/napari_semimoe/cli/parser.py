@@ -252,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
         **run_opt,
     )
     t.add_argument(
+        "--stain-normalise",
+        metavar="REF_IMAGE",
+        help="stain normalisation (Macenko) to this reference image: every training image, "
+        "and later every predicted image or slide, is re-stained to it (default off)",
+        **run_opt,
+    )
+    t.add_argument(
         "--attributes",
         metavar="CSV",
         help="each image's attribute (site / scanner / stain batch), a name,attribute table; "

@@ -61,6 +61,7 @@ RUN_OPTIONS = (
     "stain_jitter",
     "attributes",
     "attribute_routing",
+    "stain_normalise",
 )
 
 
@@ -100,6 +101,7 @@ def run_defaults() -> dict[str, object]:
         "stain_jitter": c.stain_jitter,
         "attributes": None,  # every image unknown
         "attribute_routing": c.attribute_routing,
+        "stain_normalise": None,  # off
     }
     assert tuple(defaults) == RUN_OPTIONS
     return defaults
@@ -260,6 +262,7 @@ def _start_training(args: argparse.Namespace, folder, client=None):
             stain_jitter=args.stain_jitter,
             attributes=_attribute_table(args.attributes, [*labeled, *unlabeled]),
             attribute_routing=args.attribute_routing,
+            stain_reference=_stain_reference(args.stain_normalise),
             checkpoint_every=args.checkpoint_every,
             snapshot_every=args.snapshot_every,
         )
@@ -295,6 +298,15 @@ def _start_training(args: argparse.Namespace, folder, client=None):
     # next (the trainer keeps it when it rewrites config.json).
     _remember_data(folder, trainer.config, data_dir, unlabeled_dirs)
     return trainer
+
+
+def _stain_reference(path: str | None) -> dict | None:
+    """``--stain-normalise REF``: the reference image's stain basis, stored in the run."""
+    if path is None:
+        return None
+    from ..core.stain import reference_of
+
+    return reference_of(path).to_dict() | {"image": Path(path).name}
 
 
 def _attribute_table(path: str | None, items) -> dict[str, str]:

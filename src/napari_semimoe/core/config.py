@@ -82,6 +82,10 @@ class TrainConfig:
     route_top_k: int = 2
     #: Share of training images routed through "any" (so it learns for unknown values).
     any_fraction: float = 0.1
+    #: Stain normalisation (preprocessing): a reference image's Macenko basis
+    #: (:class:`~.stain.StainBasis` as a dict); every training image, and every image or
+    #: slide predicted, is re-stained to it. None = off.
+    stain_reference: dict | None = None
     #: Stain augmentation: HED-space jitter strength (0 = off; 0.05 = Tellez et al.'s
     #: "light" setting), see :mod:`.stain`.
     stain_jitter: float = 0.0
@@ -155,6 +159,10 @@ class TrainConfig:
                 "attribute routing trains Semi-MoE in one pooled pass: it cannot be combined "
                 "with --reference or --batch-norm per-half"
             )
+        if self.stain_reference is not None:
+            from .stain import StainBasis
+
+            StainBasis.from_dict(self.stain_reference)
         if self.dca_fusion not in ("dfam", "average"):
             raise InputError(f"dca_fusion must be dfam or average, got {self.dca_fusion!r}")
 

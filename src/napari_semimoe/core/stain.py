@@ -44,6 +44,30 @@ class StainBasis:
     vectors: np.ndarray  # (3, 2)
     max_concentration: np.ndarray  # (2,)
 
+    def to_dict(self) -> dict:
+        return {
+            "vectors": np.asarray(self.vectors, float).tolist(),
+            "max_concentration": np.asarray(self.max_concentration, float).tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StainBasis:
+        """A stored basis, checked (a run's config is user-editable)."""
+        try:
+            v = np.asarray(d["vectors"], np.float64)
+            c = np.asarray(d["max_concentration"], np.float64)
+        except (KeyError, TypeError, ValueError):
+            raise InputError(
+                "stain reference: expected vectors (3x2) and max_concentration (2)"
+            ) from None
+        if (
+            v.shape != (3, 2)
+            or c.shape != (2,)
+            or not (np.isfinite(v).all() and np.isfinite(c).all())
+        ):
+            raise InputError("stain reference: expected vectors (3x2) and max_concentration (2)")
+        return cls(v, c)
+
 
 def macenko_basis(image: np.ndarray, beta: float = 0.15, alpha: float = 1.0) -> StainBasis:
     """The stain basis of an RGB image: OD pixels above ``beta`` (tissue), their plane of
@@ -76,9 +100,38 @@ def macenko_normalise(
 ) -> np.ndarray:
     """``image`` (uint8 RGB) re-stained with ``reference``'s stain vectors and concentration
     scale (:func:`macenko_basis` of a reference image)."""
-    own = macenko_basis(image, beta, alpha)
+    return macenko_apply(image, macenko_basis(image, beta, alpha), reference)
+
+
+def macenko_apply(image: np.ndarray, own: StainBasis, reference: StainBasis) -> np.ndarray:
+    """``image`` re-stained from its stain basis ``own`` (e.g. its whole slide's, so that
+    every tile of a slide is mapped alike) to ``reference``'s."""
     od = optical_density(image).reshape(-1, 3)
     conc = _concentrations(od, own.vectors)
     conc *= reference.max_concentration / np.maximum(own.max_concentration, 1e-8)
     out = 256.0 * 10.0 ** (-(conc @ reference.vectors.T)) - 1.0
     return np.clip(np.rint(out), 0, 255).astype(np.uint8).reshape(image.shape)
+
+
+def normalise_or_keep(
+    image: np.ndarray, reference: StainBasis, own: StainBasis | None = None
+) -> np.ndarray:
+    """Stain normalisation as preprocessing: with ``own`` (the slide's basis) or the image's
+    own; an image with (almost) no tissue has no basis and is left as it is (glass)."""
+    if own is None:
+        try:
+            own = macenko_basis(image)
+        except InputError:
+            return image
+    return macenko_apply(image, own, reference)
+
+
+def reference_of(path) -> StainBasis:
+    """The stain basis of a reference image file (``train --stain-normalise``)."""
+    from .slide import read_image
+
+    image = read_image(path)
+    try:
+        return macenko_basis(image)
+    except InputError:
+        raise InputError(f"{path}: the stain reference image has (almost) no tissue") from None

@@ -48,6 +48,20 @@ from .runfolder import RunFolder
 log = logging.getLogger(__name__)
 
 
+def stain_normalise(data: TrainingSet, reference: dict | None) -> None:
+    """Stain normalisation as preprocessing: every image of the set re-stained to the run's
+    reference, each from its own basis (glass-only images are left as they are). Marks the
+    set, so a set swapped in twice is not normalised twice."""
+    if reference is None or getattr(data, "_stain_normalised", False):
+        return
+    from .stain import StainBasis, normalise_or_keep
+
+    ref = StainBasis.from_dict(reference)
+    data.labeled_images = [normalise_or_keep(im, ref) for im in data.labeled_images]
+    data.unlabeled_images = [normalise_or_keep(im, ref) for im in data.unlabeled_images]
+    data._stain_normalised = True
+
+
 class TrainingError(RuntimeError):
     """Training could not go on (e.g. the loss diverged); the last good checkpoint is kept."""
 
@@ -151,6 +165,7 @@ class Trainer:
         self.gpu_rng: torch.Tensor | None = None
         family = get_family(config.family)
         fill_attributes(data, config.attributes)
+        stain_normalise(data, config.stain_reference)
         if doc is None:
             if config.attribute_routing and not config.attribute_values:
                 # One router per value seen in training (labeled or not), plus "any".
@@ -328,6 +343,7 @@ class Trainer:
         if len(data.unlabeled_images) != len(self.data.unlabeled_images):
             self.unl_sampler.resize_pool(len(data.unlabeled_images))
         fill_attributes(data, self.config.attributes)
+        stain_normalise(data, self.config.stain_reference)
         self.data = data
 
     # ------------------------------------------------------------------ one iteration

@@ -195,6 +195,7 @@ def plan_slide(
         halo=int(p.tile if halo is None else halo),
         tissue_px=int(tissue.sum()),
         chunk=int(chunk),
+        stain=p.slide_stain(slide),
     )
     layout.create_arrays(plan)
     layout.open_array(out, f"{layout.WORK}/scratch/tissue")[:] = tissue
@@ -230,6 +231,7 @@ def predict_block(spec: ModelSpec, plan: SlidePlan, index: int) -> dict:
     owns (those that start in its interior: each tile has one owner) into
     ``.cohort/gates-INDEX.npz``. Returns its tile count and network seconds."""
     p = worker_predictor(spec)
+    p.use_stain(plan.stain)
     box = plan.blocks()[index]
     y0, y1, x0, x1 = box
     h, w = plan.work

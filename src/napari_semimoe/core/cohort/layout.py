@@ -55,6 +55,9 @@ class SlidePlan:
     halo: int  # context read around a block for instances and uncertainty
     tissue_px: int  # tissue pixels at working scale
     chunk: int = CHUNK  # chunk side of every array, working px
+    #: The slide's own stain basis (its thumbnail's Macenko vectors), when the model
+    #: normalises stains: every block maps its tiles with it, so tiles of a slide match.
+    stain: dict | None = None
 
     @property
     def scale(self) -> tuple[float, float]:

@@ -6,6 +6,7 @@ maps; the predictor only tiles, batches, merges and resamples.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,6 +134,8 @@ class Predictor:
                 f"overlap must be between 0 and {self.tile // 2} (half the {self.tile} px tile)"
             )
         self.window = blend_window(self.tile, self.overlap)
+        self._stain_ref = self.stain_reference  # None: no stain normalisation
+        self._stain_source = None
         #: One tile's gate weights' shape: the model's own where it varies (moe-k's K).
         self.gate_shape = tuple(getattr(loaded.model, "gate_shape", self.family.gate_shape))
         # A CPU gains nothing from larger batches; an H100 predicts 3.1 Mpx/s in batches
@@ -150,6 +153,49 @@ class Predictor:
             self.net, self.steps = loaded.model, []
             if self.channels_last:
                 self.m.model.to(memory_format=torch.channels_last)
+
+    # ------------------------------------------------------------------ stain normalisation
+
+    @property
+    def stain_reference(self):
+        """The run's stain reference (:class:`~..stain.StainBasis`), None when the model
+        was trained without stain normalisation."""
+        cfg = self.m.meta.get("config")
+        ref = cfg.get("stain_reference") if isinstance(cfg, dict) else None
+        if ref is None:
+            return None
+        from ..stain import StainBasis
+
+        return StainBasis.from_dict(ref)
+
+    def slide_stain(self, slide) -> dict | None:
+        """A slide's own stain basis (from its thumbnail), for :meth:`use_stain`; None when
+        the model does not normalise stains or the slide shows no tissue."""
+        if self.stain_reference is None:
+            return None
+        from ..errors import InputError
+        from ..stain import macenko_basis
+
+        try:
+            return macenko_basis(slide.thumbnail(2048)).to_dict()
+        except InputError:
+            return None
+
+    def use_stain(self, basis: dict | None) -> None:
+        """The stain basis the next tiles are mapped from (their slide's); None: each tile
+        (or image) its own."""
+        from ..stain import StainBasis
+
+        self._stain_source = None if basis is None else StainBasis.from_dict(basis)
+
+    def _restain(self, tiles: np.ndarray) -> np.ndarray:
+        ref = self._stain_ref
+        if ref is None:
+            return tiles
+        from ..stain import normalise_or_keep
+
+        own = getattr(self, "_stain_source", None)
+        return np.stack([normalise_or_keep(t, ref, own) for t in tiles])
 
     def use_attribute(self, attribute: str | None) -> str | None:
         """Route the next predictions through ``attribute``'s router (attribute routing);
@@ -176,6 +222,7 @@ class Predictor:
         """uint8 (N, h, w, 3) tiles (h, w multiples of 16) -> maps (N, h, w) and gates
         (N, *gate_shape); with ``embeddings`` also the pooled features that describe what
         the model sees in each tile (used to keep suggestions diverse)."""
+        tiles = self._restain(tiles)
         x = np.stack([normalise(t, self.m.mean, self.m.std) for t in tiles])
         xt = torch.from_numpy(x).to(self.m.device)
         if self.channels_last:
@@ -262,12 +309,23 @@ class Predictor:
         """
         g = self.m.geometry
         work = g.image_to_working(image)
-        wp = self.predict_region_reader(
-            lambda y, x, hh, ww: work[y : y + hh, x : x + ww],
-            work.shape[:2],
-            progress=progress,
-            cancel=cancel,
-        )
+        kept = getattr(self, "_stain_source", None)
+        if self._stain_ref is not None and kept is None:
+            # The whole image's basis for all its tiles, as for a slide.
+            from ..errors import InputError
+            from ..stain import macenko_basis
+
+            with contextlib.suppress(InputError):
+                self._stain_source = macenko_basis(work)
+        try:
+            wp = self.predict_region_reader(
+                lambda y, x, hh, ww: work[y : y + hh, x : x + ww],
+                work.shape[:2],
+                progress=progress,
+                cancel=cancel,
+            )
+        finally:
+            self._stain_source = kept
         out = dict(wp.maps)
         if native and work.shape[:2] != image.shape[:2]:
             out = {k: resample(v, image.shape[:2]) for k, v in out.items()}
