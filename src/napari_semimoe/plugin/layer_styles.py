@@ -216,6 +216,21 @@ HELP = {
 }
 
 
+def experts_words(family: Any) -> tuple[str, str]:
+    """The review page's "experts" box in the model's words (text, tooltip): DCA's are its
+    head / medium / tail decoders and its fusion's attention to each."""
+    if not family.output_maps(True):
+        return "also show each expert's outputs", (
+            f"this model ({family.label or family.name}) has no experts"
+        )
+    if family.name == "dca":
+        return "also show each decoder's prediction and its attention", (
+            "DCA's head / medium / tail expert decoders, and where its fusion (DFAM) listens "
+            "to each"
+        )
+    return "also show each expert's outputs", ""
+
+
 def legend_of(kind: str, key: str = "", **extra: Any) -> dict[str, Any]:
     """The legend a layer carries in ``metadata[LEGEND]``: ``kind`` is ``map`` (a colour
     bar with words at its ends), ``swatches`` (colour -> words) or ``outline``."""

@@ -116,6 +116,12 @@ class Session:
         """The project's class table; None for a binary project (or none open)."""
         return None if self.project is None else self.project.classes
 
+    def live_labels(self, entry: ImageEntry) -> np.ndarray | None:
+        """The annotations being painted when ``entry`` is the current image (else None:
+        the saved ones are what counts)."""
+        labels = self.layers.labels()
+        return labels.data if entry is self.entry and labels is not None else None
+
     def say(self, msg: str) -> None:
         self.message.emit(msg)
 
