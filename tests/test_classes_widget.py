@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import wait_training
-from test_trust_widget import click, predict
+from test_trust_widget import click
 
 pytestmark = [pytest.mark.viewer, pytest.mark.slow]
 
@@ -76,3 +76,122 @@ def test_define_classes_and_paint_them(ui, qtbot):
     assert read_classes(proj).names == ("background", "malignant gland")
     assert int((labels.data == 1).sum()) == n2 and not (labels.data == 2).any()
     assert pp.class_combo.count() == 1
+
+
+def train(qtbot, widget, family: str, iterations: int = 3) -> None:
+    tp = widget.train_panel
+    tp.family_combo.setCurrentIndex(tp.family_combo.findData(family))
+    tp.iter_spin.setValue(iterations)
+    tp.start_training()
+    qtbot.waitUntil(lambda: tp.job is not None, timeout=30_000)
+    wait_training(qtbot, widget, timeout=60_000)
+    assert tp.job.last["kind"] == "exit", tp.job.last
+    # The dock predicts the view with the final model when training ends: wait for it.
+    rp = widget.review_panel
+    qtbot.waitUntil(lambda: "prediction shown" in widget.status.text(), timeout=60_000)
+    qtbot.waitUntil(lambda: not rp.showing_prediction and rp.pred_view_btn.isEnabled())
+
+
+def test_multiclass_semimoe_trains_predicts_and_accepts_class_ids(ui, qtbot):
+    import json
+
+    from napari_semimoe.plugin.layer_styles import LEGEND
+
+    viewer, widget, proj = ui
+    define_two_classes(widget)
+    train(qtbot, widget, "semimoe")
+    config = json.loads((proj / "runs" / "run-001" / "config.json").read_text())
+    assert [c["name"] for c in config["classes"]] == [
+        "background",
+        "benign gland",
+        "malignant gland",
+    ]
+
+    cmap = viewer.layers["Semi-MoE class map"]  # the view predicted when training ended
+    assert type(cmap).__name__ == "Labels" and cmap.data.dtype == np.uint8
+    assert set(np.unique(cmap.data).tolist()) <= {0, 1, 2}
+    assert [t for _c, t in cmap.metadata[LEGEND]["items"]] == ["benign gland", "malignant gland"]
+    np.testing.assert_allclose(
+        cmap.colormap.map(np.array([1]))[0][:3], (44 / 255, 160 / 255, 44 / 255), atol=0.01
+    )
+    for name in ("benign gland", "malignant gland"):
+        prob = viewer.layers[f"Semi-MoE {name} probability"]
+        assert 0 <= prob.data.min() <= prob.data.max() <= 1
+    assert cmap.visible  # the class map is the result a multi-class project looks at
+    widget.review_panel.legend.refresh()
+    assert "class map" in widget.review_panel.legend.rows["Semi-MoE class map"]
+
+    # Accept: class ids where nothing is painted; a region touching painting is skipped.
+    labels = viewer.layers["annotations"]
+    t1 = widget.entry.train_tiles()[0]
+    painted = labels.data[t1.y : t1.y + t1.h, t1.x : t1.x + t1.w] > 0
+    before = np.array(labels.data)
+    cmap.data[:] = 0
+    free = np.argwhere(~painted[::4, ::4])  # unpainted working-scale pixels of tile 1
+    y, x = next(
+        (y, x) for y, x in free if not painted[4 * y : 4 * y + 12, 4 * x : 4 * x + 12].any()
+    )
+    gy, gx = t1.y // 4 + y, t1.x // 4 + x
+    cmap.data[gy : gy + 3, gx : gx + 3] = 2  # a malignant region on unpainted tissue
+    py, px = np.argwhere(painted)[0]
+    cmap.data[(t1.y + py) // 4, (t1.x + px) // 4] = 1  # a region on painted glands: skipped
+    cmap.refresh()
+    click(qtbot, widget.review_panel.accept_btn)
+    assert "accepted the class map" in widget.status.text()
+    changed = labels.data != before
+    assert changed.sum() == 12 * 12 and (labels.data[changed] == 2).all()
+    click(qtbot, widget.review_panel.undo_btn)
+    np.testing.assert_array_equal(labels.data, before)
+
+
+def test_dca_is_offered_with_two_classes_shows_its_split_and_trains(ui, qtbot):
+    import json
+
+    viewer, widget, proj = ui
+    tp, box = widget.train_panel, widget.project_panel.classes_box
+    assert tp.family_combo.findData("dca") == -1  # binary: no DCA
+    box.add_class("benign gland")
+    assert tp.family_combo.findData("dca") == -1  # one class: still none
+    labels = widget.viewer.layers["annotations"]
+    t2 = widget.entry.train_tiles()[1]
+    sl = (slice(t2.y, t2.y + t2.h), slice(t2.x, t2.x + t2.w))
+    assert box.add_class("malignant gland")
+    tile = labels.data[sl]
+    tile[tile == 1] = 2  # the second tile's glands malignant
+    labels.data[sl] = tile
+    assert tp.family_combo.findData("dca") >= 0
+
+    # The split before training: each class's share, the gaps, head / tail.
+    tp.family_combo.setCurrentIndex(tp.family_combo.findData("dca"))
+    assert tp.dca_box.isVisibleTo(tp)
+    counts = widget.project.class_pixel_counts(widget.session.live_labels)
+    text = tp.dca_box.shares_label.text()
+    big, small = ("benign gland", "malignant gland")[:: 1 if counts[0] >= counts[1] else -1]
+    assert f"{big} (id" in text and "→ head" in text and "→ tail" in text and "log gaps" in text
+    share = 100 * counts.max() / counts.sum()
+    assert f"{share:.1f} %" in text
+    # A bad override is one line; a good one is what the run trains with.
+    tp.dca_box.override_edit.setText("1/2")
+    assert "head/medium/tail" in tp.dca_box.error_label.text()
+    tp.dca_box.override_edit.setText("2//1")
+    assert tp.dca_box.error_label.text() == ""
+    rp = widget.review_panel
+    rp.experts_check.setChecked(True)  # the prediction at the end shows the decoders too
+    train(qtbot, widget, "dca")
+    config = json.loads((proj / "runs" / "run-001" / "config.json").read_text())
+    assert config["dca_split"]["head"] == [2] and config["dca_split"]["tail"] == [1]
+
+    # Review: the class map, each decoder's prediction and the fusion's attention.
+    assert "decoder" in rp.experts_check.text()
+    cmap = viewer.layers["DCA class map"]
+    assert type(cmap).__name__ == "Labels" and set(np.unique(cmap.data).tolist()) <= {0, 1, 2}
+    for g in ("head", "tail"):
+        dec = viewer.layers[f"DCA {g} expert"]
+        att = viewer.layers[f"DCA attention to the {g} expert"]
+        assert 0 <= dec.data.min() <= dec.data.max() <= 1
+        assert 0 <= att.data.min() <= att.data.max() <= 1
+    assert "DCA medium expert" not in viewer.layers  # C = 2 with an empty medium: no decoder
+    head = viewer.layers["DCA attention to the head expert"].data
+    tail = viewer.layers["DCA attention to the tail expert"].data
+    covered = cmap.metadata["semimoe_covered"]
+    np.testing.assert_allclose((head + tail)[covered], 1.0, atol=1e-4)  # DFAM sums to 1
