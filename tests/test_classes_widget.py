@@ -195,3 +195,48 @@ def test_dca_is_offered_with_two_classes_shows_its_split_and_trains(ui, qtbot):
     tail = viewer.layers["DCA attention to the tail expert"].data
     covered = cmap.metadata["semimoe_covered"]
     np.testing.assert_allclose((head + tail)[covered], 1.0, atol=1e-4)  # DFAM sums to 1
+
+
+def test_suggestions_target_a_rare_class_and_start_from_class_ids(ui, qtbot):
+    from napari_semimoe.core.data import Geometry
+    from napari_semimoe.core.train import TrainConfig, Trainer
+
+    viewer, widget, proj = ui
+    define_two_classes(widget)
+    # A multi-class model in the project's runs (trained here: the child is tested above).
+    project = widget.project
+    labels = viewer.layers["annotations"]
+    ts = project.build_training_set(widget.layers.slide_of, lambda e: np.array(labels.data))
+    cfg = TrainConfig(
+        classes=project.classes.to_list(),
+        width=4,
+        iterations=2,
+        threads=1,
+        precision="fp32",
+        geometry=Geometry(scale=4.0, tile=64).to_dict(),
+    )
+    assert Trainer(cfg, ts, project.new_run_dir()).run() == "done"
+
+    panel = widget.active
+    counts = project.class_pixel_counts(widget.session.live_labels)
+    rarest = 1 + int(np.argmin(counts))
+    assert panel.target_combo.count() == 3 and panel.target_combo.itemData(1) == rarest
+    assert project.classes.names[rarest] in panel.target_combo.itemText(1)
+    panel.target_combo.setCurrentIndex(1)
+    panel.top_spin.setValue(2)
+    panel.suggest()
+    qtbot.waitUntil(lambda: not panel.busy, timeout=60_000)
+    assert panel.suggestions and all("class_entropy" in c.components for c in panel.suggestions)
+    assert all(c.score == c.components["class_entropy"] for c in panel.suggestions)
+    # "Label this tile" starts from the model's class ids, never from gland ids.
+    c = panel.suggestions[0]
+    panel.suggest_list.setCurrentRow(0)
+    before = np.array(labels.data)
+    panel.label_suggestion()
+    sl = (slice(c.y0, c.y0 + c.side), slice(c.x0, c.x0 + c.side))
+    new = labels.data[sl][before[sl] == 0]
+    assert set(np.unique(new).tolist()) <= {0, 1, 2}
+    np.testing.assert_array_equal(
+        labels.data[sl] > 0, (before[sl] > 0) | np.kron(c.mask > 0, np.ones((4, 4), bool))
+    )
+    qtbot.waitUntil(lambda: not widget.cutting, timeout=30_000)

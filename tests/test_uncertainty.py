@@ -211,3 +211,18 @@ def test_consistency_signals_are_shown_but_not_scored():
     flipped = score_tiles(maps, 64, stride=64)[0]
     assert flipped.components["sdf_consistency"] > base.components["sdf_consistency"]
     assert flipped.score == pytest.approx(base.score)
+
+
+def test_a_target_class_ranks_where_that_class_is_unsure():
+    """The ambiguous right half is where the gland/background call is unsure; the rare
+    class 2 is unsure only in the confident left half: targeting it ranks the left first."""
+    maps = confident_left_ambiguous_right()
+    rare = np.zeros_like(maps["prob"])
+    rare[:, :64] = 0.5  # the rare class: undecided on the left
+    maps["prob_2"] = rare
+    default = score_tiles(maps, 64, stride=64)
+    assert max(default, key=lambda t: t.score).x == 64
+    targeted = score_tiles(maps, 64, stride=64, target="prob_2")
+    best = max(targeted, key=lambda t: t.score)
+    assert best.x == 0 and best.score == pytest.approx(1.0, abs=1e-3)
+    assert best.components["class_entropy"] == best.score and "entropy" in best.components

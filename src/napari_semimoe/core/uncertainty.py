@@ -123,11 +123,19 @@ def score_tiles(
     embeddings: np.ndarray | None = None,
     stride: int | None = None,
     min_tissue: float = 0.5,
+    target: str | None = None,
 ) -> list[TileScore]:
     """Score every candidate tile (tissue only) by its mean pixel signals + gate entropy.
     ``gates``/``embeddings`` are per prediction tile (``gate_tiles``: y, x, h, w); each
-    candidate takes those of the nearest prediction tile."""
+    candidate takes those of the nearest prediction tile.
+
+    ``target``: one class's probability map (``prob_<k>`` of a multi-class model): the
+    score is then where the model is unsure of that class (the mean binary entropy of its
+    probability, ``class_entropy``), so a rare class's doubtful places come first; the
+    other signals are still computed and shown."""
     sig = pixel_signals(maps)
+    if target is not None:
+        sig["class_entropy"] = binary_entropy(maps[target])
     h, w = maps["prob"].shape
     stride = stride or max(1, tile // 2)
     ge = None
@@ -153,7 +161,10 @@ def score_tiles(
                 near = int(np.argmin(d))
             if ge is not None and near is not None:
                 comp["gate_entropy"] = float(ge[near])
-            score = sum(WEIGHTS[k] * comp[k] for k in comp) / wsum
+            if target is None:
+                score = sum(WEIGHTS[k] * comp[k] for k in comp) / wsum
+            else:
+                score = comp["class_entropy"]
             emb = embeddings[near] if embeddings is not None and near is not None else None
             out.append(TileScore(y, x, tile, float(score), comp, embedding=emb))
     return out

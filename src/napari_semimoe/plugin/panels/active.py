@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QComboBox,
     QHBoxLayout,
     QLabel,
     QListWidget,
@@ -67,6 +68,7 @@ class Candidate:
     mask: np.ndarray  # working-scale instance labels of the model's prediction
     name: str = ""
     status: str = "open"  # open | promoted | rejected
+    classes: bool = False  # ``mask`` holds class ids (a multi-class project's tile)
 
 
 def suggestion_words(n: int, asked: int, picks) -> str:
@@ -121,6 +123,22 @@ class ActivePanel:
         row.addWidget(self.suggest_btn, 1)
         row.addWidget(self.top_spin)
         v.addLayout(row)
+        # A multi-class project: where the model is unsure of one class (a rare one).
+        self.target_combo = QComboBox()
+        self.target_combo.setToolTip(
+            "rank by the uncertainty of every class (any class), or of one class: where the "
+            "model is unsure of it (its class probability's entropy); the rarest painted "
+            "class is listed first"
+        )
+        self.target_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.target_combo.setMinimumContentsLength(8)
+        v.addWidget(self.target_combo)
+        self.session.project_changed.connect(lambda _p: self.fill_targets())
+        self.session.classes_changed.connect(lambda _t: self.fill_targets())
+        self.session.labels_edited.connect(lambda _why: self.fill_targets())
+        self.fill_targets()
         prow = QHBoxLayout()
         self.suggest_progress = QProgressBar()
         self.suggest_cancel = QPushButton("Cancel")
@@ -143,6 +161,23 @@ class ActivePanel:
         self.label_btn.clicked.connect(self.label_suggestion)
         v.addWidget(self.label_btn)
         return page
+
+    def fill_targets(self) -> None:
+        """'any class', then the project's classes rarest painted first (hidden: binary)."""
+        table, project = self.session.classes, self.session.project
+        keep = self.target_combo.currentData()
+        self.target_combo.clear()
+        self.target_combo.addItem("any class (all uncertainty)", None)
+        if table is not None and table.n_foreground > 1:
+            counts = project.class_pixel_counts(self.session.live_labels)
+            total = max(1, int(counts.sum()))
+            for k in sorted(range(1, table.n_foreground + 1), key=lambda k: (counts[k - 1], k)):
+                share = 100 * counts[k - 1] / total
+                self.target_combo.addItem(
+                    f"unsure of {table.names[k]} ({share:.0f} % of painted)", k
+                )
+        self.target_combo.setCurrentIndex(max(0, self.target_combo.findData(keep)))
+        self.target_combo.setVisible(self.target_combo.count() > 1)
 
     def _build_qa(self) -> QWidget:
         page = QWidget()
@@ -266,7 +301,8 @@ class ActivePanel:
             new = full[: y1 - y0, : x1 - x0].astype(labels.data.dtype)
             sl = (slice(y0, y1), slice(x0, x1))
             old = labels.data[sl]
-            offset = next_label(labels.data) - 1  # the background brush's id not counted
+            # class ids as they are; gland ids after the painted ones (the brush's not counted)
+            offset = 0 if c.classes else next_label(labels.data) - 1
             # what the user already painted there wins over the prediction
             pasted = np.where(new > 0, new + offset, 0)
             merged = np.where(old > 0, old, pasted).astype(labels.data.dtype)
@@ -298,6 +334,8 @@ class ActivePanel:
         # tile box, which is what the NEXT training will use.
         top = self.top_spin.value()
         scratch = self.session.project.root / "cache"
+        target = self.target_combo.currentData()
+        classes = self.session.classes is not None
 
         def work(job: ProgressJob):
             pred = Predictor(load_model(ckpt, "auto"), PredictOptions(experts=True))
@@ -311,15 +349,21 @@ class ActivePanel:
                 progress=job.progress,
                 cancel=lambda: job.cancelled,
                 return_maps=True,
+                target_class=target,
             )
             if maps is None:
                 return None
             out = []
+            derive = pred.family.derived_maps  # a multi-class model's class map
             for p in picks:
                 sl = (slice(p.y, p.y + p.size), slice(p.x, p.x + p.size))
-                m = {k: np.asarray(maps[k][sl]) for k in ("prob", "sdf", "boundary")}
+                m = {k: np.asarray(maps[k][sl]) for k in maps if k in pred.family.output_maps()}
                 inst = label_instances((m["prob"] >= 0.5), m["sdf"], m["boundary"])
-                out.append(Candidate(p.y0, p.x0, p.size0, p.score, p.components, inst))
+                if classes:  # the project paints class ids: start from the class map
+                    cm = derive(m).get("classes")
+                    inst = (inst > 0).astype(np.uint8) if cm is None else cm * (inst > 0)
+                c = Candidate(p.y0, p.x0, p.size0, p.score, p.components, inst, classes=classes)
+                out.append(c)
             return out
 
         self._run(
