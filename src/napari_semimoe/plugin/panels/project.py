@@ -31,11 +31,11 @@ from ...core.errors import InputError
 from ...core.project import Project, Tile
 from ...core.sparse import BACKGROUND_LABEL, UNPAINTED, UNPAINTED_WORDS, next_label
 from ...core.trainset import TRAINSET_FILE
+from ..class_table import ClassesBox
 from ..common import camera, notify, rect
 from ..cutter import TrainsetCutter
 from ..layers import LABELS_LAYER, TILES_LAYER, NapariLayers
 from ..session import Session
-from .classes import ClassesBox
 
 NO_PROJECT = (
     "Choose a project folder first (type a path and press Enter, or Open…): painting and "

@@ -83,8 +83,10 @@ class ReviewPanel(QWidget):
         session.image_changed.connect(self._image_changed)
 
     def _image_changed(self, _entry) -> None:
-        """Predictions belong to the previous image; the history is the new one's."""
-        self.layers.remove(prediction_layer_names())
+        """Predictions belong to the previous image; the history is the new one's (a
+        multi-class model's layers are named by its classes: the last one's go too)."""
+        last = {} if self._last_pred is None else self._last_pred["family"].layer_names()
+        self.layers.remove(prediction_layer_names() | set(last.values()))
         self.fill_history()
 
     def _build(self) -> None:

@@ -36,6 +36,7 @@ from ...core.trainset import TRAINSET_FILE
 from ..chart import LossChart
 from ..common import notify
 from ..cutter import TrainsetCutter
+from ..dca_split import DcaSplitBox, fill_families
 from ..jobs import fmt_time
 from ..remote_job import RemoteTrainingJob
 from ..session import Session
@@ -51,7 +52,6 @@ from ..train_form import (
 )
 from ..training_process import TrainingJob
 from ..where import WhereBox
-from .dca_split import DcaSplitBox, fill_families
 
 log = logging.getLogger(__name__)
 child_log = logging.getLogger("napari_semimoe.training")

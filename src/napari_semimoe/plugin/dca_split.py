@@ -16,10 +16,10 @@ from collections.abc import Callable
 import numpy as np
 from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout
 
-from ...core.dca import GROUPS, Split, log_gap_split, parse_split_text
-from ...core.errors import InputError
-from ..session import Session
-from ..train_form import family_title
+from ..core.dca import GROUPS, Split, log_gap_split, parse_split_text
+from ..core.errors import InputError
+from .session import Session
+from .train_form import family_title
 
 ERROR_STYLE = "color: #ff6b6b"
 
@@ -97,7 +97,7 @@ class DcaSplitBox(QGroupBox):
 def fill_families(combo, table, want: str | None = None) -> None:
     """The families a project can train, in ``combo``: those that need classes (DCA: 2
     or more) only when the project's class table (``table``; None: binary) has them."""
-    from ...core.families import families, get_family
+    from ..core.families import families, get_family
 
     n = 1 if table is None else table.n_foreground
     want = want or combo.currentData()

@@ -1,5 +1,6 @@
-"""Page 1's class table: the names and colours of what a pathologist paints (benign gland,
-malignant gland, ...), stored in the project (classes.json). Background is id 0, fixed.
+"""The class table of page 1 (1 · Project and tiles): the names and colours of what a
+pathologist paints (benign gland, malignant gland, ...), stored in the project
+(classes.json). Background is id 0, fixed.
 
 No table is a binary project (each painted gland its own id), exactly as before classes.
 The first class added turns the glands painted so far into class 1; a removed class's
@@ -27,11 +28,11 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ...core.classes import DEFAULT_COLOURS, ClassTable
-from ...core.errors import InputError
-from ...core.project import drop_class, glands_to_class
-from ..layers import NapariLayers
-from ..session import Session
+from ..core.classes import DEFAULT_COLOURS, ClassTable
+from ..core.errors import InputError
+from ..core.project import drop_class, glands_to_class
+from .layers import NapariLayers
+from .session import Session
 
 BINARY_WORDS = (
     "No classes: each painted gland is one gland (binary). Add a class to name what you "
