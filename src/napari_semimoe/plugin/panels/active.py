@@ -56,6 +56,18 @@ LAYERS = (SUGGEST_LAYER, PSEUDO_LAYER, PSEUDO_SDF_LAYER, PSEUDO_TILES_LAYER)
 NO_POOL = "no unlabeled tissue: training is supervised only"
 
 
+class _FreshCombo(QComboBox):
+    """A combo box that refills itself (``refill()``) each time its list opens."""
+
+    def __init__(self, refill) -> None:
+        super().__init__()
+        self.refill = refill
+
+    def showPopup(self) -> None:  # noqa: N802 (Qt API)
+        self.refill()
+        super().showPopup()
+
+
 @dataclass
 class Candidate:
     """A tile shown in one of the lists (level-0 px) with the model's starting annotation."""
@@ -124,7 +136,7 @@ class ActivePanel:
         row.addWidget(self.top_spin)
         v.addLayout(row)
         # A multi-class project: where the model is unsure of one class (a rare one).
-        self.target_combo = QComboBox()
+        self.target_combo = _FreshCombo(self.fill_targets)  # painting changes the shares
         self.target_combo.setToolTip(
             "rank by the uncertainty of every class (any class), or of one class: where the "
             "model is unsure of it (its class probability's entropy); the rarest painted "
