@@ -102,3 +102,23 @@ def test_removing_a_class_unpaints_it_and_shifts_the_ones_above():
     a = np.array([[0, 1, 2, 3, BACKGROUND_LABEL]], np.uint16)
     np.testing.assert_array_equal(drop_class(a, 2), [[0, 1, 0, 2, BACKGROUND_LABEL]])
     np.testing.assert_array_equal(glands_to_class(a, 1), [[0, 1, 1, 1, BACKGROUND_LABEL]])
+
+
+def test_accepting_a_class_map_adds_regions_off_the_painting_or_replaces():
+    from napari_semimoe.plugin.accept import class_patch
+
+    painted = np.zeros((6, 8), np.uint16)
+    painted[0:2, 0:2] = 1  # the user's benign gland
+    pred = np.zeros((6, 8), np.uint8)
+    pred[0:3, 0:3] = 2  # a malignant region over the painting: the painting wins
+    pred[4:6, 5:8] = 2  # one on unpainted tissue: added as class 2
+    here = np.ones((6, 8), bool)
+    here[:, 7] = False  # no prediction in the last column: left alone
+    add = class_patch(painted, pred, here, replace=False)
+    expected = painted.copy()
+    expected[4:6, 5:7] = 2
+    np.testing.assert_array_equal(add, expected)
+    assert add.dtype == painted.dtype
+    rep = class_patch(painted, pred, here, replace=True)
+    np.testing.assert_array_equal(rep[:, :7], pred[:, :7])  # background erases painting too
+    np.testing.assert_array_equal(rep[:, 7], painted[:, 7])
