@@ -2,8 +2,9 @@
 the class table and picker (page 1), DCA's split on the Train page, and the class map with
 its legend after a short DCA training.
 
-xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/screenshots_classes.py [ITERATIONS]
-(SEMIMOE_SHOTS_DIR=folder writes them there instead of docs/images.)
+xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/screenshots_classes.py [N]
+(N training steps, default 60; SEMIMOE_SHOTS_DIR=folder writes them there instead of
+docs/images.)
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def main() -> int:
     tp.family_combo.setCurrentIndex(tp.family_combo.findData("dca"))
     shot("21-dca-split.png")
     tp.iter_spin.setValue(int(sys.argv[1]) if len(sys.argv) > 1 else 60)
-    tp.width_spin.setValue(8)
+    tp.width_spin.setValue(8)  # a short, small run: the looks, not the quality
+    widget.project_panel.scale_spin.setValue(4.0)
+    widget.project_panel.tile_spin.setValue(128)
     tp.start_training()
     while tp.job is None or not tp.job.finished or tp._poll.isActive():
         pump(0.5)

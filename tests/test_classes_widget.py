@@ -48,6 +48,7 @@ def test_define_classes_and_paint_them(ui, qtbot):
     assert set(np.unique(labels.data).tolist()) == {0, 1, 2}
     assert ((labels.data > 0) == (before > 0)).all()
     assert pp.class_combo.isVisibleTo(pp) and pp.class_combo.count() == 2
+    assert pp.minimumSizeHint().width() <= 360  # the page still fits the dock
 
     # The brush paints the picked class; the background brush keeps its id.
     pp.pick_class(2)
@@ -180,9 +181,13 @@ def test_dca_is_offered_with_two_classes_shows_its_split_and_trains(ui, qtbot):
     train(qtbot, widget, "dca")
     config = json.loads((proj / "runs" / "run-001" / "config.json").read_text())
     assert config["dca_split"]["head"] == [2] and config["dca_split"]["tail"] == [1]
+    chart = tp.chart  # DCA's per-decoder loss terms get curves of their own, named
+    assert {"head", "tail"} <= set(chart.series) and chart.label("head") == "head"
+    chart.grab()  # paints (an exception in paintEvent fails the test)
 
     # Review: the class map, each decoder's prediction and the fusion's attention.
-    assert "decoder" in rp.experts_check.text()
+    assert "decoders" in rp.experts_check.text()
+    assert rp.minimumSizeHint().width() <= 360  # the page still fits the dock
     cmap = viewer.layers["DCA class map"]
     assert type(cmap).__name__ == "Labels" and set(np.unique(cmap.data).tolist()) <= {0, 1, 2}
     for g in ("head", "tail"):

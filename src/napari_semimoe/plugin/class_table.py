@@ -107,6 +107,9 @@ class ClassesBox(QGroupBox):
                     self.table.setItem(k, 1, QTableWidgetItem("—"))
         self.table.blockSignals(False)
         self.table.setVisible(table is not None)
+        rows = self.table.rowCount()  # as tall as its rows: no empty box on the page
+        header = self.table.horizontalHeader().sizeHint().height()
+        self.table.setFixedHeight(header + sum(self.table.rowHeight(r) for r in range(rows)) + 4)
         self.remove_btn.setEnabled(table is not None and table.n_foreground > 1)
         self.add_btn.setEnabled(self.session.project is not None)
         if error:

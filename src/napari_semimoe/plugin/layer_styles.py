@@ -241,7 +241,7 @@ def experts_words(family: Any) -> tuple[str, str]:
             f"this model ({family.label or family.name}) has no experts"
         )
     if family.name == "dca":
-        return "also show each decoder's prediction and its attention", (
+        return "also show the decoders and attention", (
             "DCA's head / medium / tail expert decoders, and where its fusion (DFAM) listens "
             "to each"
         )

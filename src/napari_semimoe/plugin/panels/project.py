@@ -120,7 +120,8 @@ class ProjectPanel(QWidget):
         self.class_combo = QComboBox()
         self.class_combo.setToolTip("the class the brush paints (the project's classes)")
         self.class_combo.activated.connect(lambda _i: self.pick_brush("gland"))
-        brushes.addWidget(self.class_combo)
+        self.class_label = QLabel("Class to paint")
+        f.addRow(self.class_label, self.class_combo)
         self.background_brush = QPushButton("Paint background")
         self.background_brush.setToolTip(
             "brush that marks tissue as NOT gland (light grey); a tile with background paint "
@@ -183,6 +184,7 @@ class ProjectPanel(QWidget):
                 self.class_combo.addItem(QIcon(pix), table.names[k], k)
             self.class_combo.setCurrentIndex(max(0, self.class_combo.findData(keep)))
         self.class_combo.setVisible(table is not None)
+        self.class_label.setVisible(table is not None)
         self.gland_brush.setText("Paint a gland" if table is None else "Paint class")
         self.gland_brush.setToolTip(
             "brush with a new gland label (each gland its own colour)"
