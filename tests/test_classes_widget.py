@@ -201,6 +201,17 @@ def test_dca_is_offered_with_two_classes_shows_its_split_and_trains(ui, qtbot):
     covered = cmap.metadata["semimoe_covered"]
     np.testing.assert_allclose((head + tail)[covered], 1.0, atol=1e-4)  # DFAM sums to 1
 
+    # Suggestions target a class with DCA too (it has no SDF for the other signals).
+    panel = widget.active
+    panel.target_combo.showPopup()
+    panel.target_combo.hidePopup()
+    panel.target_combo.setCurrentIndex(1)
+    panel.top_spin.setValue(2)
+    panel.suggest()
+    qtbot.waitUntil(lambda: not panel.busy, timeout=60_000)
+    assert panel.suggestions, widget.status.text()
+    assert all(c.score == c.components["class_entropy"] for c in panel.suggestions)
+
 
 def test_suggestions_target_a_rare_class_and_start_from_class_ids(ui, qtbot):
     from napari_semimoe.core.data import Geometry

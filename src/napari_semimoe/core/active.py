@@ -17,7 +17,14 @@ import numpy as np
 
 from .inference import Predictor, working_reader, working_tissue
 from .slide import Slide
-from .uncertainty import STRATEGIES, TileScore, binary_entropy, score_tiles, suggest
+from .uncertainty import (
+    STRATEGIES,
+    TileScore,
+    binary_entropy,
+    score_tiles,
+    suggest,
+    supports_class_target,
+)
 
 
 def suggest_tiles(
@@ -42,7 +49,9 @@ def suggest_tiles(
     With ``return_maps`` returns ``(tiles, maps)``, the working-scale prediction maps (so a
     suggestion can start from the model's prediction); ``([], None)`` when cancelled."""
     target = None if target_class is None else f"prob_{int(target_class)}"
-    if target is not None and target not in predictor.family.output_maps():
+    if target is not None and not supports_class_target(
+        predictor.family.output_maps(), target_class
+    ):
         from .errors import InputError
 
         raise InputError(
@@ -78,7 +87,7 @@ def suggest_tiles(
         {k: np.asarray(v) for k, v in wp.maps.items()},
         t,
         tissue=tissue,
-        gates=wp.gates,
+        gates=wp.gates if np.asarray(wp.gates).size else None,  # DCA has no gates
         gate_tiles=np.asarray(wp.tiles).reshape(-1, 4),
         embeddings=wp.embeddings,
         target=target,

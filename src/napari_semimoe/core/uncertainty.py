@@ -54,19 +54,28 @@ def supports(maps) -> bool:
     return set(SIGNAL_MAPS) <= set(maps)
 
 
+def supports_class_target(maps, k: int) -> bool:
+    """True when a suggestion can target class ``k``: the model writes the foreground
+    probability and class k's (``prob_<k>``), whatever else it has (DCA has no SDF)."""
+    return {"prob", f"prob_{int(k)}"} <= set(maps)
+
+
 def binary_entropy(p: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, np.float32), 1e-6, 1 - 1e-6)
     return (-(p * np.log2(p) + (1 - p) * np.log2(1 - p))).astype(np.float32)
 
 
 def pixel_signals(maps: dict[str, np.ndarray], sdf_gain: float = 10.0) -> dict[str, np.ndarray]:
-    """The per-pixel signals from prediction maps (prob, sdf, boundary, expert_prob)."""
+    """The per-pixel signals from prediction maps (prob, sdf, boundary, expert_prob); a
+    model without an SDF and boundary (DCA) gets the entropy and disagreement only."""
     p = np.asarray(maps["prob"], np.float32)
     out = {"entropy": binary_entropy(p)}
     expert = maps.get("expert_prob")
     out["disagreement"] = (
         np.abs(p - np.asarray(expert, np.float32)) if expert is not None else np.zeros_like(p)
     )
+    if "sdf" not in maps or "boundary" not in maps:
+        return out
     sdf = np.asarray(maps["sdf"], np.float32)
     out["sdf_consistency"] = np.abs(1.0 / (1.0 + np.exp(-sdf_gain * sdf)) - p)
     mask = p >= 0.5

@@ -233,14 +233,15 @@ class ActivePanel:
 
     # ================================================================== shared
 
-    def _model(self, what: str):
+    def _model(self, what: str, target: int | None = None):
         """The active checkpoint; a one-line InputError when there is none, or when its
-        model family lacks the maps that uncertainty and pseudo-labels are made of."""
+        model family lacks the maps that uncertainty and pseudo-labels are made of (a
+        class ``target`` needs only the class probabilities: checked when it is loaded)."""
         from ...core.uncertainty import SIGNAL_MAPS, supports
 
         ckpt = self.session.require_model()
         family = self.session.family
-        if family is not None and not supports(family.output_maps()):
+        if family is not None and target is None and not supports(family.output_maps()):
             raise InputError(
                 f"{what} need a model with {', '.join(SIGNAL_MAPS)} maps; this model "
                 f"({family.label or family.name}) has {', '.join(family.output_maps())}"
@@ -333,8 +334,9 @@ class ActivePanel:
         from ...core.inference import PredictOptions, Predictor, load_model
         from ...core.instances import label_instances
 
+        target = self.target_combo.currentData()
         try:
-            ckpt = self._model("suggestions")
+            ckpt = self._model("suggestions", target)
             slide = self.layers.slide()
         except InputError as exc:
             _notify(str(exc), "warning")
@@ -346,7 +348,6 @@ class ActivePanel:
         # tile box, which is what the NEXT training will use.
         top = self.top_spin.value()
         scratch = self.session.project.root / "cache"
-        target = self.target_combo.currentData()
         classes = self.session.classes is not None
 
         def work(job: ProgressJob):
@@ -370,7 +371,11 @@ class ActivePanel:
             for p in picks:
                 sl = (slice(p.y, p.y + p.size), slice(p.x, p.x + p.size))
                 m = {k: np.asarray(maps[k][sl]) for k in maps if k in pred.family.output_maps()}
-                inst = label_instances((m["prob"] >= 0.5), m["sdf"], m["boundary"])
+                fg = m["prob"] >= 0.5
+                if "sdf" in m and "boundary" in m:
+                    inst = label_instances(fg, m["sdf"], m["boundary"])
+                else:  # a family without them (DCA): the mask's components
+                    inst = label_instances(fg)
                 if classes:  # the project paints class ids: start from the class map
                     cm = derive(m).get("classes")
                     inst = (inst > 0).astype(np.uint8) if cm is None else cm * (inst > 0)
