@@ -103,3 +103,4 @@ def drop_off_tissue(instances: np.ndarray, tissue: np.ndarray, share: float = 0.
     out = inst.copy()
     out[off[inst] | ~tissue] = 0
     return out
+
