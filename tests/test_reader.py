@@ -122,3 +122,44 @@ def test_header_without_data_is_one_line_not_a_giant_layer(tmp_path):
     with pytest.raises(ValueError, match="holds no image data") as info:
         get_reader(path)(path)
     assert "\n" not in str(info.value)
+
+
+def test_class_map_and_class_probabilities_open_as_the_dock_shows_them(tmp_path):
+    import fnmatch
+    from pathlib import Path
+
+    import yaml
+
+    from napari_semimoe.core.classes import ClassTable, write_classes
+    from napari_semimoe.core.tiff_writer import write_tiff
+
+    cm = np.zeros((32, 32), np.uint8)
+    cm[4:10, 4:10], cm[20:30, 20:30] = 1, 2
+    write_tiff(tmp_path / "slide_classes.tif", cm)
+    write_tiff(tmp_path / "slide_prob_2.tif", np.full((32, 32), 0.25, np.float32))
+    patterns = yaml.safe_load(
+        (Path(__file__).parents[1] / "src/napari_semimoe/napari.yaml").read_text()
+    )["contributions"]["readers"][0]["filename_patterns"]
+    for name in ("slide_classes.tif", "slide_prob_2.tif", "slide_prob_12.tiff"):
+        assert any(fnmatch.fnmatch(name, p) for p in patterns), name
+    # Without a classes.json: Labels with napari's colours, an image in the prob ramp.
+    ((data, meta, kind),) = get_reader(str(tmp_path / "slide_classes.tif"))(
+        str(tmp_path / "slide_classes.tif")
+    )
+    assert kind == "labels" and "features" not in meta
+    np.testing.assert_array_equal(np.asarray(data), cm)
+    ((data, meta, kind),) = get_reader(str(tmp_path / "slide_prob_2.tif"))(
+        str(tmp_path / "slide_prob_2.tif")
+    )
+    assert kind == "image" and meta["colormap"].name == "semimoe-prob"
+    # With the model's classes beside it: named and coloured.
+    write_classes(tmp_path, ClassTable.from_names(["background", "benign", "malignant"]))
+    ((data, meta, kind),) = get_reader(str(tmp_path / "slide_classes.tif"))(
+        str(tmp_path / "slide_classes.tif")
+    )
+    assert meta["features"]["class"] == ["background", "benign", "malignant"]
+    from napari.layers import Labels
+
+    layer = Labels(np.asarray(data), **meta)  # what napari makes of it
+    assert "malignant" in str(layer.get_status((25, 25))["coordinates"])
+    np.testing.assert_allclose(layer.colormap.map(np.array([2]))[0][:3], (1, 127 / 255, 14 / 255))

@@ -211,3 +211,32 @@ def test_consistency_signals_are_shown_but_not_scored():
     flipped = score_tiles(maps, 64, stride=64)[0]
     assert flipped.components["sdf_consistency"] > base.components["sdf_consistency"]
     assert flipped.score == pytest.approx(base.score)
+
+
+def test_a_target_class_ranks_where_that_class_is_unsure():
+    """The ambiguous right half is where the gland/background call is unsure; the rare
+    class 2 is unsure only in the confident left half: targeting it ranks the left first."""
+    maps = confident_left_ambiguous_right()
+    rare = np.zeros_like(maps["prob"])
+    rare[:, :64] = 0.5  # the rare class: undecided on the left
+    maps["prob_2"] = rare
+    default = score_tiles(maps, 64, stride=64)
+    assert max(default, key=lambda t: t.score).x == 64
+    targeted = score_tiles(maps, 64, stride=64, target="prob_2")
+    best = max(targeted, key=lambda t: t.score)
+    assert best.x == 0 and best.score == pytest.approx(1.0, abs=1e-3)
+    assert best.components["class_entropy"] == best.score and "entropy" in best.components
+
+
+def test_a_model_without_sdf_and_boundary_can_target_a_class():
+    """DCA writes prob and the class probabilities only: its suggestions target a class."""
+    from napari_semimoe.core.uncertainty import supports, supports_class_target
+
+    maps = confident_left_ambiguous_right()
+    maps = {"prob": maps["prob"], "prob_1": np.where(maps["prob"] > 0.9, 0.5, 0.0)}
+    assert not supports(maps) and supports_class_target(maps, 1)
+    assert not supports_class_target(maps, 2)
+    assert set(pixel_signals(maps)) == {"entropy", "disagreement"}
+    tiles = score_tiles(maps, 64, stride=64, target="prob_1")
+    best = max(tiles, key=lambda t: t.score)
+    assert (best.y, best.x) == (0, 0)  # where class 1 is undecided (the left's gland)

@@ -17,7 +17,14 @@ import numpy as np
 
 from .inference import Predictor, working_reader, working_tissue
 from .slide import Slide
-from .uncertainty import STRATEGIES, TileScore, binary_entropy, score_tiles, suggest
+from .uncertainty import (
+    STRATEGIES,
+    TileScore,
+    binary_entropy,
+    score_tiles,
+    suggest,
+    supports_class_target,
+)
 
 
 def suggest_tiles(
@@ -32,12 +39,25 @@ def suggest_tiles(
     cancel: Callable[[], bool] | None = None,
     return_maps: bool = False,
     strategy: str = STRATEGIES[0],
+    target_class: int | None = None,
 ) -> list[TileScore] | tuple[list[TileScore], dict[str, np.ndarray] | None]:
     """Rank unlabeled tissue tiles by uncertainty. ``exclude``: level-0 (y, x, h, w) boxes
     (e.g. the training tiles). Returned tiles carry working-scale and level-0 positions.
+    ``target_class``: rank by the uncertainty of that class (a multi-class model's
+    ``prob_<k>``, :func:`.uncertainty.score_tiles`), e.g. a rare class.
 
     With ``return_maps`` returns ``(tiles, maps)``, the working-scale prediction maps (so a
     suggestion can start from the model's prediction); ``([], None)`` when cancelled."""
+    target = None if target_class is None else f"prob_{int(target_class)}"
+    if target is not None and not supports_class_target(
+        predictor.family.output_maps(), target_class
+    ):
+        from .errors import InputError
+
+        raise InputError(
+            f"this model has no class {target_class}: train it with the project's classes "
+            "(2 · Train) to target a class"
+        )
     g = predictor.m.geometry
     H, W = slide.shape
     hw, ww = g.working_shape((H, W))
@@ -67,9 +87,10 @@ def suggest_tiles(
         {k: np.asarray(v) for k, v in wp.maps.items()},
         t,
         tissue=tissue,
-        gates=wp.gates,
+        gates=wp.gates if np.asarray(wp.gates).size else None,  # DCA has no gates
         gate_tiles=np.asarray(wp.tiles).reshape(-1, 4),
         embeddings=wp.embeddings,
+        target=target,
     )
     ex = [(round(y / fy), round(x / fx), round(h / fy), round(w / fx)) for y, x, h, w in exclude]
     picks = suggest(cands, top, exclude=ex, strategy=strategy)

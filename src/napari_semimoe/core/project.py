@@ -6,6 +6,7 @@ as the user works, so a crash of napari or of training loses nothing::
 
     project/
       project.json        images (name, path, tiles), working scale, settings, runs
+      classes.json        the class table of a multi-class project (absent: binary)
       annotations/ID.tif  the painted gland labels of each image (its Labels layer's grid)
       annotations/history/ID/  the last HISTORY_KEEP earlier versions of each image's labels
       trainset.npz        labeled tiles + unlabeled pool, as the trainer sees them
@@ -36,10 +37,18 @@ import numpy as np
 
 from .atomic import atomic_write, remove_stale_temps
 from .checkpoint import CHECKPOINT_NAME
+from .classes import ClassTable, read_classes, write_classes
 from .data import TrainingSet
 from .errors import InputError
 from .slide import Slide, tissue_mask
-from .sparse import UNPAINTED, gland_like_unpainted, resolve_unpainted, training_mask
+from .sparse import (
+    BACKGROUND_LABEL,
+    UNPAINTED,
+    gland_like_unpainted,
+    glands_of,
+    resolve_unpainted,
+    training_mask,
+)
 from .tiff_writer import write_tiff
 from .trainset import TRAINSET_FILE, pool_name, save_trainset
 
@@ -169,6 +178,10 @@ class Project:
         if (self.root / PROJECT_FILE).exists():
             self._load()
         self._remove_stale_temps()
+        #: The class table (classes.json), or None: a binary project, painted values are
+        #: gland instance ids. With a table they are class ids 1..C (and the background
+        #: brush's :data:`~.sparse.BACKGROUND_LABEL`).
+        self.classes: ClassTable | None = read_classes(self.root)
 
     # ------------------------------------------------------------------ persistence
 
@@ -345,6 +358,57 @@ class Project:
         p = self.annotations_path(entry)
         return tifffile.imread(p) if p.exists() else None
 
+    # ------------------------------------------------------------------ classes
+
+    def set_classes(
+        self, table: ClassTable, relabel: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> None:
+        """Make ``table`` the project's class table (classes.json, atomically) and, with
+        ``relabel``, rewrite every image's saved annotations through it (the file before
+        is kept in the history). classes.json goes first: a crash in between leaves ids the
+        next cut refuses loudly, never ids silently given another class's name."""
+        self.writer.flush()
+        write_classes(self.root, table)
+        self.classes = table
+        if relabel is None:
+            return
+        for e in self.state.images:
+            old = self.load_annotations(e)
+            if old is None:
+                continue
+            new = relabel(old)
+            if not np.array_equal(new, old):
+                path = self.annotations_path(e)
+                self._keep_file(e, path, "before-classes")
+                write_tiff(path, np.asarray(new, old.dtype))
+
+    def class_pixel_counts(
+        self, labels_of: Callable[[ImageEntry], np.ndarray | None] | None = None
+    ) -> np.ndarray:
+        """V_k: the painted pixels of each class 1..C inside the training tiles (at the
+        annotations' resolution), what DCA's log-gap split is made of; ``labels_of`` gives
+        live annotations (else the saved ones). Empty for a binary project."""
+        if self.classes is None:
+            return np.zeros(0, np.int64)
+        c = self.classes.n_foreground
+        counts = np.zeros(c + 1, np.int64)
+        for e in self.state.images:
+            labels = labels_of(e) if labels_of is not None else None
+            if labels is None:
+                labels = self.load_annotations(e)
+            if labels is None:
+                continue
+            ls, (H, W) = e.labels_scale, labels.shape[:2]
+            for t in e.train_tiles():
+                y0, x0 = max(0, round(t.y / ls)), max(0, round(t.x / ls))
+                y1, x1 = min(H, round((t.y + t.h) / ls)), min(W, round((t.x + t.w) / ls))
+                if y1 <= y0 or x1 <= x0:
+                    continue
+                a = np.asarray(labels[y0:y1, x0:x1])
+                a = a[(a > 0) & (a <= c)]
+                counts += np.bincount(a.astype(np.int64).ravel(), minlength=c + 1)
+        return counts[1:]
+
     # ------------------------------------------------------------------ tiles
 
     def train_tiles(self) -> list[tuple[ImageEntry, Tile]]:
@@ -421,6 +485,8 @@ class Project:
                 )
                 unpainted = resolve_unpainted(t.unpainted, crop)
                 m = training_mask(crop, unpainted)
+                if self.classes is not None:  # e.g. a version restored from before a removal
+                    self.classes.check_mask(m, f"{e.name}, tile {t.id}")
                 if unpainted == "background":
                     n = gland_like_unpainted(img, crop)
                     if n:
@@ -448,7 +514,8 @@ class Project:
                 "gland (tiles without glands are fine as long as one has some)"
             )
         ts = TrainingSet(li, lm, ui, names, unames)
-        save_trainset(self.root / TRAINSET_FILE, ts)
+        table = None if self.classes is None else self.classes.to_list()
+        save_trainset(self.root / TRAINSET_FILE, ts, classes=table)
         return ts
 
     def _unlabeled_pool(self, e: ImageEntry, slide: Slide, k: int, seed: int):
@@ -487,6 +554,24 @@ class Project:
 
     def rejected_tiles(self, entry: ImageEntry) -> list[Tile]:
         return [t for t in entry.tiles if t.kind == "rejected"]
+
+
+def glands_to_class(labels: np.ndarray, k: int = 1) -> np.ndarray:
+    """A binary project's annotations as class ids: every painted gland (any instance id)
+    becomes class ``k``; the background brush and unpainted pixels stay."""
+    a = np.array(labels)
+    a[glands_of(a)] = k
+    return a
+
+
+def drop_class(labels: np.ndarray, k: int) -> np.ndarray:
+    """Annotations after class ``k`` was removed from the table: its pixels unpainted, the
+    classes above it one id down (the table's ids have no gaps)."""
+    a = np.array(labels)
+    a[a == k] = 0
+    above = (a > k) & (a != BACKGROUND_LABEL)
+    a[above] -= 1
+    return a
 
 
 def _excludes(t: Tile, y: int, x: int, side: int) -> bool:

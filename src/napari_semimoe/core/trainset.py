@@ -3,7 +3,9 @@ them. Written by the GUI process, read by the training child process (which impo
 by the QA page and by tests. It is data only: "the set changed" is signalled through the
 training process's event (:class:`TrainingJob.reload`), never by the file's time stamp.
 
-Pool tiles are named ``<image>/pool-<y>-<x>`` (working-scale origin).
+Pool tiles are named ``<image>/pool-<y>-<x>`` (working-scale origin). A multi-class
+project's set also holds its class table (``classes``, the ``classes.json`` entries): the
+child trains with the classes the masks were cut with; a binary set has no such member.
 """
 
 from __future__ import annotations
@@ -43,14 +45,17 @@ def parse_pool_name(name: str) -> tuple[str, int, int] | None:
         return None
 
 
-def save_trainset(path: Path, ts: TrainingSet) -> None:
-    """npz without pickles (object arrays are refused on load), written atomically."""
+def save_trainset(path: Path, ts: TrainingSet, classes: list | None = None) -> None:
+    """npz without pickles (object arrays are refused on load), written atomically;
+    ``classes``: the class table's entries (None: binary, no member written)."""
     arrays = {}
     for i, (im, m) in enumerate(zip(ts.labeled_images, ts.labeled_masks)):
         arrays[f"li_{i}"], arrays[f"lm_{i}"] = im, m
     for i, im in enumerate(ts.unlabeled_images):
         arrays[f"ui_{i}"] = im
     arrays["names"] = np.array(json.dumps([ts.labeled_names, ts.unlabeled_names]))
+    if classes is not None:
+        arrays["classes"] = np.array(json.dumps(classes))
     atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
@@ -59,6 +64,12 @@ def trainset_names(path: str | Path) -> tuple[list[str], list[str]]:
     with np.load(path, allow_pickle=False) as z:
         ln, un = json.loads(str(z["names"]))
     return ln, un
+
+
+def trainset_classes(path: str | Path) -> list | None:
+    """The class table entries a training set was cut with (None: a binary set)."""
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["classes"])) if "classes" in z.files else None
 
 
 def load_pool(path: str | Path, keep: Callable[[str], bool]) -> list[tuple[str, np.ndarray]]:

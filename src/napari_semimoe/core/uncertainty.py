@@ -54,19 +54,28 @@ def supports(maps) -> bool:
     return set(SIGNAL_MAPS) <= set(maps)
 
 
+def supports_class_target(maps, k: int) -> bool:
+    """True when a suggestion can target class ``k``: the model writes the foreground
+    probability and class k's (``prob_<k>``), whatever else it has (DCA has no SDF)."""
+    return {"prob", f"prob_{int(k)}"} <= set(maps)
+
+
 def binary_entropy(p: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, np.float32), 1e-6, 1 - 1e-6)
     return (-(p * np.log2(p) + (1 - p) * np.log2(1 - p))).astype(np.float32)
 
 
 def pixel_signals(maps: dict[str, np.ndarray], sdf_gain: float = 10.0) -> dict[str, np.ndarray]:
-    """The per-pixel signals from prediction maps (prob, sdf, boundary, expert_prob)."""
+    """The per-pixel signals from prediction maps (prob, sdf, boundary, expert_prob); a
+    model without an SDF and boundary (DCA) gets the entropy and disagreement only."""
     p = np.asarray(maps["prob"], np.float32)
     out = {"entropy": binary_entropy(p)}
     expert = maps.get("expert_prob")
     out["disagreement"] = (
         np.abs(p - np.asarray(expert, np.float32)) if expert is not None else np.zeros_like(p)
     )
+    if "sdf" not in maps or "boundary" not in maps:
+        return out
     sdf = np.asarray(maps["sdf"], np.float32)
     out["sdf_consistency"] = np.abs(1.0 / (1.0 + np.exp(-sdf_gain * sdf)) - p)
     mask = p >= 0.5
@@ -123,11 +132,19 @@ def score_tiles(
     embeddings: np.ndarray | None = None,
     stride: int | None = None,
     min_tissue: float = 0.5,
+    target: str | None = None,
 ) -> list[TileScore]:
     """Score every candidate tile (tissue only) by its mean pixel signals + gate entropy.
     ``gates``/``embeddings`` are per prediction tile (``gate_tiles``: y, x, h, w); each
-    candidate takes those of the nearest prediction tile."""
+    candidate takes those of the nearest prediction tile.
+
+    ``target``: one class's probability map (``prob_<k>`` of a multi-class model): the
+    score is then where the model is unsure of that class (the mean binary entropy of its
+    probability, ``class_entropy``), so a rare class's doubtful places come first; the
+    other signals are still computed and shown."""
     sig = pixel_signals(maps)
+    if target is not None:
+        sig["class_entropy"] = binary_entropy(maps[target])
     h, w = maps["prob"].shape
     stride = stride or max(1, tile // 2)
     ge = None
@@ -153,7 +170,10 @@ def score_tiles(
                 near = int(np.argmin(d))
             if ge is not None and near is not None:
                 comp["gate_entropy"] = float(ge[near])
-            score = sum(WEIGHTS[k] * comp[k] for k in comp) / wsum
+            if target is None:
+                score = sum(WEIGHTS[k] * comp[k] for k in comp) / wsum
+            else:
+                score = comp["class_entropy"]
             emb = embeddings[near] if embeddings is not None and near is not None else None
             out.append(TileScore(y, x, tile, float(score), comp, embedding=emb))
     return out

@@ -46,8 +46,11 @@ class LossChart(QWidget):
         """The curves of a family's tasks: ``tasks`` is a sequence of Task-like objects
         (``name``, ``title``) or of names; the curves drawn so far of those tasks (and the
         total, unsup and λ) are kept."""
-        self.tasks = {}
+        known, self.tasks = self.tasks, {}
         for t in tasks:  # the legend's words: the expert's (segmentation, distance map, ...)
+            if isinstance(t, str):  # a name (a str's .title is a method, not words)
+                self.tasks[t] = known.get(t, t)
+                continue
             name = getattr(t, "name", t)
             self.tasks[name] = (
                 getattr(t, "expert_title", "")

@@ -129,10 +129,27 @@ def map_style(key: str) -> dict[str, Any]:
     if key in EXTRA_STYLES:
         kw = dict(EXTRA_STYLES[key])
     else:
-        kw = output_styles().get(key, MapStyle()).to_kwargs()
+        kw = output_styles().get(key, _class_prob_style(key) or MapStyle()).to_kwargs()
     if kw["colormap"] in RAMPS:
         kw["colormap"] = ramp_colormap(kw["colormap"])
     return kw
+
+
+def _class_prob_style(key: str):
+    """``prob_<k>`` of a model whose classes are not known here (a file opened alone):
+    class k's probability in the gland probability's ramp; None for any other key."""
+    head, _, k = key.rpartition("_")
+    if head != "prob" or not k.isdigit():
+        return None
+    from ..core.families import MapStyle
+
+    name = f"class {int(k)}"
+    return MapStyle(
+        "semimoe-prob",
+        low=f"not {name}",
+        high=name,
+        help=f"How sure the model is that each pixel is {name} (its class probability).",
+    )
 
 
 def map_words(key: str) -> dict[str, str]:
@@ -142,7 +159,7 @@ def map_words(key: str) -> dict[str, str]:
 
     if key in EXTRA_WORDS:
         return dict(EXTRA_WORDS[key])
-    st = output_styles().get(key, MapStyle())
+    st = output_styles().get(key, _class_prob_style(key) or MapStyle())
     return {
         "low": st.low or "low",
         "mid": st.mid,
@@ -214,6 +231,21 @@ HELP = {
     "gates": "How much each expert of the model counts in each tile (expert weights, the "
     "'gates' of Semi-MoE); longer bar = trusted more.",
 }
+
+
+def experts_words(family: Any) -> tuple[str, str]:
+    """The review page's "experts" box in the model's words (text, tooltip): DCA's are its
+    head / medium / tail decoders and its fusion's attention to each."""
+    if not family.output_maps(True):
+        return "also show each expert's outputs", (
+            f"this model ({family.label or family.name}) has no experts"
+        )
+    if family.name == "dca":
+        return "also show the decoders and attention", (
+            "DCA's head / medium / tail expert decoders, and where its fusion (DFAM) listens "
+            "to each"
+        )
+    return "also show each expert's outputs", ""
 
 
 def legend_of(kind: str, key: str = "", **extra: Any) -> dict[str, Any]:

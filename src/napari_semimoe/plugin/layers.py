@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from ..core.classes import ClassTable
 from ..core.errors import InputError
 from ..core.project import ImageEntry
 from ..core.slide import Slide
 from .background_label import show_background_label
+from .class_layers import style_class_annotations, styled_with, unstyle_classes
 from .layer_styles import LEGEND, legend_of, style_annotations
 
 TILES_LAYER = "training tiles"
@@ -31,6 +33,8 @@ class NapariLayers:
         self.viewer = viewer
         self.current = current
         self.entry: Callable[[], ImageEntry | None] = lambda: None
+        #: the project's class table (None: binary, the annotations in gland colours)
+        self.classes: Callable[[], ClassTable | None] = lambda: None
         self.drawing_tiles = False  # True while tiles are drawn from the project (no edit)
 
     # ------------------------------------------------------------------ layers
@@ -48,9 +52,7 @@ class NapariLayers:
         made it (the sample, a file the user opened)."""
         if LABELS_LAYER in self.viewer.layers:
             layer = self.viewer.layers[LABELS_LAYER]
-            if LEGEND not in layer.metadata:
-                style_annotations(layer)
-            show_background_label(layer)  # also on a layer that came with the image
+            self._style(layer)
             return layer
         if not create or self.image() is None:
             return None
@@ -58,9 +60,22 @@ class NapariLayers:
         layer = self.viewer.add_labels(
             data, name=LABELS_LAYER, scale=tuple(self.base_scale() * self.labels_scale())
         )
-        style_annotations(layer)
-        show_background_label(layer)  # the background brush's own colour
+        self._style(layer)
         return layer
+
+    def _style(self, layer) -> None:
+        """The annotation colours (also on a layer that came with the image): a binary
+        project's gland palette and background grey, or the project's class colours."""
+        table = self.classes()
+        if table is not None:
+            if styled_with(layer) != table.to_list():
+                style_class_annotations(layer, table)
+            return
+        if styled_with(layer) is not None:
+            unstyle_classes(layer)
+        if LEGEND not in layer.metadata:
+            style_annotations(layer)
+        show_background_label(layer)  # the background brush's own colour
 
     def select_annotations(self) -> None:
         """Put the annotations on top and select them with the brush at hand (after a

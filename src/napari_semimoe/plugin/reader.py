@@ -2,10 +2,13 @@
 the maps ``napari-semimoe predict`` writes (``NAME_mask.tif``, ``NAME_prob.tif``, ...), shown
 as the plugin shows them and in the slide's physical units, and the OME-Zarr outputs of
 ``napari-semimoe cohort`` (``NAME.ome.zarr``: maps and labels, opened lazily). The map
-names and their styles come from the registered model families' tasks."""
+names and their styles come from the registered model families' tasks; a multi-class
+model's ``NAME_classes.tif`` opens as Labels (named and coloured by a ``classes.json``
+beside it or one folder up) and ``NAME_prob_<k>.tif`` as class k's probability."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -114,7 +117,29 @@ def prediction_key(path: str | Path) -> str | None:
     for ext in (".tif", ".tiff"):
         if name.endswith(ext):
             stem = name[: -len(ext)]
+            if stem.endswith("_classes"):  # a multi-class model's class map
+                return "classes"
+            if m := _CLASS_PROB.search(stem):  # one class's probability
+                return f"prob_{int(m[1])}"
             return next((k for k in prediction_keys() if stem.endswith("_" + k)), None)
+    return None
+
+
+_CLASS_PROB = re.compile(r"_prob_(\d{1,3})$")
+
+
+def _class_table_near(path: str | Path):
+    """The ``classes.json`` beside a prediction (or one folder up, a data folder's), if
+    any: the class map is then named and coloured; unreadable or absent: None."""
+    from ..core.classes import read_classes
+
+    for d in (Path(path).parent, Path(path).parent.parent):
+        try:
+            table = read_classes(d)
+        except InputError:
+            return None
+        if table is not None:
+            return table
     return None
 
 
@@ -137,6 +162,15 @@ def map_layer(path: str | Path, key: str) -> LayerData:
     if m.mpp and _units_supported():
         meta["units"] = ("µm", "µm")
     data = levels if len(levels) > 1 else levels[0]
+    if key == "classes":
+        meta["opacity"] = 0.5
+        table = _class_table_near(path)
+        if table is not None:  # the class names under the cursor, the class colours
+            meta["colormap"] = {0: "transparent", None: "#ff00ff"} | {
+                k: table.colours[k] for k in range(1, table.n_foreground + 1)
+            }
+            meta["features"] = {"index": list(table.ids), "class": list(table.names)}
+        return data, meta, "labels"
     if key in LABEL_OPACITY:
         meta["opacity"] = LABEL_OPACITY[key]
         return data, meta, "labels"

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from psygnal import Signal
 
+from ..core.classes import ClassTable
 from ..core.data import Geometry
 from ..core.errors import InputError
 from ..core.project import ImageEntry, Project, Tile
@@ -80,6 +81,8 @@ class Session:
     save_error = Signal(str)
     #: a one-line status message for the user
     message = Signal(str)
+    #: the project's class table was edited (the new ClassTable)
+    classes_changed = Signal(object)
 
     def __init__(self, layers: LayerAccess) -> None:
         self.layers = layers
@@ -107,6 +110,17 @@ class Session:
         self.clear_undo()  # undo steps are regions of the previous image's annotations
         self._tile_key = self._tiles_now()
         self.image_changed.emit(entry)
+
+    @property
+    def classes(self) -> ClassTable | None:
+        """The project's class table; None for a binary project (or none open)."""
+        return None if self.project is None else self.project.classes
+
+    def live_labels(self, entry: ImageEntry) -> np.ndarray | None:
+        """The annotations being painted when ``entry`` is the current image (else None:
+        the saved ones are what counts)."""
+        labels = self.layers.labels()
+        return labels.data if entry is self.entry and labels is not None else None
 
     def say(self, msg: str) -> None:
         self.message.emit(msg)

@@ -23,7 +23,9 @@ CUSTOM = "custom (advanced)"
 TIPS = {
     "family": "What the model learns to find, and which model learns it. Semi-MoE segments "
     "glands in H&E slides with three experts (segmentation, distance to the gland edge, "
-    "gland boundary) and learns also from the tissue you did not paint. (model family)",
+    "gland boundary) and learns also from the tissue you did not paint. With 2 or more "
+    "classes (1 · Project), DCA gives the common, middle and rare classes each an expert "
+    "of their own, so the rare ones are not drowned out. (model family)",
     "duration": "How long the model trains: more steps learn more but take longer. The line "
     "below says how long, measured on this computer once a training ran. (iterations)",
     "quality": "A larger model can be more accurate but is slower to train and to predict, "

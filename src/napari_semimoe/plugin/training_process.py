@@ -35,13 +35,15 @@ def _entry(
     try:
         from ..core.errors import InputError
         from ..core.train import TrainConfig, Trainer, TrainingError
-        from ..core.trainset import load_trainset
+        from ..core.trainset import load_trainset, trainset_classes
 
         path = Path(trainset)
         data = load_trainset(path)
-        trainer = Trainer(
-            TrainConfig.from_dict(config), data, run_dir, resume=resume, init_from=init_from
-        )
+        cfg = TrainConfig.from_dict(config)
+        classes = trainset_classes(path)  # a multi-class project's table, cut with its masks
+        if classes is not None:
+            cfg.classes = classes
+        trainer = Trainer(cfg, data, run_dir, resume=resume, init_from=init_from)
 
         def hook(tr, it: int) -> None:
             # The user added, promoted or rejected tiles: the GUI re-cut the set and set

@@ -83,6 +83,7 @@ class SemiMoEWidget(QWidget):
         self.layers = NapariLayers(viewer, lambda: self.project_panel.image_combo.currentText())
         self.session = Session(self.layers)
         self.layers.entry = lambda: self.session.entry
+        self.layers.classes = lambda: self.session.classes
         self.cutter = TrainsetCutter(self.session, self.layers)
         self.log = SessionLog()
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QComboBox,
     QHBoxLayout,
     QLabel,
     QListWidget,
@@ -55,6 +56,18 @@ LAYERS = (SUGGEST_LAYER, PSEUDO_LAYER, PSEUDO_SDF_LAYER, PSEUDO_TILES_LAYER)
 NO_POOL = "no unlabeled tissue: training is supervised only"
 
 
+class _FreshCombo(QComboBox):
+    """A combo box that refills itself (``refill()``) each time its list opens."""
+
+    def __init__(self, refill) -> None:
+        super().__init__()
+        self.refill = refill
+
+    def showPopup(self) -> None:  # noqa: N802 (Qt API)
+        self.refill()
+        super().showPopup()
+
+
 @dataclass
 class Candidate:
     """A tile shown in one of the lists (level-0 px) with the model's starting annotation."""
@@ -67,6 +80,7 @@ class Candidate:
     mask: np.ndarray  # working-scale instance labels of the model's prediction
     name: str = ""
     status: str = "open"  # open | promoted | rejected
+    classes: bool = False  # ``mask`` holds class ids (a multi-class project's tile)
 
 
 def suggestion_words(n: int, asked: int, picks) -> str:
@@ -121,6 +135,22 @@ class ActivePanel:
         row.addWidget(self.suggest_btn, 1)
         row.addWidget(self.top_spin)
         v.addLayout(row)
+        # A multi-class project: where the model is unsure of one class (a rare one).
+        self.target_combo = _FreshCombo(self.fill_targets)  # painting changes the shares
+        self.target_combo.setToolTip(
+            "rank by the uncertainty of every class (any class), or of one class: where the "
+            "model is unsure of it (its class probability's entropy); the rarest painted "
+            "class is listed first"
+        )
+        self.target_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.target_combo.setMinimumContentsLength(8)
+        v.addWidget(self.target_combo)
+        self.session.project_changed.connect(lambda _p: self.fill_targets())
+        self.session.classes_changed.connect(lambda _t: self.fill_targets())
+        self.session.labels_edited.connect(lambda _why: self.fill_targets())
+        self.fill_targets()
         prow = QHBoxLayout()
         self.suggest_progress = QProgressBar()
         self.suggest_cancel = QPushButton("Cancel")
@@ -143,6 +173,23 @@ class ActivePanel:
         self.label_btn.clicked.connect(self.label_suggestion)
         v.addWidget(self.label_btn)
         return page
+
+    def fill_targets(self) -> None:
+        """'any class', then the project's classes rarest painted first (hidden: binary)."""
+        table, project = self.session.classes, self.session.project
+        keep = self.target_combo.currentData()
+        self.target_combo.clear()
+        self.target_combo.addItem("any class (all uncertainty)", None)
+        if table is not None and table.n_foreground > 1:
+            counts = project.class_pixel_counts(self.session.live_labels)
+            total = max(1, int(counts.sum()))
+            for k in sorted(range(1, table.n_foreground + 1), key=lambda k: (counts[k - 1], k)):
+                share = 100 * counts[k - 1] / total
+                self.target_combo.addItem(
+                    f"unsure of {table.names[k]} ({share:.0f} % of painted)", k
+                )
+        self.target_combo.setCurrentIndex(max(0, self.target_combo.findData(keep)))
+        self.target_combo.setVisible(self.target_combo.count() > 1)
 
     def _build_qa(self) -> QWidget:
         page = QWidget()
@@ -186,14 +233,15 @@ class ActivePanel:
 
     # ================================================================== shared
 
-    def _model(self, what: str):
+    def _model(self, what: str, target: int | None = None):
         """The active checkpoint; a one-line InputError when there is none, or when its
-        model family lacks the maps that uncertainty and pseudo-labels are made of."""
+        model family lacks the maps that uncertainty and pseudo-labels are made of (a
+        class ``target`` needs only the class probabilities: checked when it is loaded)."""
         from ...core.uncertainty import SIGNAL_MAPS, supports
 
         ckpt = self.session.require_model()
         family = self.session.family
-        if family is not None and not supports(family.output_maps()):
+        if family is not None and target is None and not supports(family.output_maps()):
             raise InputError(
                 f"{what} need a model with {', '.join(SIGNAL_MAPS)} maps; this model "
                 f"({family.label or family.name}) has {', '.join(family.output_maps())}"
@@ -266,7 +314,8 @@ class ActivePanel:
             new = full[: y1 - y0, : x1 - x0].astype(labels.data.dtype)
             sl = (slice(y0, y1), slice(x0, x1))
             old = labels.data[sl]
-            offset = next_label(labels.data) - 1  # the background brush's id not counted
+            # class ids as they are; gland ids after the painted ones (the brush's not counted)
+            offset = 0 if c.classes else next_label(labels.data) - 1
             # what the user already painted there wins over the prediction
             pasted = np.where(new > 0, new + offset, 0)
             merged = np.where(old > 0, old, pasted).astype(labels.data.dtype)
@@ -285,8 +334,9 @@ class ActivePanel:
         from ...core.inference import PredictOptions, Predictor, load_model
         from ...core.instances import label_instances
 
+        target = self.target_combo.currentData()
         try:
-            ckpt = self._model("suggestions")
+            ckpt = self._model("suggestions", target)
             slide = self.layers.slide()
         except InputError as exc:
             _notify(str(exc), "warning")
@@ -298,6 +348,7 @@ class ActivePanel:
         # tile box, which is what the NEXT training will use.
         top = self.top_spin.value()
         scratch = self.session.project.root / "cache"
+        classes = self.session.classes is not None
 
         def work(job: ProgressJob):
             pred = Predictor(load_model(ckpt, "auto"), PredictOptions(experts=True))
@@ -311,15 +362,25 @@ class ActivePanel:
                 progress=job.progress,
                 cancel=lambda: job.cancelled,
                 return_maps=True,
+                target_class=target,
             )
             if maps is None:
                 return None
             out = []
+            derive = pred.family.derived_maps  # a multi-class model's class map
             for p in picks:
                 sl = (slice(p.y, p.y + p.size), slice(p.x, p.x + p.size))
-                m = {k: np.asarray(maps[k][sl]) for k in ("prob", "sdf", "boundary")}
-                inst = label_instances((m["prob"] >= 0.5), m["sdf"], m["boundary"])
-                out.append(Candidate(p.y0, p.x0, p.size0, p.score, p.components, inst))
+                m = {k: np.asarray(maps[k][sl]) for k in maps if k in pred.family.output_maps()}
+                fg = m["prob"] >= 0.5
+                if "sdf" in m and "boundary" in m:
+                    inst = label_instances(fg, m["sdf"], m["boundary"])
+                else:  # a family without them (DCA): the mask's components
+                    inst = label_instances(fg)
+                if classes:  # the project paints class ids: start from the class map
+                    cm = derive(m).get("classes")
+                    inst = (inst > 0).astype(np.uint8) if cm is None else cm * (inst > 0)
+                c = Candidate(p.y0, p.x0, p.size0, p.score, p.components, inst, classes=classes)
+                out.append(c)
             return out
 
         self._run(

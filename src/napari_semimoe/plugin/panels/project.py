@@ -31,6 +31,7 @@ from ...core.errors import InputError
 from ...core.project import Project, Tile
 from ...core.sparse import BACKGROUND_LABEL, UNPAINTED, UNPAINTED_WORDS, next_label
 from ...core.trainset import TRAINSET_FILE
+from ..class_table import ClassesBox
 from ..common import camera, notify, rect
 from ..cutter import TrainsetCutter
 from ..layers import LABELS_LAYER, TILES_LAYER, NapariLayers
@@ -109,10 +110,18 @@ class ProjectPanel(QWidget):
         add = QPushButton("Add training tile (view centre)")
         add.clicked.connect(self.add_tile_at_center)
         f.addRow(add)
+        self.classes_box = ClassesBox(self.session, self.layers, self.save_now)
+        f.addRow(self.classes_box)
         brushes = QHBoxLayout()
         self.gland_brush = QPushButton("Paint a gland")
         self.gland_brush.setToolTip("brush with a new gland label (each gland its own colour)")
         self.gland_brush.clicked.connect(lambda: self.pick_brush("gland"))
+        # A multi-class project's class picker: the brush paints the chosen class's id.
+        self.class_combo = QComboBox()
+        self.class_combo.setToolTip("the class the brush paints (the project's classes)")
+        self.class_combo.activated.connect(lambda _i: self.pick_brush("gland"))
+        self.class_label = QLabel("Class to paint")
+        f.addRow(self.class_label, self.class_combo)
         self.background_brush = QPushButton("Paint background")
         self.background_brush.setToolTip(
             "brush that marks tissue as NOT gland (light grey); a tile with background paint "
@@ -122,6 +131,9 @@ class ProjectPanel(QWidget):
         brushes.addWidget(self.gland_brush)
         brushes.addWidget(self.background_brush)
         f.addRow(brushes)  # the buttons say what they paint: no label column to widen it
+        self.session.project_changed.connect(lambda _p: self._show_classes())
+        self.session.classes_changed.connect(lambda _t: self._show_classes())
+        self._show_classes()
         self.unpainted_combo = QComboBox()
         for key in UNPAINTED:
             self.unpainted_combo.addItem(UNPAINTED_WORDS[key], key)
@@ -134,7 +146,11 @@ class ProjectPanel(QWidget):
         )
         self.unpainted_combo.activated.connect(self._unpainted_chosen)
         f.addRow("Unpainted pixels", self.unpainted_combo)
-        for c in (self.image_combo, self.unpainted_combo):  # long words must not widen the page
+        for c in (
+            self.image_combo,
+            self.unpainted_combo,
+            self.class_combo,
+        ):  # long words must not widen the page
             c.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             c.setMinimumContentsLength(8)
         self.project_edit.setMinimumWidth(60)
@@ -154,9 +170,36 @@ class ProjectPanel(QWidget):
 
     # ------------------------------------------------------------------ sparse painting
 
+    def _show_classes(self) -> None:
+        """The class picker: the project's classes (hidden in a binary project)."""
+        table = self.session.classes
+        keep = self.class_combo.currentData()
+        self.class_combo.clear()
+        if table is not None:
+            from qtpy.QtGui import QColor, QIcon, QPixmap
+
+            for k in range(1, table.n_foreground + 1):
+                pix = QPixmap(12, 12)
+                pix.fill(QColor(table.colours[k]))
+                self.class_combo.addItem(QIcon(pix), table.names[k], k)
+            self.class_combo.setCurrentIndex(max(0, self.class_combo.findData(keep)))
+        self.class_combo.setVisible(table is not None)
+        self.class_label.setVisible(table is not None)
+        self.gland_brush.setText("Paint a gland" if table is None else "Paint class")
+        self.gland_brush.setToolTip(
+            "brush with a new gland label (each gland its own colour)"
+            if table is None
+            else "brush that paints the class chosen beside it"
+        )
+
+    def pick_class(self, k: int) -> None:
+        """Choose class ``k`` in the picker and take the brush with it."""
+        self.class_combo.setCurrentIndex(self.class_combo.findData(k))
+        self.pick_brush("gland")
+
     def pick_brush(self, kind: str) -> None:
-        """The annotations layer, active, in paint mode with a new gland id or the
-        background brush's id."""
+        """The annotations layer, active, in paint mode with a new gland id (a multi-class
+        project: the picked class's id) or the background brush's id."""
         if self.session.project is None:
             notify(NO_PROJECT, "warning")
             return
@@ -164,9 +207,12 @@ class ProjectPanel(QWidget):
         if labels is None:
             notify("open a slide first", "warning")
             return
-        labels.selected_label = (
-            BACKGROUND_LABEL if kind == "background" else next_label(labels.data)
-        )
+        if kind == "background":
+            labels.selected_label = BACKGROUND_LABEL
+        elif self.session.classes is not None:
+            labels.selected_label = int(self.class_combo.currentData() or 1)
+        else:
+            labels.selected_label = next_label(labels.data)
         self.viewer.layers.selection.active = labels
         labels.mode = "paint"
 

@@ -29,20 +29,18 @@ from qtpy.QtWidgets import (
 
 from ...core.errors import InputError
 from ...core.sparse import BACKGROUND_LABEL, next_label
+from ..accept import COVERED, PRED_SCALE, accept_key, class_patches, tile_parts
+from ..class_layers import style_class_map
 from ..common import camera, canvas_size, notify, qt_alive
 from ..gate_bars import show_gate_bars
 from ..jobs import ProgressJob
-from ..layer_styles import LEGEND, label_style, legend_of, map_style, outline
+from ..layer_styles import LEGEND, experts_words, label_style, legend_of, map_style, outline
 from ..layers import NapariLayers
 from ..legend import LegendWidget
 from ..session import Session
 
 _notify = notify
 
-#: Metadata of the segmentation layer: where a prediction exists (working-scale bool
-#: canvas) and its scale; Accept never touches pixels outside it.
-COVERED = "semimoe_covered"
-PRED_SCALE = "semimoe_pred_scale"
 ACCEPT_MODES = ("add: my painting wins", "replace my painting")
 #: The suggestions' uncertainty map (made for families with the maps it needs).
 UNCERTAINTY_LAYER = "Semi-MoE uncertainty"
@@ -85,8 +83,10 @@ class ReviewPanel(QWidget):
         session.image_changed.connect(self._image_changed)
 
     def _image_changed(self, _entry) -> None:
-        """Predictions belong to the previous image; the history is the new one's."""
-        self.layers.remove(prediction_layer_names())
+        """Predictions belong to the previous image; the history is the new one's (a
+        multi-class model's layers are named by its classes: the last one's go too)."""
+        last = {} if self._last_pred is None else self._last_pred["family"].layer_names()
+        self.layers.remove(prediction_layer_names() | set(last.values()))
         self.fill_history()
 
     def _build(self) -> None:
@@ -236,6 +236,8 @@ class ReviewPanel(QWidget):
                 inst = drop_off_tissue(pred.instances(maps), on_tissue)
                 maps["instances"] = inst
                 maps["mask"] = maps["mask"] * (inst > 0)  # what is kept, as one mask
+                for k, v in family.derived_maps(maps).items():  # a multi-class class map
+                    maps[k] = v * on_tissue.astype(v.dtype)
                 if uncertain:  # "check here" never points at glass
                     maps["uncertainty"] = uncertainty_map(maps) * on_tissue
                 if not experts:
@@ -278,11 +280,7 @@ class ReviewPanel(QWidget):
         s, family = out["scale"], out["family"]
         names = family.layer_names() | {"uncertainty": UNCERTAINTY_LAYER}
         fills = family.fills()
-        has_experts = bool(family.output_maps(True))
-        self.experts_check.setEnabled(has_experts)
-        self.experts_check.setToolTip(
-            "" if has_experts else f"this model ({family.label or family.name}) has no experts"
-        )
+        self._name_experts(family)
         base = self.layers.base_scale()
         H, W = self.layers.slide_shape()
         hs, ws = round(H / s), round(W / s)
@@ -290,11 +288,17 @@ class ReviewPanel(QWidget):
         # Creating a napari layer blocks the event loop ~0.25 s, so layers are built one
         # per event-loop turn: the UI keeps painting in between.
         ops = []
-        keys = ("instances", *family.output_maps(), "uncertainty", *family.output_maps(True))
+        keys = (
+            "instances",
+            *family.label_maps(),
+            *family.output_maps(),
+            "uncertainty",
+            *family.output_maps(True),
+        )
         for (ys, xs, _h, _w), maps, _wp in out["results"]:
             for key in (k for k in keys if k in maps):
                 at = ((ys, xs), (hs, ws), s, base, fills.get(key, 0.0))
-                ops.append(partial(self._paste, names[key], key, maps[key], *at))
+                ops.append(partial(self._paste, names[key], key, maps[key], *at, family))
         if family.gate_shape and np.prod(family.gate_shape) > 0:
             ops.append(partial(show_gate_bars, self.viewer, out, base, names["gates"]))
         # napari selects each layer it adds: the annotations go back on top, selected, with
@@ -317,34 +321,49 @@ class ReviewPanel(QWidget):
             self._pending_ops.pop(0)()
             QTimer.singleShot(30, self._drain_ops)  # let paint and input events run between
 
-    def _paste(self, name: str, key: str, val, origin, shape, s: float, base, fill=0.0) -> None:
+    def _name_experts(self, family) -> None:
+        """The experts box in the model's words (DCA: its decoders and their attention)."""
+        self.experts_check.setEnabled(bool(family.output_maps(True)))
+        text, tip = experts_words(family)
+        self.experts_check.setText(text)
+        self.experts_check.setToolTip(tip)
+
+    def _paste(
+        self, name: str, key: str, val, origin, shape, s: float, base, fill=0.0, family=None
+    ) -> None:
         ys, xs = origin
         h, w = val.shape
         scale = tuple(base * s)
         translate = tuple(base * (s - 1) / 2)
+        labels = key == "instances" or key in (family.label_maps() if family else {})
         if (
             name in self.viewer.layers
             and self.viewer.layers[name].data.shape == shape
-            and (key != "instances" or self.viewer.layers[name].metadata.get(PRED_SCALE) == s)
+            and (not labels or self.viewer.layers[name].metadata.get(PRED_SCALE) == s)
         ):
             layer = self.viewer.layers[name]
             if key == "instances":  # fresh ids per region so pasted regions don't collide
                 val = np.where(val > 0, val + int(layer.data.max()), 0)
+            if labels:
                 self._cover(layer, ys, xs, h, w)
             layer.data[ys : ys + h, xs : xs + w] = val[: shape[0] - ys, : shape[1] - xs]
             layer.refresh()
             return
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
-        dtype = np.int32 if key == "instances" else np.float32
+        dtype = np.int32 if key == "instances" else np.uint8 if labels else np.float32
         canvas = np.full(shape, fill, dtype)
         canvas[ys : ys + h, xs : xs + w] = val[: shape[0] - ys, : shape[1] - xs]
         kw = dict(name=name, scale=scale, translate=translate)
-        if key == "instances":
-            layer = self.viewer.add_labels(canvas, **label_style(key), **kw)
+        if labels:
+            style = label_style(key) if key == "instances" else {}
+            layer = self.viewer.add_labels(canvas, **style, **kw)
             layer.metadata[PRED_SCALE] = s
             layer.metadata[COVERED] = np.zeros(shape, bool)
-            outline(layer, key)
+            if key == "instances":
+                outline(layer, key)
+            else:  # the class map, in the model's class names and colours
+                style_class_map(layer, family.classes)
             self._cover(layer, ys, xs, h, w)
         else:
             layer = self.viewer.add_image(canvas, visible=False, **map_style(key), **kw)
@@ -365,40 +384,24 @@ class ReviewPanel(QWidget):
         glands that touch none; 'replace' overwrites the painting where predicted. One undo
         step; the annotations before are kept in the on-disk history."""
         labels = self.layers.labels()
-        seg = None  # the objects layer of the last prediction's model
+        seg = None  # the objects (or a multi-class project's class map) layer of the model
+        table = self.session.classes
         if self._last_pred is not None:
-            name = self._last_pred["family"].layer_names()["instances"]
-            seg = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
+            try:
+                seg = self._accept_source(self._last_pred["family"], table)
+            except InputError as exc:
+                _notify(str(exc), "warning")
+                self.session.say(str(exc))
+                return
         cov = None if seg is None else seg.metadata.get(COVERED)
         if labels is None or cov is None or self.session.entry is None:
             _notify("predict first, then accept", "warning")
             return
         replace = self.accept_mode.currentIndex() == 1
-        ls, s = self.session.entry.labels_scale, float(seg.metadata[PRED_SCALE])
-        H, W = labels.data.shape
-        parts = []  # (region, painted, predicted ids, where the prediction may go)
-        for t in self.session.entry.train_tiles():
-            y0, x0 = max(0, round(t.y / ls)), max(0, round(t.x / ls))
-            y1, x1 = min(H, round((t.y + t.h) / ls)), min(W, round((t.x + t.w) / ls))
-            if y1 <= y0 or x1 <= x0:
-                continue
-            # nearest working-scale pixel of each annotation pixel (centre to centre)
-            rows = np.floor((np.arange(y0, y1) + 0.5) * ls / s).astype(int)
-            cols = np.floor((np.arange(x0, x1) + 0.5) * ls / s).astype(int)
-            inside = (rows < cov.shape[0])[:, None] & (cols < cov.shape[1])[None, :]
-            rows, cols = np.minimum(rows, cov.shape[0] - 1), np.minimum(cols, cov.shape[1] - 1)
-            here = cov[np.ix_(rows, cols)] & inside
-            if not here.any():
-                continue
-            sl = (slice(y0, y1), slice(x0, x1))
-            pred = np.where(here, np.asarray(seg.data)[np.ix_(rows, cols)], 0)
-            painted = labels.data[sl]
-            if replace:
-                parts.append((sl, painted, pred, here))
-            else:  # a predicted gland that touches a painted pixel is the user's: skip it
-                touched = np.unique(pred[painted > 0])
-                pred = np.where(np.isin(pred, touched[touched > 0]), 0, pred)
-                parts.append((sl, painted, pred, here & (painted == 0) & (pred > 0)))
+        parts = tile_parts(self.session.entry, labels.data, seg, add=table is None and not replace)
+        if table is not None:
+            self._accept_classes(labels, parts, replace)
+            return
         ids = np.unique(np.concatenate([p[np.where(w)] for _, _, p, w in parts] or [[]]))
         ids = ids[ids > 0].astype(np.int64)
         first = next_label(labels.data)  # fresh ids: no predicted gland merges with one
@@ -422,6 +425,25 @@ class ReviewPanel(QWidget):
             return
         self.session.say(
             f"accepted the prediction in {len(patches)} tile(s)"
+            + (" (your painting there replaced)" if replace else " (your painting kept)")
+            + "; Undo or correct it with the brush"
+        )
+
+    def _accept_source(self, family, table):
+        """The layer Accept takes (:func:`..accept.accept_key`), if shown."""
+        name = family.layer_names()[accept_key(family, table)]
+        return self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
+
+    def _accept_classes(self, labels, parts: list, replace: bool) -> None:
+        """A multi-class project's Accept: class ids into the annotations (one undo step)."""
+        objects = accept_key(self._last_pred["family"], self.session.classes) == "instances"
+        patches = class_patches(parts, labels.data.dtype, replace, objects)
+        if not self.session.edit_labels(patches, "replace" if replace else "accept"):
+            why = "every predicted region there touches your painting" if parts else ""
+            self.session.say(f"nothing to accept: {why or 'no prediction in the tiles yet'}")
+            return
+        self.session.say(
+            f"accepted the class map in {len(patches)} tile(s)"
             + (" (your painting there replaced)" if replace else " (your painting kept)")
             + "; Undo or correct it with the brush"
         )

@@ -32,11 +32,11 @@ from qtpy.QtWidgets import (
 
 from ...core.config import TrainConfig
 from ...core.errors import InputError
-from ...core.families import families, get_family
 from ...core.trainset import TRAINSET_FILE
 from ..chart import LossChart
 from ..common import notify
 from ..cutter import TrainsetCutter
+from ..dca_split import DcaSplitBox, fill_families
 from ..jobs import fmt_time
 from ..remote_job import RemoteTrainingJob
 from ..session import Session
@@ -47,7 +47,6 @@ from ..train_form import (
     TIPS,
     combo,
     dspin,
-    family_title,
     form_row,
     spin,
 )
@@ -104,10 +103,7 @@ class TrainPanel(QWidget):
         # The simple level: what, how long, speed vs quality (they set the advanced fields).
         f = QFormLayout()
         self.family_combo = QComboBox()
-        for name in families():  # projects are binary: no family that needs classes
-            if get_family(name).min_classes <= 1:
-                self.family_combo.addItem(family_title(name), name)
-        self.family_combo.setCurrentIndex(max(0, self.family_combo.findData(d["family"])))
+        self._fill_families(d["family"])
         form_row(f, "What to segment", self.family_combo, TIPS["family"])
         self.duration_combo = QComboBox()
         for text, _its in DURATIONS:
@@ -120,6 +116,11 @@ class TrainPanel(QWidget):
         self.quality_combo.addItem(CUSTOM)
         form_row(f, "Speed or quality", self.quality_combo, TIPS["quality"])
         v.addLayout(f)
+        self.dca_box = DcaSplitBox(self.session, self.session.live_labels)
+        v.addWidget(self.dca_box)
+        self.family_combo.currentIndexChanged.connect(self._family_chosen)
+        self.session.classes_changed.connect(lambda _t: self._fill_families())
+        self._family_chosen()
         self.estimate_label = QLabel("")
         self.estimate_label.setWordWrap(True)
         self.estimate_label.setStyleSheet("color: #b0b4bc")
@@ -196,6 +197,19 @@ class TrainPanel(QWidget):
         self._chart_family(d["family"])
         v.addWidget(self.chart, 1)
 
+    def _fill_families(self, want: str | None = None) -> None:
+        """The families this project can train (DCA only with 2 or more classes)."""
+        fill_families(self.family_combo, self.session.classes, want)
+        if hasattr(self, "dca_box"):
+            self._family_chosen()
+
+    def _family_chosen(self, _i: int = 0) -> None:
+        """DCA's split is shown (and counted) while DCA is chosen."""
+        dca = self.family_combo.currentData() == "dca"
+        self.dca_box.setVisible(dca)
+        if dca:
+            self.dca_box.refresh()
+
     def _duration_chosen(self, i: int) -> None:
         if i < len(DURATIONS):
             self.iter_spin.setValue(DURATIONS[i][1])
@@ -240,6 +254,7 @@ class TrainPanel(QWidget):
             self.chart.set_tasks([])
 
     def _project_opened(self, project) -> None:
+        self._fill_families()
         st = project.state.settings
         for key, widget in (("width", self.width_spin), ("iterations", self.iter_spin)):
             if key in st:
@@ -253,11 +268,16 @@ class TrainPanel(QWidget):
         self._set_training_ui(self.training)
 
     def config(self) -> dict:
-        """The form as a validated TrainConfig dict (geometry: the project page's form)."""
+        """The form as a validated TrainConfig dict (geometry: the project page's form;
+        classes: the project's table; DCA's split: the user's override, if any)."""
+        family = self.family_combo.currentData() or DEFAULTS["family"]
+        table = self.session.classes
         cfg = TrainConfig(
             **{
                 **DOCK_OVERRIDES,
-                "family": self.family_combo.currentData() or DEFAULTS["family"],
+                "family": family,
+                "classes": None if table is None else table.to_list(),
+                "dca_split": self.dca_box.split() if family == "dca" else None,
                 "width": self.width_spin.value(),
                 "iterations": self.iter_spin.value(),
                 "lr": self.lr_spin.value(),
