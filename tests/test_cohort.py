@@ -385,6 +385,7 @@ def test_ctrl_c_stops_the_cli_cleanly_and_resume_completes_it(work, tmp_path):
     ]
     assert proc.returncode == 130, err
     assert ours == ["napari-semimoe cohort: interrupted"] and "Traceback" not in err, err
+    assert "napari-semimoe cohort: dashboard: http://" in err  # the LocalCluster's, live
     done = len(list(layout.work_dir(zarr_out).glob("maps-*.done")))
     assert 1 <= done < 4 and not is_complete(zarr_out)
     resumed = subprocess.run([*cli, "--out", str(out), "--resume"], capture_output=True)

@@ -112,7 +112,7 @@ class _Bar:
             self.said = True
             where = (
                 p.dashboard
-                or "none (pip install 'napari-semimoe[dashboard]' for the dask dashboard)"
+                or "none (bokeh is not installed: pip install bokeh)"
             )
             print(f"napari-semimoe cohort: dashboard: {where}", file=sys.stderr)
         if self.bar is None:

@@ -441,7 +441,7 @@ class CohortPanel(QWidget):
             a = html.escape(link)
             self.dashboard_label.setText(f'dask dashboard: <a href="{a}">{a}</a>')
         elif not self.dashboard_label.text():
-            self.dashboard_label.setText("dask dashboard: none (needs napari-semimoe[dashboard])")
+            self.dashboard_label.setText("dask dashboard: none (bokeh is not installed)")
 
     def _finished(self, summary) -> None:
         """Main thread: the cohort ended; the rows from its summary."""
