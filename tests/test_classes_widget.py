@@ -165,6 +165,7 @@ def test_dca_is_offered_with_two_classes_shows_its_split_and_trains(ui, qtbot):
     # The split before training: each class's share, the gaps, head / tail.
     tp.family_combo.setCurrentIndex(tp.family_combo.findData("dca"))
     assert tp.dca_box.isVisibleTo(tp)
+    assert tp.lr_spin.value() == pytest.approx(0.05)  # DCA's own default step size
     counts = widget.project.class_pixel_counts(widget.session.live_labels)
     text = tp.dca_box.shares_label.text()
     big, small = ("benign gland", "malignant gland")[:: 1 if counts[0] >= counts[1] else -1]

@@ -234,6 +234,7 @@ def test_cli_trains_dca_and_evaluates_per_class(tmp_path, capsys):
     capsys.readouterr()
     cfg = json.loads((abl / "config.json").read_text())
     assert cfg["dca_split"]["source"] == "thirds" and cfg["dca_fusion"] == "average"
+    assert cfg["lr"] == 0.05  # no --lr: DCA's own default (Semi-MoE's is 0.5)
     assert load_model(abl).model.dfam[0].fusion == "average"
     out_json = tmp_path / "m.json"
     assert main(["evaluate", str(run), "--data", str(root), "--json", str(out_json)]) == 0

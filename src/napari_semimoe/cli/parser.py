@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--lr",
         type=float_option(0, 100, lo_open=True),
-        help=f"SGD learning rate (default {D['lr']})",
+        help="SGD learning rate (default: the family's, 0.5 for semimoe and moe-k, 0.05 for dca)",
         **run_opt,
     )
     t.add_argument(

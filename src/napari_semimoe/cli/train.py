@@ -79,7 +79,7 @@ def run_defaults() -> dict[str, object]:
         "labeled_fraction": None,
         "unlabeled": None,
         "seed": c.seed,
-        "lr": c.lr,
+        "lr": None,  # the family's default_lr
         "gamma": c.gamma,
         "lambda_max": c.lambda_max,
         "scale": g.scale,
@@ -236,7 +236,7 @@ def _start_training(args: argparse.Namespace, folder, client=None):
             family=family,
             width=args.width,
             iterations=args.iterations,
-            lr=args.lr,
+            lr=get_family(family).default_lr if args.lr is None else args.lr,
             gamma=args.gamma,
             lambda_max=args.lambda_max,
             supervised_only=args.supervised_only,

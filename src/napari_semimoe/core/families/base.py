@@ -147,6 +147,9 @@ class Family:
     #: Foreground classes it needs at least (1: it trains binary tasks too); the dock offers
     #: a family only for projects it can train.
     min_classes: int = 1
+    #: The SGD learning rate a run of this family starts from when none is given (the
+    #: CLI's and the dock's default).
+    default_lr: float = 0.5
 
     # ------------------------------------------------------------------ building
 

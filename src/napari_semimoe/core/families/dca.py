@@ -77,6 +77,10 @@ class DCAFamily(Family):
     width_tensor = "model.encoder.0.0.weight"
     gate_shape = (0,)
     min_classes = 2  # head and tail need two classes at least
+    #: Semi-MoE's 0.5 leaves DCA's deep tail decoder untrained: on a synthetic 2-class task
+    #: (150 iterations, b = 8) its tail class reached Dice 0.00 at 0.5 and 0.75 at 0.05
+    #: (``docs/benchmarks.md``).
+    default_lr = 0.05
     #: The run's split (a :class:`~..dca.Split`) once configured.
     split_of: Split | None = None
 

@@ -204,8 +204,14 @@ class TrainPanel(QWidget):
             self._family_chosen()
 
     def _family_chosen(self, _i: int = 0) -> None:
-        """DCA's split is shown (and counted) while DCA is chosen."""
-        dca = self.family_combo.currentData() == "dca"
+        """DCA's split is shown (and counted) while DCA is chosen; the step size is the
+        family's default."""
+        from ...core.families import get_family
+
+        name = self.family_combo.currentData()
+        if name and hasattr(self, "lr_spin"):
+            self.lr_spin.setValue(get_family(name).default_lr)
+        dca = name == "dca"
         self.dca_box.setVisible(dca)
         if dca:
             self.dca_box.refresh()
