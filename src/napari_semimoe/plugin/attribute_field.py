@@ -36,6 +36,7 @@ class AttributeField(QComboBox):
         self.activated.connect(lambda _i: self.commit())
         session.image_changed.connect(lambda _e: self.show_current())
         session.project_changed.connect(lambda _p: self.show_current())
+        session.attribute_changed.connect(lambda _v: self.show_current())  # set elsewhere
         self.show_current()
 
     def show_current(self) -> None:
