@@ -70,6 +70,7 @@ class RoutingProbe:
         self.means: list[np.ndarray] = []  # per tile: (n,) mean gate weight
         self._handle = self.block.register_forward_hook(self._hook)
         self._batch = predictor.predict_batch
+        self._own = "predict_batch" in vars(predictor)  # already wrapped on the instance
         predictor.predict_batch = self._predict_batch  # this instance only
 
     def _hook(self, module, inputs, _output) -> None:
@@ -92,7 +93,10 @@ class RoutingProbe:
 
     def close(self) -> None:
         self._handle.remove()
-        self.predictor.predict_batch = self._batch
+        if self._own:
+            self.predictor.predict_batch = self._batch
+        else:  # the class's method again
+            del self.predictor.predict_batch
 
 
 class RoutingRun:
