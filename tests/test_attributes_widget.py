@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import wait_training
-from test_trust_widget import click, predict
+from test_trust_widget import click, install, predict, tiny_checkpoint  # noqa: F401
 
 pytestmark = [pytest.mark.viewer, pytest.mark.slow]
 
@@ -30,6 +30,7 @@ def test_attribute_field_stores_offers_and_refuses_in_one_line(ui, qtbot):
     assert doc["images"][0]["attribute"] == "lab A"
     assert widget.session.attribute == "lab A"
     assert [field.itemText(i) for i in range(field.count())] == ["lab A"]  # offered
+    assert widget.project_panel.minimumSizeHint().width() <= 360
     field.setEditText("any")  # the router of unknown images: refused, nothing changed
     field.commit()
     assert "'any' is the router" in widget.status.text() and "\n" not in widget.status.text()
@@ -87,6 +88,7 @@ def test_train_with_routing_then_predict_an_unseen_origin(ui, qtbot):
     assert tiles and rows["lab Z"][0] == tiles
     assert rows["lab Z"][1].sum() == pytest.approx(1.0, abs=1e-4) and len(rows["lab Z"][1]) == 8
     assert box.table.rowCount() == len(rows) and box.table.columnCount() == 9
+    assert rp.minimumSizeHint().width() <= 360  # the page still fits the dock
 
     # Its own origin again: its own router, no note; the tiles' row is replaced, not added.
     widget.session.set_attribute("lab A")
@@ -94,3 +96,18 @@ def test_train_with_routing_then_predict_an_unseen_origin(ui, qtbot):
     predict(qtbot, widget, rp.pred_tiles_btn)
     assert box.note.text() == "" and not box.note.isVisibleTo(rp)
     assert [a for a, _n, _m in box.table_data.rows()] == ["lab A"]
+
+
+def test_a_model_without_routing_predicts_as_before(ui, qtbot, tiny_checkpoint):  # noqa: F811
+    from napari_semimoe.plugin.routing_view import ROUTING_LAYER
+
+    viewer, widget, proj = ui
+    install(widget, tiny_checkpoint)
+    widget.session.set_attribute("lab A")  # an origin, but a model trained without routing
+    widget.toolbox.setCurrentIndex(2)
+    rp = widget.review_panel
+    predict(qtbot, widget, rp.pred_tiles_btn)
+    routing = rp._last_pred["routing"]
+    assert routing["router"] is None and routing["note"] == "" and not routing["regions"]
+    assert not rp.routing_box.isVisibleTo(rp) and ROUTING_LAYER not in viewer.layers
+    assert rp._last_pred["family"].layer_names()["gates"] in viewer.layers  # its gate bars
