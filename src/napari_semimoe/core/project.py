@@ -90,14 +90,17 @@ class Tile:
 
 @dataclass
 class ImageEntry:
-    """One image of the project: its napari layer name, file (if any), tiles and the
-    resolution of its annotations (level-0 px per annotation px)."""
+    """One image of the project: its napari layer name, file (if any), tiles, the
+    resolution of its annotations (level-0 px per annotation px) and where it comes from
+    (``attribute``: site / scanner / stain batch for attribute routing; None = unknown, and
+    then not written, so a project without attributes keeps its file as it was)."""
 
     name: str
     path: str | None = None
     labels_scale: float = 1.0
     tiles: list[Tile] = field(default_factory=list)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    attribute: str | None = None
 
     def train_tiles(self) -> list[Tile]:
         return [t for t in self.tiles if t.kind == "train"]
@@ -235,10 +238,30 @@ class Project:
             self._prune(d)
 
     def save(self) -> None:
+        doc = asdict(self.state)
+        for e in doc["images"]:
+            if e.get("attribute") is None:  # unknown: absent, as in projects made before
+                e.pop("attribute", None)
         atomic_write(
-            self.root / PROJECT_FILE,
-            lambda fh: fh.write(json.dumps(asdict(self.state), indent=1).encode()),
+            self.root / PROJECT_FILE, lambda fh: fh.write(json.dumps(doc, indent=1).encode())
         )
+
+    # ------------------------------------------------------------------ attributes
+
+    def set_attribute(self, entry: ImageEntry, value: str | None) -> str | None:
+        """Say where an image comes from (saved at once); blank = unknown. Returns the
+        value kept; a value that cannot be one is a one-line InputError."""
+        entry.attribute = check_attribute(value, entry.name)
+        self.save()
+        return entry.attribute
+
+    def attribute_values(self) -> list[str]:
+        """The project's distinct attribute values, sorted (offered for the next image)."""
+        return sorted({e.attribute for e in self.state.images if e.attribute})
+
+    def attributes(self) -> dict[str, str]:
+        """``{image name: attribute}`` of the images whose attribute is known."""
+        return {e.name: e.attribute for e in self.state.images if e.attribute}
 
     def entry(self, name: str, path: str | None = None) -> ImageEntry:
         """The entry of an image layer (created on first use)."""
@@ -465,6 +488,7 @@ class Project:
         """
         s = self.state.scale
         li, lm, names, ui, unames = [], [], [], [], []
+        tile_attrs: dict[str, str] = {}  # tile name -> its image's attribute (known ones)
         warnings: list[str] = []
         pool_share = max(1, max_unlabeled // max(1, len(self.state.images)))
         for e in self.state.images:
@@ -475,6 +499,7 @@ class Project:
             labels = labels_of(e) if labels_of is not None else None
             if labels is None:
                 labels = self.load_annotations(e)
+            first = len(names)  # this image's tiles are names[first:]
             for t in tiles:
                 h, w = max(1, round(t.h / s)), max(1, round(t.w / s))
                 img = slide.read_scaled(round(t.y / s), round(t.x / s), h, w, s)
@@ -502,6 +527,9 @@ class Project:
             imgs, nm = self._unlabeled_pool(e, slide, pool_share, seed)
             ui += imgs
             unames += [f"{e.name}/{n}" for n in nm]
+            if e.attribute:
+                tile_attrs.update({n: e.attribute for n in names[first:]})
+                tile_attrs.update({f"{e.name}/{n}": e.attribute for n in nm})
         if not li:
             raise InputError(
                 "no training tile yet: draw a rectangle in 'training tiles' and "
@@ -514,6 +542,9 @@ class Project:
                 "gland (tiles without glands are fine as long as one has some)"
             )
         ts = TrainingSet(li, lm, ui, names, unames)
+        if tile_attrs:
+            ts.labeled_attributes = [tile_attrs.get(n) for n in names]
+            ts.unlabeled_attributes = [tile_attrs.get(n) for n in unames]
         table = None if self.classes is None else self.classes.to_list()
         save_trainset(self.root / TRAINSET_FILE, ts, classes=table)
         return ts
@@ -554,6 +585,37 @@ class Project:
 
     def rejected_tiles(self, entry: ImageEntry) -> list[Tile]:
         return [t for t in entry.tiles if t.kind == "rejected"]
+
+
+#: The longest attribute value kept (a site, scanner or batch name, not a note).
+MAX_ATTRIBUTE = 64
+
+
+def check_attribute(value: Any, image: str, blank: bool = True) -> str | None:
+    """An image's attribute as stored: stripped text, None for unknown (blank text too
+    when ``blank``); "any" is the router of unknown images, so it cannot be a value."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InputError(f"image {image!r}: attribute {value!r} must be text")
+    v = value.strip()
+    if not v:
+        if blank:
+            return None
+        raise InputError(f"image {image!r}: attribute is blank (leave it out for unknown)")
+    if len(v) > MAX_ATTRIBUTE or any(not c.isprintable() for c in v):
+        raise InputError(
+            f"image {image!r}: attribute must be one line of at most {MAX_ATTRIBUTE} "
+            "printable characters (a site, scanner or stain batch)"
+        )
+    from .routing import ANY
+
+    if v.lower() == ANY:
+        raise InputError(
+            f"image {image!r}: {ANY!r} is the router of images of unknown origin; "
+            "leave the attribute blank for unknown"
+        )
+    return v
 
 
 def glands_to_class(labels: np.ndarray, k: int = 1) -> np.ndarray:
@@ -639,6 +701,10 @@ def _check_state(st: ProjectState) -> str | None:
             return f"image {e.name!r}: name and path must be text"
         if not (num(e.labels_scale) and 0 < e.labels_scale <= 1024):
             return f"image {e.name!r}: labels_scale {e.labels_scale!r} is out of range"
+        try:
+            check_attribute(e.attribute, e.name, blank=False)
+        except InputError as exc:
+            return str(exc)
         for t in e.tiles:
             ints = (t.y, t.x, t.h, t.w)
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):

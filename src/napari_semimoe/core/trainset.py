@@ -6,6 +6,9 @@ training process's event (:class:`TrainingJob.reload`), never by the file's time
 Pool tiles are named ``<image>/pool-<y>-<x>`` (working-scale origin). A multi-class
 project's set also holds its class table (``classes``, the ``classes.json`` entries): the
 child trains with the classes the masks were cut with; a binary set has no such member.
+A set whose images say where they come from holds ``attributes`` (``{tile name: value}``,
+the tiles of images with a known attribute): the child's ``TrainConfig.attributes`` and the
+set's per-tile attributes; a set without any has no such member.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ def parse_pool_name(name: str) -> tuple[str, int, int] | None:
 
 def save_trainset(path: Path, ts: TrainingSet, classes: list | None = None) -> None:
     """npz without pickles (object arrays are refused on load), written atomically;
-    ``classes``: the class table's entries (None: binary, no member written)."""
+    ``classes``: the class table's entries (None: binary, no member written); the set's
+    known per-tile attributes go in ``attributes`` (none known: no member)."""
     arrays = {}
     for i, (im, m) in enumerate(zip(ts.labeled_images, ts.labeled_masks)):
         arrays[f"li_{i}"], arrays[f"lm_{i}"] = im, m
@@ -56,6 +60,9 @@ def save_trainset(path: Path, ts: TrainingSet, classes: list | None = None) -> N
     arrays["names"] = np.array(json.dumps([ts.labeled_names, ts.unlabeled_names]))
     if classes is not None:
         arrays["classes"] = np.array(json.dumps(classes))
+    attrs = _attribute_table(ts)
+    if attrs:
+        arrays["attributes"] = np.array(json.dumps(attrs))
     atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
@@ -72,6 +79,22 @@ def trainset_classes(path: str | Path) -> list | None:
         return json.loads(str(z["classes"])) if "classes" in z.files else None
 
 
+def _attribute_table(ts: TrainingSet) -> dict[str, str]:
+    out = {}
+    for names, attrs in (
+        (ts.labeled_names, ts.labeled_attributes),
+        (ts.unlabeled_names, ts.unlabeled_attributes),
+    ):
+        out.update({n: a for n, a in zip(names, attrs) if a})
+    return out
+
+
+def trainset_attributes(path: str | Path) -> dict[str, str]:
+    """``{tile name: attribute}`` of a saved training set ({} when none is known)."""
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["attributes"])) if "attributes" in z.files else {}
+
+
 def load_pool(path: str | Path, keep: Callable[[str], bool]) -> list[tuple[str, np.ndarray]]:
     """The unlabeled pool tiles whose name passes ``keep``, read without loading the rest
     of the file (npz members are read on access)."""
@@ -85,10 +108,13 @@ def load_trainset(path: str | Path) -> TrainingSet:
         nl = sum(1 for k in z.files if k.startswith("li_"))
         nu = sum(1 for k in z.files if k.startswith("ui_"))
         ln, un = json.loads(str(z["names"]))
+        attrs = json.loads(str(z["attributes"])) if "attributes" in z.files else {}
         return TrainingSet(
             [z[f"li_{i}"] for i in range(nl)],
             [z[f"lm_{i}"] for i in range(nl)],
             [z[f"ui_{i}"] for i in range(nu)],
             ln,
             un,
+            [attrs.get(n) for n in ln] if attrs else [],
+            [attrs.get(n) for n in un] if attrs else [],
         )

@@ -83,6 +83,8 @@ class Session:
     message = Signal(str)
     #: the project's class table was edited (the new ClassTable)
     classes_changed = Signal(object)
+    #: the current image's attribute (where it comes from) was set (the value, None: unknown)
+    attribute_changed = Signal(object)
 
     def __init__(self, layers: LayerAccess) -> None:
         self.layers = layers
@@ -115,6 +117,22 @@ class Session:
     def classes(self) -> ClassTable | None:
         """The project's class table; None for a binary project (or none open)."""
         return None if self.project is None else self.project.classes
+
+    @property
+    def attribute(self) -> str | None:
+        """Where the current image comes from (None: unknown, or no image)."""
+        return None if self.entry is None else self.entry.attribute
+
+    def set_attribute(self, value: str | None) -> str | None:
+        """Say where the current image comes from (saved in the project at once); blank =
+        unknown. A value that cannot be one is a one-line InputError, nothing changed."""
+        if self.project is None or self.entry is None:
+            raise InputError("open a project and a slide first")
+        if (value or "").strip() == (self.entry.attribute or ""):
+            return self.entry.attribute
+        kept = self.project.set_attribute(self.entry, value)
+        self.attribute_changed.emit(kept)
+        return kept
 
     def live_labels(self, entry: ImageEntry) -> np.ndarray | None:
         """The annotations being painted when ``entry`` is the current image (else None:

@@ -4,7 +4,15 @@ small field builders. Kept apart from the page's behaviour (panels/train.py)."""
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QSpinBox, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QLabel,
+    QSpinBox,
+    QWidget,
+)
 
 #: The simple level's choices: (words, training steps) and (words, model width).
 DURATIONS = (
@@ -52,6 +60,10 @@ TIPS = {
     "semi": "Also learn from the tissue outside your training tiles, from the model's own "
     "confident predictions there; off = learn only from what you painted. (semi-supervised "
     "pseudo-labels; off = supervised only)",
+    "routing": "Slides from several labs, scanners or stain batches: the model learns a "
+    "router for each value of 'Comes from' (1 · Project) that picks which shared experts "
+    "handle its tissue, plus an 'any' router for slides of unknown or new origin. Off = one "
+    "model for all slides. (dMoE attribute routing)",
     "start": "Cut the training tiles and start training a new model in the background; "
     "napari stays usable (paint, pan, zoom) while it trains.",
     "pause": "Pause after the current step (the model is saved); press again to resume.",
@@ -97,6 +109,13 @@ def dspin(lo: float, hi: float, value: float, decimals: int) -> QDoubleSpinBox:
     sp.setSingleStep(10 ** -(decimals - 1))
     sp.setValue(value)
     return sp
+
+
+def check(text: str, tip: str, on: bool = False) -> QCheckBox:
+    c = QCheckBox(text)
+    c.setChecked(on)
+    c.setToolTip(tip)
+    return c
 
 
 def combo(items: list[str], value: str) -> QComboBox:

@@ -41,6 +41,7 @@ from ...core.sparse import next_label
 from ..common import camera, canvas_size
 from ..common import notify as _notify
 from ..common import rect as _rect
+from ..fresh_combo import FreshCombo as _FreshCombo
 from ..jobs import ProgressJob
 
 if TYPE_CHECKING:
@@ -54,18 +55,6 @@ PSEUDO_SDF_LAYER = "Semi-MoE pseudo SDF"
 PSEUDO_TILES_LAYER = "pseudo-label tiles"
 LAYERS = (SUGGEST_LAYER, PSEUDO_LAYER, PSEUDO_SDF_LAYER, PSEUDO_TILES_LAYER)
 NO_POOL = "no unlabeled tissue: training is supervised only"
-
-
-class _FreshCombo(QComboBox):
-    """A combo box that refills itself (``refill()``) each time its list opens."""
-
-    def __init__(self, refill) -> None:
-        super().__init__()
-        self.refill = refill
-
-    def showPopup(self) -> None:  # noqa: N802 (Qt API)
-        self.refill()
-        super().showPopup()
 
 
 @dataclass

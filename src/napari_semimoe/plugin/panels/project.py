@@ -31,6 +31,7 @@ from ...core.errors import InputError
 from ...core.project import Project, Tile
 from ...core.sparse import BACKGROUND_LABEL, UNPAINTED, UNPAINTED_WORDS, next_label
 from ...core.trainset import TRAINSET_FILE
+from ..attribute_field import AttributeField
 from ..class_table import ClassesBox
 from ..common import camera, notify, rect
 from ..cutter import TrainsetCutter
@@ -96,6 +97,8 @@ class ProjectPanel(QWidget):
         self.image_combo = QComboBox()
         self.image_combo.currentTextChanged.connect(self._switch_image)
         f.addRow("Slide", self.image_combo)
+        self.attribute_field = AttributeField(self.session)  # site / scanner / stain batch
+        f.addRow("Comes from", self.attribute_field)
         self.scale_spin = QDoubleSpinBox()
         self.scale_spin.setRange(1.0, 64.0)
         self.scale_spin.setSingleStep(0.5)

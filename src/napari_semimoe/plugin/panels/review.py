@@ -32,11 +32,13 @@ from ...core.sparse import BACKGROUND_LABEL, next_label
 from ..accept import COVERED, PRED_SCALE, accept_key, class_patches, tile_parts
 from ..class_layers import style_class_map
 from ..common import camera, canvas_size, notify, qt_alive
+from ..fresh_combo import FreshCombo as _FreshCombo
 from ..gate_bars import show_gate_bars
 from ..jobs import ProgressJob
 from ..layer_styles import LEGEND, experts_words, label_style, legend_of, map_style, outline
 from ..layers import NapariLayers
 from ..legend import LegendWidget
+from ..routing_view import ROUTING_LAYER, RoutingBox, RoutingRun
 from ..session import Session
 
 _notify = notify
@@ -50,22 +52,10 @@ def prediction_layer_names() -> set[str]:
     """Every layer a prediction may have made: each known family's, and the uncertainty."""
     from ...core.families import families, get_family
 
-    names = {UNCERTAINTY_LAYER}
+    names = {UNCERTAINTY_LAYER, ROUTING_LAYER}
     for n in families():
         names.update(get_family(n).layer_names().values())
     return names
-
-
-class _FreshCombo(QComboBox):
-    """A combo box that refills itself (``refill()``) each time its list opens."""
-
-    def __init__(self, refill) -> None:
-        super().__init__()
-        self.refill = refill
-
-    def showPopup(self) -> None:  # noqa: N802 (Qt API)
-        self.refill()
-        super().showPopup()
 
 
 class ReviewPanel(QWidget):
@@ -88,6 +78,7 @@ class ReviewPanel(QWidget):
         last = {} if self._last_pred is None else self._last_pred["family"].layer_names()
         self.layers.remove(prediction_layer_names() | set(last.values()))
         self.fill_history()
+        self.routing_box.clear()
 
     def _build(self) -> None:
         v = QVBoxLayout(self)
@@ -151,6 +142,8 @@ class ReviewPanel(QWidget):
         hrow.addWidget(self.history_combo, 1)
         hrow.addWidget(self.restore_btn)
         v.addWidget(hbox)
+        self.routing_box = RoutingBox(self.session, self.viewer)  # attribute routing, K experts
+        v.addWidget(self.routing_box)
         self.legend = LegendWidget(self.viewer)  # follows the layers shown
         v.addWidget(self.legend)
         v.addStretch(1)
@@ -198,6 +191,7 @@ class ReviewPanel(QWidget):
             _notify(str(exc), "warning")
             return
         experts = self.experts_check.isChecked()
+        attribute, overlay = self.session.attribute, self.routing_box.overlay
         job = self._pred_job = ProgressJob(self.pred_progress, self.cancel_btn, self)
 
         @thread_worker(ignore_errors=True)  # errors become a notification below
@@ -207,6 +201,7 @@ class ReviewPanel(QWidget):
             family = loaded.family
             # Expert maps are always computed: the uncertainty map needs the seg expert.
             pred = Predictor(loaded, PredictOptions(experts=True))
+            routing = RoutingRun(pred, attribute, overlay)  # the image's router; its gates
             expert_maps = set(family.output_maps(True))
             uncertain = supports(family.output_maps())
             s = loaded.geometry.scale
@@ -230,6 +225,7 @@ class ReviewPanel(QWidget):
                 )
                 if wp.cancelled:
                     return None
+                routing.region(wp)
                 maps = {k: np.asarray(v) for k, v in wp.maps.items()}
                 maps["mask"] = pred.mask(maps)
                 on_tissue = tissue_mask(slide, s, (ys, xs, hs, ws))  # glands on glass go
@@ -244,7 +240,7 @@ class ReviewPanel(QWidget):
                     for k in expert_maps & set(maps):
                         del maps[k]
                 results.append(((ys, xs, hs, ws), maps, wp))
-            return {"scale": s, "results": results, "family": family}
+            return {"scale": s, "results": results, "family": family, "routing": routing.result()}
 
         worker = work()
         self.worker = worker
@@ -301,6 +297,7 @@ class ReviewPanel(QWidget):
                 ops.append(partial(self._paste, names[key], key, maps[key], *at, family))
         if family.gate_shape and np.prod(family.gate_shape) > 0:
             ops.append(partial(show_gate_bars, self.viewer, out, base, names["gates"]))
+        ops.append(partial(self.routing_box.show_routing, out, base))
         # napari selects each layer it adds: the annotations go back on top, selected, with
         # the brush at hand (correcting is the next step)
         ops.append(self.layers.select_annotations)

@@ -32,7 +32,7 @@ from qtpy.QtWidgets import (
 
 from ...core.config import TrainConfig
 from ...core.errors import InputError
-from ...core.trainset import TRAINSET_FILE
+from ...core.trainset import TRAINSET_FILE, trainset_attributes
 from ..chart import LossChart
 from ..common import notify
 from ..cutter import TrainsetCutter
@@ -45,6 +45,7 @@ from ..train_form import (
     DURATIONS,
     QUALITIES,
     TIPS,
+    check,
     combo,
     dspin,
     form_row,
@@ -150,10 +151,12 @@ class TrainPanel(QWidget):
         form_row(af, "Number precision", self.precision_combo, TIPS["precision"])
         self.seed_spin = spin(0, 2**31 - 1, d["seed"])
         form_row(af, "Random seed", self.seed_spin, TIPS["seed"])
-        self.semi_check = QCheckBox("also learn from unlabeled tissue")
-        self.semi_check.setChecked(not d["supervised_only"])
-        self.semi_check.setToolTip(TIPS["semi"])
+        self.semi_check = check(
+            "also learn from unlabeled tissue", TIPS["semi"], not d["supervised_only"]
+        )
         af.addRow(self.semi_check)
+        self.routing_check = check("route by where a slide comes from", TIPS["routing"])
+        af.addRow(self.routing_check)
         adv.setVisible(False)
         self.advanced_check.toggled.connect(adv.setVisible)
         v.addWidget(adv)
@@ -294,6 +297,7 @@ class TrainPanel(QWidget):
                 "precision": self.precision_combo.currentText(),
                 "seed": self.seed_spin.value(),
                 "supervised_only": not self.semi_check.isChecked(),
+                "attribute_routing": self.routing_check.isChecked(),
                 "geometry": self.session.train_geometry.to_dict(),
             }
         )
@@ -343,6 +347,7 @@ class TrainPanel(QWidget):
             run_dir = project.new_run_dir()
             log.info("training %s (%s) with %s", run_dir, "continue" if init else "new", config)
             trainset = project.root / TRAINSET_FILE
+            config["attributes"] = trainset_attributes(trainset)  # tile -> its image's value
             if scheduler is None:
                 self.job = TrainingJob(config, trainset, run_dir, init_from=init)
             else:  # a cluster's GPU worker trains; a thread here is its client
@@ -428,11 +433,8 @@ class TrainPanel(QWidget):
             self.progress.setValue(e["iteration"])
             eta = e.get("eta")
             lo = e["losses"].get("total", float("nan"))
-            lam = (
-                " · only your painting"
-                if self._supervised
-                else f" · unlabeled weight {e['lam']:.2f}"
-            )
+            lam = f" · unlabeled weight {e['lam']:.2f}"
+            lam = " · only your painting" if self._supervised else lam
             self.eta_label.setText(
                 f"step {e['iteration']} of {e['total']} · loss {lo:.3f}{lam}"
                 + (f" · {fmt_time(eta)} left" if eta is not None else "")
@@ -461,11 +463,8 @@ class TrainPanel(QWidget):
                 s.say(f"training failed: {e['message']}{s.log_hint()}")
             elif kind == "exit":
                 log.info("training %s: %s", e["result"], e.get("run_dir"))
-                msg = (
-                    "training finished"
-                    if e["result"] == "done"
-                    else "training stopped; checkpoint saved"
-                )
+                done = e["result"] == "done"
+                msg = "training finished" if done else "training stopped; checkpoint saved"
                 # the status line, not a pop-up: a napari notification blocks the UI ~0.2 s
                 self.eta_label.setText(msg)
                 s.say(f"{msg}: predict in 3 · Review, or label more and Continue")
