@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 
 from ...core.config import TrainConfig
 from ...core.errors import InputError
+from ...core.families import get_family
 from ...core.trainset import TRAINSET_FILE, trainset_attributes
 from ..chart import LossChart
 from ..common import notify
@@ -207,16 +208,12 @@ class TrainPanel(QWidget):
             self._family_chosen()
 
     def _family_chosen(self, _i: int = 0) -> None:
-        """DCA's split is shown (and counted) while DCA is chosen; the step size is the
-        family's default."""
-        from ...core.families import get_family
-
+        """DCA's split shown (and counted) while DCA is chosen; the family's step size."""
         name = self.family_combo.currentData()
         if name and hasattr(self, "lr_spin"):
             self.lr_spin.setValue(get_family(name).default_lr)
-        dca = name == "dca"
-        self.dca_box.setVisible(dca)
-        if dca:
+        self.dca_box.setVisible(name == "dca")
+        if name == "dca":
             self.dca_box.refresh()
 
     def _duration_chosen(self, i: int) -> None:
@@ -255,8 +252,6 @@ class TrainPanel(QWidget):
     def _chart_family(self, name: str | None) -> None:
         """The chart's task curves: the family of the run (its config; the last checkpoint's
         when a project opens). An unknown name keeps the curves the log brings."""
-        from ...core.families import get_family
-
         try:
             self.chart.set_tasks(get_family(name).tasks)
         except InputError:
