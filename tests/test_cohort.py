@@ -181,6 +181,7 @@ def test_single_slide_predict_is_the_cohort_engine_in_process(work, first, tmp_p
         shape = pred.m.geometry.working_shape(sl.shape)
         wp = pred.predict_region_reader(working_reader(sl, shape), shape)
     assert calls and calls[-1][0] == calls[-1][1] > 0
+    assert calls[-1][0] == len(wp.tiles)  # each tile predicted once, by the block it starts in
     assert sorted(q.name for q in tmp_path.iterdir()) == sorted(p.name for p in written.values())
     a, b = _arrays(written["ome-zarr"]), _arrays(Path(first.slides[0].out))
     for k in a:

@@ -1,5 +1,5 @@
-"""What a worker does for a cohort: plan a slide, predict a block, label it, relabel it,
-build the pyramid, export a native-size TIFF.
+"""What a worker does for a cohort: plan a slide, predict a block's tiles, merge the block,
+label it, relabel it, build the pyramid, export a native-size TIFF.
 
 Every function here is a dask task (also called in-process for a single slide): it takes
 small arguments (paths, a :class:`SlidePlan`, options), reads its input lazily from the
@@ -209,12 +209,13 @@ def plan_slide(
 def block_tiles(
     grid: TileGrid, box: tuple[int, int, int, int], tissue: np.ndarray | None, oy: int, ox: int
 ):
-    """The global grid's tiles that touch the block interior ``box`` (in grid order), those
-    without tissue left out; ``tissue`` covers the tiles' reach from (oy, ox)."""
+    """The global grid's tiles a block owns: those that start in its interior ``box`` (in
+    grid order; every tile of the slide has exactly one owner), those without tissue left
+    out; ``tissue`` covers the tiles' reach from (oy, ox)."""
     y0, y1, x0, x1 = box
     t = grid.tile
-    ys = [y for y in grid.ys if y < y1 and y + t > y0]
-    xs = [x for x in grid.xs if x < x1 and x + t > x0]
+    ys = [y for y in grid.ys if y0 <= y < y1]
+    xs = [x for x in grid.xs if x0 <= x < x1]
     out = []
     for y in ys:
         for x in xs:
@@ -224,32 +225,45 @@ def block_tiles(
     return ys, xs, out
 
 
+def reach(plan: SlidePlan, index: int, tile: int) -> tuple[int, int, int, int]:
+    """Where block ``index``'s own tiles can write: its interior, plus one tile down and
+    right (a tile starts in the interior and is at most ``tile`` px; blocks are >= a tile,
+    so the reach ends inside the next block), cut at the image."""
+    y0, y1, x0, x1 = plan.blocks()[index]
+    h, w = plan.work
+    return y0, min(y1 + tile, h), x0, min(x1 + tile, w)
+
+
 def predict_block(spec: ModelSpec, plan: SlidePlan, index: int) -> dict:
-    """Predict block ``index``: every tile of the slide's global grid that touches its
-    interior, merged exactly as a whole-slide prediction would (same tiles, same order, same
-    window), then the interior's maps and mask are written, and the gates of the tiles it
-    owns (those that start in its interior: each tile has one owner) into
-    ``.cohort/gates-INDEX.npz``. Returns its tile count and network seconds."""
+    """Predict the tiles block ``index`` owns (each tile of the slide is predicted once, by
+    the block it starts in) and keep their weighted sums over the block's :func:`reach` in
+    ``.cohort/acc-INDEX.npy`` (channels: the maps, then the window weights); the gates of
+    its tiles go to ``.cohort/gates-INDEX.npz``. :func:`merge_block` adds the sums that
+    reach into a block from its neighbours and normalises, which gives the whole-slide
+    merge (same tiles, same windows; float sums in another order). Returns its tile count
+    and network seconds."""
     p = worker_predictor(spec)
     p.use_stain(plan.stain)
     box = plan.blocks()[index]
     y0, y1, x0, x1 = box
     h, w = plan.work
     t = p.tile
+    if t > plan.block:
+        from ..errors import InputError
+
+        raise InputError(f"the tile ({t} px) is larger than the block ({plan.block} px)")
     grid = TileGrid((h, w), t, p.overlap)
     names = p.map_names()
-    ys, xs, _ = block_tiles(grid, box, None, 0, 0)
-    oy, ox = ys[0], xs[0]
-    ly, lx = min(ys[-1] + t, h), min(xs[-1] + t, w)  # local buffer's end (image px)
+    _, ry1, _, rx1 = reach(plan, index, t)
     tissue = None
     if p.opt.tissue_only:
         tissue = np.asarray(
-            layout.open_array(plan.out, f"{layout.WORK}/scratch/tissue", "r")[oy:ly, ox:lx]
+            layout.open_array(plan.out, f"{layout.WORK}/scratch/tissue", "r")[y0:ry1, x0:rx1]
         )
-    _, _, todo = block_tiles(grid, box, tissue, oy, ox)
-    merger = InMemoryMerger(names, (ly - oy, lx - ox), p.family.fills())
-    # The merger crops tiles at its own border: that is the image border here too, since the
-    # buffer reaches the last tile's end (or the image's).
+    _, _, todo = block_tiles(grid, box, tissue, y0, x0)
+    merger = InMemoryMerger(names, (ry1 - y0, rx1 - x0), p.family.fills())
+    # The merger crops tiles at its own border: only at the image border does a tile reach
+    # it, and there it is cut as a whole-slide prediction cuts it.
     gates, boxes = [], []
     net = 0.0
     read = working_reader(worker_slide(plan.path), (h, w))
@@ -263,19 +277,14 @@ def predict_block(spec: ModelSpec, plan: SlidePlan, index: int) -> dict:
         maps, g = p.predict_batch(tiles)
         net += time.perf_counter() - t0
         for j, (y, x) in enumerate(chunk):
-            merger.add(y - oy, x - ox, {k: maps[k][j] for k in names}, p.window)
-            if y0 <= y < y1 and x0 <= x < x1:
-                boxes.append((y, x, min(t, h - y), min(t, w - x)))
-                gates.append(g[j])
+            merger.add(y - y0, x - x0, {k: maps[k][j] for k in names}, p.window)
+            boxes.append((y, x, min(t, h - y), min(t, w - x)))
+            gates.append(g[j])
         if hooks is not None and hooks.tick is not None:
             hooks.tick(len(chunk))
-    acc = merger.finish()
-    sl = (slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox))
-    image = layout.open_array(plan.out, "0")
-    for c, k in enumerate(names):
-        image[c, y0:y1, x0:x1] = acc[k][sl]
-    mask = p.mask({k: acc[k][sl] for k in names})
-    layout.open_array(plan.out, "labels/mask/0")[y0:y1, x0:x1] = mask
+    sums = np.stack([merger.acc[k] for k in names] + [merger.weight])
+    with atomic_path(layout.marker(plan.out, "acc", index, "npy")) as tmp, open(tmp, "wb") as f:
+        np.save(f, sums)
     gate_shape = tuple(p.family.gate_shape)
     with atomic_path(layout.marker(plan.out, "gates", index, "npz")) as tmp, open(tmp, "wb") as f:
         np.savez(
@@ -284,7 +293,49 @@ def predict_block(spec: ModelSpec, plan: SlidePlan, index: int) -> dict:
             boxes=np.asarray(boxes, np.int64).reshape(-1, 4),
         )
     layout.mark_done(layout.marker(plan.out, "maps", index))
-    return {"tiles": len(todo), "mask_px": int(mask.sum()), "net_s": net}
+    return {"tiles": len(todo), "net_s": net}
+
+
+def merge_block(spec: ModelSpec, plan: SlidePlan, index: int) -> dict:
+    """The finished maps and mask of block ``index``'s interior: its own tiles' sums plus
+    those of the blocks up and to the left whose tiles reach into it (in raster order, so a
+    retry adds in the same order and writes the same values), divided by the summed window
+    weights; pixels no tile covered get the family's fill values."""
+    p = worker_predictor(spec)
+    names = p.map_names()
+    y0, y1, x0, x1 = plan.blocks()[index]
+    t = p.tile
+    sums = np.zeros((len(names) + 1, y1 - y0, x1 - x0), np.float32)
+    rows, cols = plan.grid()
+    r, c = divmod(index, cols)
+    for nr in (r - 1, r):
+        for nc in (c - 1, c):
+            if nr < 0 or nc < 0:
+                continue
+            n = nr * cols + nc
+            a0, a1, b0, b1 = reach(plan, n, t)
+            ya, yb, xa, xb = max(a0, y0), min(a1, y1), max(b0, x0), min(b1, x1)
+            if ya >= yb or xa >= xb:
+                continue
+            part = np.load(layout.marker(plan.out, "acc", n, "npy"), mmap_mode="r")
+            into = sums[:, ya - y0 : yb - y0, xa - x0 : xb - x0]
+            into += part[:, ya - a0 : yb - a0, xa - b0 : xb - b0]
+    weight = sums[-1]
+    covered = weight > 0
+    fills = p.family.fills()
+    maps = {}
+    for i, k in enumerate(names):
+        m = sums[i]
+        np.divide(m, weight, out=m, where=covered)
+        m[~covered] = fills[k]
+        maps[k] = m
+    image = layout.open_array(plan.out, "0")
+    for i, k in enumerate(names):
+        image[i, y0:y1, x0:x1] = maps[k]
+    mask = p.mask(maps)
+    layout.open_array(plan.out, "labels/mask/0")[y0:y1, x0:x1] = mask
+    layout.mark_done(layout.marker(plan.out, "merge", index))
+    return {"mask_px": int(mask.sum())}
 
 
 # ----------------------------------------------------------------------------- labels

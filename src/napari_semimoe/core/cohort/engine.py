@@ -1,7 +1,10 @@
 """The driver of a cohort: slides -> tasks on dask.distributed, stage by stage per slide.
 
-Per slide: ``plan`` (one task) -> ``maps`` (one task per block) -> ``labels`` (one per
-block, once all maps of the slide exist, since they read a halo of their neighbours) ->
+Per slide: ``plan`` (one task) -> ``maps`` (one task per block: the tiles that start in
+it, each tile predicted once) -> ``merge`` (one per block, once all its tiles' sums exist:
+a block's pixels also get the sums of tiles of the blocks up and left of it) -> ``labels``
+(one per block, once all maps of the slide exist, since they read a halo of their
+neighbours) ->
 the driver joins glands across block borders (union-find) -> ``relabel`` (one per block)
 -> ``pyramid`` (one per array) -> optional native mask TIFF -> metadata. Slides progress
 independently, so many slides fill the cluster while one big slide spreads over it.
@@ -9,7 +12,7 @@ Every task's done marker lets ``resume`` skip what is finished. Without a client
 tasks run in this process, one after another: :func:`predict_in_process` (single-slide
 ``predict``) and ``run_cohort(inline=True)``.
 
-It is about 560 lines because the driver's stage machine, its two entry points (a cohort
+It is about 570 lines because the driver's stage machine, its two entry points (a cohort
 on a cluster, one slide in-process) and the summary files share the same state per slide.
 """
 
@@ -36,7 +39,7 @@ from .slides import ZARR_SUFFIX, expand_slides, output_names
 
 log = logging.getLogger(__name__)
 
-STAGES = ("plan", "maps", "labels", "relabel", "pyramid", "export", "done")
+STAGES = ("plan", "maps", "merge", "labels", "relabel", "pyramid", "export", "done")
 PYRAMID_KEYS = ("", "labels/mask", "labels/instances")
 
 
@@ -358,6 +361,14 @@ class _Driver:
         while not s.pending and s.result.status == "running":
             plan = s.plan
             if s.stage == "maps":
+                s.stage = "merge"
+                for b in range(len(plan.blocks())):
+                    if layout.marker(s.out, "merge", b).is_file():
+                        continue
+                    self._submit(
+                        s, ("merge", b), blocks.merge_block, self.spec, plan, b, priority=4
+                    )
+            elif s.stage == "merge":
                 s.stage = "labels"
                 for b in range(len(plan.blocks())):
                     m = layout.marker(s.out, "labels", b, "json")
