@@ -40,8 +40,8 @@ def add_cohort_parser(sub) -> None:
     c.add_argument(
         "--block",
         type=int_option(512, 65536),
-        default=2048,
-        help="block side in working px (whole 512 px chunks; default 2048)",
+        default=1024,
+        help="block side in working px (whole 512 px chunks; default 1024)",
     )
     c.add_argument(
         "--all-tiles", action="store_true", help="predict glass too (default: tissue only)"

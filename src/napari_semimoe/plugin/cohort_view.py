@@ -26,7 +26,6 @@ COLUMNS = ("Slide", "Status", "Tiles", "Time", "")
 STAGE_WORDS = {
     "plan": "reading the slide",
     "maps": "predicting",
-    "merge": "merging tiles",
     "labels": "finding glands",
     "relabel": "joining glands",
     "pyramid": "building overviews",

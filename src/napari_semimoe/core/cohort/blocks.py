@@ -1,5 +1,5 @@
-"""What a worker does for a cohort: plan a slide, predict a block's tiles, merge the block,
-label it, relabel it, build the pyramid, export a native-size TIFF.
+"""What a worker does for a cohort: plan a slide, predict a block's tiles, merge and label
+the block, relabel it, build the pyramid, export a native-size TIFF.
 
 Every function here is a dask task (also called in-process for a single slide): it takes
 small arguments (paths, a :class:`SlidePlan`, options), reads its input lazily from the
@@ -197,6 +197,11 @@ def plan_slide(
         chunk=int(chunk),
         stain=p.slide_stain(slide),
     )
+    grid = TileGrid(plan.work, p.tile, p.overlap)
+    plan.block_tiles = [
+        len(block_tiles(grid, box, tissue if p.opt.tissue_only else None, 0, 0)[2])
+        for box in plan.blocks()
+    ]
     layout.create_arrays(plan)
     layout.open_array(out, f"{layout.WORK}/scratch/tissue")[:] = tissue
     atomic_write_json(layout.plan_path(out), plan.to_json())
@@ -238,10 +243,10 @@ def predict_block(spec: ModelSpec, plan: SlidePlan, index: int) -> dict:
     """Predict the tiles block ``index`` owns (each tile of the slide is predicted once, by
     the block it starts in) and keep their weighted sums over the block's :func:`reach` in
     ``.cohort/acc-INDEX.npy`` (channels: the maps, then the window weights); the gates of
-    its tiles go to ``.cohort/gates-INDEX.npz``. :func:`merge_block` adds the sums that
-    reach into a block from its neighbours and normalises, which gives the whole-slide
-    merge (same tiles, same windows; float sums in another order). Returns its tile count
-    and network seconds."""
+    its tiles go to ``.cohort/gates-INDEX.npz``. :func:`window_maps` adds the sums that
+    reach into a region from the blocks around it and normalises, which gives the
+    whole-slide merge (same tiles, same windows; float sums in another order). Returns its
+    tile count and network seconds."""
     p = worker_predictor(spec)
     p.use_stain(plan.stain)
     box = plan.blocks()[index]
@@ -296,30 +301,26 @@ def predict_block(spec: ModelSpec, plan: SlidePlan, index: int) -> dict:
     return {"tiles": len(todo), "net_s": net}
 
 
-def merge_block(spec: ModelSpec, plan: SlidePlan, index: int) -> dict:
-    """The finished maps and mask of block ``index``'s interior: its own tiles' sums plus
-    those of the blocks up and to the left whose tiles reach into it (in raster order, so a
-    retry adds in the same order and writes the same values), divided by the summed window
-    weights; pixels no tile covered get the family's fill values."""
-    p = worker_predictor(spec)
+def window_maps(p: Predictor, plan: SlidePlan, window: tuple[int, int, int, int]) -> dict:
+    """The finished maps over ``window`` (a0, a1, b0, b1): the sums of every block whose
+    tiles reach into it, added in block order (so every pixel gets the same float sum in
+    whichever window it is read, and a retry writes the same values), divided by the summed
+    window weights; pixels no tile covered get the family's fill values."""
     names = p.map_names()
-    y0, y1, x0, x1 = plan.blocks()[index]
-    t = p.tile
-    sums = np.zeros((len(names) + 1, y1 - y0, x1 - x0), np.float32)
+    a0, a1, b0, b1 = window
+    sums = np.zeros((len(names) + 1, a1 - a0, b1 - b0), np.float32)
+    B = plan.block
     rows, cols = plan.grid()
-    r, c = divmod(index, cols)
-    for nr in (r - 1, r):
-        for nc in (c - 1, c):
-            if nr < 0 or nc < 0:
-                continue
-            n = nr * cols + nc
-            a0, a1, b0, b1 = reach(plan, n, t)
+    for r in range(max(0, a0 // B - 1), min(rows, (a1 - 1) // B + 1)):
+        for c in range(max(0, b0 // B - 1), min(cols, (b1 - 1) // B + 1)):
+            n = r * cols + c
+            y0, y1, x0, x1 = reach(plan, n, p.tile)
             ya, yb, xa, xb = max(a0, y0), min(a1, y1), max(b0, x0), min(b1, x1)
             if ya >= yb or xa >= xb:
                 continue
             part = np.load(layout.marker(plan.out, "acc", n, "npy"), mmap_mode="r")
-            into = sums[:, ya - y0 : yb - y0, xa - x0 : xb - x0]
-            into += part[:, ya - a0 : yb - a0, xa - b0 : xb - b0]
+            into = sums[:, ya - a0 : yb - a0, xa - b0 : xb - b0]
+            into += part[:, ya - y0 : yb - y0, xa - x0 : xb - x0]
     weight = sums[-1]
     covered = weight > 0
     fills = p.family.fills()
@@ -329,13 +330,7 @@ def merge_block(spec: ModelSpec, plan: SlidePlan, index: int) -> dict:
         np.divide(m, weight, out=m, where=covered)
         m[~covered] = fills[k]
         maps[k] = m
-    image = layout.open_array(plan.out, "0")
-    for i, k in enumerate(names):
-        image[i, y0:y1, x0:x1] = maps[k]
-    mask = p.mask(maps)
-    layout.open_array(plan.out, "labels/mask/0")[y0:y1, x0:x1] = mask
-    layout.mark_done(layout.marker(plan.out, "merge", index))
-    return {"mask_px": int(mask.sum())}
+    return maps
 
 
 # ----------------------------------------------------------------------------- labels
@@ -349,23 +344,26 @@ def _window(plan: SlidePlan, index: int) -> tuple[tuple[int, int, int, int], tup
 
 
 def label_block(spec: ModelSpec, plan: SlidePlan, index: int) -> dict:
-    """Instances (the family's rule) and uncertainty of block ``index``, computed on its
-    interior plus a halo of ``plan.halo`` px of the finished maps, so a gland smaller than
-    the halo is seen whole by every block it touches. Writes block-local ids (1..n) for the
-    interior into the scratch array; returns, per side, the ids along the interior edge and
+    """The finished maps and mask of block ``index``'s interior (:func:`window_maps`), then
+    its instances (the family's rule) and uncertainty, computed on its interior plus a halo
+    of ``plan.halo`` px of the finished maps, so a gland smaller than the halo is seen whole
+    by every block it touches. Writes block-local ids (1..n) for the interior into the
+    scratch array; returns, per side, the ids along the interior edge and
     just outside it (in this block's labelling) so the driver can join glands across
     borders, and each id's area."""
     from ..uncertainty import uncertainty_map
 
     p = worker_predictor(spec)
     (y0, y1, x0, x1), (a0, a1, b0, b1) = _window(plan, index)
-    image = layout.open_array(plan.out, "0")
-    maps = {
-        k: np.asarray(image[c, a0:a1, b0:b1]) for c, k in enumerate(plan.maps) if k != "uncertainty"
-    }
-    maps["mask"] = np.asarray(layout.open_array(plan.out, "labels/mask/0", "r")[a0:a1, b0:b1])
-    lab = p.instances(maps, scale=1.0)
+    maps = window_maps(p, plan, (a0, a1, b0, b1))
+    maps["mask"] = p.mask(maps)
     iy, ix = y0 - a0, x0 - b0
+    inside = (slice(iy, iy + (y1 - y0)), slice(ix, ix + (x1 - x0)))
+    image = layout.open_array(plan.out, "0")
+    for c, k in enumerate(p.map_names()):
+        image[c, y0:y1, x0:x1] = maps[k][inside]
+    layout.open_array(plan.out, "labels/mask/0")[y0:y1, x0:x1] = maps["mask"][inside]
+    lab = p.instances(maps, scale=1.0)
     inner = lab[iy : iy + (y1 - y0), ix : ix + (x1 - x0)]
     ids, local = np.unique(inner, return_inverse=True)
     local = local.reshape(inner.shape).astype(np.int32)

@@ -1,10 +1,10 @@
 """The driver of a cohort: slides -> tasks on dask.distributed, stage by stage per slide.
 
 Per slide: ``plan`` (one task) -> ``maps`` (one task per block: the tiles that start in
-it, each tile predicted once) -> ``merge`` (one per block, once all its tiles' sums exist:
-a block's pixels also get the sums of tiles of the blocks up and left of it) -> ``labels``
-(one per block, once all maps of the slide exist, since they read a halo of their
-neighbours) ->
+it, each tile predicted once, their weighted sums kept) -> ``labels`` (one per block, once
+all maps of the slide exist: it merges the sums of the blocks around it, since tiles reach
+over block borders, into the block's finished maps and mask, then labels glands in a halo
+of its neighbours) ->
 the driver joins glands across block borders (union-find) -> ``relabel`` (one per block)
 -> ``pyramid`` (one per array) -> optional native mask TIFF -> metadata. Slides progress
 independently, so many slides fill the cluster while one big slide spreads over it.
@@ -12,7 +12,7 @@ Every task's done marker lets ``resume`` skip what is finished. Without a client
 tasks run in this process, one after another: :func:`predict_in_process` (single-slide
 ``predict``) and ``run_cohort(inline=True)``.
 
-It is about 570 lines because the driver's stage machine, its two entry points (a cohort
+It is about 560 lines because the driver's stage machine, its two entry points (a cohort
 on a cluster, one slide in-process) and the summary files share the same state per slide.
 """
 
@@ -39,7 +39,7 @@ from .slides import ZARR_SUFFIX, expand_slides, output_names
 
 log = logging.getLogger(__name__)
 
-STAGES = ("plan", "maps", "merge", "labels", "relabel", "pyramid", "export", "done")
+STAGES = ("plan", "maps", "labels", "relabel", "pyramid", "export", "done")
 PYRAMID_KEYS = ("", "labels/mask", "labels/instances")
 
 
@@ -52,7 +52,7 @@ class CohortOptions:
     workers: int | None = None  # default: cores // threads_per_worker
     threads_per_worker: int = 1
     scheduler: str | None = None
-    block: int = 2048  # block side in working px, rounded up to whole chunks
+    block: int = 1024  # block side in working px, rounded up to whole chunks
     chunk: int = CHUNK  # chunk side of the output arrays, working px
     #: context (working px) a block's instances and uncertainty see around it; default the
     #: tile. A gland whose mask component spans at most this gets exactly the ids of a
@@ -347,13 +347,26 @@ class _Driver:
         if plan.work_mpp:
             s.result.tissue_mm2 = round(plan.tissue_px * plan.work_mpp**2 / 1e6, 4)
         grid = blocks.TileGrid(plan.work, *self.tiling)
+        most = max(plan.block_tiles or [0])
         s.stage = "maps"
         for b, box in enumerate(plan.blocks()):
             if layout.marker(s.out, "maps", b).is_file():
                 s.result.resumed_blocks += 1
                 continue
-            s.tiles_est[b] = len(blocks.block_tiles(grid, box, None, 0, 0)[2])
-            self._submit(s, ("maps", b), blocks.predict_block, self.spec, plan, b)
+            if plan.block_tiles is not None:
+                s.tiles_est[b] = plan.block_tiles[b]
+            else:  # a plan written before the counts were kept
+                s.tiles_est[b] = len(blocks.block_tiles(grid, box, None, 0, 0)[2])
+        # The largest blocks first: a slide's blocks differ by the tissue in them, and one
+        # big block left for the end keeps one worker busy while the others wait. The
+        # scheduler hands tasks to workers as they arrive, so the order of submission is
+        # what counts; the priority (in [0, 1): after any slide's later stages, 5+, and
+        # before the next slides' plans, <= 0) orders what waits on a worker.
+        for b in sorted(s.tiles_est, key=lambda b: (-s.tiles_est[b], b)):
+            self._submit(
+                s, ("maps", b), blocks.predict_block, self.spec, plan, b,
+                priority=s.tiles_est[b] / (1 + most),
+            )  # fmt: skip
         self._advance(s)
 
     def _advance(self, s: _Slide) -> None:
@@ -361,14 +374,6 @@ class _Driver:
         while not s.pending and s.result.status == "running":
             plan = s.plan
             if s.stage == "maps":
-                s.stage = "merge"
-                for b in range(len(plan.blocks())):
-                    if layout.marker(s.out, "merge", b).is_file():
-                        continue
-                    self._submit(
-                        s, ("merge", b), blocks.merge_block, self.spec, plan, b, priority=4
-                    )
-            elif s.stage == "merge":
                 s.stage = "labels"
                 for b in range(len(plan.blocks())):
                     m = layout.marker(s.out, "labels", b, "json")

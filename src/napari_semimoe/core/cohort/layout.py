@@ -58,6 +58,9 @@ class SlidePlan:
     #: The slide's own stain basis (its thumbnail's Macenko vectors), when the model
     #: normalises stains: every block maps its tiles with it, so tiles of a slide match.
     stain: dict | None = None
+    #: tissue tiles each block owns (the work of its ``maps`` task), in block order; the
+    #: driver starts the largest first, so one big block does not finish alone at the end
+    block_tiles: list[int] | None = None
 
     @property
     def scale(self) -> tuple[float, float]:
