@@ -120,3 +120,27 @@ def releasing_memory(fn: Callable[..., Any]) -> Callable[..., Any]:
 def set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(int(threads))
+
+
+def adaptive_malloc() -> bool:
+    """Serve allocations below 32 MiB from the heap again where the environment turned off
+    glibc's adaptive mmap threshold (``MALLOC_TRIM_THRESHOLD_`` set: dask's nanny sets it
+    for every worker it starts, by default). Without this every large tensor of a forward
+    pass is a fresh ``mmap`` plus page faults, and prediction ran 1.7-1.9x slower in such a
+    worker (docs/cohort.md). Returns whether it changed anything; a chosen
+    ``MALLOC_MMAP_THRESHOLD_`` is respected."""
+    import sys
+
+    env = os.environ
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in env:
+        return False
+    if "MALLOC_TRIM_THRESHOLD_" not in env:
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 32 << 20))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        return False
+

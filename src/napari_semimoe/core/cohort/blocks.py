@@ -109,6 +109,11 @@ def worker_predictor(spec: ModelSpec) -> Predictor:
         p = _CACHE.get(key)
         if p is None:
             _CACHE.clear()  # one model per worker: a new checkpoint replaces the old one
+            if not _LOADS[0]:
+                from ..device import adaptive_malloc
+
+                if adaptive_malloc():
+                    log.info("pid %d: glibc's adaptive mmap threshold restored", os.getpid())
             p = Predictor(load_model(spec.run, spec.device), spec.options)
             _CACHE[key] = p
             _LOADS[0] += 1

@@ -139,12 +139,28 @@ def start_client(options: Any):
     n = options.workers or max(1, (os.cpu_count() or 1) // options.threads_per_worker)
     if n < 1:
         raise InputError(f"--workers must be >= 1, got {n}")
-    cluster = LocalCluster(
-        n_workers=n,
-        threads_per_worker=1,  # one task at a time; torch gets threads_per_worker threads
-        processes=True,
-        # no bokeh, no dashboard: its HTTP port is then any free one (no "port in use" noise)
-        dashboard_address=options.dashboard_address if _has_bokeh() else ":0",
-        silence_logs=logging.CRITICAL,  # a failed task is reported per slide
-    )
+    import dask
+
+    # dask's nanny sets its "pre-spawn" variables in *this* process's environment before
+    # starting a worker (so every later child of napari or the CLI, a training process
+    # too, would inherit OMP_NUM_THREADS=1), and one of them, MALLOC_TRIM_THRESHOLD_, turns
+    # off glibc's adaptive mmap threshold: every large tensor is then a fresh mmap, and a
+    # worker's network ran 1.7-1.9x slower (measured, docs/cohort.md). So none is set
+    # here; the workers get the thread limits in their own environment instead.
+    quiet = {k: None for k in dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": quiet}):
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,  # one task at a time; torch gets threads_per_worker threads
+            processes=True,
+            # no bokeh, no dashboard: its HTTP port is then any free one (no "port in use")
+            dashboard_address=options.dashboard_address if _has_bokeh() else ":0",
+            silence_logs=logging.CRITICAL,  # a failed task is reported per slide
+            env=dict(WORKER_ENV),
+        )
     return Client(cluster), cluster
+
+
+#: Set in every local worker's own environment: numpy's BLAS and OpenMP one thread (torch's
+#: threads are set per worker by the predictor), so workers never oversubscribe the cores.
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
