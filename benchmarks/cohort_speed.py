@@ -51,7 +51,7 @@ def _worker_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _cohort(run, slides, out, workers: int) -> dict:
+def _cohort(run, slides, out, workers: int, block: int = 2048, threads: int = 1) -> dict:
     from distributed import Client, LocalCluster
 
     from napari_semimoe.core.cohort import CohortOptions, run_cohort
@@ -65,7 +65,9 @@ def _cohort(run, slides, out, workers: int) -> dict:
     t_start = time.perf_counter() - t0
     try:
         t0 = time.perf_counter()
-        s = run_cohort(run, slides, out, CohortOptions(threads_per_worker=1), client=client)
+        s = run_cohort(
+            run, slides, out, CohortOptions(threads_per_worker=threads, block=block), client=client
+        )
         wall = time.perf_counter() - t0
         peaks = list(client.run(_worker_peak_mb).values())
     finally:
@@ -81,8 +83,29 @@ def _cohort(run, slides, out, workers: int) -> dict:
         "tiles": sum(r.tiles for r in s.slides),
         "network_s_all_workers": round(net, 1),
         "network_share": round(net / (wall * workers), 3),
+        "threads_per_worker": threads,
         "peak_rss_per_worker_mb": [round(p, 1) for p in peaks],
     }
+
+
+def _predict(run, slide, out: Path, src: Path | None) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of ``predict --tissue-only`` in a child process, of
+    this checkout or (``src``) of an older one."""
+    import os
+
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(Path(src) / "src")
+    cmd = [sys.executable, "-m", "napari_semimoe.cli"]
+    cmd += ["predict", str(run), str(slide), "--out", str(out), "--tissue-only"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"predict failed: {proc.stderr[-2000:]}")
+    # RUSAGE_CHILDREN is the largest child so far: each predict runs before the cohort.
+    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def _single(run, slides, threads: int) -> float:
@@ -112,6 +135,22 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--small", type=int, default=6000, help="side of the 8 slides of (b)")
     ap.add_argument("--workdir", type=Path)
+    ap.add_argument("--block", type=int, default=2048, help="the cohort's block side")
+    ap.add_argument("--threads-per-worker", type=int, default=1, help="torch threads per worker")
+    ap.add_argument(
+        "--train-iterations",
+        type=int,
+        default=1,
+        help="train the benchmark's model this long on the synthetic tissue (1: an untrained "
+        "network, whose noisy mask has thousands of specks to label; 300: gland-like output)",
+    )
+    ap.add_argument(
+        "--old-src",
+        type=Path,
+        help="also time `predict` of this older checkout (its src/ on PYTHONPATH): the "
+        "version before the cohort engine, e.g. a worktree of 06b3f56^",
+    )
+    ap.add_argument("--cohort-only", action="store_true", help="(a) without today's predict")
     ap.add_argument("--skip-a", action="store_true")
     ap.add_argument("--skip-b", action="store_true")
     ap.add_argument("--json", type=Path)
@@ -126,46 +165,47 @@ def main() -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="semimoe-cohort-"))
     work.mkdir(parents=True, exist_ok=True)
     patch, mask = synthetic_he(1536)
-    run = work / "run"
+    run = work / ("run" if args.train_iterations == 1 else f"run-{args.train_iterations}")
     if not (run / "checkpoint.safetensors").exists():
         s = int(args.scale)
         img, m = patch[::s, ::s], mask[::s, ::s]
         cfg = TrainConfig(
-            iterations=1, geometry=Geometry(scale=args.scale, tile=128).to_dict(), compile="off"
+            iterations=args.train_iterations,
+            geometry=Geometry(scale=args.scale, tile=128).to_dict(),
+            compile="off",
         )
         Trainer(cfg, TrainingSet([img], [m], [img]), run).run()
-    report: dict = {"cores": torch.get_num_threads(), "workers": args.workers}
+    report: dict = {
+        "cores": torch.get_num_threads(),
+        "workers": args.workers,
+        "train_iterations": args.train_iterations,
+    }
 
     if not args.skip_a:
         big = work / "big.tif"
         t0 = time.perf_counter()
         _slide(big, args.size, patch)
         report["write_slide_s"] = round(time.perf_counter() - t0, 1)
-        out_old = work / "predict"
-        shutil.rmtree(out_old, ignore_errors=True)
-        exe = str(Path(sys.executable).parent / "napari-semimoe")
-        t0 = time.perf_counter()
-        proc = subprocess.run(
-            [exe, "predict", str(run), str(big), "--out", str(out_old), "--tissue-only"],
-            capture_output=True,
-            text=True,
-        )
-        t_old = time.perf_counter() - t0
-        if proc.returncode:
-            print(proc.stderr[-2000:], file=sys.stderr)
-            return 1
-        old_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        a: dict = {"slide_px": [args.size, args.size], "working_scale": args.scale}
+        if args.old_src:
+            t_before, rss = _predict(run, big, work / "predict-before", args.old_src)
+            a["predict_before_cohort_wall_s"] = round(t_before, 1)
+            a["predict_before_cohort_peak_rss_mb"] = round(rss, 1)
+        if not args.cohort_only:
+            t_old, rss = _predict(run, big, work / "predict", None)
+            a["predict_wall_s"] = round(t_old, 1)
+            a["predict_peak_rss_mb"] = round(rss, 1)
         out_new = work / "cohort"
         shutil.rmtree(out_new, ignore_errors=True)
-        new = _cohort(run, [big], out_new, args.workers)
-        report["a"] = {
-            "slide_px": [args.size, args.size],
-            "working_scale": args.scale,
-            "predict_wall_s": round(t_old, 1),
-            "predict_peak_rss_mb": round(old_rss, 1),
-            "cohort": new,
-            "speedup": round(t_old / new["wall_s"], 2),
-        }
+        new = _cohort(run, [big], out_new, args.workers, args.block, args.threads_per_worker)
+        a["block"] = args.block
+        a["cohort"] = new
+        if "predict_wall_s" in a:
+            a["speedup"] = round(a["predict_wall_s"] / new["wall_s"], 2)
+        if "predict_before_cohort_wall_s" in a:
+            before = a["predict_before_cohort_wall_s"]
+            a["speedup_vs_before_cohort"] = round(before / new["wall_s"], 2)
+        report["a"] = a
         print(json.dumps(report["a"]), flush=True)
 
     if args.skip_b:
