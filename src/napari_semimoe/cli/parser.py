@@ -151,6 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
         **run_opt,
     )
     t.add_argument(
+        "--ema-teacher",
+        type=float_option(0, 0.9999),
+        metavar="DECAY",
+        help="Semi-MoE: pseudo-labels from a mean teacher, a moving average of the network "
+        f"with this decay, e.g. 0.99 (default {D['ema_teacher']}: off, the paper's method)",
+        **run_opt,
+    )
+    t.add_argument(
+        "--pseudo-confidence",
+        type=float_option(0, 0.9999),
+        metavar="P",
+        help="Semi-MoE: leave unlabeled pixels whose pseudo-label probability is below P out "
+        f"of the unsupervised losses, e.g. 0.9 (default {D['pseudo_confidence']}: off)",
+        **run_opt,
+    )
+    t.add_argument(
         "--scale",
         type=float_option(1, 1024),
         help=f"working scale: downsample factor (default {D['scale']:g})",

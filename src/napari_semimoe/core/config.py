@@ -89,6 +89,14 @@ class TrainConfig:
     #: Stain augmentation: HED-space jitter strength (0 = off; 0.05 = Tellez et al.'s
     #: "light" setting), see :mod:`.stain`.
     stain_jitter: float = 0.0
+    #: Semi-MoE's pseudo-labels from a mean teacher: an exponential moving average of the
+    #: network with this decay (e.g. 0.99), in eval mode, instead of the student's own
+    #: gated outputs of the same pass (:mod:`.teacher`). 0 = off: the paper's method.
+    ema_teacher: float = 0.0
+    #: Confidence masking of Semi-MoE's pseudo-labels: unlabeled pixels whose gated
+    #: segmentation (boundary) probability is below this are left out of the unsupervised
+    #: seg and SDF (boundary) losses. 0 = off: every pixel counts, as in the paper.
+    pseudo_confidence: float = 0.0
     checkpoint_every: int = 100
     snapshot_every: int = 0  # keep weights every N iterations (learning curves), 0 = never
 
@@ -163,6 +171,19 @@ class TrainConfig:
             from .stain import StainBasis
 
             StainBasis.from_dict(self.stain_reference)
+        if not 0 <= self.ema_teacher < 1 or not 0 <= self.pseudo_confidence < 1:
+            raise InputError(
+                "ema_teacher and pseudo_confidence must be in [0, 1), got "
+                f"{self.ema_teacher}, {self.pseudo_confidence}"
+            )
+        if (self.ema_teacher or self.pseudo_confidence) and self.family != "semimoe":
+            raise InputError(
+                "--ema-teacher and --pseudo-confidence change Semi-MoE's pseudo-labels: "
+                f"family {self.family} has its own"
+            )
+        if self.ema_teacher and self.attribute_routing:
+            # The teacher would need the unlabeled half's own routes.
+            raise InputError("--ema-teacher cannot be combined with --attribute-routing")
         if self.dca_fusion not in ("dfam", "average"):
             raise InputError(f"dca_fusion must be dfam or average, got {self.dca_fusion!r}")
 

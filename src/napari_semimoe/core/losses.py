@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from .model import TASKS
+from .targets import IGNORE
 
 #: Upstream keeps a 0.5 factor on the SDF term of the adaptive loss.
 TASK_FACTORS: dict[str, float] = {"seg": 1.0, "sdf": 0.5, "bnd": 1.0}
@@ -110,10 +111,24 @@ def adaptive_loss(losses: dict[str, torch.Tensor], s: torch.Tensor, gamma: float
 
 
 @torch.no_grad()
-def pseudo_labels(gated: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Detached pseudo-labels from the gates: argmax seg / boundary, tanh SDF."""
-    return {
+def pseudo_labels(
+    gated: dict[str, torch.Tensor], confidence: float = 0.0
+) -> dict[str, torch.Tensor]:
+    """Detached pseudo-labels from the gates: argmax seg / boundary, tanh SDF.
+
+    ``confidence`` > 0 (an option, not the paper): a pixel whose seg (boundary) softmax
+    maximum is below it becomes unknown in the seg and SDF (boundary) targets, so the
+    unsupervised losses see only the pixels the gates are sure of."""
+    gated = {k: v.detach() for k, v in gated.items()}  # stop-gradient (spec §3)
+    out = {
         "seg": gated["seg"].argmax(dim=1),
         "sdf": torch.tanh(gated["sdf"].float()),
         "bnd": gated["bnd"].argmax(dim=1),
     }
+    if confidence > 0:
+        unsure = torch.softmax(gated["seg"].float(), dim=1).amax(dim=1) < confidence
+        out["seg"] = out["seg"].masked_fill(unsure, IGNORE)
+        out["sdf"] = out["sdf"].masked_fill(unsure.unsqueeze(1), float("nan"))
+        unsure_b = torch.softmax(gated["bnd"].float(), dim=1).amax(dim=1) < confidence
+        out["bnd"] = out["bnd"].masked_fill(unsure_b, IGNORE)
+    return out

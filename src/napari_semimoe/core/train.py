@@ -44,6 +44,7 @@ from .errors import CheckpointError, InputError, plural
 from .families import DEFAULT_FAMILY, get_family
 from .routing import set_routes
 from .runfolder import RunFolder
+from .teacher import ema_update, make_teacher, saved_teacher, teacher_decay, teacher_state
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,12 @@ class Trainer:
             self.mean, self.std = stats or channel_stats(
                 list(data.labeled_images) + list(data.unlabeled_images)
             )
+        #: Semi-MoE's mean teacher for the pseudo-labels (``ema_teacher``; None: off). A
+        #: resumed run continues its saved teacher; one saved without it starts from the
+        #: restored weights.
+        self.teacher: torch.nn.Module | None = None
+        if config.ema_teacher > 0 and self._semi_supervised():
+            self.teacher = make_teacher(self.model, saved_teacher(tensors or {}))
         self._step_times: deque[float] = deque(maxlen=20)
         #: Build the next batch (augmentation, SDF/boundary targets: ~90 ms of numpy at
         #: 256^2) in a thread while this iteration computes, as a DataLoader worker would.
@@ -309,7 +316,8 @@ class Trainer:
                 self.meta(),
                 {"sgd": self.opt} | ({"adam": self.opt_s} if self.opt_s else {}),
                 extra={"rng.torch": self.torch_rng}
-                | ({"rng.cuda": self.gpu_rng} if self.gpu_rng is not None else {}),
+                | ({"rng.cuda": self.gpu_rng} if self.gpu_rng is not None else {})
+                | (teacher_state(self.teacher) if self.teacher is not None else {}),
             )
         self.saved_iteration = self.iteration
 
@@ -488,6 +496,8 @@ class Trainer:
         if self.opt_s is not None:
             self.opt_s.step()
         self.iteration += 1
+        if self.teacher is not None:
+            ema_update(self.teacher, self.model, teacher_decay(cfg.ema_teacher, self.iteration))
         out = {f"sup_{t}": float(v.detach()) for t, v in sup.items()}
         out.update({f"unsup_{t}": float(v.detach()) for t, v in uns.items()})
         out["total"] = float(total)

@@ -244,9 +244,20 @@ class SemiMoEFamily(Family):
             for t in self.tasks
         }
 
-    def unsupervised(self, expert, gated_u):
-        pl = pseudo_labels(gated_u)
+    def unsupervised(self, expert, gated_u, confidence: float = 0.0):
+        pl = pseudo_labels(gated_u, confidence)
         return {t.name: t.loss(expert[t.name], pl[t.name]) for t in self.tasks}
+
+    def _labeller(self, trainer: Any, xu, gated_u):
+        """The gated outputs the pseudo-labels come from: the student's own (the paper), or
+        the mean teacher's on the same unlabeled tiles (``ema_teacher``)."""
+        teacher = getattr(trainer, "teacher", None)
+        if teacher is None:
+            return gated_u
+        if trainer.channels_last:
+            xu = xu.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), autocast(trainer.device, trainer.amp):
+            return {t: v.detach() for t, v in teacher(xu).gated.items()}
 
     def loss_terms(self, model, sup, uns, lam, config, extras=None):
         """Eq. 11 on the supervised losses, plus λ(t) x Eq. 11 on the unsupervised ones.
@@ -280,7 +291,8 @@ class SemiMoEFamily(Family):
             with torch.no_grad():
                 gated_u, _ = m.mgp(feats_u)
         sup = self.supervised(exp_l, gated_l, y)
-        uns = self.unsupervised(exp_u, gated_u)
+        gated_u = self._labeller(trainer, xu, gated_u)
+        uns = self.unsupervised(exp_u, gated_u, cfg.pseudo_confidence)
         total = _total(self.loss_terms(m, sup, uns, lam, cfg, {"gates": gates_l}))
         halves.backward(total)
         return total.detach(), sup, uns
@@ -304,7 +316,10 @@ class SemiMoEFamily(Family):
         sup = self.supervised({t: v[:nl] for t, v in expert.items()}, gated_l, y)
         uns: dict[str, torch.Tensor] = {}
         if xu is not None:
-            uns = self.unsupervised({t: v[nl:] for t, v in expert.items()}, gated_u)
+            gated_u = self._labeller(trainer, xu, gated_u)
+            uns = self.unsupervised(
+                {t: v[nl:] for t, v in expert.items()}, gated_u, cfg.pseudo_confidence
+            )
         total = _total(self.loss_terms(m, sup, uns, lam, cfg, {"gates": gates}))
         total.backward()
         return total.detach(), sup, uns
@@ -317,7 +332,9 @@ class SemiMoEFamily(Family):
         if xu is not None:
             with autocast(trainer.device, trainer.amp):
                 out = m(xu)
-            uns = self.unsupervised(out.expert, out.gated)
+            uns = self.unsupervised(
+                out.expert, self._labeller(trainer, xu, out.gated), cfg.pseudo_confidence
+            )
             lu = _total(self.loss_terms(m, {}, uns, lam, cfg, {"gates": out.gates}))
             lu.backward()
             total = total + lu.detach()
