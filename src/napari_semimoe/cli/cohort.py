@@ -54,6 +54,17 @@ def add_cohort_parser(sub) -> None:
     c.add_argument("--overlap", type=OVERLAP, help="tile overlap (default: tile / 4)")
     c.add_argument("--batch", type=BATCH, help="tiles per pass (default: 2 on CPU, 16 on GPU)")
     c.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    c.add_argument(
+        "--tta", default="off", choices=["off", "flips"], help="test-time flips (4x slower)"
+    )
+    c.add_argument("--fill-holes", action="store_true", help="fill holes enclosed by a gland")
+    c.add_argument(
+        "--min-object",
+        type=int_option(0, 10**8),
+        default=0,
+        metavar="PX",
+        help="drop mask components below PX px of working scale (default 0)",
+    )
     c.set_defaults(func=cmd_cohort)
 
 
@@ -73,6 +84,9 @@ def cmd_cohort(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         batch=args.batch,
         precision=args.precision,
+        tta=args.tta,
+        fill_holes=args.fill_holes,
+        min_object=args.min_object,
         device=args.device,
     )
     bar = _Bar()

@@ -31,6 +31,9 @@ def _predictor(args: argparse.Namespace):
         threads=args.threads,
         experts=getattr(args, "experts", False),
         tissue_only=getattr(args, "tissue_only", False),
+        tta=getattr(args, "tta", "off"),  # suggest has no mask options
+        fill_holes=getattr(args, "fill_holes", False),
+        min_object=getattr(args, "min_object", 0),
     )
     return Predictor(loaded, opts)
 

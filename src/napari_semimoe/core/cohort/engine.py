@@ -66,6 +66,9 @@ class CohortOptions:
     batch: int | None = None
     precision: str = "auto"
     threshold: float = 0.5
+    tta: str = "off"  # PredictOptions.tta
+    fill_holes: bool = False
+    min_object: int = 0  # px of working scale
     device: str = "auto"
     dashboard_address: str | None = ":8787"
 
@@ -78,6 +81,9 @@ class CohortOptions:
             threads=self.threads_per_worker,
             tissue_only=self.tissue_only,
             threshold=self.threshold,
+            tta=self.tta,
+            fill_holes=self.fill_holes,
+            min_object=self.min_object,
         )
 
 

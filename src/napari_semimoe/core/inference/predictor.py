@@ -97,6 +97,18 @@ class PredictOptions:
     #: Where tile outputs are merged: None = memory (or memory-mapped files with a folder),
     #: "memory", "memmap" or "zarr" (see :mod:`.merge`).
     merger: str | None = None
+    #: Test-time augmentation: "flips" averages each tile's maps (and gates) over the four
+    #: flips of the tile (identity, left-right, up-down, both): 4x the network time.
+    tta: str = "off"
+    #: Post-processing of the mask (issue 20's levers; off by default): fill the holes a
+    #: gland encloses, and drop components below ``min_object`` px of working scale (its
+    #: native-size equivalent where the mask is made at native size).
+    fill_holes: bool = False
+    min_object: int = 0
+
+
+#: The flips of :attr:`PredictOptions.tta` ("flips"), as the dims of an (N, C, H, W) tile.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 
 
 @dataclass
@@ -144,6 +156,10 @@ class Predictor:
         self.batch = default_batch if self.opt.batch is None else int(self.opt.batch)
         if self.batch < 1:
             raise InputError(f"batch must be at least 1, got {self.batch}")
+        if self.opt.tta not in ("off", "flips"):
+            raise InputError(f"tta must be off or flips, got {self.opt.tta!r}")
+        if self.opt.min_object < 0:
+            raise InputError(f"min_object must be >= 0 px, got {self.opt.min_object}")
         self.channels_last = self.opt.fast and loaded.device.type == "cpu"
         if self.opt.optimize:
             fast = inference_model(loaded.model, amp=self.amp, channels_last=self.channels_last)
@@ -227,15 +243,33 @@ class Predictor:
         xt = torch.from_numpy(x).to(self.m.device)
         if self.channels_last:
             xt = xt.contiguous(memory_format=torch.channels_last)
-        with autocast(self.m.device, self.amp):
-            inf = self.family.infer(self.net, xt, self.opt.experts, embeddings)
-        maps = {k: v.cpu().numpy() for k, v in inf.maps.items()}
-        if inf.gates is None:
+        flips = TTA_FLIPS if self.opt.tta == "flips" else ((),)
+        sums: dict[str, torch.Tensor] = {}
+        gsum = esum = None
+        for dims in flips:
+            xi = xt
+            if dims:
+                xi = xt.flip(dims)
+                if self.channels_last:
+                    xi = xi.contiguous(memory_format=torch.channels_last)
+            with autocast(self.m.device, self.amp):
+                inf = self.family.infer(self.net, xi, self.opt.experts, embeddings)
+            for k, v in inf.maps.items():  # (N, H, W) maps: flipped back on the same dims
+                v = v.float().flip(dims) if dims else v.float()
+                sums[k] = v if k not in sums else sums[k] + v
+            if inf.gates is not None:
+                gsum = inf.gates.float() if gsum is None else gsum + inf.gates.float()
+            if inf.embeddings is not None:
+                e = inf.embeddings.float()
+                esum = e if esum is None else esum + e
+        n = len(flips)
+        maps = {k: (v / n if n > 1 else v).cpu().numpy() for k, v in sums.items()}
+        if gsum is None:
             gates = np.zeros((len(tiles), *self.gate_shape), np.float32)
         else:
-            gates = inf.gates.cpu().numpy()
+            gates = (gsum / n if n > 1 else gsum).cpu().numpy()
         if embeddings:
-            emb = None if inf.embeddings is None else inf.embeddings.cpu().numpy()
+            emb = None if esum is None else (esum / n if n > 1 else esum).cpu().numpy()
             return maps, gates, emb
         return maps, gates
 
@@ -329,7 +363,7 @@ class Predictor:
         out = dict(wp.maps)
         if native and work.shape[:2] != image.shape[:2]:
             out = {k: resample(v, image.shape[:2]) for k, v in out.items()}
-        out["mask"] = self.mask(out)
+        out["mask"] = self.mask(out, area_scale(image.shape, work.shape) if native else 1.0)
         out.update(self.family.derived_maps(out))  # the class map of a multi-class model
         if instances:
             out["instances"] = self.instances(
@@ -341,14 +375,34 @@ class Predictor:
             out["embeddings"] = wp.embeddings
         return out
 
-    def mask(self, maps: dict[str, np.ndarray]) -> np.ndarray:
-        """uint8 0/1: the family's probability map at the threshold."""
-        return (np.asarray(maps[self.family.mask_from]) >= self.opt.threshold).astype(np.uint8)
+    def mask(self, maps: dict[str, np.ndarray], scale: float = 1.0) -> np.ndarray:
+        """uint8 0/1: the family's probability map at the threshold, then the optional
+        post-processing (holes filled, components below ``min_object`` x ``scale`` px
+        dropped; ``scale`` = area of a map px in working px)."""
+        mask = np.asarray(maps[self.family.mask_from]) >= self.opt.threshold
+        return postprocess_mask(mask, self.opt.fill_holes, round(self.opt.min_object * scale))
 
     def instances(self, maps: dict[str, np.ndarray], scale: float = 1.0) -> np.ndarray:
         """Objects from the maps (the family's rule); ``scale`` = native px per working px
         (area), which scales the smallest object kept."""
         return self.family.instances(maps, max(4, round(16 * scale)))
+
+
+def postprocess_mask(mask: np.ndarray, fill_holes: bool, min_object: int) -> np.ndarray:
+    """uint8 0/1 ``mask`` with its enclosed holes filled (a hole touching the image edge is
+    not enclosed) and its 8-connected components below ``min_object`` px removed."""
+    from scipy import ndimage as ndi
+
+    mask = np.asarray(mask, bool)
+    if fill_holes:
+        mask = ndi.binary_fill_holes(mask)
+    if min_object > 1:
+        lab, _ = ndi.label(mask, structure=np.ones((3, 3), bool))
+        sizes = np.bincount(lab.ravel())
+        keep = sizes >= min_object
+        keep[0] = False
+        mask = keep[lab]
+    return mask.astype(np.uint8)
 
 
 def area_scale(native: tuple[int, ...], work: tuple[int, ...]) -> float:
