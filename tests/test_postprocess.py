@@ -87,4 +87,3 @@ def test_cli_evaluate_with_the_levers(tiny_dataset, tmp_path, capsys):
     code, _, err = run(capsys, "evaluate", str(rundir), "--data", str(tiny_dataset),
                        "--tta", "rot")  # fmt: skip
     assert code == 2 and "--tta" in err
-

@@ -41,8 +41,10 @@ def test_confidence_masks_unsure_pixels_per_task():
     assert pl["seg"].tolist() == [[[1, -1, 0]]]  # -1: unknown, left out of the losses
     assert pl["bnd"].tolist() == [[[0, 0, -1]]]
     s = pl["sdf"][0, 0, 0]
-    assert s[0] == torch.tanh(sdf[0, 0, 0, 0]) and math.isnan(s[1]) and s[2] == torch.tanh(
-        sdf[0, 0, 0, 2]
+    assert (
+        s[0] == torch.tanh(sdf[0, 0, 0, 0])
+        and math.isnan(s[1])
+        and s[2] == torch.tanh(sdf[0, 0, 0, 2])
     )
 
 

@@ -1,0 +1,292 @@
+"""Issue 20's paired protocol: does the unlabeled tissue pay, per labeled set, on GlaS?
+
+Every arm of one seed trains on the same labeled images (``--labeled 8``: 10 %, 17: 20 %;
+the seed draws them, the rest of ``train/`` is unlabeled), everything else equal; each final
+checkpoint is evaluated on testA at native resolution, threshold 0.5 (nothing selected on
+testA): pooled and per-image Dice, object F1 / Dice / Hausdorff. The report gives each arm's
+mean and seed-to-seed SD, and per pair of arms the per-seed differences, their mean and
+t-based 95 % interval. ``--ebhi DIR`` also evaluates every run on EBHI ``val/`` (another
+centre), prepared by ``prepare-ebhi`` at GlaS's physical scale (below).
+
+Runs go through the command line in ``--lanes`` processes of ``--threads`` torch threads;
+a finished run or evaluation is never redone, so the study can be stopped and restarted.
+
+    python benchmarks/fewlabel_pairs.py run --runs /tmp/fl --seeds 0-4 --labeled 8 \\
+        --arms supervised semimoe semimoe-ema semimoe-conf --iterations 2000
+    python benchmarks/fewlabel_pairs.py prepare-ebhi /tmp/ebhi_glas_scale
+    python benchmarks/fewlabel_pairs.py report --runs /tmp/fl --seeds 0-4 --labeled 8 \\
+        --arms supervised semimoe semimoe-ema --json docs/benchmarks/fewlabel_10.json
+
+``--protocol paper`` is upstream's setting for a GPU (b = 64, 256², 200 epochs of 2 + 2
+tiles: ceil(unlabeled / 2) iterations each, snapshots every 10 epochs) and reports both
+ways: ours (threshold 0.5, final checkpoint) and the paper's (the best pooled Dice over
+snapshots x thresholds 0.1-0.9, chosen on testA), so the gap between protocols is a number.
+
+EBHI at GlaS's scale: EBHI is captured at 400x, glands ~2x GlaS's. ``prepare-ebhi``
+halves each 224² image and mask (mask > 127) and tiles 35 of them (7 x 5, 4 px of white
+glass between them so that glands never touch across tiles) into one GlaS-sized image
+(~800 x 570), so a model that resizes whole images sees EBHI glands at the size it learnt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+#: arm -> (train options, evaluate options); everything else is common.
+ARMS: dict[str, tuple[list[str], list[str]]] = {
+    "supervised": (["--supervised-only"], []),
+    "semimoe": ([], []),
+    "semimoe-ema": (["--ema-teacher", "0.99"], []),
+    "semimoe-conf": (["--pseudo-confidence", "0.9"], []),
+    "semimoe-ema-conf": (["--ema-teacher", "0.99", "--pseudo-confidence", "0.9"], []),
+    "semimoe-stain": (["--stain-jitter", "0.05"], []),
+    # Prediction-only levers: the semimoe run's checkpoint, evaluated differently.
+    "semimoe+tta": ([], ["--tta", "flips"]),
+    "semimoe+post": ([], ["--fill-holes", "--min-object", "16"]),
+}
+#: metrics reported (fractions; Hausdorff in px)
+KEYS = ("dice_pooled", "dice_per_image_mean", "object_f1", "object_dice", "object_hausdorff")
+
+
+def _seeds(spec: list[str]) -> list[int]:
+    out: list[int] = []
+    for part in spec:
+        a, _, b = part.partition("-")
+        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    return out
+
+
+def _cli(*args: str) -> None:
+    res = subprocess.run([sys.executable, "-m", "napari_semimoe.cli", *args],
+                         capture_output=True, text=True)  # fmt: skip
+    if res.returncode:
+        raise RuntimeError(f"{' '.join(args[:2])}: {res.stderr.strip().splitlines()[-1:]}")
+
+
+def _run_dir(args, arm: str, seed: int) -> Path:
+    trained = arm.split("+")[0]  # "semimoe+tta" evaluates the semimoe run
+    return args.runs / f"l{args.labeled}" / f"{trained}-s{seed}"
+
+
+def _schedule(args) -> list[str]:
+    if args.protocol == "paper":
+        n = len(list((args.train / "images").iterdir()))
+        epochs_its = math.ceil((n - args.labeled) / 2)
+        return ["--width", "64", "--input-size", "256", "--iterations",
+                str(200 * epochs_its), "--snapshot-every", str(10 * epochs_its)]  # fmt: skip
+    return ["--width", str(args.width), "--input-size", str(args.input_size),
+            "--iterations", str(args.iterations)]  # fmt: skip
+
+
+def _train(args, arm: str, seed: int) -> Path:
+    run = _run_dir(args, arm, seed)
+    if (run / "done").exists():
+        return run
+    train_opts, _ = ARMS[arm.split("+")[0]]
+    common = ["--threads", str(args.threads), "--device", args.device]
+    if (run / "checkpoint.safetensors").exists():
+        _cli("train", "--resume", str(run), *common)
+    else:
+        _cli("train", "--data", str(args.train), "--labeled", str(args.labeled), "--seed",
+             str(seed), *_schedule(args), *train_opts, *common, "--out", str(run))  # fmt: skip
+    (run / "done").write_text("")
+    return run
+
+
+def _evaluate(args, arm: str, seed: int, test: Path, tag: str) -> dict:
+    run = _run_dir(args, arm, seed)
+    out = run / f"metrics-{tag}-{arm}.json"
+    if not out.exists():
+        _, eval_opts = ARMS[arm]
+        tmp = out.with_suffix(".tmp")
+        _cli("evaluate", str(run), "--data", str(test), "--threads", str(args.threads),
+             "--device", args.device, *eval_opts, "--json", str(tmp))  # fmt: skip
+        tmp.rename(out)
+    return json.loads(out.read_text())
+
+
+def _paper_best(args, seed: int, arm: str) -> dict:
+    """The paper's way: the best pooled Dice over snapshots x thresholds, chosen on testA."""
+    from napari_semimoe.core.data import scan_folder
+    from napari_semimoe.core.inference import PredictOptions, Predictor, load_model
+    from napari_semimoe.core.slide import read_image, read_mask
+
+    run = _run_dir(args, arm, seed)
+    best = {"dice_pooled": -1.0}
+    snaps = sorted((run / "snapshots").glob("*.safetensors")) + [run]
+    items = list(scan_folder(args.test))
+    thresholds = np.round(np.arange(0.1, 0.95, 0.1), 2)
+    for snap in snaps:
+        p = Predictor(load_model(snap, args.device), PredictOptions(threads=args.threads))
+        inter = np.zeros(len(thresholds))
+        total = np.zeros(len(thresholds))
+        for it in items:
+            prob = p.predict_image(read_image(it.image_path), instances=False)["prob"]
+            gt = read_mask(it.mask_path) > 0
+            for i, t in enumerate(thresholds):
+                m = prob >= t
+                inter[i] += np.logical_and(m, gt).sum()
+                total[i] += m.sum() + gt.sum()
+        dice = 2 * inter / np.maximum(total, 1)
+        i = int(dice.argmax())
+        if dice[i] > best["dice_pooled"]:
+            best = {"dice_pooled": float(dice[i]), "threshold": float(thresholds[i]),
+                    "checkpoint": snap.name}  # fmt: skip
+    return best
+
+
+def _interval(d: np.ndarray) -> dict:
+    from scipy import stats
+
+    m = float(d.mean())
+    if len(d) < 2:
+        return {"mean": round(m, 2), "per_seed": d.round(2).tolist()}
+    h = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    return {"mean": round(m, 2), "ci95": [round(m - h, 2), round(m + h, 2)],
+            "per_seed": d.round(2).tolist()}  # fmt: skip
+
+
+def report(args) -> dict:
+    sets = {"testA": args.test} | ({"ebhi": args.ebhi} if args.ebhi else {})
+    out: dict = {"settings": {"labeled": args.labeled, "protocol": args.protocol,
+                              "schedule": _schedule(args), "seeds": args.seeds}, "arms": {},
+                 "paired": {}}  # fmt: skip
+    res: dict = {}
+    for arm in args.arms:
+        for seed in args.seeds:
+            for tag in sets:
+                f = _run_dir(args, arm, seed) / f"metrics-{tag}-{arm}.json"
+                if f.exists():
+                    res[arm, seed, tag] = json.loads(f.read_text())
+    for tag in sets:
+        print(f"\n{tag}, {args.labeled} labeled: mean (SD over seeds), Dice etc. in %")
+        print("arm | seeds | " + " | ".join(KEYS))
+        for arm in args.arms:
+            ms = [res[arm, s, tag] for s in args.seeds if (arm, s, tag) in res]
+            if not ms:
+                continue
+            row = {}
+            for k in KEYS:
+                v = np.array([m.get(k, np.nan) for m in ms], float) * (1 if "haus" in k else 100)
+                row[k] = {
+                    "mean": round(float(np.nanmean(v)), 2),
+                    "sd": round(float(np.nanstd(v, ddof=1)), 2) if len(v) > 1 else None,
+                }
+            out["arms"].setdefault(tag, {})[arm] = row | {"seeds": len(ms)}
+            print(f"{arm} | {len(ms)} | " + " | ".join(
+                f"{row[k]['mean']:.1f} ({row[k]['sd'] or 0:.1f})" for k in KEYS))  # fmt: skip
+        print("paired differences (points), mean [95 % interval]")
+        for i, b in enumerate(args.arms):  # each later arm minus each earlier one
+            for a in args.arms[i + 1 :]:
+                seeds = [s for s in args.seeds if (a, s, tag) in res and (b, s, tag) in res]
+                if len(seeds) < 2:
+                    continue
+                d = {k: _interval(np.array([100 * (res[a, s, tag][k] - res[b, s, tag][k])
+                                            for s in seeds])) for k in KEYS[:4]}  # fmt: skip
+                out["paired"].setdefault(tag, {})[f"{a} - {b}"] = d | {"seeds": seeds}
+                v = d["dice_pooled"]
+                print(
+                    f"{a} - {b} ({len(seeds)} seeds): pooled Dice {v['mean']:+.2f} "
+                    f"{v.get('ci95', '')}, object F1 {d['object_f1']['mean']:+.2f}"
+                )
+    if args.protocol == "paper":
+        out["paper_way"] = {f"{a}-s{s}": _paper_best(args, s, a) for a in args.arms
+                            for s in args.seeds if (a, s, "testA") in res}  # fmt: skip
+        print(json.dumps(out["paper_way"], indent=1))
+    return out
+
+
+def prepare_ebhi(dest: Path, src: Path, cols: int = 7, rows: int = 5, gap: int = 4) -> None:
+    """EBHI ``val/`` at GlaS's physical scale, as GlaS-sized mosaics with binary masks."""
+    from PIL import Image
+
+    names = sorted(p.name for p in (src / "val" / "images").iterdir())
+    (dest / "images").mkdir(parents=True, exist_ok=True)
+    (dest / "masks").mkdir(exist_ok=True)
+    side = 112
+    per = cols * rows
+    for k in range(0, len(names), per):
+        chunk = names[k : k + per]
+        h, w = rows * side + (rows + 1) * gap, cols * side + (cols + 1) * gap
+        img = np.full((h, w, 3), 240, np.uint8)  # glass
+        mask = np.zeros((h, w), np.uint8)
+        for j, n in enumerate(chunk):
+            r, c = divmod(j, cols)
+            y, x = gap + r * (side + gap), gap + c * (side + gap)
+            im = (
+                Image.open(src / "val" / "images" / n)
+                .convert("RGB")
+                .resize((side, side), Image.BILINEAR)
+            )
+            mk = (
+                Image.open(src / "val" / "masks" / n)
+                .convert("L")
+                .resize((side, side), Image.BILINEAR)
+            )
+            img[y : y + side, x : x + side] = np.asarray(im)
+            mask[y : y + side, x : x + side] = np.asarray(mk) > 127
+        Image.fromarray(img).save(dest / "images" / f"ebhi_val_{k // per:02d}.png")
+        Image.fromarray(mask * 255).save(dest / "masks" / f"ebhi_val_{k // per:02d}.png")
+    print(f"{len(names)} EBHI val images -> {-(-len(names) // per)} mosaics in {dest}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("command", choices=["run", "report", "prepare-ebhi"])
+    ap.add_argument("dest", nargs="?", type=Path, help="prepare-ebhi: the output folder")
+    ap.add_argument("--train", type=Path, default=DATA / "glas" / "train")
+    ap.add_argument("--test", type=Path, default=DATA / "glas" / "testA")
+    ap.add_argument("--ebhi", type=Path, help="a prepare-ebhi folder: also evaluate on it")
+    ap.add_argument("--runs", type=Path, default=Path("/tmp/fewlabel"))
+    ap.add_argument("--arms", nargs="+", default=["supervised", "semimoe"], choices=list(ARMS))
+    ap.add_argument("--seeds", nargs="+", default=["0-4"])
+    ap.add_argument("--labeled", type=int, default=8)
+    ap.add_argument("--iterations", type=int, default=2000)
+    ap.add_argument("--input-size", type=int, default=128)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--protocol", choices=["cpu", "paper"], default="cpu")
+    ap.add_argument("--lanes", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    if args.command == "prepare-ebhi":
+        if args.dest is None:
+            ap.error("prepare-ebhi needs a destination folder")
+        prepare_ebhi(args.dest, DATA / "ebhi")
+        return
+    args.seeds = _seeds(args.seeds)
+    if args.command == "run":
+        sets = {"testA": args.test} | ({"ebhi": args.ebhi} if args.ebhi else {})
+        # One job per trained run (seed-major, so pairs finish first); an evaluation-only
+        # arm ("semimoe+tta") is evaluated by its base run's job, after its training.
+        trained = list(dict.fromkeys(a.split("+")[0] for a in args.arms))
+        jobs = [(t, s) for s in args.seeds for t in trained]
+
+        def one(job):
+            base, seed = job
+            _train(args, base, seed)
+            for arm in [a for a in args.arms if a.split("+")[0] == base]:
+                for tag, folder in sets.items():
+                    _evaluate(args, arm, seed, folder, tag)
+            print("done", base, seed, flush=True)
+
+        with ThreadPoolExecutor(args.lanes) as pool:
+            list(pool.map(one, jobs))
+    out = report(args)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
