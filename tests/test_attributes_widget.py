@@ -77,6 +77,11 @@ def test_train_with_routing_then_predict_an_unseen_origin(ui, qtbot):
     assert box.isVisibleTo(rp)
     assert box.note.text() == "'lab Z' was not seen in training: the 'any' router is used"
     layer = viewer.layers[ROUTING_LAYER]
+    assert layer.visible  # "show the routing layer" is ticked: the canvas shows it
+    box.overlay_check.setChecked(False)
+    assert not layer.visible
+    box.overlay_check.setChecked(True)
+    assert layer.visible
     experts = set(np.unique(layer.data).tolist()) - {0}
     assert experts and max(experts) <= 8  # 8 routing experts (the default), label = 1 + index
     t = widget.session.entry.train_tiles()[0]

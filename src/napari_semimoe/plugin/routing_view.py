@@ -198,6 +198,7 @@ class RoutingBox(QGroupBox):
             f"after a prediction with a model trained with routing, the layer '{ROUTING_LAYER}'"
             " shows which shared expert each part of the tissue was routed to"
         )
+        self.overlay_check.toggled.connect(self._set_layer_visible)
         v.addWidget(self.overlay_check)
         self.note = QLabel("")
         self.note.setWordWrap(True)
@@ -215,6 +216,11 @@ class RoutingBox(QGroupBox):
     @property
     def overlay(self) -> bool:
         return self.overlay_check.isChecked()
+
+    def _set_layer_visible(self, on: bool) -> None:
+        """The switch says what the canvas shows: the routing layer on or off."""
+        if ROUTING_LAYER in self.viewer.layers:
+            self.viewer.layers[ROUTING_LAYER].visible = on
 
     def show_routing(self, out: dict, base) -> None:
         """Main thread: the note, the layer and the table of a prediction's routing."""
@@ -269,7 +275,7 @@ class RoutingBox(QGroupBox):
                 scale=tuple(base * s),
                 translate=tuple(base * (s - 1) / 2),
                 opacity=0.45,
-                visible=False,
+                visible=self.overlay,  # "show the routing layer" is ticked: shown
             )
         colours: dict[Any, Any] = {0: (0, 0, 0, 0), None: (0, 0, 0, 0)}
         colours.update({i + 1: expert_colour(i) for i in range(n)})
