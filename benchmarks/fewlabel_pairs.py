@@ -6,16 +6,19 @@ checkpoint is evaluated on testA at native resolution, threshold 0.5 (nothing se
 testA): pooled and per-image Dice, object F1 / Dice / Hausdorff. The report gives each arm's
 mean and seed-to-seed SD, and per pair of arms the per-seed differences, their mean and
 t-based 95 % interval. ``--ebhi DIR`` also evaluates every run on EBHI ``val/`` (another
-centre), prepared by ``prepare-ebhi`` at GlaS's physical scale (below).
+centre), prepared by ``prepare-ebhi`` at GlaS's physical scale (below); arms with ``~ebhi``
+also train on EBHI ``train/`` as unlabeled images (issue 17's cross-centre arm).
 
 Runs go through the command line in ``--lanes`` processes of ``--threads`` torch threads;
 a finished run or evaluation is never redone, so the study can be stopped and restarted.
 
     python benchmarks/fewlabel_pairs.py run --runs /tmp/fl --seeds 0-4 --labeled 8 \\
-        --arms supervised semimoe semimoe-ema semimoe-conf --iterations 2000
+        --arms supervised semimoe semimoe~ema semimoe~conf semimoe+tta --iterations 2000
+    python benchmarks/fewlabel_pairs.py run --runs /tmp/xc --seeds 0-2 --ebhi /tmp/ebhi_gs \\
+        --arms supervised semimoe semimoe~ebhi moek moek-plain moek~stain  # issue 17
     python benchmarks/fewlabel_pairs.py prepare-ebhi /tmp/ebhi_glas_scale
     python benchmarks/fewlabel_pairs.py report --runs /tmp/fl --seeds 0-4 --labeled 8 \\
-        --arms supervised semimoe semimoe-ema --json docs/benchmarks/fewlabel_10.json
+        --arms supervised semimoe semimoe~ema --json docs/benchmarks/fewlabel_10.json
 
 ``--protocol paper`` is upstream's setting for a GPU (b = 64, 256², 200 epochs of 2 + 2
 tiles: ceil(unlabeled / 2) iterations each, snapshots every 10 epochs) and reports both
@@ -42,18 +45,52 @@ import numpy as np
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-#: arm -> (train options, evaluate options); everything else is common.
-ARMS: dict[str, tuple[list[str], list[str]]] = {
-    "supervised": (["--supervised-only"], []),
-    "semimoe": ([], []),
-    "semimoe-ema": (["--ema-teacher", "0.99"], []),
-    "semimoe-conf": (["--pseudo-confidence", "0.9"], []),
-    "semimoe-ema-conf": (["--ema-teacher", "0.99", "--pseudo-confidence", "0.9"], []),
-    "semimoe-stain": (["--stain-jitter", "0.05"], []),
-    # Prediction-only levers: the semimoe run's checkpoint, evaluated differently.
-    "semimoe+tta": ([], ["--tta", "flips"]),
-    "semimoe+post": ([], ["--fill-holes", "--min-object", "16"]),
+#: An arm is BASE[~MOD...][+EVAL]: a base model, training modifiers, and an optional
+#: prediction-only lever (the base run's checkpoint evaluated differently); e.g.
+#: "semimoe~ema", "moek~stain~ebhi", "semimoe+tta". Everything else is common.
+BASES: dict[str, list[str]] = {
+    "supervised": ["--supervised-only"],
+    "semimoe": [],
+    # issue 17: K = 4 homogeneous experts with the balance term and cross-expert consistency
+    # (the family's defaults), and without both
+    "moek": ["--family", "moe-k", "--experts", "4"],
+    "moek-plain": ["--family", "moe-k", "--experts", "4", "--balance", "0", "--consistency", "0"],
 }
+TRAIN_MODS: dict[str, list[str]] = {
+    "ema": ["--ema-teacher", "0.99"],
+    "conf": ["--pseudo-confidence", "0.9"],
+    "stain": ["--stain-jitter", "0.05"],
+    "ebhi": [],  # + EBHI train/ unlabeled (at GlaS's scale): --unlabeled, set in _train
+}
+EVAL_MODS: dict[str, list[str]] = {
+    "tta": ["--tta", "flips"],
+    "post": ["--fill-holes", "--min-object", "16"],
+}
+
+
+def arm_options(arm: str, ebhi: Path | None = None) -> tuple[list[str], list[str]]:
+    """(train options, evaluate options) of an arm name (see :data:`BASES`)."""
+    trained, _, lever = arm.partition("+")
+    base, *mods = trained.split("~")
+    if (
+        base not in BASES
+        or any(m not in TRAIN_MODS for m in mods)
+        or (lever and lever not in EVAL_MODS)
+    ):
+        raise SystemExit(
+            f"unknown arm {arm!r}: BASE[~MOD...][+EVAL] with BASE in "
+            f"{list(BASES)}, MOD in {list(TRAIN_MODS)}, EVAL in {list(EVAL_MODS)}"
+        )
+    train = list(BASES[base])
+    for m in mods:
+        train += TRAIN_MODS[m]
+        if m == "ebhi":
+            if ebhi is None:
+                raise SystemExit("~ebhi arms need --ebhi (a prepare-ebhi folder)")
+            train += ["--unlabeled", str(ebhi / "train" / "images")]
+    return train, EVAL_MODS.get(lever, [])
+
+
 #: metrics reported (fractions; Hausdorff in px)
 KEYS = ("dice_pooled", "dice_per_image_mean", "object_f1", "object_dice", "object_hausdorff")
 
@@ -92,7 +129,7 @@ def _train(args, arm: str, seed: int) -> Path:
     run = _run_dir(args, arm, seed)
     if (run / "done").exists():
         return run
-    train_opts, _ = ARMS[arm.split("+")[0]]
+    train_opts, _ = arm_options(arm.split("+")[0], args.ebhi)
     common = ["--threads", str(args.threads), "--device", args.device]
     if (run / "checkpoint.safetensors").exists():
         _cli("train", "--resume", str(run), *common)
@@ -107,7 +144,7 @@ def _evaluate(args, arm: str, seed: int, test: Path, tag: str) -> dict:
     run = _run_dir(args, arm, seed)
     out = run / f"metrics-{tag}-{arm}.json"
     if not out.exists():
-        _, eval_opts = ARMS[arm]
+        _, eval_opts = arm_options(arm, args.ebhi)
         tmp = out.with_suffix(".tmp")
         _cli("evaluate", str(run), "--data", str(test), "--threads", str(args.threads),
              "--device", args.device, *eval_opts, "--json", str(tmp))  # fmt: skip
@@ -157,7 +194,7 @@ def _interval(d: np.ndarray) -> dict:
 
 
 def report(args) -> dict:
-    sets = {"testA": args.test} | ({"ebhi": args.ebhi} if args.ebhi else {})
+    sets = {"testA": args.test} | ({"ebhi": args.ebhi / "val"} if args.ebhi else {})
     out: dict = {"settings": {"labeled": args.labeled, "protocol": args.protocol,
                               "schedule": _schedule(args), "seeds": args.seeds}, "arms": {},
                  "paired": {}}  # fmt: skip
@@ -207,10 +244,16 @@ def report(args) -> dict:
 
 
 def prepare_ebhi(dest: Path, src: Path, cols: int = 7, rows: int = 5, gap: int = 4) -> None:
-    """EBHI ``val/`` at GlaS's physical scale, as GlaS-sized mosaics with binary masks."""
+    """EBHI ``val/`` and ``train/`` at GlaS's physical scale, as GlaS-sized mosaics with
+    binary masks (``DEST/val``, ``DEST/train``)."""
+    for split in ("val", "train"):
+        _mosaics(dest / split, src / split, split, cols, rows, gap)
+
+
+def _mosaics(dest: Path, src: Path, split: str, cols: int, rows: int, gap: int) -> None:
     from PIL import Image
 
-    names = sorted(p.name for p in (src / "val" / "images").iterdir())
+    names = sorted(p.name for p in (src / "images").iterdir())
     (dest / "images").mkdir(parents=True, exist_ok=True)
     (dest / "masks").mkdir(exist_ok=True)
     side = 112
@@ -223,21 +266,13 @@ def prepare_ebhi(dest: Path, src: Path, cols: int = 7, rows: int = 5, gap: int =
         for j, n in enumerate(chunk):
             r, c = divmod(j, cols)
             y, x = gap + r * (side + gap), gap + c * (side + gap)
-            im = (
-                Image.open(src / "val" / "images" / n)
-                .convert("RGB")
-                .resize((side, side), Image.BILINEAR)
-            )
-            mk = (
-                Image.open(src / "val" / "masks" / n)
-                .convert("L")
-                .resize((side, side), Image.BILINEAR)
-            )
+            im = Image.open(src / "images" / n).convert("RGB").resize((side, side), Image.BILINEAR)
+            mk = Image.open(src / "masks" / n).convert("L").resize((side, side), Image.BILINEAR)
             img[y : y + side, x : x + side] = np.asarray(im)
             mask[y : y + side, x : x + side] = np.asarray(mk) > 127
-        Image.fromarray(img).save(dest / "images" / f"ebhi_val_{k // per:02d}.png")
-        Image.fromarray(mask * 255).save(dest / "masks" / f"ebhi_val_{k // per:02d}.png")
-    print(f"{len(names)} EBHI val images -> {-(-len(names) // per)} mosaics in {dest}")
+        Image.fromarray(img).save(dest / "images" / f"ebhi_{split}_{k // per:02d}.png")
+        Image.fromarray(mask * 255).save(dest / "masks" / f"ebhi_{split}_{k // per:02d}.png")
+    print(f"{len(names)} EBHI {split} images -> {-(-len(names) // per)} mosaics in {dest}")
 
 
 def main() -> None:
@@ -248,7 +283,12 @@ def main() -> None:
     ap.add_argument("--test", type=Path, default=DATA / "glas" / "testA")
     ap.add_argument("--ebhi", type=Path, help="a prepare-ebhi folder: also evaluate on it")
     ap.add_argument("--runs", type=Path, default=Path("/tmp/fewlabel"))
-    ap.add_argument("--arms", nargs="+", default=["supervised", "semimoe"], choices=list(ARMS))
+    ap.add_argument(
+        "--arms",
+        nargs="+",
+        default=["supervised", "semimoe"],
+        help="BASE[~MOD...][+EVAL], see BASES",
+    )
     ap.add_argument("--seeds", nargs="+", default=["0-4"])
     ap.add_argument("--labeled", type=int, default=8)
     ap.add_argument("--iterations", type=int, default=2000)
@@ -267,7 +307,9 @@ def main() -> None:
         return
     args.seeds = _seeds(args.seeds)
     if args.command == "run":
-        sets = {"testA": args.test} | ({"ebhi": args.ebhi} if args.ebhi else {})
+        for arm in args.arms:
+            arm_options(arm, args.ebhi)  # a bad name: one line before anything runs
+        sets = {"testA": args.test} | ({"ebhi": args.ebhi / "val"} if args.ebhi else {})
         # One job per trained run (seed-major, so pairs finish first); an evaluation-only
         # arm ("semimoe+tta") is evaluated by its base run's job, after its training.
         trained = list(dict.fromkeys(a.split("+")[0] for a in args.arms))
