@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import threading
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -146,3 +147,30 @@ def test_cli_records_the_levers_and_a_resume_keeps_them(tiny_dataset, tmp_path, 
     code, _, err = run(capsys, "train", "--data", str(tiny_dataset), "--out", str(tmp_path / "b"),
                        "--pseudo-confidence", "1.5")  # fmt: skip
     assert code == 2 and "--pseudo-confidence" in err and len(err.strip().splitlines()) == 1
+
+
+def test_pseudo_label_view_shows_the_teacher_and_the_left_out_pixels(small_set, tmp_path):
+    from napari_semimoe.core.active import pseudo_label_tiles
+    from napari_semimoe.core.inference import PredictOptions, Predictor, load_model
+
+    run = tmp_path / "r"
+    tr = Trainer(config(iterations=3, ema_teacher=0.5, pseudo_confidence=0.97), small_set, run)
+    tr.run()
+    student, labeller = load_model(run, "cpu"), load_model(run, "cpu", weights="labeller")
+    for k, v in tr.teacher.state_dict().items():
+        assert torch.equal(labeller.model.state_dict()[k], v), k
+    assert any(not torch.equal(v, labeller.model.state_dict()[k])
+               for k, v in student.model.state_dict().items())  # fmt: skip
+    tiles = [im[:32, :32] for im in small_set.unlabeled_images]
+    pred = Predictor(labeller, PredictOptions(precision="fp32"))
+    pls = pseudo_label_tiles(pred, tiles, [str(i) for i in range(len(tiles))])
+    maps, _ = pred.predict_batch(np.stack(tiles))
+    for j, pl in enumerate(pls):
+        p = maps["prob"][j]
+        assert np.array_equal(pl.unsure, (np.maximum(p, 1 - p) < 0.97).astype(np.uint8))
+        assert pl.components["left_out"] == pytest.approx(pl.unsure.mean())
+    plain = Trainer(config(iterations=1), small_set, tmp_path / "plain")
+    plain.run()
+    no_teacher = load_model(tmp_path / "plain", "cpu", weights="labeller")  # = the network
+    pl = pseudo_label_tiles(Predictor(no_teacher), tiles[:1], ["a"])[0]
+    assert pl.unsure is None and "left_out" not in pl.components

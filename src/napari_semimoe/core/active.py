@@ -119,6 +119,9 @@ class PseudoLabel:
     sdf: np.ndarray  # float32 tanh of the gated SDF, in [-1, 1]
     confidence: float  # 1 - mean binary entropy of the gated gland probability
     components: dict[str, float] = field(default_factory=dict)
+    #: uint8 0/1: pixels the run's confidence masking (``pseudo_confidence``) leaves out of
+    #: the unsupervised seg and SDF losses; None when the run trained without it
+    unsure: np.ndarray | None = None
 
 
 def pseudo_label_tiles(
@@ -131,7 +134,12 @@ def pseudo_label_tiles(
     cancel: Callable[[], bool] | None = None,
 ) -> list[PseudoLabel] | None:
     """Pseudo-labels of unlabeled tiles as the trainer sees them: each tile whole, in one
-    pass (the trainer's crops are tile-sized), in eval mode. None when cancelled."""
+    pass (the trainer's crops are tile-sized), in eval mode; with the run's confidence
+    masking, the pixels it leaves out. Give a predictor of ``load_model(..., weights=
+    "labeller")`` so that a run with a mean teacher shows the teacher's. None when
+    cancelled."""
+    cfg = predictor.m.meta.get("config") or {}
+    tau = float(cfg.get("pseudo_confidence") or 0.0) if isinstance(cfg, dict) else 0.0
     out: list[PseudoLabel] = []
     for i in range(0, len(tiles), batch):
         if cancel is not None and cancel():
@@ -143,6 +151,8 @@ def pseudo_label_tiles(
             p, b = maps["prob"][j, :h, :w], maps["boundary"][j, :h, :w]
             seg_conf = 1.0 - float(binary_entropy(p).mean())
             bnd_conf = 1.0 - float(binary_entropy(b).mean())
+            unsure = (np.maximum(p, 1.0 - p) < tau).astype(np.uint8) if tau > 0 else None
+            extra = {} if unsure is None else {"left_out": float(unsure.mean())}
             out.append(
                 PseudoLabel(
                     name,
@@ -154,7 +164,9 @@ def pseudo_label_tiles(
                         "segmentation": seg_conf,
                         "boundary": bnd_conf,
                         "gland_fraction": float((p >= 0.5).mean()),
-                    },
+                    }
+                    | extra,
+                    unsure,
                 )
             )
         if progress is not None:

@@ -44,11 +44,13 @@ class LoadedModel:
     family: Family = field(default_factory=get_family)
 
 
-def load_model(run: str | Path, device: str = "auto") -> LoadedModel:
+def load_model(run: str | Path, device: str = "auto", weights: str = "model") -> LoadedModel:
     """Load a run folder or checkpoint file for inference (no pickle is ever executed).
 
     The checkpoint's metadata is checked against its tensors before the model is built; the
-    run's other JSON files are not needed, so a damaged one is only reported."""
+    run's other JSON files are not needed, so a damaged one is only reported. ``weights``:
+    "model" (the trained network, for predictions) or "labeller" (what made the run's
+    pseudo-labels: its mean teacher when it trained with one, else the network)."""
     from ..config import TrainConfig
 
     tensors, doc = read_checkpoint(run)
@@ -69,6 +71,12 @@ def load_model(run: str | Path, device: str = "auto") -> LoadedModel:
     except (ValueError, InputError) as exc:
         raise CheckpointError(f"{run}: {exc}") from None
     model = family.build(config)
+    if weights not in ("model", "labeller"):
+        raise ValueError(f"weights must be model or labeller, got {weights!r}")
+    if weights == "labeller" and any(k.startswith("teacher.") for k in tensors):
+        # the teacher's state has the network's names: read it as the model's
+        tensors = {"model." + k[len("teacher.") :]: v for k, v in tensors.items()
+                   if k.startswith("teacher.")}  # fmt: skip
     try:
         load_model_state(model, tensors)
     except CheckpointError as exc:

@@ -467,7 +467,7 @@ class ActivePanel:
 
         def work(job: ProgressJob):
             pool = load_pool(path, lambda n: is_pool_tile_of(n, name))
-            pred = Predictor(load_model(ckpt, "auto"))
+            pred = Predictor(load_model(ckpt, "auto", weights="labeller"))
             pls = pseudo_label_tiles(
                 pred,
                 [img for _, img in pool],
@@ -496,12 +496,18 @@ class ActivePanel:
         seg = np.zeros((hs, ws), np.uint8)
         sdf = np.full((hs, ws), -1.0, np.float32)
         items = []
+        masked = False
         for y, x, pl in res:
             h, ww = pl.seg.shape
             h, ww = min(h, hs - y), min(ww, ws - x)
             view = seg[y : y + h, x : x + ww]
-            # 1 = gland, 2 = boundary (the boundary head's pseudo-label drawn over it)
-            view[:] = np.maximum(view, np.where(pl.boundary[:h, :ww] > 0, 2, pl.seg[:h, :ww]))
+            # 1 = gland, 2 = boundary (the boundary head's pseudo-label drawn over it),
+            # 3 = left out of the losses (the run's confidence masking), over both
+            tile = np.where(pl.boundary[:h, :ww] > 0, 2, pl.seg[:h, :ww])
+            if pl.unsure is not None:
+                tile = np.where(pl.unsure[:h, :ww] > 0, 3, tile)
+                masked = True
+            view[:] = np.maximum(view, tile)
             sdf[y : y + h, x : x + ww] = pl.sdf[:h, :ww]
             inst = label_instances(pl.seg.astype(bool), pl.sdf, pl.boundary.astype(np.float32))
             items.append(
@@ -538,15 +544,22 @@ class ActivePanel:
             from napari.utils.colormaps import DirectLabelColormap
 
             lab.colormap = DirectLabelColormap(
-                color_dict={None: "transparent", 0: "transparent", 1: "lime", 2: "magenta"}
+                color_dict={
+                    None: "transparent",
+                    0: "transparent",
+                    1: "lime",
+                    2: "magenta",
+                    3: "#9e9e9e",
+                }  # fmt: skip
             )
         except (ImportError, TypeError, ValueError):
             pass
         self._fill_list(self.qa_list, self.pseudo, "confidence")
         self._draw_pseudo_tiles()
+        grey = "; grey: left out, the model is unsure there" if masked else ""
         self.session.say(
-            f"pseudo-labels of {len(items)} unlabeled tiles (green gland, magenta boundary); "
-            "least confident first"
+            f"pseudo-labels of {len(items)} unlabeled tiles (green gland, magenta boundary"
+            f"{grey}); least confident first"
             if items
             else self._pool_text()
         )
