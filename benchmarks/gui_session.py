@@ -30,3 +30,29 @@ def open_session(prefix: str = "semimoe-gui-", sample: str = "synthetic", projec
             time.sleep(0.01)
 
     return viewer, widget, pump
+
+
+def shots(viewer, pump, default: Path):
+    """``shot(name)``: a screenshot of the whole window into ``$SEMIMOE_SHOTS_DIR`` (or
+    ``default``), after letting the event loop draw."""
+    import os
+
+    out = Path(os.environ.get("SEMIMOE_SHOTS_DIR", default))
+    out.mkdir(parents=True, exist_ok=True)
+
+    def shot(name: str) -> None:
+        pump(0.5)
+        viewer.screenshot(str(out / name), canvas_only=False)
+
+    return shot
+
+
+def train_and_review(widget, pump) -> None:
+    """Start the Train page's training, wait for it to end and for the view's prediction
+    (page 3) that follows by itself."""
+    tp, rp = widget.train_panel, widget.review_panel
+    tp.start_training()
+    while tp.job is None or not tp.job.finished or tp._poll.isActive():
+        pump(0.5)
+    while rp.cancel_btn.isEnabled() or rp.showing_prediction:
+        pump(0.5)

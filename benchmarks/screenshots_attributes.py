@@ -11,7 +11,6 @@ docs/images.)
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -19,15 +18,10 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
 
 
 def main() -> int:
-    from gui_session import open_session
+    from gui_session import open_session, shots, train_and_review
 
-    out = Path(os.environ.get("SEMIMOE_SHOTS_DIR", OUT))
-    out.mkdir(parents=True, exist_ok=True)
     viewer, widget, pump = open_session("semimoe-attributes-", sample="synthetic")
-
-    def shot(name: str) -> None:
-        pump(0.5)
-        viewer.screenshot(str(out / name), canvas_only=False)
+    shot = shots(viewer, pump, OUT)
 
     pump(1)
     field = widget.project_panel.attribute_field
@@ -48,12 +42,8 @@ def main() -> int:
     pump(0.5)
     tp.routing_check.setFocus()
     shot("24-routing-option.png")
-    tp.start_training()
-    while tp.job is None or not tp.job.finished or tp._poll.isActive():
-        pump(0.5)
+    train_and_review(widget, pump)  # and the view's prediction when it ends (page 3)
     rp = widget.review_panel
-    while rp.cancel_btn.isEnabled() or rp.showing_prediction:
-        pump(0.5)  # the view predicted by itself when training ends (page 3)
     widget.session.set_attribute("lab B")  # an origin the model has not seen
     widget.toolbox.setCurrentIndex(2)
     rp.pred_tiles_btn.click()

@@ -9,7 +9,6 @@ docs/images.)
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -17,15 +16,10 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
 
 
 def main() -> int:
-    from gui_session import open_session
+    from gui_session import open_session, shots, train_and_review
 
-    out = Path(os.environ.get("SEMIMOE_SHOTS_DIR", OUT))
-    out.mkdir(parents=True, exist_ok=True)
     viewer, widget, pump = open_session("semimoe-classes-", sample="synthetic")
-
-    def shot(name: str) -> None:
-        pump(0.5)
-        viewer.screenshot(str(out / name), canvas_only=False)
+    shot = shots(viewer, pump, OUT)
 
     pump(1)
     box = widget.project_panel.classes_box
@@ -50,12 +44,7 @@ def main() -> int:
     tp.width_spin.setValue(8)  # a short, small run: the looks, not the quality
     widget.project_panel.scale_spin.setValue(4.0)
     widget.project_panel.tile_spin.setValue(128)
-    tp.start_training()
-    while tp.job is None or not tp.job.finished or tp._poll.isActive():
-        pump(0.5)
-    rp = widget.review_panel
-    while rp.cancel_btn.isEnabled() or rp.showing_prediction:
-        pump(0.5)  # the view predicted by itself when training ends (page 3)
+    train_and_review(widget, pump)  # and the view's prediction when it ends (page 3)
     pump(1)
     labels.visible = False  # the model's class map, its legend on page 3
     shot("22-class-map.png")

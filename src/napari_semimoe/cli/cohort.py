@@ -10,7 +10,7 @@ from .options import _terminate_as_interrupt
 
 
 def add_cohort_parser(sub) -> None:
-    from .options import BATCH, OVERLAP, THREADS, TILE, int_option, out_folder
+    from .options import BATCH, OVERLAP, THREADS, TILE, add_mask_options, int_option, out_folder
 
     c = sub.add_parser(
         "cohort",
@@ -54,17 +54,7 @@ def add_cohort_parser(sub) -> None:
     c.add_argument("--overlap", type=OVERLAP, help="tile overlap (default: tile / 4)")
     c.add_argument("--batch", type=BATCH, help="tiles per pass (default: 2 on CPU, 16 on GPU)")
     c.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    c.add_argument(
-        "--tta", default="off", choices=["off", "flips"], help="test-time flips (4x slower)"
-    )
-    c.add_argument("--fill-holes", action="store_true", help="fill holes enclosed by a gland")
-    c.add_argument(
-        "--min-object",
-        type=int_option(0, 10**8),
-        default=0,
-        metavar="PX",
-        help="drop mask components below PX px of working scale (default 0)",
-    )
+    add_mask_options(c)
     c.set_defaults(func=cmd_cohort)
 
 
@@ -124,10 +114,7 @@ class _Bar:
 
         if not self.said:
             self.said = True
-            where = (
-                p.dashboard
-                or "none (bokeh is not installed: pip install bokeh)"
-            )
+            where = p.dashboard or "none (bokeh is not installed: pip install bokeh)"
             print(f"napari-semimoe cohort: dashboard: {where}", file=sys.stderr)
         if self.bar is None:
             self.bar = tqdm(

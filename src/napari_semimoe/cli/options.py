@@ -88,6 +88,27 @@ TOP = int_option(1, 10_000)
 REPEATS = int_option(1, 1000)
 
 
+def add_mask_options(q: argparse.ArgumentParser) -> None:
+    """The prediction levers (off by default) of ``predict``, ``evaluate`` and ``cohort``."""
+    q.add_argument(
+        "--tta",
+        default="off",
+        choices=["off", "flips"],
+        help="test-time augmentation: flips = average over the 4 flips of each tile "
+        "(4x slower; default off)",
+    )
+    q.add_argument(
+        "--fill-holes", action="store_true", help="fill holes enclosed by a gland in the mask"
+    )
+    q.add_argument(
+        "--min-object",
+        type=int_option(0, 10**8),
+        default=0,
+        metavar="PX",
+        help="drop mask components below PX px of working scale (default 0: keep all)",
+    )
+
+
 def _writable_dir(d: Path) -> bool:
     return os.access(d, os.W_OK | os.X_OK)
 

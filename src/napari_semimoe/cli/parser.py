@@ -19,6 +19,7 @@ from .options import (
     TOP,
     WIDTH,
     _Parser,
+    add_mask_options,
     float_option,
     int_option,
     out_file,
@@ -310,23 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--overlap", type=OVERLAP, help="tile overlap (default: tile / 4)")
         q.add_argument("--batch", type=BATCH, help="tiles per pass (default: 2 on CPU, 16 on GPU)")
         q.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-        q.add_argument(
-            "--tta",
-            default="off",
-            choices=["off", "flips"],
-            help="test-time augmentation: flips = average over the 4 flips of each tile "
-            "(4x slower; default off)",
-        )
-        q.add_argument(
-            "--fill-holes", action="store_true", help="fill holes enclosed by a gland in the mask"
-        )
-        q.add_argument(
-            "--min-object",
-            type=int_option(0, 10**8),
-            default=0,
-            metavar="PX",
-            help="drop mask components below PX px of working scale (default 0: keep all)",
-        )
+        add_mask_options(q)
 
     pr = sub.add_parser(
         "predict",
