@@ -200,7 +200,9 @@ def test_dca_is_offered_with_two_classes_shows_its_split_and_trains(ui, qtbot):
     head = viewer.layers["DCA attention to the head expert"].data
     tail = viewer.layers["DCA attention to the tail expert"].data
     covered = cmap.metadata["semimoe_covered"]
-    np.testing.assert_allclose((head + tail)[covered], 1.0, atol=1e-4)  # DFAM sums to 1
+    # DFAM sums to 1 (to bf16's rounding where the CPU has bf16 units: the dock predicts
+    # with precision "auto", and two bf16 values carry up to 2^-9 error each)
+    np.testing.assert_allclose((head + tail)[covered], 1.0, atol=5e-3)
 
     # Suggestions target a class with DCA too (it has no SDF for the other signals).
     panel = widget.active
