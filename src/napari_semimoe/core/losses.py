@@ -119,7 +119,6 @@ def pseudo_labels(
     ``confidence`` > 0 (an option, not the paper): a pixel whose seg (boundary) softmax
     maximum is below it becomes unknown in the seg and SDF (boundary) targets, so the
     unsupervised losses see only the pixels the gates are sure of."""
-    gated = {k: v.detach() for k, v in gated.items()}  # stop-gradient (spec §3)
     out = {
         "seg": gated["seg"].argmax(dim=1),
         "sdf": torch.tanh(gated["sdf"].float()),
