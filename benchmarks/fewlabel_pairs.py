@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from precision_pairs import _interval
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 #: An arm is BASE[~MOD...][+EVAL]: a base model, training modifiers, and an optional
@@ -182,17 +184,6 @@ def _paper_best(args, seed: int, arm: str) -> dict:
     return best
 
 
-def _interval(d: np.ndarray) -> dict:
-    from scipy import stats
-
-    m = float(d.mean())
-    if len(d) < 2:
-        return {"mean": round(m, 2), "per_seed": d.round(2).tolist()}
-    h = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
-    return {"mean": round(m, 2), "ci95": [round(m - h, 2), round(m + h, 2)],
-            "per_seed": d.round(2).tolist()}  # fmt: skip
-
-
 def report(args) -> dict:
     sets = {"testA": args.test} | ({"ebhi": args.ebhi / "val"} if args.ebhi else {})
     out: dict = {"settings": {"labeled": args.labeled, "protocol": args.protocol,
@@ -228,8 +219,9 @@ def report(args) -> dict:
                 seeds = [s for s in args.seeds if (a, s, tag) in res and (b, s, tag) in res]
                 if len(seeds) < 2:
                     continue
-                d = {k: _interval(np.array([100 * (res[a, s, tag][k] - res[b, s, tag][k])
-                                            for s in seeds])) for k in KEYS[:4]}  # fmt: skip
+                # precision_pairs' interval: differences as fractions in, Dice points out
+                d = {k: _interval([res[a, s, tag][k] - res[b, s, tag][k] for s in seeds])
+                     for k in KEYS[:4]}  # fmt: skip
                 out["paired"].setdefault(tag, {})[f"{a} - {b}"] = d | {"seeds": seeds}
                 v = d["dice_pooled"]
                 print(

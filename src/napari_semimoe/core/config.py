@@ -159,8 +159,10 @@ class TrainConfig:
             raise InputError("any_fraction and stain_jitter must be in [0, 1]")
         if self.batch_norm not in ("pooled", "per-half"):
             raise InputError(f"batch_norm must be pooled or per-half, got {self.batch_norm!r}")
-        if self.attribute_routing and self.family == "semimoe" and (
-            not self.fast or self.batch_norm != "pooled"
+        if (
+            self.attribute_routing
+            and self.family == "semimoe"
+            and (not self.fast or self.batch_norm != "pooled")
         ):
             # Their separate labeled / unlabeled passes would need the routes split too.
             raise InputError(

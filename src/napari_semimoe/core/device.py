@@ -143,4 +143,3 @@ def adaptive_malloc() -> bool:
         return bool(libc.mallopt(-3, 32 << 20))  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):  # not glibc
         return False
-

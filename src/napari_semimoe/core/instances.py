@@ -56,6 +56,23 @@ def label_instances(
     return out
 
 
+def drop_small(
+    mask: np.ndarray, min_size: int, keep_border: bool = False, diagonal: bool = False
+) -> np.ndarray:
+    """Remove connected components below ``min_size`` px (optionally keep those on the
+    border); ``diagonal``: pixels touching at a corner are one component (8-connected)."""
+    lab, n = ndi.label(mask, structure=np.ones((3, 3), bool) if diagonal else None)
+    if n == 0:
+        return mask
+    sizes = np.bincount(lab.ravel())
+    keep = sizes >= min_size
+    if keep_border:
+        border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+        keep[border] = True
+    keep[0] = False
+    return keep[lab]
+
+
 def _h_maxima(s: np.ndarray, region: np.ndarray, h: float) -> np.ndarray:
     """``h_maxima(s, h) & region`` for one connected ``region`` (``s`` below it outside),
     without the grayscale reconstruction when the region is too flat for it to matter.

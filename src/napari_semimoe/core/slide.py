@@ -32,6 +32,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import InputError
+from .instances import drop_small
 
 log = logging.getLogger(__name__)
 
@@ -836,22 +837,8 @@ def _tissue_level(slide: Slide) -> np.ndarray:
     thr = 0.1 if float(sat.max() - sat.min()) < 1e-3 else float(threshold_otsu(sat))
     small = sat > min(max(thr, 0.05), 0.15)
     npix = small.size
-    small = _drop_small(small, max(16, int(npix * 2e-4)))
-    holes = _drop_small(~small, max(64, int(npix * 1e-2)), keep_border=True)
+    small = drop_small(small, max(16, int(npix * 2e-4)))
+    holes = drop_small(~small, max(64, int(npix * 1e-2)), keep_border=True)
     small = ~holes
     slide._tissue_small = small
     return small
-
-
-def _drop_small(mask: np.ndarray, min_size: int, keep_border: bool = False) -> np.ndarray:
-    """Remove connected components below ``min_size`` px (optionally keep those on the border)."""
-    lab, n = ndi.label(mask)
-    if n == 0:
-        return mask
-    sizes = np.bincount(lab.ravel())
-    keep = sizes >= min_size
-    if keep_border:
-        border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
-        keep[border] = True
-    keep[0] = False
-    return keep[lab]

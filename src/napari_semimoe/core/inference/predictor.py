@@ -53,6 +53,8 @@ def load_model(run: str | Path, device: str = "auto", weights: str = "model") ->
     pseudo-labels: its mean teacher when it trained with one, else the network)."""
     from ..config import TrainConfig
 
+    if weights not in ("model", "labeller"):
+        raise ValueError(f"weights must be model or labeller, got {weights!r}")
     tensors, doc = read_checkpoint(run)
     meta = model_meta(run, doc, tensors)
     for name, reason in damaged_run_files(run):
@@ -71,8 +73,6 @@ def load_model(run: str | Path, device: str = "auto", weights: str = "model") ->
     except (ValueError, InputError) as exc:
         raise CheckpointError(f"{run}: {exc}") from None
     model = family.build(config)
-    if weights not in ("model", "labeller"):
-        raise ValueError(f"weights must be model or labeller, got {weights!r}")
     if weights == "labeller" and any(k.startswith("teacher.") for k in tensors):
         # the teacher's state has the network's names: read it as the model's
         tensors = {"model." + k[len("teacher.") :]: v for k, v in tensors.items()
@@ -401,15 +401,13 @@ def postprocess_mask(mask: np.ndarray, fill_holes: bool, min_object: int) -> np.
     not enclosed) and its 8-connected components below ``min_object`` px removed."""
     from scipy import ndimage as ndi
 
+    from ..instances import drop_small
+
     mask = np.asarray(mask, bool)
     if fill_holes:
         mask = ndi.binary_fill_holes(mask)
     if min_object > 1:
-        lab, _ = ndi.label(mask, structure=np.ones((3, 3), bool))
-        sizes = np.bincount(lab.ravel())
-        keep = sizes >= min_object
-        keep[0] = False
-        mask = keep[lab]
+        mask = drop_small(mask, min_object, diagonal=True)
     return mask.astype(np.uint8)
 
 
