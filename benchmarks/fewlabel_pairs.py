@@ -61,7 +61,8 @@ BASES: dict[str, list[str]] = {
 TRAIN_MODS: dict[str, list[str]] = {
     "ema": ["--ema-teacher", "0.99"],
     "conf": ["--pseudo-confidence", "0.9"],
-    "stain": ["--stain-jitter", "0.05"],
+    # HED "strong" (Tellez): ~13 grey levels of colour change, about a lab-to-lab difference
+    "stain": ["--stain-jitter", "0.2"],
     "ebhi": [],  # + EBHI train/ unlabeled (at GlaS's scale): --unlabeled, set in _train
 }
 EVAL_MODS: dict[str, list[str]] = {

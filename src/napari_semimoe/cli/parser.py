@@ -264,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--stain-jitter",
         type=float_option(0, 1),
         metavar="S",
-        help="stain augmentation: HED-space jitter of strength S (0.05 = light; default "
+        help="stain augmentation: HED-space jitter of strength S (0.05 = light, 0.2 = strong, "
+        "about a lab-to-lab colour difference; default "
         f"{D['stain_jitter']}: off)",
         **run_opt,
     )
